@@ -1,0 +1,109 @@
+"""Acknowledgements: how a source learns that what it emitted is safe.
+
+Every batch carries an :class:`Ack`.  Each holder of the batch (a sink, a disk buffer, a
+fan-out branch) owns one reference; a holder calls :meth:`Ack.done` exactly once when the
+records are *finalized*: delivered, written to a disk buffer, dead-lettered with their reason,
+or deliberately dropped by a filter (control flow, counted).  A batch that is retried is not
+finalized; if the process stops first, ``done`` is never called and the source replays it.
+
+When the last reference is released the source's callback runs.  Sources that need ordered
+progress (a file offset, a forward-protocol chunk) use :class:`OrderedAcks`: it advances
+only over a contiguous prefix of finalized batches, so completions that arrive out of order
+(several bulk requests in flight) never move a checkpoint past a hole.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from enum import Enum
+from typing import Any
+
+
+class Status(Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    REJECTED = "rejected"
+
+
+class Ack:
+    """A reference-counted completion handle shared by every copy of one batch."""
+
+    __slots__ = ("_callback", "_pending", "rejected")
+
+    def __init__(self, callback: Callable[[], Any] | None = None) -> None:
+        self._pending = 1
+        self._callback = callback
+        self.rejected = 0  # records finalized by dead-lettering rather than delivery
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def retain(self, n: int = 1) -> None:
+        """Add ``n`` holders (fan-out to ``n`` more consumers, or a split batch)."""
+        if self._pending <= 0:
+            raise RuntimeError("retain() on a completed Ack")
+        self._pending += n
+
+    def done(self) -> None:
+        """One holder has finalized its records."""
+        self._pending -= 1
+        if self._pending == 0:
+            cb, self._callback = self._callback, None
+            if cb is not None:
+                cb()
+        elif self._pending < 0:
+            raise RuntimeError("Ack.done() called more often than retained")
+
+
+def release(ack: Ack | None) -> None:
+    if ack is not None:
+        ack.done()
+
+
+class OrderedAcks:
+    """Contiguous progress over a sequence of batches finalized in any order.
+
+    ``track(position)`` registers the next batch, which ends at ``position`` (an offset, a
+    sequence number); it returns the Ack to attach to that batch.  ``committed`` is the
+    position after the longest prefix of finalized batches; ``on_commit`` runs whenever it
+    moves.
+    """
+
+    __slots__ = ("_queue", "committed", "on_commit")
+
+    def __init__(self, committed: Any = 0, on_commit: Callable[[Any], Any] | None = None) -> None:
+        self.committed = committed
+        self.on_commit = on_commit
+        self._queue: deque[list[Any]] = deque()  # [position, finalized]
+
+    def track(self, position: Any) -> Ack:
+        entry = [position, False]
+        self._queue.append(entry)
+
+        def finalize() -> None:
+            entry[1] = True
+            self._advance()
+
+        return Ack(finalize)
+
+    def _advance(self) -> None:
+        q = self._queue
+        moved = False
+        while q and q[0][1]:
+            self.committed = q.popleft()[0]
+            moved = True
+        if moved and self.on_commit is not None:
+            self.on_commit(self.committed)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._queue)
+
+    def reset(self, committed: Any) -> None:
+        """Forget what is in flight (e.g. the file was truncated) and restart at ``committed``."""
+        for entry in self._queue:
+            entry[1] = True  # late completions become no-ops on an emptied queue
+        self._queue = deque()
+        self.committed = committed

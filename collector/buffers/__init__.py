@@ -1,0 +1,45 @@
+"""Per-sink buffers: memory (a bounded channel) or disk (segment files plus a ledger)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class BufferConfig(BaseModel):
+    """How records wait for a sink: in memory, or on disk where they survive a crash."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["memory", "disk"] = Field("memory", description="`memory` or `disk`.")
+    max_events: int = Field(50_000, ge=1, description="(memory) records held before the buffer counts as full.")
+    max_bytes: int | None = Field(
+        None,
+        ge=1 << 16,
+        description="Bytes held before full: default 32 MiB in memory, 1 GiB on disk.",
+    )
+    when_full: Literal["block", "drop_newest"] = Field(
+        "block",
+        description="`block`: pause the sources (tailing pauses, sockets stop being read); "
+        "`drop_newest`: drop what arrives (counted).",
+    )
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval",
+        description="(disk) `always`: fsync before a batch counts as accepted; `interval`: at most every "
+        "`fsync_interval` seconds, accepting batches only after it; `never`: leave it to the OS "
+        "(survives a process crash, not a power loss).",
+    )
+    fsync_interval: float = Field(0.2, gt=0, le=10, description="(disk) seconds between fsyncs.")
+    segment_bytes: int = Field(32 << 20, ge=1 << 16, description="(disk) size of one segment file.")
+
+    @model_validator(mode="after")
+    def _defaults(self) -> BufferConfig:
+        if self.max_bytes is None:
+            object.__setattr__(self, "max_bytes", (32 << 20) if self.type == "memory" else (1 << 30))
+        return self
+
+    @property
+    def limit_bytes(self) -> int:
+        assert self.max_bytes is not None
+        return self.max_bytes

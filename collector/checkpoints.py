@@ -1,0 +1,160 @@
+"""The checkpoint store: where sources keep their place across restarts.
+
+One JSON document per data directory, ``<data_dir>/checkpoints.json``:
+
+    {"version": 1, "sources": {"<component>": {"<key>": {...}, ...}}}
+
+Written atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
+either the old or the new document, never a torn one.  Sources only store positions that the
+pipeline has acknowledged (see acks.py), so the store never claims more than was delivered.
+
+The data directory is locked (``flock`` on ``<data_dir>/lock``) for the life of the process:
+two collectors sharing one state would each deliver the other's records again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+log = logging.getLogger("collector.checkpoints")
+
+VERSION = 1
+
+
+class StateLockedError(RuntimeError):
+    pass
+
+
+class CheckpointStore:
+    def __init__(self, data_dir: Path | str) -> None:
+        self.dir = Path(data_dir)
+        self.path = self.dir / "checkpoints.json"
+        self._data: dict[str, dict[str, dict[str, Any]]] = {}
+        self._dirty = False
+        self._lock_file: IO[bytes] | None = None
+        self.saves = 0
+        self._write_lock = threading.Lock()
+        self._generation = 0  # snapshots are numbered; an older one never overwrites a newer
+        self._written = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
+        try:
+            fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lf.close()
+            raise StateLockedError(
+                f"another collector is using the data directory {self.dir} (give each one its own --data-dir)"
+            ) from None
+        self._lock_file = lf
+        self.load()
+
+    def close(self) -> None:
+        self.save()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def load(self) -> None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            self._data = {}
+            return
+        try:
+            doc = orjson.loads(raw)
+            if doc.get("version") != VERSION:
+                raise ValueError(f"unsupported version {doc.get('version')!r}")
+            self._data = doc["sources"]
+        except (ValueError, KeyError, TypeError) as e:
+            bad = self.path.with_suffix(".json.corrupt")
+            os.replace(self.path, bad)
+            log.error(
+                "checkpoint file %s is unreadable (%s); moved to %s, starting without checkpoints",
+                self.path,
+                e,
+                bad,
+            )
+            self._data = {}
+
+    # -- access ------------------------------------------------------------------------
+    def namespace(self, component: str) -> dict[str, dict[str, Any]]:
+        """The component's own mutable mapping of key -> state; call :meth:`touch` after edits."""
+        return self._data.setdefault(component, {})
+
+    def touch(self) -> None:
+        self._dirty = True
+
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
+    # -- persistence -------------------------------------------------------------------
+    def save(self) -> bool:
+        """Write if anything changed; True when written."""
+        if not self._dirty:
+            return False
+        self._dirty = False
+        self._write(*self._snapshot())
+        return True
+
+    def _snapshot(self) -> tuple[bytes, int]:
+        self._generation += 1
+        data = orjson.dumps({"version": VERSION, "sources": self._data}, option=orjson.OPT_INDENT_2)
+        return data, self._generation
+
+    def _write(self, data: bytes, generation: int) -> None:
+        with self._write_lock:
+            if generation > self._written:
+                self._write_locked(data)
+                self._written = generation
+
+    def _write_locked(self, data: bytes) -> None:
+        tmp = self.path.with_suffix(".json.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        self.saves += 1
+
+    async def save_async(self) -> None:
+        """Snapshot on the loop, write (fsync) in a thread."""
+        if not self._dirty:
+            return
+        self._dirty = False
+        await asyncio.to_thread(self._write, *self._snapshot())
+
+    async def run(self, interval: float = 1.0) -> None:
+        """Save changes every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.save_async()
+            except OSError as e:
+                self._dirty = True
+                log.error("cannot write checkpoints to %s: %s (will retry)", self.path, e)
+
+    def __enter__(self) -> CheckpointStore:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self.close()

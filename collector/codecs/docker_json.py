@@ -1,0 +1,174 @@
+"""Docker's json-file log format: parse lines, rejoin the entries Docker split.
+
+Each line dockerd writes is ``{"log":"...","stream":"stdout|stderr"[,"attrs":{...}],"time":"RFC3339Nano"}``.
+A message longer than 16 KB is written as several entries; every one but the last has a
+``log`` that does not end with a newline.  stdout and stderr entries may interleave, so
+parts are rejoined per stream.
+
+:class:`LineReader` turns a chunk of bytes read at a known offset into records, keeping:
+
+* torn lines (no newline yet: the writer is mid-line) for the next read, unconsumed;
+* malformed lines (bad JSON, invalid UTF-8, wrong shape) out of the output, reported with
+  their offset;
+* a per-stream partial line until its last part arrives, capped at ``max_record_bytes``
+  (beyond it the message is truncated and flagged ``log.flags: ["truncated"]``).
+
+``safe_offset`` is how far the file can be checkpointed: never past the first part of a line
+still being rejoined, so a restart rejoins it whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+NEWLINE = b"\n"
+
+
+@dataclass(slots=True)
+class Partial:
+    offset: int  # where the first part starts
+    time: str
+    parts: list[str] = field(default_factory=list)
+    size: int = 0  # bytes of message kept so far (UTF-8)
+    truncated: bool = False
+
+
+@dataclass(slots=True)
+class Bad:
+    offset: int
+    raw: bytes
+    reason: str
+
+
+@dataclass(slots=True)
+class Parsed:
+    """Records of one chunk, as parallel lists (offsets are the ids' origin)."""
+
+    times: list[str] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    streams: list[str] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    flags: dict[int, list[str]] = field(default_factory=dict)  # index -> log.flags
+    attrs: dict[int, dict[str, Any]] = field(default_factory=dict)  # index -> docker attrs
+    bad: list[Bad] = field(default_factory=list)
+    consumed: int = 0  # bytes of the chunk fully consumed (complete lines)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+
+class LineReader:
+    """Stateful parser of one json-file (state: partial lines per stream)."""
+
+    def __init__(self, max_record_bytes: int = 1 << 20) -> None:
+        self.max_record_bytes = max_record_bytes
+        self.pending: dict[str, Partial] = {}
+
+    def safe_offset(self, position: int) -> int:
+        """``position`` (end of consumed data) held back to the first pending partial."""
+        if not self.pending:
+            return position
+        return min(position, *(p.offset for p in self.pending.values()))
+
+    def reset(self) -> None:
+        self.pending.clear()
+
+    def flush(self, out: Parsed) -> None:
+        """Emit every pending partial as it is, flagged (the file ended mid-line for good)."""
+        for stream, p in sorted(self.pending.items(), key=lambda kv: kv[1].offset):
+            self._emit_partial(out, stream, p, final=False)
+        self.pending.clear()
+
+    def _emit_partial(self, out: Parsed, stream: str, p: Partial, final: bool) -> None:
+        out.times.append(p.time)
+        out.messages.append("".join(p.parts))
+        out.streams.append(stream)
+        out.offsets.append(p.offset)
+        flags = []
+        if p.truncated:
+            flags.append("truncated")
+        if not final:
+            flags.append("incomplete")
+        if flags:
+            out.flags[len(out.messages) - 1] = flags
+
+    def parse(self, data: bytes, offset: int) -> Parsed:
+        """Parse complete lines of ``data`` (read at file ``offset``)."""
+        out = Parsed()
+        end = data.rfind(NEWLINE)
+        if end < 0:
+            return out
+        out.consumed = end + 1
+        lines = data[: end + 1].split(NEWLINE)
+        lines.pop()  # the empty string after the last newline
+        loads = orjson.loads
+        times, messages, streams, offsets = out.times, out.messages, out.streams, out.offsets
+        pending = self.pending
+        pos = offset
+        for line in lines:
+            here = pos
+            pos += len(line) + 1
+            try:
+                d = loads(line)
+                log = d["log"]
+                stream = d.get("stream", "")
+                t = d["time"]
+                if type(log) is not str or type(t) is not str or type(stream) is not str:
+                    raise TypeError("log, stream and time must be strings")
+            except orjson.JSONDecodeError as e:
+                if not line.strip():
+                    continue  # blank line (e.g. NUL padding after a crash is not blank: reported)
+                out.bad.append(Bad(here, line, _reason(e, line)))
+                continue
+            except (KeyError, TypeError) as e:
+                out.bad.append(Bad(here, line, f"not a Docker json-file entry: {_shape(e)}"))
+                continue
+            if log[-1:] == "\n":
+                p = pending.pop(stream, None) if pending else None
+                if p is None:
+                    times.append(t)
+                    messages.append(log[:-1])
+                    streams.append(stream)
+                    offsets.append(here)
+                    if "attrs" in d:
+                        out.attrs[len(messages) - 1] = d["attrs"]
+                else:
+                    self._add_part(p, log[:-1])
+                    self._emit_partial(out, stream, p, final=True)
+                continue
+            # a part of a longer line (or a last line without newline, which Docker never writes)
+            p = pending.get(stream)
+            if p is None:
+                p = pending[stream] = Partial(here, t)
+            self._add_part(p, log)
+        return out
+
+    def _add_part(self, p: Partial, text: str) -> None:
+        if p.truncated:
+            return
+        room = self.max_record_bytes - p.size
+        n = len(text)
+        if n <= room and (n * 4 <= room or len(text.encode()) <= room):
+            p.parts.append(text)
+            p.size += n if text.isascii() else len(text.encode())
+            return
+        b = text.encode()[:room]
+        p.parts.append(b.decode("utf-8", "ignore"))
+        p.size = self.max_record_bytes
+        p.truncated = True
+
+
+def _reason(e: orjson.JSONDecodeError, line: bytes) -> str:
+    msg = str(e)
+    if "utf-8" in msg.lower() or "surrogate" in msg.lower():
+        return "invalid UTF-8"
+    return f"bad JSON: {msg}"
+
+
+def _shape(e: Exception) -> str:
+    if isinstance(e, KeyError):
+        return f"missing field {e.args[0]!r}"
+    return str(e)

@@ -1,0 +1,183 @@
+"""What every component is given and what it must provide.
+
+A *source* produces batches (``async run(out)``), a *transform* rewrites them
+(``async process(batch)``), a *sink* delivers them (``async run(inbox)``).  Components
+receive a :class:`Context` with the core services (checkpoints, dead letter, telemetry,
+Docker metadata) and never import each other (DESIGN.md house rule 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from collector.acks import release
+from collector.buffers import BufferConfig
+from collector.buffers.memory import Channel
+from collector.checkpoints import CheckpointStore
+from collector.deadletter import DeadLetter
+from collector.event import Batch
+from collector.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from collector.docker_api import DockerMetadata, MetadataSource
+
+
+class ComponentConfig(BaseModel):
+    """Base of every component's config: unknown keys are errors, every field is described."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TransformConfig(ComponentConfig):
+    inputs: list[str] = Field(min_length=1, description="Components whose output this one receives.")
+
+
+class SinkConfig(TransformConfig):
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Where records wait for this sink.")
+    match: str | None = Field(
+        None,
+        description="Fluentd-style tag pattern (`app.**`, `log-test-container-*`, `{a,b}`): "
+        "only batches whose tag matches are delivered here; the rest are dropped (counted).",
+    )
+
+
+@dataclass
+class Context:
+    """Core services shared by the components of one running pipeline."""
+
+    data_dir: Path
+    telemetry: Telemetry
+    checkpoints: CheckpointStore
+    deadletter: DeadLetter
+    once: bool = False
+    hostname: str = field(default_factory=socket.gethostname)
+    _docker: dict[tuple[str, str | None, str], DockerMetadata] = field(default_factory=dict)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def docker(
+        self, source: MetadataSource = "auto", docker_host: str | None = None, docker_root: str = "/var/lib/docker"
+    ) -> DockerMetadata:
+        """The shared metadata cache for these settings (one API client per Docker host)."""
+        from collector.docker_api import DockerMetadata  # noqa: PLC0415
+
+        key = (source, docker_host, docker_root)
+        meta = self._docker.get(key)
+        if meta is None:
+            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root)
+            await meta.start()
+            self._closers.append(meta.close)
+            self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)
+        return meta
+
+    async def aclose(self) -> None:
+        for close in reversed(self._closers):
+            with contextlib.suppress(Exception):
+                await close()
+        self._closers.clear()
+
+
+class Emitter:
+    """A component's output: delivers each batch to every downstream channel.
+
+    Fan-out gives every consumer its own Batch (records are shared: transforms never mutate a
+    record in place, see ``event.with_path``) and retains its Ack once per extra consumer.
+    """
+
+    def __init__(self, name: str, channels: Sequence[Channel] = ()) -> None:
+        self.name = name
+        self.channels = list(channels)
+
+    async def emit(self, batch: Batch) -> None:
+        chans = self.channels
+        if not chans:
+            release(batch.ack)  # nothing downstream: finalized by definition
+            return
+        if len(chans) > 1 and batch.ack is not None:
+            batch.ack.retain(len(chans) - 1)
+        # each consumer gets its own Batch object (transforms replace meta/tag/events on it)
+        copies = [batch] + [batch.derive(batch.events, batch.ids) for _ in chans[1:]]
+        for ch, b in zip(chans, copies, strict=True):
+            await ch.send(b)
+
+    def has_room(self) -> bool:
+        return all(ch.has_room() for ch in self.channels)
+
+    async def wait_room(self) -> None:
+        for ch in self.channels:
+            await ch.wait_room()
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
+
+
+class Source:
+    """Produces batches until stopped (or, with ``once``, until it has read everything)."""
+
+    kind: ClassVar[str] = "source"
+
+    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+        self._stop = asyncio.Event()
+
+    async def run(self, out: Emitter) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        """Stop producing soon; ``run`` returns after its current batch."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+
+class Transform:
+    """Rewrites whole batches. ``process`` returns (output port, batch) pairs; port None is the
+    default output, named ports (``route``) are addressed as ``<name>.<port>``."""
+
+    kind: ClassVar[str] = "transform"
+    ports: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+
+    def output_ports(self) -> Sequence[str]:
+        return self.ports
+
+    async def start(self) -> None:
+        """Acquire what the transform needs (Docker metadata ...)."""
+
+    async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
+        raise NotImplementedError
+
+
+class Sink:
+    """Delivers batches from its inbox; finalizes each one (``ack.done()``) only when delivered
+    or dead-lettered.  Returns once the inbox is closed and everything is finalized."""
+
+    kind: ClassVar[str] = "sink"
+
+    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+        self.name = name
+        self.config = config
+        self.ctx = ctx
+
+    async def run(self, inbox: Channel) -> None:
+        raise NotImplementedError
+
+    def health(self) -> tuple[bool, str]:
+        return True, "ok"

@@ -1,0 +1,85 @@
+"""Sink ``console``: records on standard output.
+
+On a terminal: one readable line per record, ``time  container  stream  message``, the
+container coloured (stable per name, like ``docker compose logs``) and stderr marked.
+Piped: NDJSON, the same documents as the file sink.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import zlib
+from typing import IO, Any, Literal
+
+from pydantic import Field
+
+from collector.acks import release
+from collector.buffers.memory import Channel
+from collector.component import Sink, SinkConfig
+from collector.event import Batch, get_path
+from collector.sinks.file import drain
+
+COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
+RESET = "\x1b[0m"
+
+
+class ConsoleConfig(SinkConfig):
+    type: Literal["console"]
+    format: Literal["auto", "text", "json"] = Field(
+        "auto", description="`text` (readable), `json` (NDJSON), or `auto`: text on a terminal, else json."
+    )
+    color: bool | None = Field(None, description="Colour text output; default: when on a terminal.")
+
+
+class ConsoleSink(Sink):
+    config: ConsoleConfig
+
+    def __init__(self, name: str, config: ConsoleConfig, ctx: Any, stream: IO[bytes] | None = None) -> None:
+        super().__init__(name, config, ctx)
+        self.out = stream or sys.stdout.buffer
+        tty = _isatty(self.out)
+        self.text = config.format == "text" or (config.format == "auto" and tty)
+        self.color = tty if config.color is None else config.color
+        self._sent = ctx.telemetry.sent.labels(name)
+
+    def render(self, batch: Batch) -> bytes:
+        if not self.text:
+            return b"".join(line + b"\n" for line in batch.encoded())
+        lines = []
+        for rec in batch.records():
+            ts = str(rec.get("@timestamp", ""))
+            ts = ts[11:23] if len(ts) > 23 else ts
+            who = str(get_path(rec, "container.name") or get_path(rec, "container.id") or batch.tag or "-")
+            who = who[:24]
+            stream = str(rec.get("stream", ""))
+            msg = str(rec.get("message", ""))
+            if self.color:
+                c = COLOURS[zlib.crc32(who.encode()) % len(COLOURS)]
+                err = "\x1b[31m!" + RESET if stream == "stderr" else " "
+                lines.append(f"\x1b[2m{ts}{RESET} \x1b[{c}m{who:<24}{RESET} {err} {msg}")
+            else:
+                lines.append(f"{ts} {who:<24} {'!' if stream == 'stderr' else ' '} {msg}")
+        return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+
+    async def run(self, inbox: Channel) -> None:
+        while (first := await inbox.recv()) is not None:
+            batches = await drain(inbox, first, 5000)
+            data = b"".join(self.render(b) for b in batches)
+            try:
+                self.out.write(data)
+                self.out.flush()
+            except BrokenPipeError:
+                # the reader went away (``| head``): nothing more can be delivered here
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                raise
+            for b in batches:
+                self._sent.inc(len(b))
+                release(b.ack)
+
+
+def _isatty(f: IO[bytes]) -> bool:
+    try:
+        return f.isatty()
+    except (AttributeError, ValueError):
+        return False

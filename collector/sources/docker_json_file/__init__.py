@@ -1,0 +1,535 @@
+"""Source ``docker_json_file``: follow Docker's json-file logs.
+
+Follows every file matching ``paths`` (default: every container under
+``/var/lib/docker/containers``), surviving rotation, truncation and restarts:
+
+* new files and containers are found within a second (watchdog on the directories, plus a
+  periodic rescan); growth is found by ``fstat`` polling with an adaptive interval (busy files
+  are read back to back, idle ones are looked at every ``max_poll_interval``), which costs far
+  less than an inotify event per written line;
+* rotation (Docker renames ``x-json.log`` to ``x-json.log.1``): the old file is read to its end
+  through the descriptor we hold, rotated files we never saw are read oldest first, then the
+  new live file; deleting a file we hold open loses nothing;
+* truncation (``copytruncate``): reading restarts at 0 and the event is reported;
+* restarts: reading resumes at the acknowledged offset of each file (by fingerprint, whatever
+  its current name); rotated files created while we were down are read; files that vanished
+  before they were finished are reported with the byte range lost.
+
+Checkpoints only move over acknowledged records (see acks.py); record ids are
+``<fingerprint>-<offset>``, stable across replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import glob
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from collector.codecs.docker_json import Parsed
+from collector.component import ComponentConfig, Emitter, Source
+from collector.event import Batch, Fields
+from collector.sources.docker_json_file.files import (
+    OpenFile,
+    container_id_of,
+    fingerprint,
+    rotated_siblings,
+    same_file,
+)
+
+log = logging.getLogger("collector.sources.docker_json_file")
+
+DEFAULT_DOCKER_ROOT = "/var/lib/docker"
+
+
+class DockerJsonFileConfig(ComponentConfig):
+    type: Literal["docker_json_file"]
+    paths: list[str] | None = Field(
+        None,
+        description="Glob patterns of json-file logs; default `<docker_root>/containers/*/*-json.log`.",
+    )
+    docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for the default paths).")
+    read_from: Literal["beginning", "end"] = Field(
+        "beginning", description="Where to start in a file seen for the first time."
+    )
+    include_rotated: bool = Field(
+        False,
+        description="Also read the rotated files (`-json.log.1` ...) of a container seen for the "
+        "first time (backfill). Rotated files created while the collector was down are read anyway.",
+    )
+    tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
+    max_record_bytes: int = Field(
+        1 << 20, ge=1024, description="A rejoined line longer than this is truncated and flagged."
+    )
+    read_chunk_bytes: int = Field(1 << 20, ge=4096, description="Bytes read from one file at a time.")
+    max_line_bytes: int = Field(
+        8 << 20, ge=65536, description="A 'line' longer than this without a newline is set aside."
+    )
+    min_poll_interval: float = Field(0.05, gt=0, description="Seconds between looks at a busy file.")
+    max_poll_interval: float = Field(0.5, gt=0, description="Seconds between looks at an idle file.")
+    rescan_interval: float = Field(10.0, gt=0, description="Seconds between full rescans of the globs.")
+
+    @field_validator("paths")
+    @classmethod
+    def _non_empty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and not v:
+            raise ValueError("give at least one glob, or leave `paths` out for the default")
+        return v
+
+    def globs(self) -> list[str]:
+        return self.paths or [os.path.join(self.docker_root, "containers", "*", "*-json.log")]
+
+
+class LogStream:
+    """Everything about one live log path: the file being read and rotated ones to finish."""
+
+    __slots__ = ("current", "interval", "live", "meta", "next_poll", "queue", "tag")
+
+    def __init__(self, live: str, meta: Fields, tag: str) -> None:
+        self.live = live
+        self.current: OpenFile | None = None
+        self.queue: list[OpenFile] = []  # rotated files to read before ``current``
+        self.meta = meta
+        self.tag = tag
+        self.next_poll = 0.0
+        self.interval = 0.0
+
+    def files(self) -> list[OpenFile]:
+        return [*self.queue, *([self.current] if self.current else [])]
+
+
+class DockerJsonFileSource(Source):
+    config: DockerJsonFileConfig
+
+    def __init__(self, name: str, config: DockerJsonFileConfig, ctx: Any) -> None:
+        super().__init__(name, config, ctx)
+        self.state = ctx.checkpoints.namespace(name)  # fp -> {live, path, offset, size}
+        self.streams: dict[str, LogStream] = {}
+        self._wake = asyncio.Event()
+        self._rescan_due = 0.0
+        self._observer: Any = None
+        t = ctx.telemetry
+        self._received = t.received.labels(name)
+        self._errors = t.errors
+        self.lost_bytes = 0
+        self._fully_read: set[str] = set()  # fingerprints of files read to their end
+
+    # -- helpers --------------------------------------------------------------------------
+    def _meta_for(self, live: str) -> tuple[Fields, str]:
+        cid = container_id_of(live)
+        data: dict[str, Any] = {"host": {"name": self.ctx.hostname}}
+        if cid:
+            data["container"] = {"id": cid}
+        if self.config.tags:
+            data["tags"] = list(self.config.tags)
+        return Fields(data), (cid[:12] if cid else os.path.basename(live))
+
+    def _error(self, reason: str, n: float = 1) -> None:
+        self._errors.labels(self.name, reason).inc(n)
+
+    def _checkpoint(self, of: OpenFile, committed: int) -> None:
+        if of.fp is None:
+            return
+        st = self.state.get(of.fp)
+        if st is None:
+            st = self.state[of.fp] = {"live": of.live, "path": of.path}
+        st["offset"] = committed
+        st["size"] = max(of.size, committed)
+        self.ctx.checkpoints.touch()
+
+    def _register(self, of: OpenFile) -> None:
+        """Start tracking acknowledgements of ``of`` and record it in the checkpoints."""
+        of.acks.on_commit = lambda pos, of=of: self._checkpoint(of, pos)
+        if of.fp is not None and of.fp not in self.state:
+            self.state[of.fp] = {"live": of.live, "path": of.path, "offset": of.offset, "size": of.size}
+            self.ctx.checkpoints.touch()
+
+    def _open(self, path: str, live: str, offset: int | None) -> OpenFile | None:
+        """Open ``path``; resume at its checkpoint when its fingerprint is known."""
+        try:
+            of = OpenFile.open(path, live, 0, self.config.max_record_bytes)
+        except OSError as e:
+            if not isinstance(e, FileNotFoundError):
+                log.error("%s: cannot open %s: %s", self.name, path, e)
+                self._error("open_failed")
+            return None
+        known = self.state.get(of.fp) if of.fp else None
+        if known is not None:
+            start = int(known.get("offset", 0))
+        elif offset is not None:
+            start = offset
+        else:
+            start = 0
+        if start > of.size:
+            log.warning(
+                "%s: %s is shorter (%d) than its checkpoint (%d); reading from 0", self.name, path, of.size, start
+            )
+            start = 0
+        of.offset = start
+        of.acks.reset(start)
+        self._register(of)
+        return of
+
+    # -- discovery --------------------------------------------------------------------------
+    def _glob(self) -> set[str]:
+        found: set[str] = set()
+        for pattern in self.config.globs():
+            for p in glob.glob(pattern):
+                if os.path.isfile(p):
+                    found.add(p)
+        return found
+
+    def _known_stream(self, live: str) -> bool:
+        return any(st.get("live") == live for st in self.state.values())
+
+    def _add_stream(self, live: str, first_scan: bool) -> None:
+        meta, tag = self._meta_for(live)
+        s = LogStream(live, meta, tag)
+        known = self._known_stream(live)
+        # rotated files: finish the ones we were reading, read the ones created meanwhile
+        siblings = rotated_siblings(live)
+        for _, path in siblings:
+            fp = self._fp_of(path, live)
+            st = self.state.get(fp) if fp else None
+            if st is None and not (known or self.config.include_rotated):
+                continue
+            if st is not None and int(st.get("offset", 0)) >= os.path.getsize(path):
+                continue  # finished before
+            of = self._open(path, live, 0)
+            if of is not None:
+                of.rotated = True
+                s.queue.append(of)
+        if known:
+            present = {self._fp_of(p, live) for _, p in siblings} | {self._fp_of(live, live)}
+            self._report_vanished(live, present | {of.fp for of in s.queue})
+        start: int | None = None
+        if not known and self.config.read_from == "end" and not first_scan:
+            start = 0  # a file born while we run is read from its start
+        elif not known and self.config.read_from == "end":
+            start = _line_aligned_end(live)
+        s.current = self._open(live, live, start)
+        self.streams[live] = s
+
+    def _fp_of(self, path: str, live: str) -> str | None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            cid = container_id_of(live)
+            return fingerprint(fd, cid or os.path.dirname(os.path.abspath(live)))
+        finally:
+            os.close(fd)
+
+    def _report_vanished(self, live: str, present: set[str | None]) -> None:
+        """Files of ``live`` in the checkpoints that no longer exist: loss if unfinished."""
+        for fp, st in list(self.state.items()):
+            if st.get("live") != live or fp in present:
+                continue
+            offset, size = int(st.get("offset", 0)), int(st.get("size", 0))
+            if fp in self._fully_read:  # read to its end by us: delivery may still be in flight
+                if offset >= size:
+                    del self.state[fp]
+                    self._fully_read.discard(fp)
+                    self.ctx.checkpoints.touch()
+                continue
+            if offset < size:
+                lost = size - offset
+                self.lost_bytes += lost
+                self._error("file_vanished_unread", lost)
+                log.error(
+                    "%s: LOST DATA: %s (container %s) was deleted before it was read: bytes %d-%d "
+                    "(%d bytes, at least) never delivered",
+                    self.name,
+                    st.get("path"),
+                    container_id_of(live)[:12] or "-",
+                    offset,
+                    size,
+                    lost,
+                )
+            del self.state[fp]
+            self.ctx.checkpoints.touch()
+
+    def rescan(self, first: bool = False) -> None:
+        for live in sorted(self._glob() - self.streams.keys()):
+            if not first:
+                log.info("%s: following %s", self.name, live)
+            self._add_stream(live, first)
+            self._wake.set()
+
+    def _start_watching(self) -> None:
+        try:
+            from watchdog.events import (  # noqa: PLC0415
+                DirCreatedEvent,
+                DirDeletedEvent,
+                DirMovedEvent,
+                FileCreatedEvent,
+                FileDeletedEvent,
+                FileMovedEvent,
+                FileSystemEventHandler,
+            )
+            from watchdog.observers import Observer  # noqa: PLC0415
+        except ImportError:  # pragma: no cover - watchdog is a dependency
+            return
+        loop = asyncio.get_running_loop()
+        source = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                loop.call_soon_threadsafe(source._structure_changed)
+
+        roots = {_static_root(p) for p in self.config.globs()}
+        obs = Observer()
+        kinds = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent]
+        for root in sorted(roots):
+            if os.path.isdir(root):
+                try:
+                    obs.schedule(Handler(), root, recursive=True, event_filter=kinds)
+                except OSError as e:
+                    log.warning(
+                        "%s: cannot watch %s (%s); relying on rescans every %ss",
+                        self.name,
+                        root,
+                        e,
+                        self.config.rescan_interval,
+                    )
+        obs.daemon = True
+        obs.start()
+        self._observer = obs
+
+    def _structure_changed(self) -> None:
+        self._rescan_due = 0.0
+        self._wake.set()
+
+    # -- reading ------------------------------------------------------------------------------
+    def _to_batch(self, s: LogStream, of: OpenFile, parsed: Parsed, end: int) -> Batch | None:
+        for bad in parsed.bad:
+            self.ctx.deadletter.raw(self.name, bad.reason, bad.raw, path=of.path, offset=bad.offset)
+        n = len(parsed.messages)
+        commit = of.reader.safe_offset(end)
+        if n == 0:
+            if commit > of.acks.committed:
+                of.acks.track(commit).done()  # only bad/blank lines: nothing to wait for
+            return None
+        ref = of.file_ref
+        events = [
+            {"@timestamp": t, "message": m, "stream": st, "log": {"offset": o, "file": ref}}
+            for t, m, st, o in zip(parsed.times, parsed.messages, parsed.streams, parsed.offsets, strict=True)
+        ]
+        for i, flags in parsed.flags.items():
+            events[i]["log"]["flags"] = flags
+        for i, attrs in parsed.attrs.items():
+            if isinstance(attrs, dict):
+                events[i]["docker"] = {"attrs": {k.replace(".", "_"): v for k, v in attrs.items()}}
+        fp = of.fp
+        ids = [f"{fp}-{o}" for o in parsed.offsets]
+        self._received.inc(n)
+        return Batch(
+            events, s.meta, ids=ids, ack=of.acks.track(commit), tag=s.tag, source=self.name, nbytes=end - of.offset
+        )
+
+    async def _read_file(self, s: LogStream, of: OpenFile, out: Emitter) -> bool:
+        """One read of ``of``; True when it produced data (more may follow)."""
+        cfg = self.config
+        try:
+            size = os.fstat(of.fd).st_size
+        except OSError:
+            return False
+        if size < of.offset or (
+            size > of.offset and of.offset and of.fp is not None and fingerprint(of.fd, of.salt()) != of.fp
+        ):
+            # shorter than what we read, or rewritten from the start (copytruncate, then new lines)
+            self._truncated(of, size)
+        of.size = size
+        if size <= of.offset:
+            return False
+        parsed, end, skipped = of.read(cfg.read_chunk_bytes, cfg.max_line_bytes)
+        if skipped is not None:
+            self.ctx.deadletter.raw(
+                self.name, f"line longer than {cfg.max_line_bytes} bytes", skipped, path=of.path, offset=of.offset
+            )
+        if end == of.offset:
+            return False
+        batch = self._to_batch(s, of, parsed, end)
+        of.offset = end
+        if batch is not None:
+            await out.emit(batch)
+        return True
+
+    def _truncated(self, of: OpenFile, size: int) -> None:
+        log.warning(
+            "%s: %s was truncated (size %d < read offset %d): reading it again from the start; "
+            "lines written between our last read and the truncation are lost",
+            self.name,
+            of.path,
+            size,
+            of.offset,
+        )
+        self._error("truncated")
+        if of.fp is not None and of.fp in self.state:
+            del self.state[of.fp]
+            self.ctx.checkpoints.touch()
+        of.reader.reset()
+        of.offset = 0
+        of.fp = fingerprint(of.fd, of.salt())
+        of.acks.reset(0)
+        self._register(of)
+
+    def _finish(self, s: LogStream, of: OpenFile) -> Batch | None:
+        """``of`` is complete (rotated away and read to its end): flush what it holds, close it."""
+        batch = None
+        if of.fp is not None:
+            self._fully_read.add(of.fp)
+        if of.reader.pending:
+            parsed = Parsed()
+            of.reader.flush(parsed)
+            batch = self._to_batch(s, of, parsed, of.offset)
+        of.close()
+        return batch
+
+    async def _poll_stream(self, s: LogStream, out: Emitter) -> bool:
+        """Read what is new in the stream; True when data was read."""
+        # rotated files first, oldest first
+        while s.queue:
+            of = s.queue[0]
+            if await self._read_file(s, of, out):
+                return True
+            s.queue.pop(0)
+            if (b := self._finish(s, of)) is not None:
+                await out.emit(b)
+        cur = s.current
+        if cur is None:
+            if os.path.exists(s.live):
+                s.current = self._open(s.live, s.live, 0)
+                return s.current is not None and await self._read_file(s, s.current, out)
+            return False
+        if await self._read_file(s, cur, out):
+            return True
+        # at the end of the live file: was it rotated, replaced or removed?
+        same = same_file(s.live, cur.dev, cur.ino)
+        if same:
+            return False
+        if await self._read_file(s, cur, out):  # last words written before the rename
+            return True
+        if (b := self._finish(s, cur)) is not None:
+            await out.emit(b)
+        s.current = None
+        if same is None and not os.path.isdir(os.path.dirname(s.live)):
+            log.info("%s: %s is gone (container removed); released", self.name, s.live)
+            return False
+        self._catch_up_rotations(s, cur)
+        if os.path.exists(s.live):
+            s.current = self._open(s.live, s.live, 0)
+        return True
+
+    def _catch_up_rotations(self, s: LogStream, finished: OpenFile) -> None:
+        """Rotated files we never opened that are newer than ``finished``: read them next."""
+        siblings = rotated_siblings(s.live)
+        mine = None
+        fps: dict[str, str | None] = {}
+        for num, path in siblings:
+            fps[path] = self._fp_of(path, s.live)
+            if same_file(path, finished.dev, finished.ino):
+                mine = num
+        # forget files that rotated out of existence (reporting any we had not finished)
+        self._report_vanished(s.live, {*fps.values(), *(of.fp for of in s.files()), finished.fp})
+        for num, path in siblings:  # oldest first
+            if mine is not None and num >= mine:
+                continue
+            fp = fps[path]
+            if fp is None or fp in self.state:
+                continue
+            of = self._open(path, s.live, 0)
+            if of is not None:
+                of.rotated = True
+                s.queue.append(of)
+                log.info("%s: reading %s, rotated before we saw it", self.name, path)
+
+    # -- main loop ----------------------------------------------------------------------------
+    async def run(self, out: Emitter) -> None:
+        cfg = self.config
+        self.rescan(first=True)
+        if not self.ctx.once:
+            self._start_watching()
+        self._rescan_due = time.monotonic() + cfg.rescan_interval
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= self._rescan_due:
+                    self.rescan()
+                    self._forget_gone()
+                    self._rescan_due = now + cfg.rescan_interval
+                busy = False
+                for s in list(self.streams.values()):
+                    if self.stopping:
+                        break
+                    if s.next_poll > now and not self.ctx.once:
+                        continue
+                    got = await self._poll_stream(s, out)
+                    busy = busy or got
+                    if got:
+                        s.interval = 0.0
+                        s.next_poll = 0.0
+                    else:
+                        s.interval = min(max(s.interval * 2, cfg.min_poll_interval), cfg.max_poll_interval)
+                        s.next_poll = now + s.interval
+                if self.ctx.once and not busy:
+                    break
+                if busy:
+                    await asyncio.sleep(0)
+                    continue
+                wake = min((s.next_poll for s in self.streams.values()), default=now + cfg.max_poll_interval)
+                timeout = max(0.0, min(wake, self._rescan_due) - time.monotonic())
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            if self._observer is not None:
+                self._observer.stop()
+                await asyncio.to_thread(self._observer.join, 5)
+            for s in self.streams.values():
+                for of in s.files():
+                    of.close()
+
+    def _forget_gone(self) -> None:
+        """Release streams whose files are all closed and whose live path is gone."""
+        for live, s in list(self.streams.items()):
+            if s.current is None and not s.queue and not os.path.exists(live):
+                del self.streams[live]
+                if not os.path.isdir(os.path.dirname(live)):
+                    # container removed: its checkpoints are finished business
+                    for fp, st in list(self.state.items()):
+                        if st.get("live") == live and int(st.get("offset", 0)) >= int(st.get("size", 0)):
+                            del self.state[fp]
+                            self.ctx.checkpoints.touch()
+
+
+def _static_root(pattern: str) -> str:
+    """The deepest directory of a glob without wildcards (what to watch)."""
+    parts = Path(pattern).parts
+    root: list[str] = []
+    for part in parts[:-1]:
+        if glob.has_magic(part):
+            break
+        root.append(part)
+    return str(Path(*root)) if root else "."
+
+
+def _line_aligned_end(path: str) -> int | None:
+    """The offset just after the last complete line of ``path`` (for ``read_from: end``)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            back = min(size, 1 << 20)
+            f.seek(size - back)
+            tail = f.read(back)
+    except OSError:
+        return None
+    nl = tail.rfind(b"\n")
+    return size - back + nl + 1 if nl >= 0 else size - back

@@ -1,0 +1,110 @@
+"""Fixtures for the real services: the private Docker engine (tests/services/dockerd.sh).
+
+Nothing here skips: when a service cannot start, the tests that need it fail with the
+script's output, because CI must run every test for real.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import REPO
+
+SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+IMAGE = "collector-test/busybox:latest"
+
+
+@dataclass
+class DockerEngine:
+    host: str
+    root: Path
+    client: Any
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.root / "containers"
+
+    def run(
+        self,
+        script: str,
+        *,
+        name: str | None = None,
+        labels: dict[str, str] | None = None,
+        log_driver: str = "json-file",
+        log_opts: dict[str, str] | None = None,
+        wait: bool = True,
+        timeout: float = 120,
+    ) -> Any:
+        """Run ``sh -c script`` in a busybox container (no network); wait for it to exit."""
+        c = self.client.containers.run(
+            IMAGE,
+            ["sh", "-c", script],
+            name=name or f"t-{uuid.uuid4().hex[:8]}",
+            labels=labels or {},
+            network_mode="none",
+            log_config={"Type": log_driver, "Config": log_opts or {}},
+            detach=True,
+        )
+        if wait:
+            res = c.wait(timeout=timeout)
+            assert res["StatusCode"] == 0, f"container failed: {res} {c.logs()[-2000:]!r}"
+        c.reload()
+        return c
+
+    def log_path(self, container: Any) -> Path:
+        return self.containers_dir / container.id / f"{container.id}-json.log"
+
+    def clean(self) -> None:
+        for c in self.client.containers.list(all=True):
+            c.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[DockerEngine]:
+    import docker
+
+    script = REPO / "tests" / "services" / "dockerd.sh"
+    res = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=600, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"cannot start the test Docker engine:\n{res.stdout}\n{res.stderr}", pytrace=False)
+    host = res.stdout.strip().splitlines()[-1].split("=", 1)[1]
+    client = docker.DockerClient(base_url=host, timeout=120)
+    engine = DockerEngine(host=host, root=SERVICES / "dockerd" / "root", client=client)
+    yield engine
+    engine.clean()
+    client.close()
+
+
+@pytest.fixture
+def docker(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
+    """The engine with no containers left from other tests."""
+    docker_engine.clean()
+    yield docker_engine
+    docker_engine.clean()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "state"
+    d.mkdir()
+    return d
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "docker" in getattr(item, "fixturenames", ()) or "docker_engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+
+
+@pytest.fixture
+def now_ns() -> int:
+    return time.time_ns()

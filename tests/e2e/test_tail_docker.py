@@ -1,0 +1,174 @@
+"""`collector tail` against a real Docker engine: real containers, real json-file logs, rotation."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from tests.helpers import Collector, read_ndjson, run_cli, wait_until
+
+IMAGE = "collector-test/busybox:latest"
+N = 3000
+
+WRITER = f"""
+i=0
+while [ $i -lt {N} ]; do
+  echo "seq=$i stdout line padded to rotate sooner ................................"
+  if [ $((i % 250)) -eq 0 ]; then echo "seq=$i on stderr" >&2; fi
+  if [ $((i % 100)) -eq 0 ]; then usleep 50000; fi
+  i=$((i+1))
+done
+"""
+
+SPECIAL = r"""
+printf '%s\n' '{"level":"error","msg":"boom","n":1}'
+head -c 40000 /dev/zero | tr '\0' 'x'; echo
+printf 'caf\303\251 \346\227\245\346\234\254 \342\234\205\n'
+printf 'tab\there "quotes" <tag> &amp; back\\slash\n'
+echo "last line"
+"""
+SPECIAL_EXPECTED = [
+    '{"level":"error","msg":"boom","n":1}',
+    "x" * 40000,
+    "caf\u00e9 \u65e5\u672c \u2705",
+    'tab\there "quotes" <tag> &amp; back\\slash',
+    "last line",
+]
+LABELS = {
+    "com.docker.compose.project": "demo",
+    "com.docker.compose.service": "web",
+    "com.docker": "clash?",
+    "team": "core",
+}
+
+
+def expected_writer() -> dict[str, list[str]]:
+    exp: dict[str, list[str]] = {"stdout": [], "stderr": []}
+    for i in range(N):
+        exp["stdout"].append(f"seq={i} stdout line padded to rotate sooner ................................")
+        if i % 250 == 0:
+            exp["stderr"].append(f"seq={i} on stderr")
+    return exp
+
+
+def by_container(records):
+    out: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in records:
+        out[r["container"]["name"]][r["stream"]].append(r["message"])
+    return out
+
+
+def test_tail_follows_real_containers_through_rotation(docker, tmp_path):
+    out = tmp_path / "out.ndjson"
+    state = tmp_path / "state"
+    args = [
+        "tail",
+        "--docker-root",
+        str(docker.root),
+        "--docker-host",
+        docker.host,
+        "--tag",
+        "{{.Name}}",
+        "--output",
+        f"file:{out}",
+        "--data-dir",
+        str(state),
+    ]
+    with Collector(*args).start(tmp_path / "collector.log") as col:
+        writer = docker.run(WRITER, name="writer", log_opts={"max-size": "20k", "max-file": "5"}, wait=False)
+        special = docker.run(SPECIAL, name="special", labels=LABELS)
+        assert writer.wait(timeout=120)["StatusCode"] == 0
+        total = N + N // 250 + len(SPECIAL_EXPECTED)
+        wait_until(lambda: len(read_ndjson(out)) >= total, timeout=60, what=f"{total} records")
+        assert col.stop() == 0, col.stderr()
+
+    records = read_ndjson(out)
+    got = by_container(records)
+    assert dict(got["writer"]) == expected_writer()  # every line once, in order, through ~20 rotations
+    assert got["special"]["stdout"] == SPECIAL_EXPECTED
+    assert len(records) == total
+
+    rotated = list((docker.containers_dir / writer.id).glob("*-json.log.*"))
+    assert rotated, "the writer's log was supposed to rotate"
+
+    rec = next(r for r in records if r["container"]["name"] == "special")
+    c = rec["container"]
+    assert c["id"] == special.id
+    assert c["image"]["name"] == IMAGE
+    assert c["labels"] == {
+        "com_docker_compose_project": "demo",
+        "com_docker_compose_service": "web",
+        "com_docker": "clash?",
+        "team": "core",
+    }
+    assert c["compose"] == {"project": "demo", "service": "web"}
+    assert rec["tags"] == ["special"]
+    assert rec["log"]["file"]["path"] == str(docker.log_path(special))
+    assert rec["@timestamp"].endswith("Z") and len(rec["@timestamp"]) > 25  # nanoseconds kept
+
+    # --once afterwards: nothing new; after the container runs again: exactly the new lines
+    once = [*args, "--once"]
+    r = run_cli(*once)
+    assert r.returncode == 0, r.stderr
+    assert len(read_ndjson(out)) == total
+    special.start()
+    assert special.wait(timeout=60)["StatusCode"] == 0
+    r = run_cli(*once)
+    assert r.returncode == 0, r.stderr
+    again = read_ndjson(out)
+    assert len(again) == total + len(SPECIAL_EXPECTED)
+    assert [x["message"] for x in again[total:]] == SPECIAL_EXPECTED
+
+
+def test_metadata_from_config_v2_json_when_the_socket_is_absent(docker, tmp_path):
+    c = docker.run('echo "from a sidecar"', name="sidecar-case", labels={"app": "demo"})
+    out = tmp_path / "out.ndjson"
+    r = run_cli(
+        "tail",
+        "--docker-root",
+        str(docker.root),
+        "--docker-host",
+        f"unix://{tmp_path}/no.sock",
+        "--output",
+        f"file:{out}",
+        "--data-dir",
+        str(tmp_path / "s"),
+        "--once",
+    )
+    assert r.returncode == 0, r.stderr
+    (rec,) = read_ndjson(out)
+    assert rec["message"] == "from a sidecar"
+    assert rec["container"]["name"] == "sidecar-case"
+    assert rec["container"]["image"]["name"] == IMAGE
+    assert rec["container"]["labels"] == {"app": "demo"}
+    assert rec["tags"] == [c.id[:12]]  # Docker's default tag, {{.ID}}
+
+
+def test_removed_containers_keep_their_metadata_and_release_their_files(docker, tmp_path):
+    out = tmp_path / "out.ndjson"
+    args = [
+        "tail",
+        "--docker-root",
+        str(docker.root),
+        "--docker-host",
+        docker.host,
+        "--output",
+        f"file:{out}",
+        "--data-dir",
+        str(tmp_path / "state"),
+    ]
+    with Collector(*args).start(tmp_path / "collector.log") as col:
+        c = docker.run("for i in 1 2 3; do echo gone-$i; done; sleep 1", name="short-lived", wait=False)
+        wait_until(lambda: len(read_ndjson(out)) == 3, timeout=30, what="3 records")
+        c.wait(timeout=30)
+        c.remove()
+        import os
+        import time
+
+        pid = col.proc.pid
+        time.sleep(12)  # one rescan interval: the stream is released
+        open_logs = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert not [p for p in open_logs if c.id in p], open_logs
+        assert col.stop() == 0
+    recs = read_ndjson(out)
+    assert [r["message"] for r in recs] == ["gone-1", "gone-2", "gone-3"]
+    assert {r["container"]["name"] for r in recs} == {"short-lived"}

@@ -1,0 +1,183 @@
+"""Shared test helpers: Docker-format log lines, running the collector, waiting for outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from collector.app import run_pipeline
+from collector.config import validate_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def docker_line(log: str, stream: str = "stdout", t: str = "2024-05-01T12:00:00.000000001Z") -> bytes:
+    """One line exactly as dockerd's json-file driver writes it."""
+    return orjson.dumps({"log": log, "stream": stream, "time": t}) + b"\n"
+
+
+def docker_lines(messages: list[str], stream: str = "stdout", start_ns: int = 1) -> bytes:
+    out = []
+    for i, m in enumerate(messages):
+        out.append(docker_line(m + "\n", stream, f"2024-05-01T12:00:00.{start_ns + i:09d}Z"))
+    return b"".join(out)
+
+
+def split_like_docker(message: str, stream: str = "stdout", t: str = "2024-05-01T12:00:01Z") -> bytes:
+    """A long message split in 16 KiB entries, the newline on the last one (as dockerd does)."""
+    raw = message.encode()
+    parts = [raw[i : i + 16384] for i in range(0, len(raw), 16384)]
+    out = []
+    for i, p in enumerate(parts):
+        text = p.decode("utf-8", "ignore")
+        out.append(docker_line(text + ("\n" if i == len(parts) - 1 else ""), stream, t))
+    return b"".join(out)
+
+
+def read_ndjson(path: str | Path) -> list[dict[str, Any]]:
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return []
+    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or cond}")
+        time.sleep(interval)
+
+
+def run_once(config: dict[str, Any]) -> int:
+    """Run a pipeline in-process with ``--once`` semantics; returns the exit code."""
+    cfg = validate_config(config)
+    return asyncio.run(run_pipeline(cfg, once=True, install_signals=False))
+
+
+class Collector:
+    """The real CLI in a subprocess (``python -m collector ...``)."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+        self.args = [sys.executable, "-m", "collector", *args]
+        self.env = {**os.environ, **(env or {})}
+        self.cwd = cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.stderr_path: Path | None = None
+
+    def start(self, stderr_path: Path) -> Collector:
+        self.stderr_path = stderr_path
+        self._err = open(stderr_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            self.args, stdout=subprocess.PIPE, stderr=self._err, env=self.env, cwd=self.cwd, start_new_session=True
+        )
+        return self
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self._err.close()
+        return rc
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(30)
+        self._err.close()
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace") if self.stderr_path else ""
+
+    def __enter__(self) -> Collector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill9()
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "collector", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+class BackgroundPipeline:
+    """A pipeline running in-process on its own thread and loop (follow mode), stopped on exit."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import threading
+
+        self.cfg = validate_config(config)
+        self.loop = asyncio.new_event_loop()
+        self.pipeline: Any = None
+        self.rc: int | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        def ready(p: Any) -> None:
+            self.pipeline = p
+            self._ready.set()
+
+        try:
+            self.rc = self.loop.run_until_complete(run_pipeline(self.cfg, install_signals=False, on_ready=ready))
+        finally:
+            self._ready.set()
+
+    def __enter__(self) -> BackgroundPipeline:
+        self.thread.start()
+        self._ready.wait(30)
+        return self
+
+    def stop(self, timeout: float = 60) -> int | None:
+        if self.pipeline is not None and self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.pipeline.request_stop)
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "pipeline did not stop"
+        return self.rc
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.stop()
+
+    @property
+    def telemetry(self) -> Any:
+        return self.pipeline.ctx.telemetry
+
+
+def file_pipeline(paths: list[str], out: Path, data_dir: Path, **source: Any) -> dict[str, Any]:
+    """json-file source straight into a file sink."""
+    return {
+        "data_dir": str(data_dir),
+        "sources": {"files": {"type": "docker_json_file", "paths": paths, **source}},
+        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(out), "fsync": False}},
+    }

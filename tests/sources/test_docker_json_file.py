@@ -1,0 +1,229 @@
+"""The json-file source on real files: restarts, rotation, truncation, bad input.
+
+These use files written in Docker's exact format; tests/e2e/ does the same with a real engine.
+"""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+
+from tests.helpers import (
+    BackgroundPipeline,
+    docker_line,
+    docker_lines,
+    file_pipeline,
+    read_ndjson,
+    run_once,
+    split_like_docker,
+    wait_until,
+)
+
+CID = "ab" * 32
+
+
+def container_dir(tmp_path):
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True)
+    return d
+
+
+def messages(out):
+    return [r["message"] for r in read_ndjson(out)]
+
+
+def test_once_twice_delivers_nothing_new_and_appended_lines_exactly_once(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines([f"line {i}" for i in range(100)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    assert run_once(cfg) == 0
+    assert messages(out) == [f"line {i}" for i in range(100)]
+    assert run_once(cfg) == 0
+    assert len(messages(out)) == 100
+    with open(log, "ab") as f:
+        f.write(docker_lines([f"more {i}" for i in range(5)], start_ns=500))
+    assert run_once(cfg) == 0
+    assert messages(out) == [f"line {i}" for i in range(100)] + [f"more {i}" for i in range(5)]
+    recs = read_ndjson(out)
+    assert recs[0]["container"] == {"id": CID}
+    assert recs[0]["log"]["file"]["path"] == str(log)
+    assert recs[1]["log"]["offset"] == len(docker_line("line 0\n", t="2024-05-01T12:00:00.000000001Z"))
+
+
+def test_record_shape_is_nested_ecs(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    (d / f"{CID}-json.log").write_bytes(docker_line("hi\n", "stderr", "2024-05-01T12:00:00.123456789Z"))
+    out = tmp_path / "out.ndjson"
+    run_once(file_pipeline([str(d / "*-json.log")], out, data_dir, tags=["t1"]))
+    (rec,) = read_ndjson(out)
+    assert rec["@timestamp"] == "2024-05-01T12:00:00.123456789Z"  # nanoseconds kept
+    assert rec["message"] == "hi" and rec["stream"] == "stderr"
+    assert rec["host"]["name"] and rec["tags"] == ["t1"]
+    assert not any("." in k for k in rec)  # nested objects, never dotted keys
+
+
+def test_malformed_lines_go_to_the_dead_letter_with_path_and_offset(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    good = docker_line("good 1\n")
+    bad = b'{"log":"half a line\n'
+    log.write_bytes(good + bad + docker_line("good 2\n"))
+    out = tmp_path / "out.ndjson"
+    assert run_once(file_pipeline([str(log)], out, data_dir)) == 0
+    assert messages(out) == ["good 1", "good 2"]
+    (dl,) = read_ndjson(data_dir / "dead-letter" / "files.ndjson")
+    assert dl["origin"] == {"path": str(log), "offset": len(good)}
+    assert dl["raw"] == bad[:-1].decode() and dl["reason"].startswith("bad JSON")
+
+
+def test_a_torn_last_line_waits_for_its_end(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    whole = docker_line("first\n")
+    second = docker_line("second\n")
+    log.write_bytes(whole + second[:15])
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(log)], out, data_dir)
+    run_once(cfg)
+    assert messages(out) == ["first"]
+    with open(log, "ab") as f:
+        f.write(second[15:])
+    run_once(cfg)
+    assert messages(out) == ["first", "second"]
+    assert not (data_dir / "dead-letter" / "files.ndjson").exists()
+
+
+def test_long_lines_split_by_docker_arrive_whole(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    long = "L" * 40000
+    log.write_bytes(docker_line("a\n") + split_like_docker(long) + docker_line("b\n"))
+    out = tmp_path / "out.ndjson"
+    run_once(file_pipeline([str(log)], out, data_dir))
+    assert messages(out) == ["a", long, "b"]
+
+
+def test_a_split_line_interrupted_by_a_restart_is_rejoined_whole(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    parts = split_like_docker("P" * 40000).splitlines(keepends=True)
+    log.write_bytes(docker_line("a\n") + parts[0])
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(log)], out, data_dir)
+    run_once(cfg)
+    assert messages(out) == ["a"]
+    with open(log, "ab") as f:
+        f.write(b"".join(parts[1:]))
+    run_once(cfg)
+    assert messages(out) == ["a", "P" * 40000]
+
+
+def rotate(log, n_max=5):
+    for i in range(n_max - 1, 0, -1):
+        src = f"{log}.{i}"
+        if os.path.exists(src):
+            os.replace(src, f"{log}.{i + 1}")
+    os.replace(log, f"{log}.1")
+
+
+def test_rotation_while_stopped_reads_every_file_once_in_order(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines([f"gen0 {i}" for i in range(10)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    run_once(cfg)
+    # while the collector is down: more lines, two rotations (one file we never saw)
+    with open(log, "ab") as f:
+        f.write(docker_lines([f"gen0 {i}" for i in range(10, 15)], start_ns=100))
+    rotate(log)
+    log.write_bytes(docker_lines([f"gen1 {i}" for i in range(10)], start_ns=200))
+    rotate(log)
+    log.write_bytes(docker_lines([f"gen2 {i}" for i in range(3)], start_ns=300))
+    run_once(cfg)
+    expected = [f"gen0 {i}" for i in range(15)] + [f"gen1 {i}" for i in range(10)] + [f"gen2 {i}" for i in range(3)]
+    assert messages(out) == expected
+    run_once(cfg)
+    assert messages(out) == expected
+
+
+def test_files_deleted_before_they_were_read_are_reported_as_lost(tmp_path, data_dir, caplog):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines([f"x {i}" for i in range(10)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(log)], out, data_dir)
+    run_once(cfg)
+    # as after a kill -9 with the last records not yet acknowledged: the checkpoint lags
+    cp_path = data_dir / "checkpoints.json"
+    cp = orjson.loads(cp_path.read_bytes())
+    (entry,) = cp["sources"]["files"].values()
+    size = entry["size"]
+    entry["offset"] = 100
+    cp_path.write_bytes(orjson.dumps(cp))
+    os.remove(log)  # rotated away and deleted while the collector was down
+    log.write_bytes(docker_lines(["new file"], start_ns=950))
+    caplog.set_level("ERROR")
+    run_once(cfg)
+    assert messages(out)[-1] == "new file"
+    lost = [r.getMessage() for r in caplog.records if "LOST DATA" in r.getMessage()]
+    assert lost and f"bytes 100-{size} ({size - 100} bytes" in lost[0]
+    assert CID[:12] in lost[0]
+
+
+def test_follow_mode_survives_rotation_and_copytruncate(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["start"]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    with BackgroundPipeline(cfg) as bg:
+        wait_until(lambda: messages(out) == ["start"], what="first line")
+        with open(log, "ab") as f:
+            f.write(docker_lines(["before rotation"], start_ns=10))
+        rotate(log)
+        log.write_bytes(docker_lines(["after rotation"], start_ns=20))
+        wait_until(lambda: len(messages(out)) == 3, what="rotation handled")
+        # copytruncate: the same inode is emptied and written again
+        with open(log, "r+b") as f:
+            f.truncate(0)
+        with open(log, "ab") as f:
+            f.write(docker_lines(["after truncation"], start_ns=30))
+        wait_until(lambda: len(messages(out)) == 4, what="truncation handled")
+        assert bg.stop() == 0
+        assert bg.telemetry.value("collector_errors_total", reason="truncated") == 1
+    assert messages(out) == ["start", "before rotation", "after rotation", "after truncation"]
+
+
+def test_new_containers_are_picked_up_within_a_second(tmp_path, data_dir):
+    (tmp_path / "containers").mkdir()
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    import time
+
+    with BackgroundPipeline(cfg) as bg:
+        time.sleep(0.5)
+        cid = "cd" * 32
+        nd = tmp_path / "containers" / cid
+        nd.mkdir()
+        (nd / f"{cid}-json.log").write_bytes(docker_lines(["hello from a new container"]))
+        t0 = time.monotonic()
+        wait_until(lambda: messages(out), timeout=5, interval=0.02)
+        assert time.monotonic() - t0 < 1.0
+        bg.stop()
+    assert read_ndjson(out)[0]["container"]["id"] == cid
+
+
+def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines([f"l{i}" for i in range(20)]))
+    out = tmp_path / "out.ndjson"
+    run_once(file_pipeline([str(log)], out, data_dir))
+    cp = orjson.loads((data_dir / "checkpoints.json").read_bytes())["sources"]["files"]
+    (entry,) = cp.values()
+    assert entry["offset"] == log.stat().st_size == out.stat().st_size * 0 + entry["offset"]
+    assert entry["live"] == str(log)

@@ -1,0 +1,53 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from collector.checkpoints import CheckpointStore, StateLockedError
+
+
+def test_saved_state_survives_a_reopen(tmp_path):
+    with CheckpointStore(tmp_path) as s:
+        s.namespace("files")["abc"] = {"offset": 42}
+        s.touch()
+    with CheckpointStore(tmp_path) as s2:
+        assert s2.namespace("files") == {"abc": {"offset": 42}}
+    doc = json.loads((tmp_path / "checkpoints.json").read_text())
+    assert doc["version"] == 1
+
+
+def test_nothing_is_written_when_nothing_changed(tmp_path):
+    s = CheckpointStore(tmp_path)
+    s.open()
+    assert s.save() is False
+    s.namespace("x")["k"] = {"offset": 1}
+    s.touch()
+    assert s.save() is True
+    assert s.save() is False
+    s.close()
+
+
+def test_a_second_process_on_the_same_data_dir_is_refused(tmp_path):
+    with CheckpointStore(tmp_path), pytest.raises(StateLockedError, match="another collector"):
+        CheckpointStore(tmp_path).open()
+
+
+def test_a_corrupt_file_is_set_aside_not_fatal(tmp_path):
+    (tmp_path / "checkpoints.json").write_text('{"version": 1, "sour')
+    with CheckpointStore(tmp_path) as s:
+        assert s.namespace("files") == {}
+    assert (tmp_path / "checkpoints.json.corrupt").exists()
+
+
+def test_an_older_snapshot_never_overwrites_a_newer_one(tmp_path):
+    s = CheckpointStore(tmp_path)
+    s.open()
+    s.namespace("f")["k"] = {"offset": 1}
+    old = s._snapshot()
+    s.namespace("f")["k"] = {"offset": 2}
+    new = s._snapshot()
+    s._write(*new)
+    s._write(*old)  # e.g. a cancelled background save finishing late
+    assert json.loads((tmp_path / "checkpoints.json").read_text())["sources"]["f"]["k"]["offset"] == 2
+    s._lock_file.close()

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from collector.config import ConfigError, parse_config
+
+GOOD = """\
+data_dir: /tmp/x
+sources:
+  containers: {type: docker_json_file, paths: ["/var/lib/docker/containers/*/*-json.log"]}
+transforms:
+  meta: {type: docker_metadata, inputs: [containers]}
+sinks:
+  out: {type: file, inputs: [meta], path: /tmp/out.ndjson}
+"""
+
+
+def test_the_documented_shape_is_valid():
+    cfg = parse_config(GOOD)
+    assert cfg.sinks["out"].path == "/tmp/out.ndjson"
+    assert cfg.transforms["meta"].inputs == ["containers"]
+
+
+def errors(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_config(textwrap.dedent(text), "p.yaml")
+    return str(e.value)
+
+
+def test_unknown_keys_name_the_key_and_the_line():
+    msg = errors(GOOD.replace("path: /tmp/out.ndjson}", "path: /tmp/out.ndjson, pathh: 1}"))
+    assert msg == "p.yaml:7: unknown key 'pathh' in sinks.out"
+    msg = errors(GOOD + "colour: red\n")
+    assert msg == "p.yaml:8: unknown key 'colour'"
+
+
+def test_unknown_keys_in_block_style_point_at_their_own_line():
+    msg = errors("""\
+        sources:
+          c:
+            type: docker_json_file
+            pahts: [x]
+        sinks:
+          out: {type: console, inputs: [c]}
+        """)
+    assert msg == "p.yaml:4: unknown key 'pahts' in sources.c"
+
+
+def test_unknown_type_lists_the_known_ones():
+    msg = errors(GOOD.replace("type: file", "type: fiel"))
+    assert "p.yaml:7: sinks.out: unknown type 'fiel'" in msg and "'console'" in msg
+
+
+def test_dangling_inputs_and_cycles_are_errors():
+    assert "input 'nope' is not a source or transform" in errors(GOOD.replace("inputs: [meta]", "inputs: [nope]"))
+    cyc = GOOD.replace("inputs: [containers]", "inputs: [containers, f]") + ("  \n")
+    cyc = cyc.replace("transforms:\n", "transforms:\n  f: {type: filter, inputs: [meta]}\n")
+    assert "cycle" in errors(cyc)
+
+
+def test_wrong_types_and_bad_values_say_where():
+    msg = errors(GOOD.replace("paths: [", "max_record_bytes: lots, paths: ["))
+    assert msg.startswith("p.yaml:3: sources.containers.max_record_bytes:")
+    msg = errors(GOOD.replace("inputs: [containers]}", "inputs: [containers], tag: '{{.Nmae}}'}"))
+    assert "p.yaml:5" in msg and "{{.Nmae}}" in msg
+
+
+def test_environment_variables_are_substituted(monkeypatch):
+    monkeypatch.setenv("OUT_FILE", "/tmp/env.ndjson")
+    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${OUT_FILE}'"))
+    assert cfg.sinks["out"].path == "/tmp/env.ndjson"
+    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE:-/tmp/d.ndjson}'"))
+    assert cfg.sinks["out"].path == "/tmp/d.ndjson"
+    assert "NOT_SET_ANYWHERE is not set" in errors(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE}'"))
+
+
+def test_yaml_syntax_errors_have_a_line():
+    assert errors("sources:\n  a: [\n").startswith("p.yaml:")
