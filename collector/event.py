@@ -84,6 +84,46 @@ def with_path(doc: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
     return out
 
 
+# Top-level names our records and mappings own; a client's own field with one of these names
+# would clash (a string "container" where an object is mapped), so it is moved aside.
+RESERVED_ROOTS = frozenset(
+    {
+        "@timestamp",
+        "message",
+        "tags",
+        "stream",
+        "container",
+        "host",
+        "log",
+        "event",
+        "data_stream",
+        "agent",
+        "ecs",
+        "input",
+        "docker",
+        "labels",
+        "_id",
+        "_index",
+        "_source",
+        "_routing",
+    }
+)
+
+
+def place_extra(event: dict[str, Any], extra: Mapping[str, Any], namespace: str) -> None:
+    """Add a client's own fields to ``event``: top level, except reserved names, which go under
+    ``namespace`` (e.g. ``fluent.container``); keys never contain dots or start with ``_``."""
+    aside: dict[str, Any] = {}
+    for k, v in extra.items():
+        key = str(k).replace(".", "_").lstrip("_") or "_"
+        if key in RESERVED_ROOTS or key == namespace:
+            aside[key] = v
+        else:
+            event[key] = v
+    if aside:
+        event[namespace] = aside
+
+
 class Fields:
     """An immutable set of fields shared by many records, with its JSON encoded once.
 
