@@ -186,6 +186,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--dry-run", action="store_true", help="print what would be installed")
     s.add_argument("--data-stream", default="logs-docker-default", help="data stream the sink writes to")
     s.add_argument("--replicas", type=int, default=None, help="number_of_replicas in the template")
+    s.add_argument("--retention-days", type=int, default=30, help="lifecycle: delete data after N days (ILM/ISM)")
     s.add_argument("--user", default=os.environ.get("COLLECTOR_ES_USER"), help="basic auth user")
     s.add_argument(
         "--password",
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    logging.getLogger("elastic_transport").setLevel(logging.WARNING)
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)  # we report engine trouble ourselves
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     try:
         if args.command == "validate":
@@ -246,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `collector ... | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return EXIT_USAGE
 
 

@@ -20,6 +20,7 @@ TRANSFORMS: dict[str, tuple[str, str, str]] = {
 SINKS: dict[str, tuple[str, str, str]] = {
     "console": ("collector.sinks.console", "ConsoleConfig", "ConsoleSink"),
     "file": ("collector.sinks.file", "FileConfig", "FileSink"),
+    "elasticsearch": ("collector.sinks.elasticsearch", "ElasticsearchConfig", "ElasticsearchSink"),
 }
 
 

@@ -108,3 +108,71 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture
 def now_ns() -> int:
     return time.time_ns()
+
+
+@dataclass
+class SearchEngine:
+    name: str
+    url: str
+
+    def client(self) -> Any:
+        from collector.sinks.elasticsearch.client import EngineClient
+
+        return EngineClient([self.url], timeout=30)
+
+    def request(self, method: str, path: str, body: Any = None) -> Any:
+        c = self.client()
+        try:
+            return c.request(method, path, body)
+        finally:
+            c.close()
+
+    def count(self, index: str) -> int:
+        self.request("POST", f"/{index}/_refresh")
+        r = self.request("GET", f"/{index}/_count")
+        if r.status == 404:
+            return 0
+        assert r.status == 200, r.body
+        return int(r.body["count"])
+
+    def search(self, index: str, size: int = 10_000, query: Any = None) -> list[dict[str, Any]]:
+        self.request("POST", f"/{index}/_refresh")
+        body = {"size": size, "query": query or {"match_all": {}}, "sort": [{"log.offset": "asc"}]}
+        r = self.request("POST", f"/{index}/_search", body)
+        assert r.status == 200, r.body
+        return [{"_id": h["_id"], **h["_source"]} for h in r.body["hits"]["hits"]]
+
+    def script(self, *args: str) -> str:
+        res = subprocess.run(
+            [str(REPO / "tests" / "services" / "elasticsearch.sh"), *args, "--engine", self.name],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+        if res.returncode != 0:
+            pytest.fail(f"elasticsearch.sh {' '.join(args)} --engine {self.name} failed:\n{res.stderr}", pytrace=False)
+        return res.stdout.strip()
+
+    def stop(self) -> None:
+        self.script("stop")
+
+    def start(self) -> None:
+        self.url = self.script("start").splitlines()[-1]
+
+
+ENGINES = os.environ.get("COLLECTOR_TEST_ENGINES", "es8,es9,os2").split(",")
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def search_engine(request: pytest.FixtureRequest) -> SearchEngine:
+    """A real Elasticsearch 8, Elasticsearch 9 or OpenSearch 2 node (tests/services/elasticsearch.sh)."""
+    e = SearchEngine(request.param, "")
+    e.start()
+    return e
+
+
+@pytest.fixture
+def es_target() -> str:
+    """A data stream name of its own for each test (the test engines cannot delete data streams)."""
+    return f"logs-docker-t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,248 @@
+"""``collector setup``: install what the Elasticsearch sink needs, and the Kibana dashboards.
+
+    collector setup --es http://127.0.0.1:9200 [--kibana http://127.0.0.1:5601] [--dry-run]
+
+Installs, idempotently (a second run changes nothing and says so):
+1. a lifecycle policy, when the cluster has ILM (Elasticsearch with x-pack) or ISM (OpenSearch
+   with the plugin), and says plainly when it has neither;
+2. the component templates (settings, mappings) and the index template for the data stream;
+3. with ``--kibana``, the saved objects in ``dashboards/`` (data view, saved search, dashboard)
+   through Kibana's saved objects import API (overwrite, ``kbn-xsrf``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import urllib3
+
+from collector.sinks.elasticsearch.client import (
+    EngineClient,
+    EngineUnavailableError,
+    Response,
+    auth_headers,
+    refusal,
+)
+from collector.sinks.elasticsearch.config import AuthConfig, TlsConfig
+from collector.sinks.elasticsearch.templates import (
+    component_templates,
+    ilm_policy,
+    index_template,
+    template_name,
+)
+
+POLICY = "collector-logs"
+
+
+@dataclass
+class Step:
+    what: str
+    method: str
+    path: str
+    body: dict[str, Any]
+    get_path: str  # where the installed version is read
+    extract: str  # key of the list in the GET answer ("" when the answer is the object)
+
+
+def checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def with_checksum(body: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(body.get("_meta") or {})
+    meta["checksum"] = checksum(body)
+    return {**body, "_meta": meta}
+
+
+def plan(data_stream: str, replicas: int | None, policy: str | None, index_mode: bool = False) -> list[Step]:
+    steps = []
+    for name, body in component_templates(replicas, policy).items():
+        steps.append(
+            Step(
+                f"component template {name}",
+                "PUT",
+                f"/_component_template/{name}",
+                with_checksum(body),
+                f"/_component_template/{name}",
+                "component_templates",
+            )
+        )
+    tname = template_name(data_stream)
+    body = with_checksum(index_template(data_stream, data_stream=not index_mode))
+    steps.append(
+        Step(
+            f"index template {tname} ({body['index_patterns'][0]})",
+            "PUT",
+            f"/_index_template/{tname}",
+            body,
+            f"/_index_template/{tname}",
+            "index_templates",
+        )
+    )
+    return steps
+
+
+def installed_checksum(client: EngineClient, step: Step) -> str | None:
+    r = client.request("GET", step.get_path)
+    if r.status == 404:
+        return None
+    if r.status != 200:
+        raise EngineUnavailableError(r.host, refusal(r))
+    items = r.body.get(step.extract) or []
+    if not items:
+        return None
+    obj = items[0].get(step.extract.removesuffix("s")) or {}  # component_templates -> component_template
+    return (obj.get("_meta") or {}).get("checksum")
+
+
+def lifecycle_support(client: EngineClient) -> str | None:
+    """``ilm``, ``ism`` or None."""
+    r = client.request("GET", "/_ilm/policy")
+    if r.status == 200:
+        return "ilm"
+    r = client.request("GET", "/_plugins/_ism/policies")
+    if r.status == 200:
+        return "ism"
+    return None
+
+
+def ism_policy(retention_days: int, pattern: str) -> dict[str, Any]:
+    return {
+        "policy": {
+            "description": "collector: delete Docker logs after the retention period",
+            "default_state": "hot",
+            "states": [
+                {
+                    "name": "hot",
+                    "actions": [{"rollover": {"min_index_age": "1d"}}],
+                    "transitions": [{"state_name": "delete", "conditions": {"min_index_age": f"{retention_days}d"}}],
+                },
+                {"name": "delete", "actions": [{"delete": {}}], "transitions": []},
+            ],
+            "ism_template": [{"index_patterns": [pattern], "priority": 100}],
+        }
+    }
+
+
+def dashboards_dir() -> Path | None:
+    here = Path(__file__).resolve().parent
+    for d in (
+        os.environ.get("COLLECTOR_DASHBOARDS"),
+        here.parent / "dashboards",
+        Path(sys.prefix) / "share" / "collector" / "dashboards",
+        Path("/usr/share/collector/dashboards"),
+    ):
+        if d and Path(d).is_dir() and any(Path(d).glob("*.ndjson")):
+            return Path(d)
+    return None
+
+
+def import_dashboards(
+    kibana: str, files: list[Path], headers: dict[str, str], verify: bool, ca_file: str | None
+) -> list[str]:
+    """POST each file to Kibana's saved objects import API; returns one line per file."""
+    http = urllib3.PoolManager(cert_reqs="CERT_REQUIRED" if verify else "CERT_NONE", ca_certs=ca_file)
+    out = []
+    for f in files:
+        body, ctype = urllib3.encode_multipart_formdata({"file": (f.name, f.read_bytes(), "application/ndjson")})
+        url = kibana.rstrip("/") + "/api/saved_objects/_import?overwrite=true"
+        try:
+            r = http.request(
+                "POST",
+                url,
+                body=body,
+                headers={**headers, "kbn-xsrf": "true", "content-type": ctype},
+                timeout=60,
+                retries=False,
+            )
+        except urllib3.exceptions.HTTPError as e:
+            raise SystemExit(f"collector setup: cannot reach Kibana at {kibana}: {e}") from None
+        try:
+            answer = orjson.loads(r.data)
+        except orjson.JSONDecodeError:
+            answer = {}
+        if r.status != 200 or not answer.get("success"):
+            errors = answer.get("errors") or answer.get("message") or r.data[:300].decode("utf-8", "replace")
+            raise SystemExit(f"collector setup: Kibana refused {f.name} (HTTP {r.status}): {errors}")
+        out.append(f"imported {f.name}: {answer.get('successCount', 0)} saved object(s) (overwrite)")
+    return out
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    auth = AuthConfig(user=args.user, password=args.password, api_key=args.api_key)
+    tls = TlsConfig(ca_file=args.ca_certs, verify=not args.insecure)
+    client = EngineClient([args.es], auth, tls, timeout=30)
+    index_mode = "%" in args.data_stream
+    try:
+        info = client.info()
+        lifecycle = lifecycle_support(client)
+        policy = POLICY if lifecycle == "ilm" else None
+        steps = plan(args.data_stream, args.replicas, policy, index_mode)
+        print(f"{client.hosts[0]}: {info}")
+        if lifecycle is None:
+            print(
+                f"lifecycle: {info} has neither ILM nor ISM: data is kept until you delete it "
+                "(install x-pack/ISM, or delete old backing indices yourself)"
+            )
+        if args.dry_run:
+            if lifecycle == "ilm":
+                print(f"would PUT /_ilm/policy/{POLICY}\n{_pretty(ilm_policy(args.retention_days))}")
+            for s in steps:
+                print(f"would {s.method} {s.path}\n{_pretty(s.body)}")
+        else:
+            if lifecycle == "ilm":
+                _apply(client, "PUT", f"/_ilm/policy/{POLICY}", ilm_policy(args.retention_days))
+                print(f"lifecycle policy {POLICY}: delete after {args.retention_days} days")
+            elif lifecycle == "ism":
+                body = ism_policy(args.retention_days, steps[-1].body["index_patterns"][0])
+                r = client.request("GET", f"/_plugins/_ism/policies/{POLICY}")
+                if r.status == 404:
+                    _apply(client, "PUT", f"/_plugins/_ism/policies/{POLICY}", body)
+                    print(f"ISM policy {POLICY}: delete after {args.retention_days} days")
+                else:
+                    print(f"ISM policy {POLICY}: unchanged")
+            for s in steps:
+                if installed_checksum(client, s) == s.body["_meta"]["checksum"]:
+                    print(f"{s.what}: unchanged")
+                    continue
+                _apply(client, s.method, s.path, s.body)
+                print(f"{s.what}: installed")
+    except EngineUnavailableError as e:
+        print(f"collector setup: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    if args.kibana:
+        d = dashboards_dir()
+        if d is None:
+            print(
+                "collector setup: no dashboards found (set COLLECTOR_DASHBOARDS to the dashboards/ folder)",
+                file=sys.stderr,
+            )
+            return 1
+        files = sorted(d.glob("*.ndjson"))
+        if args.dry_run:
+            for f in files:
+                print(f"would POST {args.kibana.rstrip('/')}/api/saved_objects/_import?overwrite=true  file={f}")
+        else:
+            for line in import_dashboards(args.kibana, files, auth_headers(auth), tls.verify, tls.ca_file):
+                print(line)
+    return 0
+
+
+def _apply(client: EngineClient, method: str, path: str, body: dict[str, Any]) -> Response:
+    r = client.request(method, path, body)
+    if r.status >= 300:
+        raise EngineUnavailableError(r.host, f"{method} {path}: {refusal(r)}")
+    return r
+
+
+def _pretty(body: dict[str, Any]) -> str:
+    return orjson.dumps(body, option=orjson.OPT_INDENT_2).decode()

@@ -1,0 +1,367 @@
+"""The ``elasticsearch`` sink: bulk ``create`` with stable ids, per-item outcomes, retries.
+
+* Batches are grouped into bulk requests of ``batch.max_bytes`` / ``batch.max_events``, or
+  whatever arrived within ``batch.timeout``; ``concurrency`` requests are in flight (in threads:
+  the HTTP work and gzip release the GIL), and when all are busy the sink stops taking batches,
+  which is how backpressure reaches the sources.
+* Each record ends as exactly one of: delivered (2xx, or 409 = already there from an earlier
+  attempt), rejected (a 4xx that will never succeed: mapping conflict, bad document; written to
+  the dead-letter file with the reason and the record), or retried (429, 5xx, timeouts, refused
+  connections, auth and read-only blocks: fixable on the server, so never thrown away).
+  Retries re-send only the records that need it, with exponential backoff and jitter.
+* A batch is acknowledged to its source when all its records are delivered or rejected;
+  checkpoints never pass a record still being retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from collector.acks import release
+from collector.buffers.memory import Channel
+from collector.component import Sink
+from collector.event import Batch
+from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
+from collector.sinks.elasticsearch.config import ElasticsearchConfig
+from collector.sinks.elasticsearch.encoder import BulkEncoder
+from collector.sinks.elasticsearch.templates import (
+    component_templates,
+    index_template,
+    template_name,
+)
+
+log = logging.getLogger("collector.sinks.elasticsearch")
+
+FILTER = "filter_path=errors,items.*.status,items.*.error"
+RETRY_STATUSES = frozenset({401, 403, 404, 408, 429})
+
+
+def classify(status: int) -> str:
+    """``ok``, ``retry`` or ``reject`` for one bulk item's status."""
+    if status < 300 or status == 409:  # 409 on create: the record is already there
+        return "ok"
+    if status >= 500 or status in RETRY_STATUSES:
+        return "retry"
+    return "reject"
+
+
+@dataclass(slots=True, eq=False)
+class Owner:
+    """A batch inside requests: acknowledged when its last record is finalized."""
+
+    batch: Batch
+    remaining: int
+
+
+@dataclass(slots=True)
+class Request:
+    items: list[bytes] = field(default_factory=list)
+    owners: list[Owner] = field(default_factory=list)
+    indices: list[str] = field(default_factory=list)
+    size: int = 0
+    started: float = 0.0
+
+    def add(self, owner: Owner, items: list[bytes], indices: list[str] | str) -> None:
+        self.items.extend(items)
+        self.owners.extend([owner] * len(items))
+        if isinstance(indices, str):
+            self.indices.extend([indices] * len(items))
+        else:
+            self.indices.extend(indices)
+        self.size += sum(map(len, items))
+
+    def subset(self, keep: list[int]) -> Request:
+        r = Request([self.items[i] for i in keep], [self.owners[i] for i in keep], [self.indices[i] for i in keep])
+        r.size = sum(map(len, r.items))
+        return r
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+class ElasticsearchSink(Sink):
+    config: ElasticsearchConfig
+
+    def __init__(self, name: str, config: ElasticsearchConfig, ctx: Any) -> None:
+        super().__init__(name, config, ctx)
+        self.client = EngineClient.from_config(config)
+        self.encoder = BulkEncoder(config)
+        t = ctx.telemetry
+        self._sent = t.sent.labels(name)
+        self._retries = t.retries
+        self._errors = t.errors
+        self.engine: EngineInfo | None = None
+        self._executor = ThreadPoolExecutor(max_workers=config.concurrency + 1, thread_name_prefix=f"es-{name}")
+        self._slots = asyncio.Semaphore(config.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._failing_since: float | None = None
+        self._last_error = ""
+        self._last_warned = 0.0
+        self._last_ok = time.monotonic()
+        self.requests = 0
+        self.duplicates = 0  # 409s: records that were already there (replays)
+
+    # -- plumbing ------------------------------------------------------------------------
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _backoff(self, attempt: int) -> float:
+        r = self.config.retry
+        return min(r.max_backoff, r.initial_backoff * 2**attempt) * random.uniform(0.5, 1.0)
+
+    def _trouble(self, what: str, waiting: int, delay: float) -> None:
+        """Say it once, then at most every 30 s, never silently."""
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        self._last_error = what
+        if now - self._last_warned >= 30 or self._last_warned < self._failing_since:
+            self._last_warned = now
+            log.warning(
+                "%s: %s; retrying in %.1fs (%d record(s) waiting, nothing is lost)", self.name, what, delay, waiting
+            )
+
+    def _recovered(self) -> None:
+        self._last_ok = time.monotonic()
+        if self._failing_since is not None:
+            log.info("%s: delivering again after %.0fs of trouble", self.name, time.monotonic() - self._failing_since)
+            self._failing_since = None
+
+    def health(self) -> tuple[bool, str]:
+        hosts = ", ".join(self.client.hosts)
+        if self._failing_since is not None and time.monotonic() - self._failing_since > 60:
+            return False, f"{hosts}: {self._last_error}"
+        return True, f"{hosts}" + (f" ({self.engine})" if self.engine else "")
+
+    # -- setup -----------------------------------------------------------------------------
+    def _prepare_sync(self) -> EngineInfo:
+        info = self.client.info()
+        cfg = self.config
+        if cfg.mode == "data_stream" and not info.data_streams:
+            raise EngineUnavailableError(", ".join(self.client.hosts), f"{info} has no data streams: use `mode: index`")
+        if cfg.manage_template:
+            name = template_name(cfg.target())
+            r = self.client.request("GET", f"/_index_template/{name}")
+            if r.status == 404:
+                for cname, body in component_templates(None, None).items():
+                    rr = self.client.request("GET", f"/_component_template/{cname}")
+                    if rr.status == 404:
+                        self._ok_or_raise(self.client.request("PUT", f"/_component_template/{cname}", body))
+                body = index_template(cfg.target(), cfg.mode == "data_stream")
+                self._ok_or_raise(self.client.request("PUT", f"/_index_template/{name}", body))
+                log.info("%s: installed index template %r on %s", self.name, name, info)
+            elif r.status != 200:
+                raise EngineUnavailableError(r.host, refusal(r))
+        return info
+
+    @staticmethod
+    def _ok_or_raise(r: Response) -> None:
+        if r.status >= 300:
+            raise EngineUnavailableError(r.host, refusal(r))
+
+    async def _prepare(self) -> None:
+        attempt = 0
+        while self.engine is None:
+            try:
+                self.engine = await self._call(self._prepare_sync)
+                self._recovered()
+                log.info("%s: connected to %s at %s", self.name, self.engine, ", ".join(self.client.hosts))
+            except EngineUnavailableError as e:
+                delay = self._backoff(attempt)
+                self._trouble(f"cannot prepare {e}", 0, delay)
+                self._errors.labels(self.name, "unavailable").inc()
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    # -- delivery -------------------------------------------------------------------------
+    def _path(self, req: Request) -> str:
+        cfg = self.config
+        first = req.indices[0] if req.indices else self.encoder.target
+        query = FILTER + (f"&pipeline={cfg.pipeline}" if cfg.pipeline else "")
+        if self.encoder.static:
+            return f"/{first}/_bulk?{query}"
+        return f"/_bulk?{query}"
+
+    def _finalize(self, req: Request, ok: list[int], rejected: list[tuple[int, str]]) -> None:
+        if rejected:
+            self.ctx.deadletter.records(
+                self.name,
+                [(reason, _doc_of(req.items[i]), {"_index": req.indices[i]}) for i, reason in rejected],
+            )
+            if self.config.dead_letter_index:
+                self._dead_letter_index(req, rejected)
+        owners = req.owners
+        for i in [*ok, *(i for i, _ in rejected)]:
+            o = owners[i]
+            o.remaining -= 1
+            if o.remaining == 0:
+                release(o.batch.ack)
+        if ok:
+            self._sent.inc(len(ok))
+
+    def _dead_letter_index(self, req: Request, rejected: list[tuple[int, str]]) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        lines = []
+        for i, reason in rejected:
+            doc = {
+                "@timestamp": now,
+                "message": _doc_of(req.items[i]).decode("utf-8", "replace"),
+                "error": {"type": reason.split(":")[0], "message": reason},
+                "event": {"original": _doc_of(req.items[i]).decode("utf-8", "replace")[:32000]},
+            }
+            lines.append(b'{"create":{}}\n' + orjson.dumps(doc) + b"\n")
+        body = b"".join(lines)
+
+        def send() -> None:
+            try:
+                r = self.client.request("POST", f"/{self.config.dead_letter_index}/_bulk", body, "application/x-ndjson")
+                if r.status >= 300:
+                    log.warning("%s: dead-letter index refused: %s", self.name, refusal(r))
+            except EngineUnavailableError as e:
+                log.warning("%s: dead-letter index unreachable: %s", self.name, e)
+
+        self._executor.submit(send)
+
+    async def _deliver(self, req: Request) -> None:
+        attempt = 0
+        while len(req):
+            body = b"".join(req.items)
+            try:
+                resp: Response = await self._call(
+                    self.client.request, "POST", self._path(req), body, "application/x-ndjson"
+                )
+            except EngineUnavailableError as e:
+                delay = self._backoff(attempt)
+                self._trouble(f"cannot reach {e.host}: {e.cause}", len(req), delay)
+                self._errors.labels(self.name, "unavailable").inc()
+                self._retries.labels(self.name, "unavailable").inc(len(req))
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            self.requests += 1
+            if resp.status == 413 or (resp.status == 400 and len(req) > 1 and not _has_items(resp)):
+                if len(req) == 1:
+                    self._finalize(req, [], [(0, f"request refused: {refusal(resp)}")])
+                    return
+                half = len(req) // 2
+                await asyncio.gather(
+                    self._deliver(req.subset(list(range(half)))),
+                    self._deliver(req.subset(list(range(half, len(req))))),
+                )
+                return
+            if resp.status >= 300 or not _has_items(resp):
+                delay = self._backoff(attempt)
+                if resp.status == 400 and len(req) == 1:
+                    self._finalize(req, [], [(0, f"request refused: {refusal(resp)}")])
+                    return
+                self._trouble(f"{resp.host} refused the bulk request: {refusal(resp)}", len(req), delay)
+                self._retries.labels(self.name, f"http_{resp.status}").inc(len(req))
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            self._recovered()
+            body_json = resp.body
+            if body_json.get("errors") is False:
+                self._finalize(req, list(range(len(req))), [])
+                return
+            ok: list[int] = []
+            again: list[int] = []
+            rejected: list[tuple[int, str]] = []
+            items = body_json.get("items") or []
+            for i, it in enumerate(items):
+                res = next(iter(it.values()))
+                status = int(res.get("status", 500))
+                verdict = classify(status)
+                if verdict == "ok":
+                    ok.append(i)
+                    if status == 409:
+                        self.duplicates += 1
+                elif verdict == "retry":
+                    again.append(i)
+                else:
+                    err = res.get("error") or {}
+                    reason = f"{err.get('type', f'http_{status}')}: {err.get('reason', '')}"
+                    cause = err.get("caused_by")
+                    if isinstance(cause, dict) and cause.get("reason"):
+                        reason += f" ({cause.get('type')}: {cause.get('reason')})"
+                    rejected.append((i, reason))
+            if len(items) < len(req):  # should not happen: treat the missing ones as to retry
+                again.extend(range(len(items), len(req)))
+            self._finalize(req, ok, rejected)
+            if not again:
+                return
+            req = req.subset(again)
+            delay = self._backoff(attempt)
+            statuses = {next(iter(items[i].values())).get("status") for i in again if i < len(items)}
+            self._trouble(f"{len(again)} record(s) to retry (status {sorted(statuses)})", len(req), delay)
+            self._retries.labels(self.name, "item").inc(len(again))
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    async def _submit(self, req: Request) -> None:
+        await self._slots.acquire()
+
+        async def go() -> None:
+            try:
+                await self._deliver(req)
+            finally:
+                self._slots.release()
+
+        task = asyncio.create_task(go(), name=f"{self.name}:bulk")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def run(self, inbox: Channel) -> None:
+        cfg = self.config.batch
+        await self._prepare()
+        req = Request()
+        try:
+            while True:
+                timeout = None if not len(req) else max(0.0, req.started + cfg.timeout - time.monotonic())
+                try:
+                    batch = await asyncio.wait_for(inbox.recv(), timeout)
+                except TimeoutError:
+                    await self._submit(req)
+                    req = Request()
+                    continue
+                if batch is None:
+                    break
+                if not len(batch):
+                    release(batch.ack)
+                    continue
+                items, indices = self.encoder.encode(batch)
+                if not len(req):
+                    req.started = time.monotonic()
+                req.add(Owner(batch, len(items)), items, indices)
+                if req.size >= cfg.max_bytes or len(req) >= cfg.max_events:
+                    await self._submit(req)
+                    req = Request()
+            if len(req):
+                await self._submit(req)
+            while self._tasks:
+                await asyncio.gather(*list(self._tasks))
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.client.close()
+
+
+def _has_items(resp: Response) -> bool:
+    return isinstance(resp.body, dict) and "items" in resp.body
+
+
+def _doc_of(item: bytes) -> bytes:
+    """The document line of a bulk item (action line, document, newline)."""
+    return item[item.index(b"\n") + 1 : -1]
