@@ -21,6 +21,7 @@ from tests.helpers import REPO
 
 SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
 IMAGE = "collector-test/busybox:latest"
+SESSION = uuid.uuid4().hex[:12]
 
 
 @dataclass
@@ -49,7 +50,7 @@ class DockerEngine:
             IMAGE,
             ["sh", "-c", script],
             name=name or f"t-{uuid.uuid4().hex[:8]}",
-            labels=labels or {},
+            labels={**(labels or {}), "collector-test-session": SESSION},
             network_mode="none",
             log_config={"Type": log_driver, "Config": log_opts or {}},
             detach=True,
@@ -64,8 +65,15 @@ class DockerEngine:
         return self.containers_dir / container.id / f"{container.id}-json.log"
 
     def clean(self) -> None:
-        for c in self.client.containers.list(all=True):
-            c.remove(force=True)
+        """Remove the containers this test session made (others may share the engine)."""
+        import docker.errors
+
+        for c in self.client.containers.list(all=True, filters={"label": f"collector-test-session={SESSION}"}):
+            try:
+                c.remove(force=True)
+            except docker.errors.APIError as e:  # already being removed, or gone
+                if e.status_code not in (404, 409):
+                    raise
 
 
 @pytest.fixture(scope="session")
@@ -128,9 +136,10 @@ class SearchEngine:
             c.close()
 
     def count(self, index: str) -> int:
+        """Documents in ``index`` (0 while it does not exist or its shards are still recovering)."""
         self.request("POST", f"/{index}/_refresh")
         r = self.request("GET", f"/{index}/_count")
-        if r.status == 404:
+        if r.status in (404, 503):
             return 0
         assert r.status == 200, r.body
         return int(r.body["count"])
@@ -176,3 +185,30 @@ def search_engine(request: pytest.FixtureRequest) -> SearchEngine:
 def es_target() -> str:
     """A data stream name of its own for each test (the test engines cannot delete data streams)."""
     return f"logs-docker-t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def es8() -> SearchEngine:
+    """Elasticsearch 8 only (the chaos tests run against one engine, to keep CI short)."""
+    e = SearchEngine("es8", "")
+    e.start()
+    return e
+
+
+def all_docs(engine: SearchEngine, index: str, fields: list[str]) -> list[dict[str, Any]]:
+    """Every document of ``index`` (scroll), with ``_id`` and the given fields."""
+    engine.request("POST", f"/{index}/_refresh")
+    r = engine.request("POST", f"/{index}/_search?scroll=2m", {"size": 10_000, "_source": fields})
+    if r.status == 404:
+        return []
+    assert r.status == 200, r.body
+    out: list[dict[str, Any]] = []
+    while True:
+        hits = r.body["hits"]["hits"]
+        if not hits:
+            break
+        out.extend({"_id": h["_id"], **h["_source"]} for h in hits)
+        r = engine.request("POST", "/_search/scroll", {"scroll": "2m", "scroll_id": r.body["_scroll_id"]})
+        assert r.status == 200, r.body
+    engine.request("DELETE", "/_search/scroll", {"scroll_id": r.body.get("_scroll_id")})
+    return out

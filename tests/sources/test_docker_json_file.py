@@ -227,3 +227,60 @@ def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
     (entry,) = cp.values()
     assert entry["offset"] == log.stat().st_size == out.stat().st_size * 0 + entry["offset"]
     assert entry["live"] == str(log)
+
+
+def copytruncate(log):
+    """What logrotate's copytruncate does: shift the old copies, copy, empty the file in place."""
+    import shutil
+
+    for i in range(8, 0, -1):
+        if os.path.exists(f"{log}.{i}"):
+            os.replace(f"{log}.{i}", f"{log}.{i + 1}")
+    shutil.copyfile(log, f"{log}.1")
+    with open(log, "r+b") as f:
+        f.truncate(0)
+
+
+def test_copytruncate_while_stopped_reads_the_rest_from_the_copy(tmp_path, data_dir):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    log = plain / "app.log"
+    log.write_bytes(docker_lines([f"a{i}" for i in range(10)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(plain / "*.log")], out, data_dir)
+    run_once(cfg)
+    with open(log, "ab") as f:
+        f.write(docker_lines([f"unread{i}" for i in range(5)], start_ns=100))
+    copytruncate(log)
+    with open(log, "ab") as f:
+        f.write(docker_lines([f"new{i}" for i in range(3)], start_ns=200))
+    run_once(cfg)
+    assert messages(out) == [f"a{i}" for i in range(10)] + [f"unread{i}" for i in range(5)] + [
+        f"new{i}" for i in range(3)
+    ]
+
+
+def test_copytruncate_while_following_loses_and_repeats_nothing(tmp_path, data_dir):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    log = plain / "app.log"
+    log.write_bytes(docker_lines(["first"]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(plain / "*.log")], out, data_dir)
+    expected = ["first"]
+    with BackgroundPipeline(cfg) as bg:
+        wait_until(lambda: messages(out) == ["first"])
+        n = 1000
+        for rnd in range(5):
+            chunk = [f"r{rnd} {i}" for i in range(20)]
+            with open(log, "ab") as f:
+                f.write(docker_lines(chunk, start_ns=n))
+            n += 100
+            expected += chunk
+            copytruncate(log)  # right after writing: usually before the collector saw the lines
+            import time
+
+            time.sleep(0.3)
+        wait_until(lambda: len(messages(out)) >= len(expected), timeout=20)
+        assert bg.stop() == 0
+    assert messages(out) == expected

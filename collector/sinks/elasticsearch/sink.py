@@ -26,10 +26,9 @@ from typing import Any
 
 import orjson
 
-from collector.acks import release
+from collector.acks import Ack, release
 from collector.buffers.memory import Channel
 from collector.component import Sink
-from collector.event import Batch
 from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
 from collector.sinks.elasticsearch.config import ElasticsearchConfig
 from collector.sinks.elasticsearch.encoder import BulkEncoder
@@ -56,9 +55,10 @@ def classify(status: int) -> str:
 
 @dataclass(slots=True, eq=False)
 class Owner:
-    """A batch inside requests: acknowledged when its last record is finalized."""
+    """A batch inside requests: acknowledged when its last record is finalized. Holds only the
+    batch's Ack, not its records: the encoded bulk items are all a retry needs."""
 
-    batch: Batch
+    ack: Ack | None
     remaining: int
 
 
@@ -204,7 +204,7 @@ class ElasticsearchSink(Sink):
             o = owners[i]
             o.remaining -= 1
             if o.remaining == 0:
-                release(o.batch.ack)
+                release(o.ack)
         if ok:
             self._sent.inc(len(ok))
 
@@ -341,7 +341,7 @@ class ElasticsearchSink(Sink):
                 items, indices = self.encoder.encode(batch)
                 if not len(req):
                     req.started = time.monotonic()
-                req.add(Owner(batch, len(items)), items, indices)
+                req.add(Owner(batch.ack, len(items)), items, indices)
                 if req.size >= cfg.max_bytes or len(req) >= cfg.max_events:
                     await self._submit(req)
                     req = Request()

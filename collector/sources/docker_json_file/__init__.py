@@ -32,13 +32,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from collector.codecs.docker_json import Parsed
+from collector.acks import OrderedAcks
+from collector.codecs.docker_json import LineReader, Parsed
 from collector.component import ComponentConfig, Emitter, Source
 from collector.event import Batch, Fields
 from collector.sources.docker_json_file.files import (
     OpenFile,
     container_id_of,
     fingerprint,
+    first_line_time,
     rotated_siblings,
     same_file,
 )
@@ -89,7 +91,7 @@ class DockerJsonFileConfig(ComponentConfig):
 class LogStream:
     """Everything about one live log path: the file being read and rotated ones to finish."""
 
-    __slots__ = ("current", "interval", "live", "meta", "next_poll", "queue", "tag")
+    __slots__ = ("current", "interval", "live", "meta", "next_poll", "queue", "siblings_dirty", "since", "tag")
 
     def __init__(self, live: str, meta: Fields, tag: str) -> None:
         self.live = live
@@ -99,6 +101,8 @@ class LogStream:
         self.tag = tag
         self.next_poll = 0.0
         self.interval = 0.0
+        self.since = time.time()  # rotated files older than this were there before we followed
+        self.siblings_dirty = False  # something was created/moved beside the live file
 
     def files(self) -> list[OpenFile]:
         return [*self.queue, *([self.current] if self.current else [])]
@@ -134,13 +138,17 @@ class DockerJsonFileSource(Source):
         self._errors.labels(self.name, reason).inc(n)
 
     def _checkpoint(self, of: OpenFile, committed: int) -> None:
-        if of.fp is None:
-            return
-        st = self.state.get(of.fp)
+        if of.fp is not None:
+            self._commit(of.fp, of.live, of.path, committed, of.size, of.last_time)
+
+    def _commit(self, fp: str, live: str, path: str, committed: int, size: int = 0, last_time: str = "") -> None:
+        st = self.state.get(fp)
         if st is None:
-            st = self.state[of.fp] = {"live": of.live, "path": of.path}
+            st = self.state[fp] = {"live": live, "path": path}
         st["offset"] = committed
-        st["size"] = max(of.size, committed)
+        st["size"] = max(size, committed, int(st.get("size", 0)))
+        if last_time:
+            st["last_time"] = last_time
         self.ctx.checkpoints.touch()
 
     def _register(self, of: OpenFile) -> None:
@@ -207,7 +215,8 @@ class DockerJsonFileSource(Source):
                 s.queue.append(of)
         if known:
             present = {self._fp_of(p, live) for _, p in siblings} | {self._fp_of(live, live)}
-            self._report_vanished(live, present | {of.fp for of in s.queue})
+            oldest = siblings[0][1] if siblings else live
+            self._report_vanished(live, present | {of.fp for of in s.queue}, oldest)
         start: int | None = None
         if not known and self.config.read_from == "end" and not first_scan:
             start = 0  # a file born while we run is read from its start
@@ -227,31 +236,52 @@ class DockerJsonFileSource(Source):
         finally:
             os.close(fd)
 
-    def _report_vanished(self, live: str, present: set[str | None]) -> None:
-        """Files of ``live`` in the checkpoints that no longer exist: loss if unfinished."""
+    def _report_vanished(self, live: str, present: set[str | None], oldest: str | None = None) -> None:
+        """Files of ``live`` in the checkpoints that no longer exist: report what was lost.
+
+        ``oldest`` is the oldest file still there: what was logged between the end of what we
+        read and its first line was rotated away and deleted unread.
+        """
         for fp, st in list(self.state.items()):
             if st.get("live") != live or fp in present:
                 continue
             offset, size = int(st.get("offset", 0)), int(st.get("size", 0))
-            if fp in self._fully_read:  # read to its end by us: delivery may still be in flight
+            if fp in self._fully_read or st.get("done"):  # read to its end: delivery may be in flight
                 if offset >= size:
                     del self.state[fp]
                     self._fully_read.discard(fp)
                     self.ctx.checkpoints.touch()
                 continue
+            cid = container_id_of(live)[:12] or "-"
+            since = st.get("last_time") or "?"
+            until = (first_line_time(oldest) if oldest else None) or "?"
             if offset < size:
                 lost = size - offset
                 self.lost_bytes += lost
                 self._error("file_vanished_unread", lost)
                 log.error(
-                    "%s: LOST DATA: %s (container %s) was deleted before it was read: bytes %d-%d "
-                    "(%d bytes, at least) never delivered",
+                    "%s: LOST DATA: %s (container %s) was rotated away and deleted before it was read: "
+                    "bytes %d-%d (%d bytes) never delivered, and whatever was logged after it until %s",
                     self.name,
                     st.get("path"),
-                    container_id_of(live)[:12] or "-",
+                    cid,
                     offset,
                     size,
                     lost,
+                    until,
+                )
+            else:
+                self._error("file_vanished")
+                log.warning(
+                    "%s: POSSIBLY LOST DATA: %s (container %s), read to its end (offset %d) before the collector "
+                    "stopped, was rotated away and deleted meanwhile: lines logged after %s and before %s "
+                    "(the oldest file left) were never read",
+                    self.name,
+                    st.get("path"),
+                    cid,
+                    offset,
+                    since,
+                    until,
                 )
             del self.state[fp]
             self.ctx.checkpoints.touch()
@@ -282,7 +312,8 @@ class DockerJsonFileSource(Source):
 
         class Handler(FileSystemEventHandler):
             def on_any_event(self, event: Any) -> None:
-                loop.call_soon_threadsafe(source._structure_changed)
+                paths = (getattr(event, "src_path", ""), getattr(event, "dest_path", ""))
+                loop.call_soon_threadsafe(source._structure_changed, paths)
 
         roots = {_static_root(p) for p in self.config.globs()}
         obs = Observer()
@@ -303,9 +334,40 @@ class DockerJsonFileSource(Source):
         obs.start()
         self._observer = obs
 
-    def _structure_changed(self) -> None:
+    def _structure_changed(self, paths: tuple[str, ...] = ()) -> None:
         self._rescan_due = 0.0
+        dirs = {os.path.dirname(os.fsdecode(p)) for p in paths if p}
+        for s in self.streams.values():
+            if os.path.dirname(s.live) in dirs:
+                s.siblings_dirty = True
+                s.next_poll = 0.0
         self._wake.set()
+
+    def _check_siblings(self, s: LogStream) -> None:
+        """Rotated files that appeared beside the live file while it kept its inode (copytruncate
+        copies): read the ones we never saw. Renames (Docker's rotation) are handled at the end of
+        the renamed file, in order, by ``_catch_up_rotations``."""
+        s.siblings_dirty = False
+        cur = s.current
+        if cur is None or not same_file(s.live, cur.dev, cur.ino):
+            return
+        with contextlib.suppress(OSError):  # a truncation first: its copy is older than the others
+            self._check_truncation(s, cur, os.fstat(cur.fd).st_size)
+        open_fps = {of.fp for of in s.files()}
+        for _, path in rotated_siblings(s.live):
+            try:
+                if os.stat(path).st_mtime < s.since:
+                    continue
+            except OSError:
+                continue
+            fp = self._fp_of(path, s.live)
+            if fp is None or fp in self.state or fp in open_fps:
+                continue
+            of = self._open(path, s.live, 0)
+            if of is not None:
+                of.rotated = True
+                s.queue.append(of)
+                log.info("%s: reading %s, rotated before we saw it", self.name, path)
 
     # -- reading ------------------------------------------------------------------------------
     def _to_batch(self, s: LogStream, of: OpenFile, parsed: Parsed, end: int) -> Batch | None:
@@ -328,6 +390,7 @@ class DockerJsonFileSource(Source):
             if isinstance(attrs, dict):
                 events[i]["docker"] = {"attrs": {k.replace(".", "_"): v for k, v in attrs.items()}}
         fp = of.fp
+        of.last_time = parsed.times[-1]
         ids = [f"{fp}-{o}" for o in parsed.offsets]
         self._received.inc(n)
         return Batch(
@@ -341,11 +404,8 @@ class DockerJsonFileSource(Source):
             size = os.fstat(of.fd).st_size
         except OSError:
             return False
-        if size < of.offset or (
-            size > of.offset and of.offset and of.fp is not None and fingerprint(of.fd, of.salt()) != of.fp
-        ):
-            # shorter than what we read, or rewritten from the start (copytruncate, then new lines)
-            self._truncated(of, size)
+        if self._check_truncation(s, of, size):
+            return True  # a copy to finish may have been queued: it goes first
         of.size = size
         if size <= of.offset:
             return False
@@ -362,23 +422,53 @@ class DockerJsonFileSource(Source):
             await out.emit(batch)
         return True
 
-    def _truncated(self, of: OpenFile, size: int) -> None:
-        log.warning(
-            "%s: %s was truncated (size %d < read offset %d): reading it again from the start; "
-            "lines written between our last read and the truncation are lost",
-            self.name,
-            of.path,
-            size,
-            of.offset,
+    def _check_truncation(self, s: LogStream, of: OpenFile, size: int) -> bool:
+        """Shorter than what we read, or rewritten from the start (copytruncate then new lines)?"""
+        if size < of.offset or (
+            size > of.offset and of.offset and of.fp is not None and fingerprint(of.fd, of.salt()) != of.fp
+        ):
+            self._truncated(s, of, size)
+            return True
+        return False
+
+    def _truncated(self, s: LogStream, of: OpenFile, size: int) -> None:
+        """``of`` was emptied in place (copytruncate). What we had not read yet may still be in
+        the copy (``x.log.1``, same first line): read its rest first, then the file from 0."""
+        old_fp, read_to, old_acks = of.fp, of.offset, of.acks
+        if old_fp is not None:  # in-flight batches of the old content still commit its entry
+            old_acks.on_commit = lambda pos, fp=old_fp, live=of.live, path=of.path: self._commit(fp, live, path, pos)
+        copy = next(
+            (p for _, p in rotated_siblings(s.live) if old_fp is not None and self._fp_of(p, s.live) == old_fp), None
         )
         self._error("truncated")
-        if of.fp is not None and of.fp in self.state:
-            del self.state[of.fp]
-            self.ctx.checkpoints.touch()
-        of.reader.reset()
+        if copy is not None:
+            log.info(
+                "%s: %s was copied to %s and truncated: reading the copy from offset %d, then the file anew",
+                self.name,
+                of.path,
+                copy,
+                read_to,
+            )
+            try:
+                cf = OpenFile.open(copy, s.live, read_to, self.config.max_record_bytes)
+            except OSError:
+                cf = None
+            if cf is not None:
+                cf.acks, cf.reader, cf.rotated = old_acks, of.reader, True
+                s.queue.append(cf)
+        else:
+            log.warning(
+                "%s: %s was truncated (size %d, we had read %d bytes): reading it again from the start; lines "
+                "written after our last read and before the truncation are lost (no copy of it was found)",
+                self.name,
+                of.path,
+                size,
+                read_to,
+            )
+        of.reader = LineReader(self.config.max_record_bytes)
         of.offset = 0
         of.fp = fingerprint(of.fd, of.salt())
-        of.acks.reset(0)
+        of.acks = OrderedAcks(0)
         self._register(of)
 
     def _finish(self, s: LogStream, of: OpenFile) -> Batch | None:
@@ -386,6 +476,9 @@ class DockerJsonFileSource(Source):
         batch = None
         if of.fp is not None:
             self._fully_read.add(of.fp)
+            if of.fp in self.state:
+                self.state[of.fp]["done"] = True
+                self.ctx.checkpoints.touch()
         if of.reader.pending:
             parsed = Parsed()
             of.reader.flush(parsed)
@@ -395,6 +488,8 @@ class DockerJsonFileSource(Source):
 
     async def _poll_stream(self, s: LogStream, out: Emitter) -> bool:
         """Read what is new in the stream; True when data was read."""
+        if s.siblings_dirty:
+            self._check_siblings(s)
         # rotated files first, oldest first
         while s.queue:
             of = s.queue[0]

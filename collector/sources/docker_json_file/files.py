@@ -14,6 +14,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import LineReader, Parsed
 
@@ -80,6 +82,7 @@ class OpenFile:
     file_ref: dict[str, str] = field(default_factory=dict)
     size: int = 0  # size at the last read
     rotated: bool = False  # no longer the live file: finish it, then close
+    last_time: str = ""  # time of the last record read
     long_line: int = 0  # bytes of a line longer than the read size being skipped
 
     @classmethod
@@ -153,6 +156,16 @@ class OpenFile:
             if nl >= 0:
                 return pos + nl + 1
             pos += len(more)
+
+
+def first_line_time(path: str) -> str | None:
+    """The ``time`` of a json-file's first line (when it is readable)."""
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(FINGERPRINT_MAX)
+        return str(orjson.loads(line)["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def same_file(path: str, dev: int, ino: int) -> bool | None:

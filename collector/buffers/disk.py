@@ -1,0 +1,388 @@
+"""The disk buffer of a sink: segment files plus a ledger; survives kill -9.
+
+    <data_dir>/buffers/<sink>/00000001.seg, 00000002.seg, ...   frames, appended
+    <data_dir>/buffers/<sink>/ledger.json                       {"segment": n, "offset": o}
+
+A frame is ``<u32 length><u32 crc32>`` + a JSON batch (records, shared fields, ids, tag).
+The *writer* takes batches from the sink's inbox, appends them, syncs them (``fsync``
+policy), and only then acknowledges them to their sources: from that moment the disk holds
+them, so a file checkpoint may move and a forward client may get its ``ack``.
+The *reader* hands frames to the sink as batches whose acknowledgement moves the ledger (in
+order, see acks.OrderedAcks); segments wholly behind the ledger are deleted.
+
+On start everything after the ledger is replayed (ids are stable, so replays are harmless).
+A torn frame at the end of a segment (a crash mid-write) or a frame whose checksum does not
+match is reported with its segment, offset and size, the rest of that segment is skipped, and
+reading continues with the next segment: corruption costs what it touched, never the buffer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import struct
+import time
+import zlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from collector.acks import Ack, OrderedAcks, release
+from collector.buffers import BufferConfig
+from collector.buffers.memory import Channel
+from collector.event import Batch, Fields
+from collector.telemetry import Telemetry
+
+log = logging.getLogger("collector.buffers.disk")
+
+HEADER = struct.Struct("<II")
+INBOX_EVENTS = 8_000
+INBOX_BYTES = 16 << 20
+
+
+def encode_batch(batch: Batch) -> bytes:
+    return orjson.dumps(
+        {"e": batch.events, "m": batch.meta.data, "i": batch.ids, "t": batch.tag, "s": batch.source},
+        default=_fallback,
+    )
+
+
+def decode_batch(payload: bytes) -> Batch:
+    d = orjson.loads(payload)
+    return Batch(d["e"], Fields(d["m"]), ids=d["i"], tag=d["t"], source=d["s"], nbytes=len(payload))
+
+
+def _fallback(v: Any) -> Any:
+    if isinstance(v, bytes | bytearray | memoryview):
+        return bytes(v).decode("utf-8", "replace")
+    return str(v)
+
+
+def _seg_name(n: int) -> str:
+    return f"{n:08d}.seg"
+
+
+class DiskBuffer:
+    def __init__(self, name: str, directory: Path, cfg: BufferConfig, telemetry: Telemetry) -> None:
+        self.name = name
+        self.dir = directory
+        self.cfg = cfg
+        self.telemetry = telemetry
+        self.inbox = Channel(f"{name}-inbox", INBOX_EVENTS, INBOX_BYTES, "block", producers=0)
+        self.reader = _Reader(self)
+        # writer state
+        self._wseg = 0
+        self._wfile: BinaryIO | None = None
+        self._wpos = 0
+        self._unsynced: list[Batch] = []
+        self._last_sync = 0.0
+        self._written = asyncio.Event()
+        self.writer_done = False
+        # reader/ledger state
+        self._ledger = (1, 0)
+        self._ledger_dirty = False
+        self.acks = OrderedAcks((1, 0), self._on_commit)
+        self.bytes_on_disk = 0
+        self.events_waiting = 0  # written, not yet delivered (approximate after a restart)
+        self._room = asyncio.Event()
+        self._room.set()
+        self._dropped = telemetry.dropped.labels(name, "buffer_full")
+        self._errors = telemetry.errors
+        telemetry.buffer_bytes.labels(name).set_function(lambda: self.bytes_on_disk)
+        telemetry.buffer_events.labels(name).set_function(lambda: self.events_waiting + self.inbox.events)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def open(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._ledger = self._read_ledger()
+        segs = self.segments()
+        for n in segs:
+            if n < self._ledger[0]:
+                (self.dir / _seg_name(n)).unlink(missing_ok=True)
+        segs = [n for n in segs if n >= self._ledger[0]]
+        self.bytes_on_disk = sum((self.dir / _seg_name(n)).stat().st_size for n in segs)
+        if self.bytes_on_disk:
+            self.bytes_on_disk -= self._ledger[1] if segs and segs[0] == self._ledger[0] else 0
+            log.info("%s: disk buffer holds %d bytes from before: replaying them first", self.name, self.bytes_on_disk)
+        self.acks.reset(self._ledger)
+        # new writes go to a fresh segment: never append after a possibly torn tail
+        self._wseg = max([*segs, self._ledger[0] - 1]) + 1
+        self.reader.start(self._ledger, self._wseg)
+
+    async def close(self) -> None:
+        if self._wfile is not None:
+            with contextlib.suppress(OSError):
+                self._wfile.flush()
+                os.fsync(self._wfile.fileno())
+            self._wfile.close()
+            self._wfile = None
+        self.reader.close()
+        self._save_ledger(force=True)
+
+    def tasks(self) -> list[Any]:
+        return [self._write_loop(), self._ledger_loop()]
+
+    def pending_events(self) -> int:
+        return self.events_waiting + self.inbox.events
+
+    def segments(self) -> list[int]:
+        out = []
+        for p in self.dir.glob("*.seg"):
+            with contextlib.suppress(ValueError):
+                out.append(int(p.stem))
+        return sorted(out)
+
+    # -- ledger ------------------------------------------------------------------------
+    def _read_ledger(self) -> tuple[int, int]:
+        try:
+            d = orjson.loads((self.dir / "ledger.json").read_bytes())
+            return int(d["segment"]), int(d["offset"])
+        except FileNotFoundError:
+            segs = self.segments()
+            return (segs[0] if segs else 1), 0
+        except (ValueError, KeyError, TypeError) as e:
+            segs = self.segments()
+            log.error("%s: ledger unreadable (%s): replaying the whole buffer", self.name, e)
+            return (segs[0] if segs else 1), 0
+
+    def _on_commit(self, pos: tuple[int, int]) -> None:
+        old = self._ledger
+        self._ledger = pos
+        self._ledger_dirty = True
+        if pos[0] > old[0]:
+            for n in range(old[0], pos[0]):
+                p = self.dir / _seg_name(n)
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
+
+    def _save_ledger(self, force: bool = False) -> None:
+        if not (self._ledger_dirty or force):
+            return
+        self._ledger_dirty = False
+        tmp = self.dir / "ledger.json.tmp"
+        tmp.write_bytes(orjson.dumps({"segment": self._ledger[0], "offset": self._ledger[1]}))
+        os.replace(tmp, self.dir / "ledger.json")
+
+    async def _ledger_loop(self) -> None:
+        while not (self.writer_done and self.reader.finished):
+            await asyncio.sleep(0.5)
+            self._save_ledger()
+
+    def released(self, nbytes: int, events: int) -> None:
+        """A frame was delivered: room on disk again."""
+        self.bytes_on_disk -= nbytes
+        self.events_waiting = max(0, self.events_waiting - events)
+        if self.bytes_on_disk < self.cfg.limit_bytes:
+            self._room.set()
+
+    # -- writer --------------------------------------------------------------------------
+    def _open_segment(self) -> BinaryIO:
+        if self._wfile is None:
+            self._wfile = open(self.dir / _seg_name(self._wseg), "ab")  # noqa: SIM115
+            self._wpos = self._wfile.tell()
+        return self._wfile
+
+    def _roll(self) -> None:
+        if self._wfile is not None:
+            self._wfile.flush()
+            os.fsync(self._wfile.fileno())
+            self._wfile.close()
+        self._wfile = None
+        self._wseg += 1
+
+    async def _write_loop(self) -> None:
+        cfg = self.cfg
+        try:
+            while (batch := await self.inbox.recv()) is not None:
+                batches = [batch]
+                while len(batches) < 64 and (b := self.inbox.recv_nowait()) is not None:
+                    batches.append(b)
+                for b in batches:
+                    if self.bytes_on_disk >= cfg.limit_bytes:
+                        if cfg.when_full == "drop_newest":
+                            self._dropped.inc(len(b))
+                            release(b.ack)
+                            continue
+                        self._room.clear()
+                        await self._sync()  # what is written so far may be acknowledged meanwhile
+                        await self._room.wait()
+                    self._append(b)
+                if cfg.fsync != "interval" or time.monotonic() - self._last_sync >= cfg.fsync_interval:
+                    await self._sync()
+                elif self._unsynced:
+                    self._schedule_sync()
+            await self._sync()
+        finally:
+            self.writer_done = True
+            self.reader.wake()
+
+    def _append(self, b: Batch) -> None:
+        payload = encode_batch(b)
+        f = self._open_segment()
+        f.write(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        self._wpos += HEADER.size + len(payload)
+        self.bytes_on_disk += HEADER.size + len(payload)
+        self.events_waiting += len(b)
+        self._unsynced.append(b)
+        if self._wpos >= self.cfg.segment_bytes:
+            f.flush()
+            self.reader.writer_at(self._wseg, self._wpos)
+            self._roll()
+
+    async def _sync(self) -> None:
+        f = self._wfile
+        if f is not None:
+            f.flush()
+            if self.cfg.fsync != "never":
+                await asyncio.to_thread(os.fsync, f.fileno())
+            self.reader.writer_at(self._wseg, self._wpos)
+        self._last_sync = time.monotonic()
+        done, self._unsynced = self._unsynced, []
+        for b in done:  # durable now: the source may move on
+            release(b.ack)
+
+    def _schedule_sync(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        async def later() -> None:
+            await asyncio.sleep(self.cfg.fsync_interval)
+            if self._unsynced:
+                await self._sync()
+
+        if not getattr(self, "_sync_pending", False):
+            self._sync_pending = True
+            task = loop.create_task(later())
+            task.add_done_callback(lambda _: setattr(self, "_sync_pending", False))
+
+
+class _Reader:
+    """What the sink reads: frames turned back into batches (Channel-like: recv/recv_nowait)."""
+
+    def __init__(self, buf: DiskBuffer) -> None:
+        self.buf = buf
+        self.seg = 1
+        self.pos = 0
+        self.file: BinaryIO | None = None
+        self.limit: tuple[int, int] = (0, 0)  # (segment, offset) the writer has made readable
+        self.replay_until = 0  # segments < this were written before this run
+        self._ready = asyncio.Event()
+        self.finished = False
+
+    def start(self, ledger: tuple[int, int], first_new_segment: int) -> None:
+        self.seg, self.pos = ledger
+        self.replay_until = first_new_segment
+        self.limit = (first_new_segment, 0)
+        if self.buf.bytes_on_disk:
+            self._ready.set()
+
+    def writer_at(self, seg: int, pos: int) -> None:
+        self.limit = (seg, pos)
+        self._ready.set()
+
+    def wake(self) -> None:
+        self._ready.set()
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def _next_segment(self) -> None:
+        self.close()
+        self.seg += 1
+        self.pos = 0
+
+    def _skip(self, why: str, size: int) -> None:
+        self.buf._errors.labels(self.buf.name, "buffer_corrupt").inc()
+        log.error(
+            "%s: disk buffer segment %s is damaged at offset %d (%s): skipping its last %d bytes; "
+            "records there are lost",
+            self.buf.name,
+            _seg_name(self.seg),
+            self.pos,
+            why,
+            size,
+        )
+        self.buf.bytes_on_disk -= size
+        self.buf.acks.track((self.seg + 1, 0)).done()
+        self._next_segment()
+
+    def _read_frame(self) -> Batch | None:
+        """The next frame if one is readable now."""
+        while True:
+            if (self.seg, self.pos) >= self.limit and self.seg >= self.replay_until:
+                return None
+            path = self.buf.dir / _seg_name(self.seg)
+            if self.file is None:
+                try:
+                    self.file = open(path, "rb")  # noqa: SIM115
+                except FileNotFoundError:
+                    if self.seg < self.limit[0]:
+                        self._next_segment()
+                        continue
+                    return None
+                self.file.seek(self.pos)
+            size = os.fstat(self.file.fileno()).st_size
+            end = size if self.seg < self.limit[0] or self.seg < self.replay_until else self.limit[1]
+            if self.pos >= end:
+                if self.seg < self.limit[0]:
+                    self._next_segment()
+                    continue
+                return None
+            head = self.file.read(HEADER.size)
+            if len(head) < HEADER.size:
+                self._skip("torn frame header", end - self.pos)
+                continue
+            n, crc = HEADER.unpack(head)
+            if self.pos + HEADER.size + n > end:
+                self._skip(f"torn frame: {n} bytes announced", end - self.pos)
+                continue
+            payload = self.file.read(n)
+            if zlib.crc32(payload) != crc:
+                self._skip("checksum mismatch", end - self.pos)
+                continue
+            try:
+                batch = decode_batch(payload)
+            except (ValueError, KeyError, TypeError) as e:
+                self._skip(f"undecodable frame: {e}", end - self.pos)
+                continue
+            self.pos += HEADER.size + n
+            frame_bytes = HEADER.size + n
+            events = len(batch)
+            ack = self.buf.acks.track((self.seg, self.pos))
+            batch.ack = _Release(ack, self.buf, frame_bytes, events)
+            return batch
+
+    def recv_nowait(self) -> Batch | None:
+        return self._read_frame()
+
+    async def recv(self) -> Batch | None:
+        while True:
+            b = self._read_frame()
+            if b is not None:
+                return b
+            if self.buf.writer_done and (self.seg, self.pos) >= self.limit:
+                self.finished = True
+                return None
+            self._ready.clear()
+            await self._ready.wait()
+
+
+class _Release(Ack):
+    """The Ack of a replayed frame: moves the ledger and frees room on disk."""
+
+    __slots__ = ("_buf", "_bytes", "_events", "_inner")
+
+    def __init__(self, inner: Ack, buf: DiskBuffer, nbytes: int, events: int) -> None:
+        super().__init__(self._fire)
+        self._inner = inner
+        self._buf = buf
+        self._bytes = nbytes
+        self._events = events
+
+    def _fire(self) -> None:
+        self._buf.released(self._bytes, self._events)
+        self._inner.done()
