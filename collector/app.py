@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -311,6 +312,16 @@ def summary(t: Telemetry) -> str:
     return " ".join(parts)
 
 
+def tune_gc() -> None:
+    """Records are acyclic dicts and lists made by the thousand: with the default thresholds the
+    cyclic collector runs every 700 allocations and rescans everything alive (measured: 1 µs per
+    record). Freeze what startup made and collect young objects less often; cycles are still
+    collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 async def run_pipeline(
     config: PipelineConfig,
     once: bool = False,
@@ -348,6 +359,7 @@ async def run_pipeline(
                 loop.add_signal_handler(sig, on_signal)
         if on_ready is not None:
             on_ready(pipeline)
+        tune_gc()
         return await pipeline.run()
     finally:
         if install_signals:

@@ -104,7 +104,7 @@ class Emitter:
         if len(chans) > 1 and batch.ack is not None:
             batch.ack.retain(len(chans) - 1)
         # each consumer gets its own Batch object (transforms replace meta/tag/events on it)
-        copies = [batch] + [batch.derive(batch.events, batch.ids) for _ in chans[1:]]
+        copies = [batch] + [batch.derive(None, batch.ids) for _ in chans[1:]]
         for ch, b in zip(chans, copies, strict=True):
             await ch.send(b)
 

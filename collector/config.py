@@ -27,7 +27,7 @@ from collector import registry
 from collector.tags import TagPatternError, tag_pattern
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
-_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def default_data_dir() -> str:
@@ -177,25 +177,33 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
             return out
         if isinstance(n, yaml.SequenceNode):
             return [build(v, (*path, i)) for i, v in enumerate(n.value)]
-        value = loader.construct_object(n, deep=True)
-        if isinstance(value, str):
-            value = _expand_env(value, f"{filename}:{n.start_mark.line + 1}")
-        return value
+        return loader.construct_object(n, deep=True)
 
     return build(node, ()), lines
 
 
-def _expand_env(s: str, where: str) -> str:
+def expand_env(text: str, filename: str) -> str:
+    """``${VAR}`` / ``${VAR:-default}`` replaced in the text before it is parsed (like Compose):
+    numbers and booleans from the environment keep their type; ``$$`` is a literal ``$``."""
+    problems: list[str] = []
+
     def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
         var, default = m.group(1), m.group(2)
         v = os.environ.get(var)
         if v is None:
             if default is None:
-                raise ConfigError([f"{where}: environment variable {var} is not set (use ${{{var}:-default}})"])
+                line = text.count("\n", 0, m.start()) + 1
+                problems.append(f"{filename}:{line}: environment variable {var} is not set (use ${{{var}:-default}})")
+                return ""
             return default
         return v
 
-    return _ENV.sub(sub, s)
+    out = _ENV.sub(sub, text)
+    if problems:
+        raise ConfigError(problems)
+    return out
 
 
 def _line_of(loc: tuple[Any, ...], data: Any, lines: dict[tuple[Any, ...], int]) -> tuple[tuple[Any, ...], int]:
@@ -236,7 +244,7 @@ def _format_error(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], i
 
 
 def parse_config(text: str, filename: str = "<config>") -> PipelineConfig:
-    data, lines = _load_with_lines(text, filename)
+    data, lines = _load_with_lines(expand_env(text, filename), filename)
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the configuration must be a mapping (sources, transforms, sinks)"])
     return validate_config(data, filename, lines)

@@ -19,7 +19,7 @@ materialising that merge when the two do not share top-level keys (the common ca
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -176,14 +176,34 @@ def encode_record(event: Event, meta: Fields, dumps: Any = orjson.dumps) -> byte
     return dumps(deep_merge(meta.data, event))
 
 
-class Batch:
-    """Records that travel together, with one acknowledgement handle."""
+class Columns(Protocol):
+    """Records kept column by column until someone needs them as dicts (see Batch)."""
 
-    __slots__ = ("ack", "events", "ids", "meta", "nbytes", "source", "tag")
+    def __len__(self) -> int: ...
+
+    def events(self) -> list[Event]:
+        """The records as dicts (done once, when a transform or sink asks for them)."""
+        ...
+
+    def encode(self, meta: Fields) -> list[bytes]:
+        """Each record merged with ``meta`` as one JSON document, without building dicts."""
+        ...
+
+
+class Batch:
+    """Records that travel together, with one acknowledgement handle.
+
+    A source may hand over ``columns`` instead of ``events``: the records then stay in its
+    compact form, and only turn into dicts if a transform reads ``batch.events``. A pipeline
+    that only enriches per batch and encodes (json-file -> docker_metadata -> Elasticsearch)
+    never builds a dict per record.
+    """
+
+    __slots__ = ("_events", "ack", "columns", "ids", "meta", "nbytes", "source", "tag")
 
     def __init__(
         self,
-        events: list[Event],
+        events: list[Event] | None,
         meta: Fields = Fields.EMPTY,
         *,
         ids: list[str] | None = None,
@@ -191,18 +211,35 @@ class Batch:
         tag: str = "",
         source: str = "",
         nbytes: int = 0,
+        columns: Columns | None = None,
     ) -> None:
-        self.events = events
+        if events is None and columns is None:
+            raise ValueError("a batch needs events or columns")
+        self._events = events
+        self.columns = columns
         self.meta = meta
         self.ids = ids
         self.ack = ack
         self.tag = tag
         self.source = source
         # approximate size in memory/at the origin, for buffer accounting
-        self.nbytes = nbytes or 64 * len(events)
+        self.nbytes = nbytes or 64 * len(self)
+
+    @property
+    def events(self) -> list[Event]:
+        if self._events is None:
+            assert self.columns is not None
+            self._events = self.columns.events()
+            self.columns = None
+        return self._events
+
+    @events.setter
+    def events(self, value: list[Event]) -> None:
+        self._events = value
+        self.columns = None
 
     def __len__(self) -> int:
-        return len(self.events)
+        return len(self._events) if self._events is not None else len(self.columns)  # type: ignore[arg-type]
 
     def records(self) -> Iterator[dict[str, Any]]:
         """Each record merged with the shared fields (slow path: transforms, gelf, console)."""
@@ -215,6 +252,8 @@ class Batch:
 
     def encoded(self) -> list[bytes]:
         """Each record as one JSON document (what Elasticsearch and the file sink receive)."""
+        if self._events is None and self.columns is not None:
+            return self.columns.encode(self.meta)
         meta = self.meta
         dumps = orjson.dumps
         if not meta.keys:
@@ -233,11 +272,25 @@ class Batch:
                 ap(dumps(deep_merge(meta.data, ev)))
         return out
 
-    def derive(self, events: list[Event], ids: list[str] | None, meta: Fields | None = None) -> Batch:
-        """A batch for a subset/rewrite of these records sharing the same origin.
+    def derive(self, events: list[Event] | None, ids: list[str] | None, meta: Fields | None = None) -> Batch:
+        """A batch for a subset/rewrite of these records sharing the same origin (``events``
+        None: the same records, still in their columns when they are).
 
         The caller arranges the acknowledgement (``ack.retain``) when both batches live on.
         """
+        n = len(self)
+        if events is None:
+            b = Batch(
+                self._events,
+                self.meta if meta is None else meta,
+                ids=ids,
+                ack=self.ack,
+                tag=self.tag,
+                source=self.source,
+                nbytes=self.nbytes,
+                columns=self.columns,
+            )
+            return b
         return Batch(
             events,
             self.meta if meta is None else meta,
@@ -245,8 +298,8 @@ class Batch:
             ack=self.ack,
             tag=self.tag,
             source=self.source,
-            nbytes=max(1, self.nbytes * len(events) // max(1, len(self.events))),
+            nbytes=max(1, self.nbytes * len(events) // max(1, n)),
         )
 
     def __repr__(self) -> str:
-        return f"Batch({len(self.events)} events, source={self.source!r}, tag={self.tag!r})"
+        return f"Batch({len(self)} events, source={self.source!r}, tag={self.tag!r})"

@@ -73,7 +73,12 @@ def test_environment_variables_are_substituted(monkeypatch):
     assert cfg.sinks["out"].path == "/tmp/env.ndjson"
     cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE:-/tmp/d.ndjson}'"))
     assert cfg.sinks["out"].path == "/tmp/d.ndjson"
-    assert "NOT_SET_ANYWHERE is not set" in errors(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE}'"))
+    assert "p.yaml:7: environment variable NOT_SET_ANYWHERE is not set" in errors(
+        GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE}'")
+    )
+    monkeypatch.setenv("MAX_BYTES", "4096")
+    cfg = parse_config(GOOD.replace("paths: [", "max_record_bytes: ${MAX_BYTES}, paths: ["))
+    assert cfg.sources["containers"].max_record_bytes == 4096  # typed, and fine inside a flow mapping
 
 
 def test_yaml_syntax_errors_have_a_line():

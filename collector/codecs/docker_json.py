@@ -60,6 +60,70 @@ class Parsed:
         return len(self.messages)
 
 
+_COLLIDE = frozenset({"@timestamp", "message", "stream", "log", "docker"})
+
+
+class DockerLines:
+    """Records of one json-file read, kept as columns (see event.Columns).
+
+    ``encode`` writes each document with one format operation: no dict per record, the file
+    path encoded once, the batch's shared fields spliced in as bytes.
+    """
+
+    __slots__ = ("_file_json", "attrs", "flags", "messages", "offsets", "path", "streams", "times")
+
+    def __init__(self, parsed: Parsed, path: str) -> None:
+        self.times = parsed.times
+        self.messages = parsed.messages
+        self.streams = parsed.streams
+        self.offsets = parsed.offsets
+        self.flags = parsed.flags
+        self.attrs = parsed.attrs
+        self.path = path
+        self._file_json = orjson.dumps({"path": path})
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def event(self, i: int, ref: dict[str, str]) -> dict[str, Any]:
+        log: dict[str, Any] = {"offset": self.offsets[i], "file": ref}
+        ev: dict[str, Any] = {
+            "@timestamp": self.times[i],
+            "message": self.messages[i],
+            "stream": self.streams[i],
+            "log": log,
+        }
+        if i in self.flags:
+            log["flags"] = self.flags[i]
+        attrs = self.attrs.get(i)
+        if isinstance(attrs, dict):
+            ev["docker"] = {"attrs": {k.replace(".", "_"): v for k, v in attrs.items()}}
+        return ev
+
+    def events(self) -> list[dict[str, Any]]:
+        ref = {"path": self.path}
+        return [self.event(i, ref) for i in range(len(self.messages))]
+
+    def encode(self, meta: Any) -> list[bytes]:
+        from collector.event import encode_record  # noqa: PLC0415 - event imports nothing from codecs
+
+        if not meta.keys.isdisjoint(_COLLIDE):
+            return [encode_record(ev, meta) for ev in self.events()]
+        dumps = orjson.dumps
+        tail = (b"," + meta.encoded[1:]) if meta.keys else b"}"
+        file_json = self._file_json
+        fmt = b'{"@timestamp":%s,"message":%s,"stream":%s,"log":{"offset":%d,"file":%s}%s'
+        out = [
+            fmt % (dumps(t), dumps(m), dumps(st), o, file_json, tail)
+            for t, m, st, o in zip(self.times, self.messages, self.streams, self.offsets, strict=True)
+        ]
+        if self.flags or self.attrs:  # rare: redo those records the general way
+            ref = {"path": self.path}
+            for i in {*self.flags, *self.attrs}:
+                out[i] = encode_record(self.event(i, ref), meta)
+        return out
+
+
 class LineReader:
     """Stateful parser of one json-file (state: partial lines per stream)."""
 

@@ -18,7 +18,7 @@ from pydantic import Field, field_validator
 
 from collector.component import Transform, TransformConfig
 from collector.docker_api import ContainerInfo, DockerMetadata
-from collector.event import Batch, Fields, deep_merge
+from collector.event import Batch, Fields, deep_merge, get_path
 from collector.tags import TagTemplate, template_info
 
 
@@ -95,7 +95,9 @@ class DockerMetadataTransform(Transform):
         assert self.docker is not None
         cid = batch.meta.get("container.id")
         if cid:
-            path = batch.events[0].get("log", {}).get("file", {}).get("path") if batch.events else None
+            path = getattr(batch.columns, "path", None)  # a file source's columns know their file
+            if path is None and batch.events:
+                path = get_path(batch.events[0], "log.file.path")
             cdir = Path(path).parent if path else None
             info = await self.docker.lookup(cid, cdir)
             batch.meta, batch.tag = self._enrich(batch.meta, info, batch.tag, None)

@@ -22,6 +22,7 @@ import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import orjson
@@ -64,28 +65,50 @@ class Owner:
 
 @dataclass(slots=True)
 class Request:
-    items: list[bytes] = field(default_factory=list)
+    """One bulk request: its body is built once, items are addressed by their end offsets
+    (a retry re-sends slices of it), so a request costs its body and little more."""
+
+    parts: list[bytes] = field(default_factory=list)  # while building: one chunk per batch
+    ends: list[int] = field(default_factory=list)  # end offset of each item in the body
     owners: list[Owner] = field(default_factory=list)
     indices: list[str] = field(default_factory=list)
     size: int = 0
     started: float = 0.0
+    _body: bytes | None = None
 
     def add(self, owner: Owner, items: list[bytes], indices: list[str] | str) -> None:
-        self.items.extend(items)
+        self.parts.append(b"".join(items))
+        start = self.size
+        self.ends.extend(start + end for end in accumulate(map(len, items)))
         self.owners.extend([owner] * len(items))
         if isinstance(indices, str):
             self.indices.extend([indices] * len(items))
         else:
             self.indices.extend(indices)
-        self.size += sum(map(len, items))
+        self.size = self.ends[-1]
+
+    @property
+    def body(self) -> bytes:
+        if self._body is None:
+            self._body = b"".join(self.parts)
+            self.parts = []
+        return self._body
+
+    def item(self, i: int) -> bytes:
+        return self.body[self.ends[i - 1] if i else 0 : self.ends[i]]
 
     def subset(self, keep: list[int]) -> Request:
-        r = Request([self.items[i] for i in keep], [self.owners[i] for i in keep], [self.indices[i] for i in keep])
-        r.size = sum(map(len, r.items))
+        r = Request()
+        items = [self.item(i) for i in keep]
+        r.parts = [b"".join(items)]
+        r.ends = list(accumulate(map(len, items)))
+        r.owners = [self.owners[i] for i in keep]
+        r.indices = [self.indices[i] for i in keep]
+        r.size = r.ends[-1] if r.ends else 0
         return r
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.ends)
 
 
 class ElasticsearchSink(Sink):
@@ -195,7 +218,7 @@ class ElasticsearchSink(Sink):
         if rejected:
             self.ctx.deadletter.records(
                 self.name,
-                [(reason, _doc_of(req.items[i]), {"_index": req.indices[i]}) for i, reason in rejected],
+                [(reason, _doc_of(req.item(i)), {"_index": req.indices[i]}) for i, reason in rejected],
             )
             if self.config.dead_letter_index:
                 self._dead_letter_index(req, rejected)
@@ -214,9 +237,9 @@ class ElasticsearchSink(Sink):
         for i, reason in rejected:
             doc = {
                 "@timestamp": now,
-                "message": _doc_of(req.items[i]).decode("utf-8", "replace"),
+                "message": _doc_of(req.item(i)).decode("utf-8", "replace"),
                 "error": {"type": reason.split(":")[0], "message": reason},
-                "event": {"original": _doc_of(req.items[i]).decode("utf-8", "replace")[:32000]},
+                "event": {"original": _doc_of(req.item(i)).decode("utf-8", "replace")[:32000]},
             }
             lines.append(b'{"create":{}}\n' + orjson.dumps(doc) + b"\n")
         body = b"".join(lines)
@@ -234,7 +257,7 @@ class ElasticsearchSink(Sink):
     async def _deliver(self, req: Request) -> None:
         attempt = 0
         while len(req):
-            body = b"".join(req.items)
+            body = req.body
             try:
                 resp: Response = await self._call(
                     self.client.request, "POST", self._path(req), body, "application/x-ndjson"
@@ -359,7 +382,8 @@ class ElasticsearchSink(Sink):
 
 
 def _has_items(resp: Response) -> bool:
-    return isinstance(resp.body, dict) and "items" in resp.body
+    """A bulk answer: per-item results, or the shortcut for "no errors" (client.py)."""
+    return isinstance(resp.body, dict) and ("items" in resp.body or resp.body.get("errors") is False)
 
 
 def _doc_of(item: bytes) -> bytes:

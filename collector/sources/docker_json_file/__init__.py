@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from collector.acks import OrderedAcks
-from collector.codecs.docker_json import LineReader, Parsed
+from collector.codecs.docker_json import DockerLines, LineReader, Parsed
 from collector.component import ComponentConfig, Emitter, Source
 from collector.event import Batch, Fields
 from collector.sources.docker_json_file.files import (
@@ -379,22 +379,19 @@ class DockerJsonFileSource(Source):
             if commit > of.acks.committed:
                 of.acks.track(commit).done()  # only bad/blank lines: nothing to wait for
             return None
-        ref = of.file_ref
-        events = [
-            {"@timestamp": t, "message": m, "stream": st, "log": {"offset": o, "file": ref}}
-            for t, m, st, o in zip(parsed.times, parsed.messages, parsed.streams, parsed.offsets, strict=True)
-        ]
-        for i, flags in parsed.flags.items():
-            events[i]["log"]["flags"] = flags
-        for i, attrs in parsed.attrs.items():
-            if isinstance(attrs, dict):
-                events[i]["docker"] = {"attrs": {k.replace(".", "_"): v for k, v in attrs.items()}}
         fp = of.fp
         of.last_time = parsed.times[-1]
         ids = [f"{fp}-{o}" for o in parsed.offsets]
         self._received.inc(n)
         return Batch(
-            events, s.meta, ids=ids, ack=of.acks.track(commit), tag=s.tag, source=self.name, nbytes=end - of.offset
+            None,
+            s.meta,
+            ids=ids,
+            ack=of.acks.track(commit),
+            tag=s.tag,
+            source=self.name,
+            nbytes=max(end - of.offset, 64 * n),
+            columns=DockerLines(parsed, of.path),
         )
 
     async def _read_file(self, s: LogStream, of: OpenFile, out: Emitter) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -79,7 +79,6 @@ class OpenFile:
     container_id: str
     reader: LineReader
     acks: OrderedAcks
-    file_ref: dict[str, str] = field(default_factory=dict)
     size: int = 0  # size at the last read
     rotated: bool = False  # no longer the live file: finish it, then close
     last_time: str = ""  # time of the last record read
@@ -106,7 +105,6 @@ class OpenFile:
             container_id=cid,
             reader=LineReader(max_record_bytes),
             acks=OrderedAcks(offset),
-            file_ref={"path": path},
             size=st.st_size,
         )
 
