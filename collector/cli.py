@@ -5,6 +5,7 @@
     collector run -c pipeline.yaml [--once]
     collector validate -c pipeline.yaml
     collector setup --es URL [--kibana URL] [--dry-run]
+    collector health [--url http://127.0.0.1:8686]
 
 ``--output``: ``console`` (default), ``file:PATH``, ``http(s)://host:9200`` (Elasticsearch or
 OpenSearch), ``gelf+udp://host:12201`` or ``gelf+tcp://host:12201`` (Graylog).
@@ -196,7 +197,41 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--api-key", default=os.environ.get("COLLECTOR_ES_API_KEY"), help="API key")
     s.add_argument("--ca-certs", help="CA bundle for https")
     s.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+
+    h = sub.add_parser("health", help="ask a running collector's GET /health (exit 0 ok, 1 otherwise)")
+    h.add_argument("--url", default=None, help="its api (default: http:// + $COLLECTOR_API_LISTEN or 127.0.0.1:8686)")
+    h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     return ap
+
+
+def health(url: str | None, timeout: float) -> int:
+    """``collector health``: 0 when /health says ok, 1 otherwise (what a Docker HEALTHCHECK wants)."""
+    import json  # noqa: PLC0415
+    import urllib.error  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    if url is None:
+        host, _, port = os.environ.get("COLLECTOR_API_LISTEN", "127.0.0.1:8686").rpartition(":")
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+        url = f"http://{host}:{port}"
+    target = url.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(target, timeout=timeout) as r:
+            status, body = r.status, r.read()
+    except urllib.error.HTTPError as e:  # 503: failing, with the detail in the body
+        status, body = e.code, e.read()
+    except (OSError, ValueError) as e:
+        print(f"collector health: cannot reach {target}: {getattr(e, 'reason', e)}", file=sys.stderr)
+        return 1
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = {}
+    ok = status == 200 and answer.get("status") == "ok"
+    print(f"{answer.get('status', f'HTTP {status}')} ({target})")
+    for name, detail in (answer.get("checks") or {}).items():
+        print(f"  {name}: {detail}")
+    return 0 if ok else 1
 
 
 def _run(cfg: PipelineConfig, once: bool) -> int:
@@ -235,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(validate_config(tail_config(args), "collector tail"), args.once)
         if args.command == "receive":
             return _run(validate_config(receive_config(args), "collector receive"), False)
+        if args.command == "health":
+            return health(args.url, args.timeout)
         if args.command == "setup":
             from collector.setup import run_setup  # noqa: PLC0415
 

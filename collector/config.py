@@ -177,14 +177,18 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
             return out
         if isinstance(n, yaml.SequenceNode):
             return [build(v, (*path, i)) for i, v in enumerate(n.value)]
-        return loader.construct_object(n, deep=True)
+        value = loader.construct_object(n, deep=True)
+        if isinstance(value, str) and "$" in value:
+            value = expand_env(value, f"{filename}:{n.start_mark.line + 1}")
+        return value
 
     return build(node, ()), lines
 
 
-def expand_env(text: str, filename: str) -> str:
-    """``${VAR}`` / ``${VAR:-default}`` replaced in the text before it is parsed (like Compose):
-    numbers and booleans from the environment keep their type; ``$$`` is a literal ``$``."""
+def expand_env(value: str, where: str) -> str:
+    """``${VAR}`` / ``${VAR:-default}`` in a value replaced from the environment, like Compose
+    (after parsing: comments are left alone; a number from the environment is still checked
+    as a number by the schema). ``$$`` is a literal ``$``."""
     problems: list[str] = []
 
     def sub(m: re.Match[str]) -> str:
@@ -194,13 +198,12 @@ def expand_env(text: str, filename: str) -> str:
         v = os.environ.get(var)
         if v is None:
             if default is None:
-                line = text.count("\n", 0, m.start()) + 1
-                problems.append(f"{filename}:{line}: environment variable {var} is not set (use ${{{var}:-default}})")
+                problems.append(f"{where}: environment variable {var} is not set (use ${{{var}:-default}})")
                 return ""
             return default
         return v
 
-    out = _ENV.sub(sub, text)
+    out = _ENV.sub(sub, value)
     if problems:
         raise ConfigError(problems)
     return out
@@ -244,7 +247,7 @@ def _format_error(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], i
 
 
 def parse_config(text: str, filename: str = "<config>") -> PipelineConfig:
-    data, lines = _load_with_lines(expand_env(text, filename), filename)
+    data, lines = _load_with_lines(text, filename)
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the configuration must be a mapping (sources, transforms, sinks)"])
     return validate_config(data, filename, lines)

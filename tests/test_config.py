@@ -77,8 +77,8 @@ def test_environment_variables_are_substituted(monkeypatch):
         GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE}'")
     )
     monkeypatch.setenv("MAX_BYTES", "4096")
-    cfg = parse_config(GOOD.replace("paths: [", "max_record_bytes: ${MAX_BYTES}, paths: ["))
-    assert cfg.sources["containers"].max_record_bytes == 4096  # typed, and fine inside a flow mapping
+    cfg = parse_config(GOOD.replace("paths: [", "max_record_bytes: '${MAX_BYTES}', paths: [") + "# ${IN_A_COMMENT}\n")
+    assert cfg.sources["containers"].max_record_bytes == 4096  # still checked as a number; comments untouched
 
 
 def test_yaml_syntax_errors_have_a_line():

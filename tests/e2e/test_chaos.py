@@ -134,18 +134,21 @@ def test_kill_9_at_random_moments(docker, es8, es_target, tmp_path):
     per, n = 50_000, 4
     expected = {f"k{c}": per for c in range(n)}
     col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
-    containers = [docker.run(paced_writer(f"k{c}", per, 50, 150_000), name=f"k{c}", wait=False) for c in range(n)]
-    kills = sorted(rng.uniform(0.5, 9.0) for _ in range(3))
-    t0 = time.monotonic()
-    for at in kills:
-        time.sleep(max(0.0, at - (time.monotonic() - t0)))
-        col.kill9()
-        time.sleep(rng.uniform(0.0, 1.0))
-        col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
-    for c in containers:
-        assert c.wait(timeout=120)["StatusCode"] == 0
-    wait_until(lambda: es8.count(es_target) >= per * n, timeout=180, interval=1, what="all records")
-    assert col.stop() == 0, col.stderr()[-3000:]
+    try:
+        containers = [docker.run(paced_writer(f"k{c}", per, 50, 150_000), name=f"k{c}", wait=False) for c in range(n)]
+        kills = sorted(rng.uniform(0.5, 9.0) for _ in range(3))
+        t0 = time.monotonic()
+        for at in kills:
+            time.sleep(max(0.0, at - (time.monotonic() - t0)))
+            col.kill9()
+            time.sleep(rng.uniform(0.0, 1.0))
+            col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
+        for c in containers:
+            assert c.wait(timeout=120)["StatusCode"] == 0
+        wait_until(lambda: es8.count(es_target) >= per * n, timeout=180, interval=1, what="all records")
+        assert col.stop() == 0, col.stderr()[-3000:]
+    finally:
+        col.__exit__()
     row = tally(es8, es_target, expected)
     report("kill -9 x3 (disk buffer)", row, seed=seed, kills_at_s=[round(k, 2) for k in kills])
     assert row["lost"] == 0, row["missing"]
@@ -186,6 +189,13 @@ def test_rotation_under_load_while_the_collector_is_stopped(docker, es8, es_targ
     cfg = pipeline(tmp_path, docker.root, es8.url, es_target)
     per = 40_000
     col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
+    try:
+        _rotation_run(docker, es8, es_target, cfg, col, per, tmp_path)
+    finally:
+        col.__exit__()
+
+
+def _rotation_run(docker, es8, es_target, cfg, col, per, tmp_path):
     roomy = docker.run(
         paced_writer("roomy", per, 40, 150_000), name="roomy", wait=False, log_opts={"max-size": "50m", "max-file": "3"}
     )
@@ -198,14 +208,14 @@ def test_rotation_under_load_while_the_collector_is_stopped(docker, es8, es_targ
     time.sleep(2)
     assert col.stop() == 0
     time.sleep(3)  # meanwhile "tight" rotates through all of its three files
-    col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
-    for c in (roomy, tight):
-        assert c.wait(timeout=120)["StatusCode"] == 0
-    time.sleep(2)
-    wait_until(lambda: es8.count(es_target) >= per, timeout=120, interval=1, what="roomy's records")
-    time.sleep(3)
-    assert col.stop() == 0
-    logs = col.stderr()
+    with Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log") as again:
+        for c in (roomy, tight):
+            assert c.wait(timeout=120)["StatusCode"] == 0
+        time.sleep(2)
+        wait_until(lambda: es8.count(es_target) >= per, timeout=120, interval=1, what="roomy's records")
+        time.sleep(3)
+        assert again.stop() == 0
+        logs = again.stderr()
     row = tally(es8, es_target, {"roomy": per, "tight": per})
     roomy_lost = len(row["missing"]["roomy"])
     tight_missing = row["missing"]["tight"]
@@ -268,6 +278,13 @@ def test_full_disk_buffer_pauses_tailing_with_bounded_memory(docker, es8, es_tar
     per, n = 50_000, 2
     expected = {f"f{c}": per for c in range(n)}
     col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
+    try:
+        _full_buffer_run(docker, es8, es_target, tmp_path, col, per, n, expected)
+    finally:
+        col.__exit__()
+
+
+def _full_buffer_run(docker, es8, es_target, tmp_path, col, per, n, expected):
     try:
         wait_until(lambda: es8.count(es_target) >= 0, timeout=10)
         time.sleep(2)
