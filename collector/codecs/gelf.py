@@ -1,0 +1,526 @@
+"""GELF 1.1 on the wire: (de)compression, UDP chunking and reassembly, TCP null framing.
+
+Pure code shared by the GELF source and sink (no sockets, no event loop), so every rule is
+testable on bytes:
+
+* a UDP datagram is a whole message (JSON, gzip or zlib: told apart by their magic bytes) or
+  one *chunk*: ``0x1e 0x0f``, an 8-byte message id, a sequence number and a count (<= 128),
+  then a slice of the message.  :class:`Reassembler` joins chunks arriving in any order,
+  ignores duplicates, expires sets not complete after ``timeout`` seconds and bounds its
+  memory (pending sets and bytes, the oldest evicted first); what it discards is counted in
+  :attr:`Reassembler.counts`, never raised, so a flood costs a counter increment;
+* a TCP stream is uncompressed JSON documents, each ended by a null byte
+  (:class:`FrameSplitter`; a newline next to the null is tolerated);
+* :func:`decompress` stops at ``max_bytes`` of output whatever the input claims
+  (decompression bombs), :func:`decode` adds JSON and the required fields;
+* :func:`compress` and :func:`split_chunks` are the sending side.
+
+Problems with a message are :class:`GelfError` with a short ``reason`` (a metric label).
+"""
+
+from __future__ import annotations
+
+import calendar
+import math
+import os
+import re
+import time
+import zlib
+from collections import Counter, OrderedDict
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+CHUNK_MAGIC = b"\x1e\x0f"
+CHUNK_HEADER_BYTES = 12  # magic (2) + message id (8) + sequence number (1) + count (1)
+MAX_CHUNKS = 128
+GZIP_MAGIC = b"\x1f\x8b"
+DEFAULT_CHUNK_SIZE = 1420  # bytes per datagram, header included: fits a 1500-byte MTU path (what Docker sends)
+MAX_CHUNK_SIZE = 8192  # the largest datagram Graylog reads
+DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
+VERSION = "1.1"
+MAX_DEFLATE_RATIO = 1032  # the most a deflate stream can expand (zlib's technical notes: 1032:1)
+
+Compression = Literal["gzip", "zlib", "none"]
+
+# syslog severities, as GELF's ``level``; names as Filebeat's syslog input writes them
+LEVEL_NAMES = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
+LEVEL_CODES: dict[str, int] = {
+    **{n: i for i, n in enumerate(LEVEL_NAMES)},
+    "emerg": 0,
+    "panic": 0,
+    "fatal": 2,
+    "crit": 2,
+    "err": 3,
+    "warn": 4,
+    "info": 6,
+    "trace": 7,
+}
+DEFAULT_LEVEL = 6
+
+
+class GelfError(ValueError):
+    """A message that cannot be accepted; ``reason`` is short and stable (a metric label)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+# -- compression ---------------------------------------------------------------------------------
+def compression_of(payload: bytes) -> Compression:
+    """What a GELF UDP payload is, by its first bytes (as Graylog tells them apart)."""
+    if payload[:2] == GZIP_MAGIC:
+        return "gzip"
+    if len(payload) >= 2 and payload[0] == 0x78 and (payload[0] * 256 + payload[1]) % 31 == 0:
+        return "zlib"
+    return "none"
+
+
+def decompress(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> bytes:
+    """The message inside a gzip, zlib or plain payload; never more than ``max_bytes``.
+
+    Raises GelfError ``too_large`` past the limit (however small the input: bombs stop
+    there), ``bad_compression`` for a corrupt or truncated stream.
+    """
+    kind = compression_of(payload)
+    if kind == "none":
+        if len(payload) > max_bytes:
+            raise GelfError("too_large", f"{len(payload)} bytes > {max_bytes}")
+        return payload
+    wbits = 31 if kind == "gzip" else 15
+    if len(payload) * MAX_DEFLATE_RATIO <= max_bytes:
+        # cannot inflate past the limit (deflate expands 1032:1 at most): the faster one-shot call
+        try:
+            return zlib.decompress(payload, wbits)
+        except zlib.error as e:
+            raise GelfError("bad_compression", f"{kind}: {e}") from None
+    d = zlib.decompressobj(wbits)
+    try:
+        out = d.decompress(payload, max_bytes + 1)
+    except zlib.error as e:
+        raise GelfError("bad_compression", f"{kind}: {e}") from None
+    if len(out) > max_bytes:
+        raise GelfError("too_large", f"{kind} payload inflates past {max_bytes} bytes")
+    if not d.eof:
+        raise GelfError("bad_compression", f"{kind}: stream truncated")
+    return out
+
+
+def compressor(method: Compression, level: int = 1) -> Any:
+    """A function bytes -> payload for ``method``.
+
+    memLevel 5 (zlib's default is 8): the same ratio on log-sized messages and ~8x faster,
+    since most of the cost of compressing a small message is setting up zlib's tables.
+    """
+    if method == "none":
+        return bytes
+    wbits = 31 if method == "gzip" else 15
+    new = zlib.compressobj
+    deflated = zlib.DEFLATED
+
+    def compress(data: bytes) -> bytes:
+        c = new(level, deflated, wbits, 5)
+        return c.compress(data) + c.flush()
+
+    return compress
+
+
+def compress(data: bytes, method: Compression = "gzip", level: int = 1) -> bytes:
+    return compressor(method, level)(data)
+
+
+# -- chunking ------------------------------------------------------------------------------------
+def chunk_count(size: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Datagrams needed for a payload of ``size`` bytes (1 when it fits unchunked)."""
+    if size <= chunk_size:
+        return 1
+    room = chunk_size - CHUNK_HEADER_BYTES
+    return -(-size // room)
+
+
+def max_payload(chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """The largest payload that can be sent in at most MAX_CHUNKS datagrams."""
+    return MAX_CHUNKS * (chunk_size - CHUNK_HEADER_BYTES)
+
+
+def split_chunks(payload: bytes, msg_id: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> list[bytes]:
+    """The datagrams for ``payload``: itself when it fits, else chunks of ``chunk_size`` bytes.
+
+    Raises GelfError ``too_many_chunks`` when more than MAX_CHUNKS would be needed.
+    """
+    if len(payload) <= chunk_size:
+        return [payload]
+    if len(msg_id) != 8:
+        raise ValueError("a GELF message id is 8 bytes")
+    room = chunk_size - CHUNK_HEADER_BYTES
+    n = -(-len(payload) // room)
+    if n > MAX_CHUNKS:
+        raise GelfError("too_many_chunks", f"{len(payload)} bytes need {n} chunks of {chunk_size} (max {MAX_CHUNKS})")
+    head = CHUNK_MAGIC + msg_id
+    total = bytes((n,))
+    return [head + bytes((i,)) + total + payload[i * room : (i + 1) * room] for i in range(n)]
+
+
+class MessageIds:
+    """8-byte chunk message ids: a random start, then a counter (unique within any 5 s window)."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self) -> None:
+        self._n = int.from_bytes(os.urandom(8), "big")
+
+    def next(self) -> bytes:
+        self._n = (self._n + 1) & 0xFFFF_FFFF_FFFF_FFFF
+        return self._n.to_bytes(8, "big")
+
+
+class _Pending:
+    __slots__ = ("born", "count", "dead", "got", "nbytes", "parts")
+
+    def __init__(self, born: float, count: int) -> None:
+        self.born = born
+        self.count = count
+        self.parts: list[bytes | None] = [None] * count
+        self.got = 0
+        self.nbytes = 0
+        self.dead = False  # discarded (too large): later chunks are absorbed until it expires
+
+
+class Reassembler:
+    """Joins chunked GELF messages; bounded in time, number of sets and bytes.
+
+    ``add`` returns the payload when a message is complete, else None.  Everything discarded
+    is counted in ``counts`` by reason: ``bad_chunk`` (short header, count 0, sequence
+    number past the count, a count that changed), ``too_many_chunks`` (count > 128),
+    ``duplicate_chunk`` (also one arriving within ``timeout`` after its message completed),
+    ``too_large`` (a set past ``max_message_bytes``), ``chunk_expired`` (incomplete after
+    ``timeout``), ``chunk_evicted`` (pushed out by the caps: a flood).
+    """
+
+    def __init__(
+        self,
+        timeout: float = 5.0,
+        max_messages: int = 4096,
+        max_bytes: int = 64 << 20,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.timeout = timeout
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.max_message_bytes = max_message_bytes
+        self._sets: OrderedDict[tuple[Any, bytes], _Pending] = OrderedDict()  # oldest first
+        self._done: OrderedDict[tuple[Any, bytes], float] = OrderedDict()  # recently completed: late duplicates
+        self.nbytes = 0
+        self.counts: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._sets)
+
+    def add(self, datagram: bytes, peer: Any, now: float) -> bytes | None:
+        if len(datagram) < CHUNK_HEADER_BYTES:
+            self.counts["bad_chunk"] += 1
+            return None
+        seq = datagram[10]
+        count = datagram[11]
+        if count > MAX_CHUNKS:
+            self.counts["too_many_chunks"] += 1
+            return None
+        if seq >= count:  # includes count == 0
+            self.counts["bad_chunk"] += 1
+            return None
+        key = (peer, datagram[2:10])
+        sets = self._sets
+        p = sets.get(key)
+        if p is None:
+            if count == 1:
+                return datagram[CHUNK_HEADER_BYTES:]
+            if key in self._done:
+                self.counts["duplicate_chunk"] += 1
+                return None
+            p = sets[key] = _Pending(now, count)
+            if len(sets) > self.max_messages:
+                self._evict()
+        elif p.dead:
+            return None
+        elif p.count != count:
+            self.counts["bad_chunk"] += 1
+            return None
+        if p.parts[seq] is not None:
+            self.counts["duplicate_chunk"] += 1
+            return None
+        part = datagram[CHUNK_HEADER_BYTES:]
+        p.parts[seq] = part
+        p.got += 1
+        p.nbytes += len(part)
+        self.nbytes += len(part)
+        if p.nbytes > self.max_message_bytes:
+            self.counts["too_large"] += 1
+            self._kill(p)
+            return None
+        if p.got == p.count:
+            del sets[key]
+            self.nbytes -= p.nbytes
+            done = self._done
+            done[key] = p.born
+            if len(done) > 4 * self.max_messages:
+                done.popitem(last=False)
+            return b"".join(p.parts)  # type: ignore[arg-type]
+        while self.nbytes > self.max_bytes and sets:
+            self._evict()
+        return None
+
+    def _kill(self, p: _Pending) -> None:
+        self.nbytes -= p.nbytes
+        p.nbytes = 0
+        p.parts = []
+        p.dead = True
+
+    def _evict(self) -> None:
+        _, p = self._sets.popitem(last=False)
+        if not p.dead:
+            self.counts["chunk_evicted"] += 1
+            self.nbytes -= p.nbytes
+
+    def expire(self, now: float) -> int:
+        """Forget sets older than ``timeout``; returns how many incomplete messages that lost."""
+        sets = self._sets
+        limit = now - self.timeout
+        done = self._done
+        while done and next(iter(done.values())) <= limit:
+            done.popitem(last=False)
+        n = 0
+        while sets:
+            key, p = next(iter(sets.items()))
+            if p.born > limit:
+                break
+            del sets[key]
+            if not p.dead:
+                self.nbytes -= p.nbytes
+                n += 1
+        if n:
+            self.counts["chunk_expired"] += n
+        return n
+
+
+# -- TCP framing ---------------------------------------------------------------------------------
+class FrameSplitter:
+    """Null-terminated frames out of a byte stream, each at most ``max_bytes``.
+
+    ``feed`` returns complete frames (whitespace-only ones skipped) and, for each frame
+    longer than the limit, its first ``keep`` bytes as ``oversize`` (the rest is skipped up to
+    the next null byte, without being held in memory).
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, keep: int = 4096) -> None:
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._skipping: bytes | None = None  # head of an oversize frame being skipped
+        self.oversize: list[bytes] = []
+
+    def feed(self, data: bytes) -> list[bytes]:
+        frames = data.split(b"\0")
+        tail = frames.pop()
+        if len(frames) and (self._parts or self._skipping is not None):
+            first = frames[0]
+            if self._skipping is not None:
+                self.oversize.append(self._skipping)
+                self._skipping = None
+                frames[0] = b""
+            else:
+                self._parts.append(first)
+                joined = b"".join(self._parts)
+                self._parts = []
+                self._size = 0
+                if len(joined) > self.max_bytes:
+                    self.oversize.append(joined[: self.keep])
+                    frames[0] = b""
+                else:
+                    frames[0] = joined
+        if tail and self._skipping is None:
+            self._parts.append(tail)
+            self._size += len(tail)
+            if self._size > self.max_bytes:
+                self._skipping = b"".join(self._parts)[: self.keep]
+                self._parts = []
+                self._size = 0
+        out = []
+        mx = self.max_bytes
+        for f in frames:
+            if not f or f.isspace():
+                continue
+            if len(f) > mx:
+                self.oversize.append(f[: self.keep])
+                continue
+            out.append(f)
+        return out
+
+    def flush(self) -> bytes | None:
+        """What is left at the end of the stream (a last frame without its null byte)."""
+        rest = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
+        if self._skipping is not None:
+            self.oversize.append(self._skipping)
+            self._skipping = None
+        return rest if rest.strip() else None
+
+    def take_oversize(self) -> list[bytes]:
+        out, self.oversize = self.oversize, []
+        return out
+
+
+def frame(message: bytes) -> bytes:
+    """A JSON document as one TCP frame."""
+    return message + b"\0"
+
+
+# -- messages ------------------------------------------------------------------------------------
+def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """A GELF message (a JSON object with ``host`` and ``short_message``) from a payload."""
+    first = payload[:1]
+    if first == b"\x1f" or first == b"x":  # noqa: PLR1714 - gzip or zlib magic (compression_of decides)
+        raw = decompress(payload, max_bytes)
+    else:
+        raw = payload
+        if len(raw) > max_bytes:
+            raise GelfError("too_large", f"{len(raw)} bytes > {max_bytes}")
+    try:
+        msg = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise GelfError("bad_json", str(e)) from None
+    if type(msg) is not dict:
+        raise GelfError("not_an_object", type(msg).__name__)
+    if type(msg.get("short_message")) is not str or type(msg.get("host")) is not str:
+        check(msg)
+    return msg
+
+
+def check(msg: dict[str, Any]) -> None:
+    """GELF's required fields: ``host`` and ``short_message``, strings (``version`` is optional)."""
+    if type(msg.get("short_message")) is not str:
+        raise GelfError(
+            "missing_field", "short_message" if "short_message" not in msg else "short_message: not a string"
+        )
+    if type(msg.get("host")) is not str:
+        raise GelfError("missing_field", "host" if "host" not in msg else "host: not a string")
+
+
+def level_code(value: Any) -> int | None:
+    """A syslog severity code from a GELF level or a level name; None when it is neither."""
+    t = type(value)
+    if t is int:
+        return value if 0 <= value <= 7 else None
+    if t is float and value.is_integer():
+        return level_code(int(value))
+    if t is str:
+        v = value.strip().lower()
+        if v.isdigit():
+            return level_code(int(v))
+        return LEVEL_CODES.get(v)
+    return None
+
+
+# -- timestamps ----------------------------------------------------------------------------------
+class TimeFormatter:
+    """Epoch seconds (float) -> RFC 3339 UTC with microseconds, ``2024-05-01T12:00:00.123456Z``.
+
+    The date part is cached per second: messages arrive in time order.
+    """
+
+    __slots__ = ("_prefix", "_sec")
+
+    def __init__(self) -> None:
+        self._sec = -1
+        self._prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        sec = math.floor(ts)
+        us = round((ts - sec) * 1e6)
+        if us >= 1_000_000:
+            sec += 1
+            us -= 1_000_000
+        if sec != self._sec:
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            self._sec = sec
+        return f"{self._prefix}.{us:06d}Z"
+
+
+class TimeParser:
+    """RFC 3339 (as our records carry it) -> epoch seconds with microseconds (GELF's timestamp)."""
+
+    __slots__ = ("_epoch", "_prefix")
+
+    def __init__(self) -> None:
+        self._prefix = ""
+        self._epoch = 0
+
+    def __call__(self, s: str) -> float | None:
+        if len(s) >= 20 and s[-1] == "Z" and s[10] == "T":
+            prefix = s[:19]
+            if prefix != self._prefix:
+                try:
+                    self._epoch = calendar.timegm(time.strptime(prefix, "%Y-%m-%dT%H:%M:%S"))
+                except ValueError:
+                    return self._slow(s)
+                self._prefix = prefix
+            frac = s[19:-1]
+            if not frac:
+                return float(self._epoch)
+            if frac[0] == "." and frac[1:].isdigit():
+                return round(self._epoch + int(frac[1:7].ljust(6, "0")) / 1e6, 6)
+        return self._slow(s)
+
+    @staticmethod
+    def _slow(s: str) -> float | None:
+        try:
+            d = datetime.fromisoformat(s)
+        except ValueError:
+            return None
+        if d.tzinfo is None:
+            return None
+        return round(d.timestamp(), 6)
+
+
+# -- field names ---------------------------------------------------------------------------------
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+def sanitize_key(key: str) -> str:
+    """A field name Graylog accepts (``^[\\w.\\-]*$``, ASCII): other characters become ``_``."""
+    return _BAD_KEY_CHARS.sub("_", key)
+
+
+def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict[tuple[str, str], str]) -> None:
+    """``{"container": {"image": {"name": n}}}`` -> ``out["_container_image_name"] = n``.
+
+    Values become what Graylog stores: strings and numbers.  Lists of scalars are joined with
+    ``,``; other lists and odd values are JSON-encoded; booleans are ``"true"``/``"false"``;
+    None is left out.  ``names`` caches sanitized names.
+    """
+    for k, v in value.items():
+        name = names.get((prefix, k))
+        if name is None:
+            name = names[(prefix, k)] = prefix + "_" + sanitize_key(str(k))
+        t = type(v)
+        if t is str or t is int:
+            out[name] = v
+        elif t is dict:
+            flatten(v, name, out, names)
+        elif t is float:
+            out[name] = v if math.isfinite(v) else str(v)
+        elif v is None:
+            continue
+        elif t is bool:
+            out[name] = "true" if v else "false"
+        elif t is list or t is tuple:
+            if all(type(x) in (str, int, float) for x in v):
+                out[name] = ",".join(str(x) for x in v)
+            else:
+                out[name] = orjson.dumps(v, default=str).decode()
+        else:
+            out[name] = str(v)

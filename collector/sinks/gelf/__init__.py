@@ -1,0 +1,331 @@
+"""Sink ``gelf``: records to Graylog as GELF 1.1, over UDP (chunked, compressed), TCP or TLS.
+
+    address: gelf+udp://graylog:12201 | gelf+tcp://graylog:12201 | gelf+tls://graylog:12201
+
+A record becomes one GELF message:
+
+* ``version`` "1.1"; ``host`` from ``host.name`` (this machine's name when absent);
+  ``short_message`` from ``message`` (``(empty)`` for an empty line: Graylog refuses a blank
+  one); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
+  seconds with microseconds;
+* ``level``: ``log.syslog.severity.code``, else ``log.level`` by name (``error``, ``warn``,
+  ``info``, ...), else 3 (error) for ``stream: stderr`` and 6 (informational) otherwise, which is
+  what Docker's gelf driver sends;
+* every other field flattened with ``_``: ``_container_name``, ``_container_image_name``,
+  ``_stream``, ``_container_labels_com_docker_compose_project``, ``_log_file_path``; fields a GELF
+  source set aside under ``gelf.`` go back to ``_name``; the batch's tag is ``_tag``.  Names keep
+  only ``[A-Za-z0-9_.-]`` (Graylog's rule), ``_id`` becomes ``_id_`` (Graylog drops ``_id``);
+  values are strings and numbers: lists of scalars joined with ``,``, other lists JSON, booleans
+  ``"true"``/``"false"``.
+
+UDP: each message is compressed (``compression``, gzip by default like Docker's driver) and
+sent in one datagram, or in chunks of ``chunk_size`` bytes (1420 fits a 1500-byte MTU path;
+Graylog reads up to 8192).  A message that needs more than 128 chunks is truncated
+(``full_message``, then ``short_message``; ``_gelf_truncated_from`` holds the original JSON size)
+or, with ``oversize: dead_letter`` (or when cutting the message text is not enough),
+dead-lettered.  Records are encoded and compressed on the event loop; the datagrams of a round are
+sent from a worker thread while the next round is encoded (a loopback or NIC send costs more than
+compressing a log line, and it releases the GIL).  UDP has no acknowledgement: a batch is finalized
+once its datagrams are handed to the kernel; send errors (``ECONNREFUSED`` when nothing
+listens) are counted and the records counted as dropped (``send_failed``).
+
+TCP/TLS: uncompressed, null-terminated.  A batch is finalized only once Graylog's TCP stack has
+acknowledged its bytes (not merely once they reached our kernel: see tcp.py);
+while Graylog is unreachable the sink reconnects with exponential backoff and jitter, keeping its
+place (the buffer in front fills, then the sources are paused).  A connection lost mid-round
+writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
+Graylog's kernel accepted but Graylog itself never read (it crashed) cannot be known, nor resent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import select
+import socket
+import time
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from collector.acks import release
+from collector.buffers.memory import Channel
+from collector.codecs.gelf import (
+    DEFAULT_CHUNK_SIZE,
+    MAX_CHUNK_SIZE,
+    MessageIds,
+    compressor,
+    frame,
+    max_payload,
+    split_chunks,
+)
+from collector.component import ComponentConfig, Sink, SinkConfig
+from collector.event import Batch
+from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
+from collector.sinks.gelf.tcp import TcpConnection
+
+__all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "GelfSinkTlsConfig", "truncate_to_fit"]
+
+log = logging.getLogger("collector.sinks.gelf")
+
+UDP_UNHEALTHY_SECONDS = 30.0  # a UDP sink reports failing this long after a send error
+SCHEMES = {"gelf+udp": "udp", "gelf+tcp": "tcp", "gelf+tls": "tls", "udp": "udp", "tcp": "tcp", "tls": "tls"}
+
+
+class GelfSinkTlsConfig(ComponentConfig):
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify Graylog's certificate; default: the system's."
+    )
+    cert_file: str | None = Field(None, description="Client certificate (PEM), when Graylog asks for one.")
+    key_file: str | None = Field(None, description="Private key of `cert_file`.")
+    verify: bool = Field(True, description="Verify the server certificate and its name (turn off only for tests).")
+    server_name: str | None = Field(None, description="Name expected in the certificate; default: the address's host.")
+
+
+class GelfSinkConfig(SinkConfig):
+    type: Literal["gelf"]
+    address: str = Field(
+        description="`gelf+udp://HOST:PORT`, `gelf+tcp://HOST:PORT` or `gelf+tls://HOST:PORT` (Graylog's GELF input)."
+    )
+    compression: Literal["gzip", "zlib", "none"] = Field(
+        "gzip", description="(UDP) compression of each message; TCP is never compressed (GELF's rule)."
+    )
+    compression_level: int = Field(1, ge=0, le=9, description="(UDP) zlib level: 1 is fastest, 9 smallest.")
+    chunk_size: int = Field(
+        DEFAULT_CHUNK_SIZE,
+        ge=256,
+        le=MAX_CHUNK_SIZE,
+        description="(UDP) largest datagram, chunk header included: 1420 fits a 1500-byte MTU path; "
+        "Graylog reads up to 8192.",
+    )
+    oversize: Literal["truncate", "dead_letter"] = Field(
+        "truncate",
+        description="(UDP) a message needing more than 128 chunks: cut its text to fit (flagged "
+        "`_gelf_truncated_from`), or set it aside in the dead-letter file.",
+    )
+    tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
+    connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
+    backoff_initial: float = Field(0.5, gt=0, description="(TCP) first wait before reconnecting, in seconds.")
+    backoff_max: float = Field(30.0, gt=0, description="(TCP) longest wait between reconnection attempts.")
+    max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
+    ack_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="(TCP) seconds Graylog's TCP stack may take to acknowledge what was written; past it the "
+        "connection is taken for dead, reopened, and the records written again.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        parse_address(v)
+        return v
+
+
+def parse_address(address: str) -> tuple[str, str, int]:
+    """``gelf+udp://graylog:12201`` -> ("udp", "graylog", 12201)."""
+    u = urlsplit(address)
+    transport = SCHEMES.get(u.scheme)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if transport is None or not u.hostname or port is None:
+        raise ValueError(f"{address!r}: expected gelf+udp://HOST:PORT, gelf+tcp://HOST:PORT or gelf+tls://HOST:PORT")
+    return transport, u.hostname, port
+
+
+# -- the sink ---------------------------------------------------------------------------------------
+class GelfSink(Sink):
+    config: GelfSinkConfig
+
+    def __init__(self, name: str, config: GelfSinkConfig, ctx: Any) -> None:
+        super().__init__(name, config, ctx)
+        self.transport, self.host, self.port = parse_address(config.address)
+        self.encoder = GelfEncoder(ctx.hostname)
+        t = ctx.telemetry
+        self._sent = t.sent.labels(name)
+        self._send_failed = t.dropped.labels(name, "send_failed")
+        self._errors = t.errors
+        self._retries = t.retries.labels(name, "connection")
+        self._compress = compressor(config.compression, config.compression_level)
+        self._ids = MessageIds()
+        self._limit = max_payload(config.chunk_size)
+        self._sock: socket.socket | None = None
+        self._inflight: asyncio.Task[None] | None = None
+        self._tcp = TcpConnection(name, self.host, self.port, config, self._error)
+        self._udp_state = "nothing sent yet"
+        self._udp_failed_at = -1e9
+        self._udp_last_error = ""
+        self._warned: set[str] = set()
+
+    @property
+    def where(self) -> str:
+        return f"{self.transport}://{self.host}:{self.port}"
+
+    def health(self) -> tuple[bool, str]:
+        if self.transport != "udp":
+            return self._tcp.healthy, f"{self.where}: {self._tcp.state}"
+        ago = time.monotonic() - self._udp_failed_at
+        if ago < UDP_UNHEALTHY_SECONDS:
+            return False, f"{self.where}: a send failed {ago:.0f}s ago: {self._udp_last_error}"
+        return True, f"{self.where}: {self._udp_state}"
+
+    def _error(self, reason: str, n: int = 1) -> None:
+        self._errors.labels(self.name, reason).inc(n)
+
+    def _warn_once(self, reason: str, msg: str, *args: Any) -> None:
+        if reason not in self._warned:
+            self._warned.add(reason)
+            log.warning(msg + " (further ones are only counted)", *args)
+
+    async def run(self, inbox: Channel) -> None:
+        try:
+            while (first := await inbox.recv()) is not None:
+                batches = [first]
+                n = len(first)
+                while n < self.config.max_round_events and (b := inbox.recv_nowait()) is not None:
+                    batches.append(b)
+                    n += len(b)
+                if self.transport == "udp":
+                    await self._deliver_udp(batches)
+                else:
+                    await self._deliver_tcp(batches)
+            await self._udp_flush()
+        finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()  # stopped at the drain deadline: those records are not acknowledged
+            self._tcp.close()
+            if self._sock is not None:
+                self._sock.close()
+                self._sock = None
+
+    # -- UDP ------------------------------------------------------------------------------------------
+    async def _udp_socket(self) -> socket.socket:
+        if self._sock is None:
+            loop = asyncio.get_running_loop()
+            infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_DGRAM)
+            family, _, _, _, addr = infos[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            sock.connect(addr)  # connected: ICMP errors (nothing listening) are reported to us
+            self._sock = sock
+            self._udp_state = f"sending to {addr[0]}:{addr[1]}"
+        return self._sock
+
+    async def _deliver_udp(self, batches: list[Batch]) -> None:
+        """Encode and compress this round on the loop; send it from a thread while the next one is encoded."""
+        try:
+            sock = await self._udp_socket()
+        except OSError as e:
+            # cannot even resolve the name: the records are lost like any UDP datagram, counted
+            n = sum(len(b) for b in batches)
+            self._error("resolve_failed")
+            self._send_failed.inc(n)
+            self._udp_failed_at = time.monotonic()
+            self._udp_last_error = f"cannot resolve {self.host}: {e}"
+            self._warn_once("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
+            for b in batches:
+                release(b.ack)
+            return
+        compress = self._compress
+        docs = [[(d, compress(d)) for d in self.encoder.encode(b)] for b in batches]
+        await self._udp_flush()  # at most one round in the sender thread
+        self._inflight = asyncio.create_task(self._send_and_ack(sock, batches, docs))
+
+    async def _udp_flush(self) -> None:
+        if self._inflight is not None:
+            task, self._inflight = self._inflight, None
+            await task
+
+    async def _send_and_ack(
+        self, sock: socket.socket, batches: list[Batch], docs: list[list[tuple[bytes, bytes]]]
+    ) -> None:
+        results = await asyncio.to_thread(self._send_round, sock, docs)
+        for batch, (sent, failed, oversize) in zip(batches, results, strict=True):
+            if oversize:
+                self.ctx.deadletter.records(
+                    self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source}) for reason, doc in oversize]
+                )
+            if sent:
+                self._sent.inc(sent)
+            if failed:
+                self._send_failed.inc(failed)
+            release(batch.ack)
+
+    def _send_round(
+        self, sock: socket.socket, docs: list[list[tuple[bytes, bytes]]]
+    ) -> list[tuple[int, int, list[Any]]]:
+        """(In a thread.) Chunk and send (json, payload) pairs; per batch: (sent, failed, oversize records)."""
+        chunk_size = self.config.chunk_size
+        send = sock.send
+        out = []
+        for batch_docs in docs:
+            sent = failed = 0
+            oversize: list[tuple[str, bytes]] = []
+            for doc, payload in batch_docs:
+                if len(payload) <= chunk_size:
+                    datagrams = [payload]
+                else:
+                    datagrams = self._chunk(doc, payload, oversize)
+                    if not datagrams:
+                        continue
+                ok = True
+                for d in datagrams:
+                    while True:
+                        try:
+                            send(d)
+                            break
+                        except (BlockingIOError, InterruptedError):
+                            select.select([], [sock], [], 1.0)
+                        except OSError as e:
+                            ok = False
+                            self._udp_error(e)
+                            break
+                    if not ok:
+                        break
+                if ok:
+                    sent += 1
+                else:
+                    failed += 1
+            out.append((sent, failed, oversize))
+        return out
+
+    def _udp_error(self, e: OSError) -> None:
+        reason = "udp_" + (errno.errorcode.get(e.errno, "error").lower() if e.errno else "error")
+        self._error(reason)
+        self._udp_failed_at = time.monotonic()
+        self._udp_last_error = str(e)
+        self._warn_once(reason, "%s: sending to %s failed: %s", self.name, self.where, e)
+
+    def _chunk(self, doc: bytes, payload: bytes, oversize: list[tuple[str, bytes]]) -> list[bytes]:
+        limit = self._limit
+        if len(payload) > limit:
+            fitted = None if self.config.oversize == "dead_letter" else truncate_to_fit(doc, self._compress, limit)
+            if fitted is None:
+                reason = (
+                    f"too_large: {len(payload)} bytes compressed need more than 128 chunks of {self.config.chunk_size}"
+                )
+                oversize.append((reason, doc))
+                return []
+            self._error("truncated")
+            self._warn_once(
+                "truncated",
+                "%s: a message of %d bytes needs more than 128 chunks: its text was cut",
+                self.name,
+                len(doc),
+            )
+            payload = fitted[1]
+        return split_chunks(payload, self._ids.next(), self.config.chunk_size)
+
+    # -- TCP ------------------------------------------------------------------------------------------
+    async def _deliver_tcp(self, batches: list[Batch]) -> None:
+        encode = self.encoder.encode
+        data = b"".join(frame(doc) for b in batches for doc in encode(b))
+        n = sum(len(b) for b in batches)
+        await self._tcp.write(data, n, self._retries.inc)
+        self._sent.inc(n)
+        for b in batches:
+            release(b.ack)

@@ -1,0 +1,168 @@
+"""The TCP/TLS side of the GELF sink: one connection, reopened with backoff, writes confirmed.
+
+A write counts only once Graylog's TCP stack has acknowledged every byte (Linux SIOCOUTQ):
+``drain()`` only says the bytes reached our kernel, and had the connection died then, what sat in
+the send queue (megabytes) would be lost while acknowledged upstream.  GELF has no application
+acknowledgement, so this is as far as delivery can be confirmed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("collector.sinks.gelf")
+
+
+class TcpConnection:
+    def __init__(self, name: str, host: str, port: int, config: Any, error: Callable[[str], None]) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.config = config
+        self.tls = config.address.startswith(("gelf+tls:", "tls:"))
+        self._error = error
+        self.where = f"{'tls' if self.tls else 'tcp'}://{host}:{port}"
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._watch: asyncio.Task[None] | None = None
+        self.attempts = 0
+        self.healthy = True
+        self.state = "not connected yet"
+
+    def _ssl(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        t = self.config.tls
+        ctx = ssl.create_default_context(cafile=t.ca_file)
+        if t.cert_file:
+            ctx.load_cert_chain(t.cert_file, t.key_file)
+        if not t.verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                self._writer.close()
+        self._writer = None
+        self._reader = None
+
+    async def _watch_eof(self, reader: asyncio.StreamReader) -> None:
+        """Graylog never writes on a GELF connection: end of stream means it closed it."""
+        with contextlib.suppress(Exception):
+            while await reader.read(4096):
+                pass
+        if self._reader is reader:
+            log.warning("%s: %s closed the connection; reconnecting", self.name, self.where)
+            self.close()
+
+    async def _connect(self) -> asyncio.StreamWriter:
+        cfg = self.config
+        ctx = self._ssl()
+        while True:
+            try:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(
+                        self.host,
+                        self.port,
+                        ssl=ctx,
+                        server_hostname=(cfg.tls.server_name or self.host) if ctx else None,
+                    ),
+                    cfg.connect_timeout,
+                )
+            except (OSError, TimeoutError, ssl.SSLError) as e:
+                self.attempts += 1
+                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** min(self.attempts - 1, 30))
+                delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: many collectors do not retry in step
+                why = str(e) or type(e).__name__
+                self.healthy = False
+                self.state = f"cannot connect: {why} (attempt {self.attempts})"
+                self._error("connect_failed")
+                log.warning(
+                    "%s: cannot connect to Graylog at %s: %s; retrying in %.1fs (records wait in the buffer)",
+                    self.name,
+                    self.where,
+                    why,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            writer.transport.set_write_buffer_limits(high=0)  # drain() returns once all is handed to the kernel
+            if self.attempts:
+                log.info("%s: connected to %s again after %d failed attempt(s)", self.name, self.where, self.attempts)
+            self._reader, self._writer = reader, writer
+            self._watch = asyncio.create_task(self._watch_eof(reader), name=f"sink:{self.name}:eof")
+            self.healthy = True
+            self.state = f"connected since {time.strftime('%H:%M:%S')}"
+            return writer
+
+    async def _wait_acknowledged(self, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is None or _OUTQ is None:
+            return
+        fd = sock.fileno()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.ack_timeout
+        delay = 0.0005
+        while (left := _unacknowledged(fd)) > 0:
+            if writer.is_closing() or self._writer is not writer:
+                raise ConnectionResetError(f"connection closed with {left} bytes not acknowledged")
+            if loop.time() > deadline:
+                raise TimeoutError(f"{left} bytes not acknowledged after {self.config.ack_timeout:.0f}s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
+        """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed."""
+        while True:
+            writer = self._writer
+            if writer is None or writer.is_closing():
+                self.close()
+                writer = await self._connect()
+            try:
+                writer.write(data)
+                await writer.drain()
+                await self._wait_acknowledged(writer)
+                break
+            except (OSError, ssl.SSLError, RuntimeError) as e:  # RuntimeError: transport closed under us
+                retried(records)
+                self._error("write_failed")
+                self.healthy = False
+                self.state = f"connection lost: {e}"
+                log.warning(
+                    "%s: writing to %s failed (%s); reconnecting, then writing %d record(s) again",
+                    self.name,
+                    self.where,
+                    e or type(e).__name__,
+                    records,
+                )
+                self.close()
+                self.attempts += 1
+                await asyncio.sleep(min(self.config.backoff_initial * self.attempts, self.config.backoff_max))
+        self.attempts = 0
+
+
+try:  # bytes written but not yet acknowledged by the peer (Linux SIOCOUTQ == TIOCOUTQ)
+    import fcntl
+    import termios
+
+    _OUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):  # pragma: no cover - not Linux
+    _OUTQ = None
+
+
+def _unacknowledged(fd: int) -> int:
+    assert _OUTQ is not None
+    return struct.unpack("i", fcntl.ioctl(fd, _OUTQ, b"\0\0\0\0"))[0]

@@ -1,0 +1,420 @@
+"""Source ``gelf``: GELF 1.1 over UDP (plain, gzip, zlib, chunked), TCP and TLS.
+
+What Docker's ``--log-driver=gelf`` sends, and graypy, logback-gelf, Graylog sidecars ...
+
+UDP (``udp://host:port``) is read by a callback that only drains the socket (up to
+``READ_BURST`` datagrams per wake-up) into a list; every ``batch_timeout`` seconds, or as soon
+as ``batch_max_events`` datagrams wait, the list is decoded in one go and emitted as batches
+(one per host/tag/container, see mapping.py).  UDP cannot push back, so when the pipeline
+has no room the datagrams are dropped and counted (``collector_events_dropped_total{reason=
+"pipeline_full"}``), and so are the ones the kernel dropped because the socket's receive
+buffer overflowed (``reason="receive_buffer_full"``, read from /proc/net/udp).  Set
+``receive_buffer_bytes`` for the bursts you expect (see the README).
+
+TCP (``tcp://``, ``tls://`` with ``tls``) is null-byte framed JSON; a full pipeline stops the
+reading, so the senders slow down: nothing is dropped.
+
+Bad input never stops the server: malformed messages (bad JSON or compression, missing
+``host``/``short_message``, too large) go to the dead-letter file with the peer's address (at
+most ``deadletter_per_second`` per second, the rest only counted); chunk-level trouble
+(expired, evicted, duplicated, too many chunks) is only counted, in
+``collector_errors_total{component,reason}``.  GELF has no delivery identity: record ids are
+random and batches carry no acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import ssl
+import time
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from collector.codecs.gelf import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, FrameSplitter, GelfError, Reassembler, decode
+from collector.component import ComponentConfig, Emitter, Source
+from collector.event import Batch, Fields
+from collector.sources.gelf.mapping import Mapper
+from collector.sources.gelf.udp import UdpListener, parse_listen
+
+log = logging.getLogger("collector.sources.gelf")
+
+TCP_READ_BYTES = 256 << 10
+TCP_DRAIN_SECONDS = 10.0
+HOUSEKEEPING_INTERVAL = 1.0
+DROP_LOG_INTERVAL = 10.0
+
+
+class GelfTlsConfig(ComponentConfig):
+    cert_file: str = Field(description="PEM certificate (chain) the TLS listener presents.")
+    key_file: str = Field(description="PEM private key of `cert_file`.")
+    client_ca_file: str | None = Field(
+        None, description="When set, clients must present a certificate signed by this CA (PEM)."
+    )
+
+
+class GelfSourceConfig(ComponentConfig):
+    type: Literal["gelf"]
+    listen: list[str] = Field(
+        min_length=1,
+        description="Addresses to receive GELF on: `udp://127.0.0.1:12201`, `tcp://0.0.0.0:12201`, "
+        "`tls://0.0.0.0:12202` (needs `tls`). Port 0 picks a free port (logged).",
+    )
+    tls: GelfTlsConfig | None = Field(None, description="Certificate and key for `tls://` listeners.")
+    tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
+    max_message_bytes: int = Field(
+        DEFAULT_MAX_MESSAGE_BYTES,
+        ge=1024,
+        le=64 << 20,
+        description="Largest message accepted, after decompression (larger ones are discarded and counted).",
+    )
+    chunk_timeout: float = Field(5.0, gt=0, description="Seconds a chunked message may take to arrive complete.")
+    max_pending_messages: int = Field(
+        4096, ge=16, description="Chunked messages being reassembled at once; past it the oldest is evicted."
+    )
+    max_pending_bytes: int = Field(
+        64 << 20, ge=1 << 20, description="Bytes of chunks held for reassembly; past it the oldest set is evicted."
+    )
+    receive_buffer_bytes: int = Field(
+        32 << 20,
+        ge=0,
+        description="UDP socket receive buffer (SO_RCVBUF), what absorbs bursts while the collector is busy. "
+        "Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the system default.",
+    )
+    batch_max_events: int = Field(
+        2000, ge=1, le=100_000, description="UDP messages decoded and emitted together at most."
+    )
+    batch_timeout: float = Field(
+        0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
+    )
+    max_connections: int = Field(1024, ge=1, description="TCP/TLS connections served at once; more are refused.")
+    deadletter_per_second: int = Field(
+        100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
+    )
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("listen")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parse_listen(url)
+        return v
+
+    @model_validator(mode="after")
+    def _tls(self) -> GelfSourceConfig:
+        if self.tls is None and any(parse_listen(u)[0] == "tls" for u in self.listen):
+            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
+        return self
+
+
+class GelfSource(Source):
+    config: GelfSourceConfig
+
+    def __init__(self, name: str, config: GelfSourceConfig, ctx: Any) -> None:
+        super().__init__(name, config, ctx)
+        self.mapper = Mapper(config.tags)
+        self.reassembler = Reassembler(
+            config.chunk_timeout, config.max_pending_messages, config.max_pending_bytes, config.max_message_bytes
+        )
+        self.bound: list[str] = []  # the listening addresses, as URLs (ports resolved)
+        t = ctx.telemetry
+        self._received = t.received.labels(name)
+        self._dropped_full = t.dropped.labels(name, "pipeline_full")
+        self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
+        self._error_counters: dict[str, Any] = {}
+        self._udp: list[UdpListener] = []
+        self._servers: list[asyncio.Server] = []
+        self._conns: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task[Any]] = set()
+        self._pending: list[tuple[bytes, Any]] = []
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._paused = False
+        self._dl_window = 0.0
+        self._dl_left = 0
+        self._drops_unlogged = {"pipeline_full": 0, "receive_buffer_full": 0}
+        self._drops_logged_at = 0.0
+        self._warned: set[str] = set()
+
+    # -- counting -------------------------------------------------------------------------------
+    def _error(self, reason: str, n: int = 1) -> None:
+        c = self._error_counters.get(reason)
+        if c is None:
+            c = self._error_counters[reason] = self.ctx.telemetry.errors.labels(self.name, reason)
+        c.inc(n)
+
+    def _bad(self, e: GelfError, data: bytes, peer: Any, transport: str) -> None:
+        """A malformed message: dead-lettered with its peer (rate limited), always counted."""
+        now = time.monotonic()
+        if now >= self._dl_window:
+            self._dl_window = now + 1.0
+            self._dl_left = self.config.deadletter_per_second
+        if self._dl_left > 0:
+            self._dl_left -= 1
+            self.ctx.deadletter.raw(self.name, e.reason, data, peer=_peer(peer), transport=transport, detail=e.detail)
+        else:
+            self._error(e.reason)
+
+    def _drop(self, reason: str, n: int) -> None:
+        if n <= 0:
+            return
+        (self._dropped_full if reason == "pipeline_full" else self._dropped_kernel).inc(n)
+        self._drops_unlogged[reason] += n
+
+    def _log_drops(self, now: float) -> None:
+        if now - self._drops_logged_at < DROP_LOG_INTERVAL or not any(self._drops_unlogged.values()):
+            return
+        full, kernel = self._drops_unlogged["pipeline_full"], self._drops_unlogged["receive_buffer_full"]
+        log.warning(
+            "%s: DROPPED %d UDP message(s) in the last %.0fs: %d with the pipeline full (UDP cannot push "
+            "back: add capacity downstream or send over TCP), %d by the kernel with the receive buffer full "
+            "(raise receive_buffer_bytes)",
+            self.name,
+            full + kernel,
+            now - self._drops_logged_at if self._drops_logged_at else DROP_LOG_INTERVAL,
+            full,
+            kernel,
+        )
+        self._drops_unlogged = {"pipeline_full": 0, "receive_buffer_full": 0}
+        self._drops_logged_at = now
+
+    def _flush_chunk_counts(self) -> None:
+        counts = self.reassembler.counts
+        if not counts:
+            return
+        for reason, n in counts.items():
+            self._error(reason, n)
+            if reason not in self._warned and reason != "duplicate_chunk":
+                self._warned.add(reason)
+                log.warning("%s: chunked UDP messages discarded: %s (further ones are only counted)", self.name, reason)
+        counts.clear()
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _to_batches(self, items: list[tuple[bytes, Any]], udp: bool) -> list[Batch]:
+        reasm = self.reassembler
+        mapper = self.mapper
+        limit = self.config.max_message_bytes
+        now = time.monotonic()
+        groups: dict[int, tuple[Fields, str, list[dict[str, Any]], list[int]]] = {}
+        for data, peer in items:
+            try:
+                if udp and data[:2] == CHUNK_MAGIC:
+                    payload = reasm.add(data, peer, now)
+                    if payload is None:
+                        continue
+                else:
+                    payload = data
+                meta, tag, ev = mapper(decode(payload, limit))
+            except GelfError as e:
+                self._bad(e, payload, peer, "udp" if udp else "tcp")
+                continue
+            except Exception as e:  # a bug must not stop the server: set the message aside
+                if "unexpected" not in self._warned:
+                    self._warned.add("unexpected")
+                    log.exception("%s: cannot map a GELF message (dead-lettered, further ones counted)", self.name)
+                self._bad(GelfError("unexpected", repr(e)), payload, peer, "udp" if udp else "tcp")
+                continue
+            g = groups.get(id(meta))
+            if g is None:
+                g = groups[id(meta)] = (meta, tag, [], [0])
+            g[2].append(ev)
+            g[3][0] += len(payload)
+        batches = []
+        for meta, tag, events, size in groups.values():
+            n = len(events)
+            rnd = os.urandom(16 * n).hex()
+            ids = [rnd[i : i + 32] for i in range(0, 32 * n, 32)]
+            batches.append(Batch(events, meta, ids=ids, tag=tag, source=self.name, nbytes=size[0] + 64 * n))
+        return batches
+
+    # -- UDP -------------------------------------------------------------------------------------
+    def _on_datagrams(self, n: int) -> None:
+        """Called by the UDP listeners after they appended to ``_pending``."""
+        if n >= self.config.batch_max_events:
+            self._full.set()
+            if n >= 4 * self.config.batch_max_events and not self._paused:
+                self._paused = True  # decoding lags: let the kernel buffer hold the rest
+                for u in self._udp:
+                    u.pause()
+        self._wake.set()
+
+    async def _udp_loop(self, out: Emitter) -> None:
+        cfg = self.config
+        while True:
+            await self._wake.wait()
+            if not self._pending:
+                self._wake.clear()
+                if self.stopping:
+                    return
+                continue
+            if len(self._pending) < cfg.batch_max_events and not self.stopping and cfg.batch_timeout:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(cfg.batch_timeout):
+                        await self._full.wait()
+            items, self._pending = self._pending, []
+            self._wake.clear()
+            if self._paused and not self.stopping:
+                self._paused = False
+                for u in self._udp:
+                    u.resume()
+            if not out.has_room():
+                # decoding what cannot be delivered would only slow the pipeline down further
+                self._drop("pipeline_full", sum(1 for d, _ in items if d[:2] != CHUNK_MAGIC or d[10:11] == b"\0"))
+                continue
+            for b in self._to_batches(items, udp=True):
+                if out.has_room():
+                    self._received.inc(len(b))
+                    await out.emit(b)
+                else:
+                    self._drop("pipeline_full", len(b))
+
+    # -- TCP -------------------------------------------------------------------------------------
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str) -> None:
+        peer = writer.get_extra_info("peername")
+        if len(self._conns) >= self.config.max_connections:
+            self._error("too_many_connections")
+            writer.close()
+            return
+        self._conns.add(writer)
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        out = self._out
+        splitter = FrameSplitter(self.config.max_message_bytes)
+        try:
+            while True:
+                data = await reader.read(TCP_READ_BYTES)
+                frames = splitter.feed(data) if data else []
+                if not data:
+                    last = splitter.flush()
+                    if last is not None:
+                        frames.append(last)
+                for head in splitter.take_oversize():
+                    self._bad(
+                        GelfError("too_large", f"frame longer than {splitter.max_bytes} bytes"), head, peer, transport
+                    )
+                if frames:
+                    for b in self._to_batches([(f, peer) for f in frames], udp=False):
+                        self._received.inc(len(b))
+                        await out.emit(b)  # waits while the pipeline is full: TCP pushes back
+                if not data:
+                    break
+        except (ConnectionError, ssl.SSLError, OSError) as e:
+            log.debug("%s: %s connection from %s ended: %s", self.name, transport, _peer(peer), e)
+        finally:
+            self._conns.discard(writer)
+            if task is not None:
+                self._handlers.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        t = self.config.tls
+        assert t is not None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(t.cert_file, t.key_file)
+        if t.client_ca_file:
+            ctx.verify_mode = ssl.CERT_REQUIRED
+            ctx.load_verify_locations(t.client_ca_file)
+        return ctx
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def _open(self) -> None:
+        for url in self.config.listen:
+            scheme, host, port = parse_listen(url)
+            if scheme == "udp":
+                u = UdpListener(host, port, self._pending_ref, self._on_datagrams, self.config.receive_buffer_bytes)
+                u.open(asyncio.get_running_loop())
+                if u.rcvbuf < self.config.receive_buffer_bytes and "rcvbuf" not in self._warned:
+                    self._warned.add("rcvbuf")
+                    log.warning(
+                        "%s: UDP receive buffer is %d bytes, not the %d asked for (net.core.rmem_max limits it "
+                        "without CAP_NET_ADMIN): bursts may be dropped by the kernel (counted)",
+                        self.name,
+                        u.rcvbuf,
+                        self.config.receive_buffer_bytes,
+                    )
+                self._udp.append(u)
+                self.bound.append(f"udp://{_hostport(u.address)}")
+                continue
+            tls = self._tls_context() if scheme == "tls" else None
+
+            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, scheme: str = scheme) -> None:
+                await self._serve_tcp(r, w, scheme)
+
+            server = await asyncio.start_server(handle, host, port, ssl=tls, limit=TCP_READ_BYTES)
+            self._servers.append(server)
+            self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
+        log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
+
+    def _pending_ref(self) -> list[tuple[bytes, Any]]:
+        return self._pending
+
+    def stop(self) -> None:
+        super().stop()
+        for u in self._udp:
+            self._drop("receive_buffer_full", u.kernel_drops())
+            u.close()
+        for s in self._servers:
+            s.close()
+        for w in list(self._conns):
+            w.close()
+        self._wake.set()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            now = time.monotonic()
+            self.reassembler.expire(now)
+            self._flush_chunk_counts()
+            for u in self._udp:
+                self._drop("receive_buffer_full", u.kernel_drops())
+            self._log_drops(now)
+
+    async def run(self, out: Emitter) -> None:
+        self._out = out
+        try:
+            await self._open()
+        except OSError:
+            self.stop()
+            raise
+        keeper = asyncio.create_task(self._housekeeping(), name=f"source:{self.name}:housekeeping")
+        try:
+            await self._udp_loop(out)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+            if not self.stopping:
+                self.stop()
+            # connections end with their writers closed; one waiting for room delivers first
+            if self._handlers:
+                _, late = await asyncio.wait(self._handlers, timeout=TCP_DRAIN_SECONDS)
+                for t in late:
+                    t.cancel()
+            for s in self._servers:
+                with contextlib.suppress(Exception):
+                    await s.wait_closed()
+            self._flush_chunk_counts()
+            self._drops_logged_at = 0.0
+            self._log_drops(time.monotonic() + DROP_LOG_INTERVAL)
+
+
+def _peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return _hostport(peer)
+    return str(peer)
+
+
+def _hostport(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
