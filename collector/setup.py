@@ -13,10 +13,8 @@ Installs, idempotently (a second run changes nothing and says so):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,75 +29,9 @@ from collector.sinks.elasticsearch.client import (
     refusal,
 )
 from collector.sinks.elasticsearch.config import AuthConfig, TlsConfig
-from collector.sinks.elasticsearch.templates import (
-    component_templates,
-    ilm_policy,
-    index_template,
-    template_name,
-)
+from collector.sinks.elasticsearch.templates import ensure, ilm_policy, plan
 
 POLICY = "collector-logs"
-
-
-@dataclass
-class Step:
-    what: str
-    method: str
-    path: str
-    body: dict[str, Any]
-    get_path: str  # where the installed version is read
-    extract: str  # key of the list in the GET answer ("" when the answer is the object)
-
-
-def checksum(body: dict[str, Any]) -> str:
-    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
-
-
-def with_checksum(body: dict[str, Any]) -> dict[str, Any]:
-    meta = dict(body.get("_meta") or {})
-    meta["checksum"] = checksum(body)
-    return {**body, "_meta": meta}
-
-
-def plan(data_stream: str, replicas: int | None, policy: str | None, index_mode: bool = False) -> list[Step]:
-    steps = []
-    for name, body in component_templates(replicas, policy).items():
-        steps.append(
-            Step(
-                f"component template {name}",
-                "PUT",
-                f"/_component_template/{name}",
-                with_checksum(body),
-                f"/_component_template/{name}",
-                "component_templates",
-            )
-        )
-    tname = template_name(data_stream)
-    body = with_checksum(index_template(data_stream, data_stream=not index_mode))
-    steps.append(
-        Step(
-            f"index template {tname} ({body['index_patterns'][0]})",
-            "PUT",
-            f"/_index_template/{tname}",
-            body,
-            f"/_index_template/{tname}",
-            "index_templates",
-        )
-    )
-    return steps
-
-
-def installed_checksum(client: EngineClient, step: Step) -> str | None:
-    r = client.request("GET", step.get_path)
-    if r.status == 404:
-        return None
-    if r.status != 200:
-        raise EngineUnavailableError(r.host, refusal(r))
-    items = r.body.get(step.extract) or []
-    if not items:
-        return None
-    obj = items[0].get(step.extract.removesuffix("s")) or {}  # component_templates -> component_template
-    return (obj.get("_meta") or {}).get("checksum")
 
 
 def lifecycle_support(client: EngineClient) -> str | None:
@@ -208,12 +140,8 @@ def run_setup(args: argparse.Namespace) -> int:
                     print(f"ISM policy {POLICY}: delete after {args.retention_days} days")
                 else:
                     print(f"ISM policy {POLICY}: unchanged")
-            for s in steps:
-                if installed_checksum(client, s) == s.body["_meta"]["checksum"]:
-                    print(f"{s.what}: unchanged")
-                    continue
-                _apply(client, s.method, s.path, s.body)
-                print(f"{s.what}: installed")
+            for what, outcome in ensure(client, args.data_stream, not index_mode, args.replicas, policy):
+                print(f"{what}: {outcome}")
     except EngineUnavailableError as e:
         print(f"collector setup: {e}", file=sys.stderr)
         return 1

@@ -33,11 +33,7 @@ from collector.component import Sink
 from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
 from collector.sinks.elasticsearch.config import ElasticsearchConfig
 from collector.sinks.elasticsearch.encoder import BulkEncoder
-from collector.sinks.elasticsearch.templates import (
-    component_templates,
-    index_template,
-    template_name,
-)
+from collector.sinks.elasticsearch.templates import ensure
 
 log = logging.getLogger("collector.sinks.elasticsearch")
 
@@ -172,24 +168,10 @@ class ElasticsearchSink(Sink):
         if cfg.mode == "data_stream" and not info.data_streams:
             raise EngineUnavailableError(", ".join(self.client.hosts), f"{info} has no data streams: use `mode: index`")
         if cfg.manage_template:
-            name = template_name(cfg.target())
-            r = self.client.request("GET", f"/_index_template/{name}")
-            if r.status == 404:
-                for cname, body in component_templates(None, None).items():
-                    rr = self.client.request("GET", f"/_component_template/{cname}")
-                    if rr.status == 404:
-                        self._ok_or_raise(self.client.request("PUT", f"/_component_template/{cname}", body))
-                body = index_template(cfg.target(), cfg.mode == "data_stream")
-                self._ok_or_raise(self.client.request("PUT", f"/_index_template/{name}", body))
-                log.info("%s: installed index template %r on %s", self.name, name, info)
-            elif r.status != 200:
-                raise EngineUnavailableError(r.host, refusal(r))
+            for what, outcome in ensure(self.client, cfg.target(), cfg.mode == "data_stream", settings="create-only"):
+                if outcome in ("installed", "updated"):
+                    log.info("%s: %s %s on %s", self.name, outcome, what, info)
         return info
-
-    @staticmethod
-    def _ok_or_raise(r: Response) -> None:
-        if r.status >= 300:
-            raise EngineUnavailableError(r.host, refusal(r))
 
     async def _prepare(self) -> None:
         attempt = 0

@@ -15,8 +15,14 @@ The template's ``_meta.version`` says which collector layout it carries, so setu
 
 from __future__ import annotations
 
+import hashlib
 import re
+from dataclasses import dataclass
 from typing import Any
+
+import orjson
+
+from collector.sinks.elasticsearch.client import EngineClient, EngineUnavailableError, refusal
 
 TEMPLATE_VERSION = 1
 MAPPINGS_COMPONENT = "collector-docker-mappings"
@@ -64,6 +70,7 @@ def mappings() -> dict[str, Any]:
             },
             "event": {"properties": {"original": {"type": "keyword", "index": False, "doc_values": False}}},
             "error": {"properties": {"type": {"type": "keyword"}, "message": {"type": "text"}}},
+            "gelf": {"properties": {"full_message": {"type": "text"}}},
         },
     }
 
@@ -136,4 +143,95 @@ def mapped_fields() -> set[str]:
                 out.add(name)
 
     walk(mappings()["properties"], "")
+    return out
+
+
+# -- installing, shared by `collector setup` and the sink -------------------------------------
+@dataclass
+class Step:
+    what: str
+    method: str
+    path: str
+    body: dict[str, Any]
+    get_path: str  # where the installed version is read
+    extract: str  # key of the list in the GET answer ("" when the answer is the object)
+
+
+def checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+def with_checksum(body: dict[str, Any]) -> dict[str, Any]:
+    meta = dict(body.get("_meta") or {})
+    meta["checksum"] = checksum(body)
+    return {**body, "_meta": meta}
+
+
+def plan(data_stream: str, replicas: int | None, policy: str | None, index_mode: bool = False) -> list[Step]:
+    steps = []
+    for name, body in component_templates(replicas, policy).items():
+        steps.append(
+            Step(
+                f"component template {name}",
+                "PUT",
+                f"/_component_template/{name}",
+                with_checksum(body),
+                f"/_component_template/{name}",
+                "component_templates",
+            )
+        )
+    tname = template_name(data_stream)
+    body = with_checksum(index_template(data_stream, data_stream=not index_mode))
+    steps.append(
+        Step(
+            f"index template {tname} ({body['index_patterns'][0]})",
+            "PUT",
+            f"/_index_template/{tname}",
+            body,
+            f"/_index_template/{tname}",
+            "index_templates",
+        )
+    )
+    return steps
+
+
+def installed_checksum(client: EngineClient, step: Step) -> str | None:
+    r = client.request("GET", step.get_path)
+    if r.status == 404:
+        return None
+    if r.status != 200:
+        raise EngineUnavailableError(r.host, refusal(r))
+    items = r.body.get(step.extract) or []
+    if not items:
+        return None
+    obj = items[0].get(step.extract.removesuffix("s")) or {}  # component_templates -> component_template
+    return (obj.get("_meta") or {}).get("checksum")
+
+
+def ensure(
+    client: EngineClient,
+    target: str,
+    data_stream: bool,
+    replicas: int | None = None,
+    policy: str | None = None,
+    settings: str = "replace",
+) -> list[tuple[str, str]]:
+    """Install what is missing or outdated; returns (what, "installed" | "updated" | "unchanged").
+
+    ``settings="create-only"`` (the sink) never overwrites settings someone installed with
+    ``collector setup`` (replicas, lifecycle); mappings and the index template are kept current.
+    """
+    out = []
+    for step in plan(target, replicas, policy, index_mode=not data_stream):
+        have = installed_checksum(client, step)
+        if have == step.body["_meta"]["checksum"]:
+            out.append((step.what, "unchanged"))
+            continue
+        if have is not None and settings == "create-only" and step.path.endswith(SETTINGS_COMPONENT):
+            out.append((step.what, "kept"))
+            continue
+        r = client.request(step.method, step.path, step.body)
+        if r.status >= 300:
+            raise EngineUnavailableError(r.host, f"{step.method} {step.path}: {refusal(r)}")
+        out.append((step.what, "installed" if have is None else "updated"))
     return out

@@ -83,7 +83,9 @@ class Mapper:
             d = {k: v for k, v in (("command", command), ("created", created)) if v is not None}
             if d:
                 data["docker"] = {"container": d}
-        hit = (Fields(data), tag if type(tag) is str else "")
+        # no _tag (graypy and most libraries): route by sender, as gelf.<host>, so sink `match:`
+        # patterns such as "gelf.**" can select it (not added to `tags`: nobody gave that tag)
+        hit = (Fields(data), tag if type(tag) is str and tag else f"gelf.{host}")
         if len(self._meta) >= MAX_CACHED:
             self._meta.clear()
         self._meta[key] = hit
