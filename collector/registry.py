@@ -10,6 +10,8 @@ from typing import Any
 
 SOURCES: dict[str, tuple[str, str, str]] = {
     "docker_json_file": ("collector.sources.docker_json_file", "DockerJsonFileConfig", "DockerJsonFileSource"),
+    "gelf": ("collector.sources.gelf", "GelfSourceConfig", "GelfSource"),
+    "fluent_forward": ("collector.sources.fluent_forward", "FluentForwardConfig", "FluentForwardSource"),
 }
 TRANSFORMS: dict[str, tuple[str, str, str]] = {
     "docker_metadata": ("collector.transforms.docker_metadata", "DockerMetadataConfig", "DockerMetadataTransform"),
@@ -20,6 +22,7 @@ TRANSFORMS: dict[str, tuple[str, str, str]] = {
 SINKS: dict[str, tuple[str, str, str]] = {
     "console": ("collector.sinks.console", "ConsoleConfig", "ConsoleSink"),
     "file": ("collector.sinks.file", "FileConfig", "FileSink"),
+    "gelf": ("collector.sinks.gelf", "GelfSinkConfig", "GelfSink"),
     "elasticsearch": ("collector.sinks.elasticsearch", "ElasticsearchConfig", "ElasticsearchSink"),
 }
 

@@ -1,0 +1,274 @@
+"""Source ``fluent_forward``: the Fluentd forward protocol (Docker's ``fluentd`` log driver,
+Fluent Bit, Fluentd, fluent-logger clients).
+
+    sources:
+      forward: {type: fluent_forward, listen: "127.0.0.1:24224"}
+
+* Forward Protocol v1 in full: Message, Forward, PackedForward and CompressedPackedForward
+  modes, EventTime and integer/float times, many connections, messages split anywhere
+  across reads (codecs/forward.py);
+* ``chunk``: ``{"ack": chunk}`` is answered only once every record of the message is
+  finalized downstream (delivered, or stored by a disk buffer), which is what makes Fluent Bit
+  and fluent-logger clients at-least-once; record ids derive from the chunk and the record's
+  index, so a resent chunk writes the same ``_id`` again (one exception: the parts of a line
+  Docker split are acknowledged as they arrive, see records.py);
+* ``shared_key`` (HELO/PING/PONG, with optional ``users``) and ``tls``; a client that fails
+  authentication gets a PONG with the reason and is disconnected;
+* a UDP heartbeat on the same port (answered with one 0x00 byte);
+* ``listen: unix:///path`` for a Unix socket (Docker's ``fluentd-address=unix://...``).
+
+Records and split lines: records.py.  Batches, shared fields and acks: intake.py.  Connections,
+the handshakes, backpressure and bad input: connection.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import ssl
+import stat
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from collector.component import ComponentConfig, Context, Emitter, Source
+from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
+from collector.sources.fluent_forward.intake import Intake
+
+log = logging.getLogger("collector.sources.fluent_forward")
+
+
+def split_hostport(v: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:24224`` for IPv6); an empty host means every interface.
+
+    (collector.config has the same rule; importing it here would be circular.)
+    """
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port or unix:///path, got {v!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ForwardUser(ComponentConfig):
+    username: str = Field(min_length=1, description="User name a client gives in its PING.")
+    password: str = Field(min_length=1, description="That user's password (`${ENV_VAR}` keeps it out of the file).")
+
+
+class ForwardTls(ComponentConfig):
+    cert_file: str = Field(description="PEM certificate (chain) the server presents.")
+    key_file: str = Field(description="PEM private key of that certificate.")
+    ca_file: str | None = Field(
+        None, description="When set, clients must present a certificate signed by this CA (mutual TLS)."
+    )
+
+
+class FluentForwardConfig(ComponentConfig):
+    type: Literal["fluent_forward"]
+    listen: str = Field(
+        "127.0.0.1:24224",
+        description="host:port to listen on (TCP, plus the UDP heartbeat), or unix:///path. "
+        "The default accepts local clients only; use 0.0.0.0:24224 to accept others.",
+    )
+    tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
+    shared_key: str | None = Field(
+        None, min_length=1, description="Require the HELO/PING/PONG handshake with this shared key."
+    )
+    self_hostname: str | None = Field(None, description="Our hostname in PONG answers (default: this host's name).")
+    users: list[ForwardUser] = Field(
+        default_factory=list, description="Also require one of these username/password pairs (needs shared_key)."
+    )
+    tls: ForwardTls | None = Field(None, description="Serve TLS with this certificate (off when absent).")
+    heartbeat: bool = Field(True, description="Answer UDP heartbeats on the same port.")
+    max_connections: int = Field(1024, ge=1, description="Connections beyond this are closed at once (counted).")
+    max_message_bytes: int = Field(
+        16 << 20,
+        ge=1 << 16,
+        description="Largest message accepted (also each connection's buffer); a larger one closes the connection.",
+    )
+    max_decompressed_bytes: int = Field(
+        64 << 20, ge=1 << 16, description="Largest CompressedPackedForward payload once decompressed."
+    )
+    max_record_bytes: int = Field(
+        1 << 20, ge=1024, description="A message (or rejoined split line) longer than this is truncated and flagged."
+    )
+    max_batch_events: int = Field(4096, ge=1, description="Records per batch at most.")
+    read_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from a socket at a time.")
+    partial_timeout: float = Field(
+        5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
+    )
+    handshake_timeout: float = Field(
+        10.0, gt=0, description="Seconds a client has to complete the TLS handshake, and to answer HELO."
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v.startswith("unix://"):
+            if not v[7:]:
+                raise ValueError("unix:// needs a path, e.g. unix:///run/collector/forward.sock")
+            return v
+        split_hostport(v)
+        return v
+
+    @model_validator(mode="after")
+    def _auth(self) -> FluentForwardConfig:
+        if self.users and self.shared_key is None:
+            raise ValueError("users need shared_key (user authentication is part of the shared-key handshake)")
+        return self
+
+
+class FluentForwardSource(Source):
+    config: FluentForwardConfig
+
+    def __init__(self, name: str, config: FluentForwardConfig, ctx: Context) -> None:
+        super().__init__(name, config, ctx)
+        self.intake = Intake(name, config, ctx)
+        self.connections: set[Connection] = set()
+        self.address: tuple[str, int] | str | None = None  # what we listen on, once listening
+        self.listening = asyncio.Event()
+        self._out: Emitter | None = None
+        self._sslctx: ssl.SSLContext | None = None
+        self._refused_logged = False
+
+    # -- setup ----------------------------------------------------------------------------------
+    def _tls(self) -> ssl.SSLContext | None:
+        t = self.config.tls
+        if t is None:
+            return None
+        sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        sc.minimum_version = ssl.TLSVersion.TLSv1_2
+        sc.load_cert_chain(t.cert_file, t.key_file)
+        if t.ca_file:
+            sc.load_verify_locations(t.ca_file)
+            sc.verify_mode = ssl.CERT_REQUIRED
+        return sc
+
+    async def _serve(self) -> asyncio.Server:
+        cfg = self.config
+        self._sslctx = self._tls()  # the handshake is per connection (connection.py): failures are counted
+        kw: dict[str, Any] = {"limit": cfg.read_bytes}
+        if cfg.listen.startswith("unix://"):
+            path = cfg.listen[7:]
+            _remove_stale_socket(path)
+            server = await asyncio.start_unix_server(self._accept, path, **kw)
+            self.address = path
+            return server
+        host, port = split_hostport(cfg.listen)
+        server = await asyncio.start_server(self._accept, host, port, reuse_address=True, **kw)
+        sock = server.sockets[0].getsockname()
+        self.address = (sock[0], sock[1])
+        return server
+
+    async def _heartbeat(self) -> asyncio.DatagramTransport | None:
+        if not self.config.heartbeat or not isinstance(self.address, tuple):
+            return None
+        loop = asyncio.get_running_loop()
+        try:
+            transport, _ = await loop.create_datagram_endpoint(Heartbeat, local_addr=self.address)
+        except OSError as e:
+            log.warning("%s: no UDP heartbeat on %s:%d: %s", self.name, *self.address, e)
+            return None
+        return transport
+
+    # -- connections ----------------------------------------------------------------------------
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = peer_name(writer)
+        if self._out is None or self.stopping:
+            writer.close()
+            return
+        if len(self.connections) >= self.config.max_connections:
+            self.intake.error("too_many_connections")
+            self.intake.warn_once(
+                "max_connections", "refused %s: %d connections already open", peer, len(self.connections)
+            )
+            writer.close()
+            return
+        set_nodelay(writer)
+        conn = Connection(self.intake, reader, writer, peer)
+        conn.on_close = self.connections.discard  # (it may outlive serve(): acks still owed)
+        self.connections.add(conn)
+        await conn.serve(self._out, self._sslctx)
+
+    # -- running --------------------------------------------------------------------------------
+    async def run(self, out: Emitter) -> None:
+        if self.ctx.once:
+            log.info("%s: a listener has nothing to read with --once; not listening", self.name)
+            return
+        self._out = out
+        server = await self._serve()
+        udp = await self._heartbeat()
+        log.info(
+            "%s: listening for the forward protocol on %s%s%s",
+            self.name,
+            self.address if isinstance(self.address, str) else "%s:%d" % self.address,  # noqa: UP031
+            " (TLS)" if self.config.tls else "",
+            " (shared key)" if self.config.shared_key else "",
+        )
+        self.ctx._closers.append(self._close_all)
+        self.listening.set()
+        try:
+            await self._stop.wait()
+        finally:
+            server.close()
+            if udp is not None:
+                udp.close()
+            conns = list(self.connections)
+            me = asyncio.current_task()
+            forced = me is not None and me.cancelling() > 0  # a second signal: no draining
+            for c in conns:
+                if forced:
+                    c.abort()
+                else:
+                    c.stop()
+            tasks = [c.task for c in conns if c.task is not None and not c.task.done()]
+            if tasks:
+                try:
+                    await asyncio.gather(*tasks, return_exceptions=True)
+                except asyncio.CancelledError:
+                    for c in conns:
+                        c.abort()
+                    raise
+            if self.config.listen.startswith("unix://"):
+                with contextlib.suppress(OSError):
+                    os.unlink(self.config.listen[7:])
+
+    async def _close_all(self) -> None:
+        for c in list(self.connections):
+            c.close()
+        self.connections.clear()
+
+
+class Heartbeat(asyncio.DatagramProtocol):
+    """Answers each UDP heartbeat datagram with one 0x00 byte (as Fluentd's in_forward does)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.DatagramTransport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        with contextlib.suppress(OSError):
+            self.transport.sendto(b"\0", addr)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a Unix socket left by a previous run; refuse to steal one that is in use."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise OSError(f"{path} exists and is not a socket")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+    except OSError:
+        os.unlink(path)  # nobody listens: stale
+        return
+    finally:
+        s.close()
+    raise OSError(f"{path} is in use by another process")
+
+
+__all__ = ["FluentForwardConfig", "FluentForwardSource", "ForwardTls", "ForwardUser"]
