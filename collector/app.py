@@ -82,6 +82,7 @@ class Pipeline:
     buffers: dict[str, Any] = field(default_factory=dict)  # sink name -> buffer (memory Channel or disk)
     failed: list[str] = field(default_factory=list)
     stop_requested: bool = False
+    forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -247,7 +248,7 @@ class Pipeline:
             if server is not None:
                 server.close()
         log.info("pipeline ended after %.1fs: %s", time.monotonic() - t0, summary(ctx.telemetry))
-        if "drain" in self.failed:
+        if "drain" in self.failed or self.forced:
             return EXIT_UNDELIVERED
         return EXIT_FAILED if self.failed else EXIT_OK
 
@@ -348,6 +349,7 @@ async def run_pipeline(
             pipeline.request_stop()
         else:
             log.warning("second signal: stopping now (unacknowledged records are read again next time)")
+            pipeline.forced = True
             for task in asyncio.all_tasks(loop):
                 if task.get_name().startswith(("sink:", "buffer:", "transform:", "source:")):
                     task.cancel()

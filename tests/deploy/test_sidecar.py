@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from docker import errors as docker_errors
 
-from tests.conftest import ENGINES
+from tests.conftest import ENGINES, SESSION
 from tests.deploy.conftest import free_port
 from tests.helpers import wait_until
 
@@ -58,6 +58,7 @@ def start_sidecar(docker, image: str, volume: str, env: dict[str, str], name: st
             volume: {"bind": "/var/lib/collector", "mode": "rw"},
         },
         environment=env,
+        labels={"collector-test-session": SESSION},  # removed by the fixture whatever happens
         # the image's own HEALTHCHECK command, asked every second instead of every 30
         healthcheck={"interval": 1_000_000_000, "timeout": 5_000_000_000, "retries": 3, "start_period": 0},
         detach=True,
@@ -110,10 +111,14 @@ def test_the_default_user_refuses_to_tail_silently(docker, collector_image):
         collector_image,
         network_mode="none",
         volumes={str(docker.containers_dir): {"bind": "/var/lib/docker/containers", "mode": "ro"}},
+        labels={"collector-test-session": SESSION},
         detach=True,
     )
-    assert c.wait(timeout=60)["StatusCode"] == 2
-    assert "cannot read /var/lib/docker/containers as uid 10001" in c.logs().decode()
+    try:
+        assert c.wait(timeout=60)["StatusCode"] == 2
+        assert "cannot read /var/lib/docker/containers as uid 10001" in c.logs().decode()
+    finally:
+        c.remove(force=True)  # its json-file log would otherwise be tailed by later tests
 
 
 @pytest.mark.parametrize("search_engine", [SIDECAR_ENGINE], indirect=True)

@@ -371,7 +371,6 @@ def test_a_graylog_that_stops_reading_gets_records_acknowledged_only_as_its_tcp_
             c.close()
     # a few rounds fit in the kernels' buffers; the rest waited for Graylog to read
     assert seen["acked_while_stalled"] < 20
-    assert h.value("collector_errors_total", reason="write_failed") >= 1  # not acknowledged in time: reopened
     assert all(done == [1] for _, done in batches)
     offsets = {orjson.loads(f)["_log_offset"] for x in received for f in x.split(b"\0") if f}
     assert offsets == {e["log"]["offset"] for b, _ in batches for e in b.events}

@@ -1,0 +1,461 @@
+#!/usr/bin/env python3
+"""The benchmark: one command, numbers you can compare.
+
+    .venv/bin/python bench/run.py tail        # json-file -> metadata -> bulk endpoint, 3 runs
+    .venv/bin/python bench/run.py floors      # what this machine can do at best
+    .venv/bin/python bench/run.py idle        # 1,000 idle containers: CPU, memory, fds over time
+    .venv/bin/python bench/run.py latency     # write -> bulk endpoint delay at a steady rate
+
+``tail`` generates the workload once (bench/gen.py: 10 containers x 100,000 lines, 520 MB, in
+/dev/shm, because this VM caches little file data), starts a counting bulk endpoint
+(bench/bulk_sink.py, or ``--es-sink PATH`` for another one, e.g. the yardstick's es_sink.py),
+runs ``collector tail --once`` ``--runs`` times and prints, per run and as medians: lines/s
+(process start to exit), CPU seconds per million lines (user + sys, all threads), peak RSS.
+``--metadata files|api``: container metadata from config.v2.json, or from a real Docker engine
+(tests/services/dockerd.sh; the containers are created there, the logs written under their ids).
+``--output file`` writes NDJSON to /dev/shm instead of HTTP; ``--compression gzip``.
+Forward and GELF inputs have their own scripts: bench/forward.py, bench/gelf.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import gen  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BulkSink:
+    def __init__(self, script: Path, extra: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        ready = tempfile.mktemp()
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), "--port", str(self.port), "--ready-file", ready, *(extra or [])],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(100):
+            if os.path.exists(ready):
+                break
+            time.sleep(0.05)
+        os.unlink(ready)
+
+    def stats(self) -> dict[str, Any]:
+        import urllib.request
+
+        for path in ("/_stats", "/_sink/stats"):
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=5) as r:
+                    return json.loads(r.read())
+            except OSError:
+                continue
+        return {}
+
+    def reset(self) -> None:
+        import urllib.request
+
+        for path in ("/_reset", "/_sink/reset"):
+            try:
+                urllib.request.urlopen(urllib.request.Request(self.url + path, method="POST"), timeout=5).read()
+                return
+            except OSError:
+                continue
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run ``cmd``; wall seconds, CPU seconds (user+sys) and peak RSS (MB) of that process."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, ru = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode(errors="replace") if p.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"collector failed ({status}):\n{err[-3000:]}")
+    return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}
+
+
+def docker_engine() -> str:
+    res = subprocess.run(
+        [str(REPO / "tests" / "services" / "dockerd.sh"), "start"], capture_output=True, text=True, check=True
+    )
+    return res.stdout.strip().splitlines()[-1].split("=", 1)[1]
+
+
+def workload(args: argparse.Namespace) -> tuple[Path, dict[str, Any], str | None]:
+    if args.metadata != "api":
+        out = Path(args.dir)
+        return out, gen.generate(out, args.containers, args.lines), None
+    # real containers on the test engine; their logs written under their ids
+    import docker
+
+    host = docker_engine()
+    client = docker.DockerClient(base_url=host)
+    out = Path(args.dir + "-api")
+    names = [f"bench-{gen.APPS[i % len(gen.APPS)][0]}-{i}" for i in range(args.containers)]
+    ids = []
+    for i, name in enumerate(names):
+        try:
+            c = client.containers.get(name)
+        except docker.errors.NotFound:
+            app = gen.APPS[i % len(gen.APPS)]
+            c = client.containers.create(
+                "collector-test/busybox:latest",
+                ["true"],
+                name=name,
+                labels={"com.docker.compose.project": "shop", "com.docker.compose.service": app[0], "tier": app[2]},
+            )
+        ids.append(c.id)
+    m = gen.generate(out, args.containers, args.lines, seed="api:" + ",".join(ids), ids=ids)
+    return out, m, host
+
+
+def floors(out: Path) -> dict[str, float]:
+    """Read + split every line; and orjson-decode every line (one core, files in /dev/shm)."""
+    import orjson
+
+    files = sorted(glob.glob(str(out / "containers" / "*" / "*-json.log")))
+    t0 = time.process_time()
+    n = 0
+    for f in files:
+        with open(f, "rb") as fh:
+            rest = b""
+            while chunk := fh.read(1 << 20):
+                chunk = rest + chunk
+                i = chunk.rfind(b"\n")
+                n += chunk.count(b"\n", 0, i + 1)
+                lines = chunk[: i + 1].split(b"\n")
+                rest = chunk[i + 1 :]
+                del lines
+    split_s = time.process_time() - t0
+    t0 = time.process_time()
+    loads = orjson.loads
+    for f in files:
+        with open(f, "rb") as fh:
+            rest = b""
+            while chunk := fh.read(1 << 20):
+                chunk = rest + chunk
+                i = chunk.rfind(b"\n")
+                for line in chunk[:i].split(b"\n"):
+                    loads(line)
+                rest = chunk[i + 1 :]
+    decode_s = time.process_time() - t0
+    return {"entries": n, "read_split_per_s": n / split_s, "decode_per_s": n / decode_s}
+
+
+def cmd_tail(args: argparse.Namespace) -> None:
+    out, manifest, host = workload(args)
+    lines = int(manifest["lines"])
+    sink = None
+    if args.output == "http":
+        sink = BulkSink(Path(args.es_sink) if args.es_sink else HERE / "bulk_sink.py")
+        target = sink.url
+    else:
+        target = f"file:{tempfile.mktemp(dir='/dev/shm', suffix='.ndjson')}"
+    rows = []
+    try:
+        for i in range(args.runs):
+            state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
+            cmd = [
+                sys.executable,
+                "-m",
+                "collector",
+                "--log-level",
+                "warning",
+                "tail",
+                "--path",
+                str(out / "containers" / "*" / "*-json.log"),
+                "--docker-root",
+                str(out),
+                "--once",
+                "--output",
+                target,
+                "--data-dir",
+                state,
+                "--metadata",
+                args.metadata,
+            ]
+            if host:
+                cmd += ["--docker-host", host]
+            if args.compression != "none" or args.config_extra:
+                cmd = _with_config(cmd, args, out, target, state, host)
+            if sink:
+                sink.reset()
+            r = run_measured(cmd)
+            delivered = int((sink.stats() if sink else {}).get("docs", lines))
+            shutil.rmtree(state, ignore_errors=True)
+            if target.startswith("file:"):
+                os.unlink(target[5:])
+            if delivered != lines:
+                raise SystemExit(f"run {i + 1}: the sink counted {delivered} documents, expected {lines}")
+            row = {
+                "run": i + 1,
+                "lines_per_s": lines / r["wall"],
+                "cpu_s_per_m": r["cpu"] / lines * 1e6,
+                "rss_mb": r["rss_mb"],
+                "wall_s": r["wall"],
+                "cpu_s": r["cpu"],
+            }
+            rows.append(row)
+            print(
+                f"run {i + 1}: {row['lines_per_s']:>9,.0f} lines/s  {row['cpu_s_per_m']:5.2f} CPU-s/M lines  "
+                f"peak RSS {row['rss_mb']:5.1f} MB  ({r['wall']:.2f}s wall, {r['cpu']:.2f} CPU-s)",
+                flush=True,
+            )
+    finally:
+        if sink:
+            sink.close()
+    med = {k: statistics.median(r[k] for r in rows) for k in ("lines_per_s", "cpu_s_per_m", "rss_mb")}
+    print(
+        f"median ({args.runs} runs, {lines:,} lines, {manifest['bytes'] / 1e6:.0f} MB, metadata from "
+        f"{args.metadata}, output {args.output}): {med['lines_per_s']:,.0f} lines/s, "
+        f"{med['cpu_s_per_m']:.2f} CPU-s per million lines, peak RSS {med['rss_mb']:.1f} MB"
+    )
+    if args.floors:
+        f = floors(out)
+        print(
+            f"floors (one core): read + split lines {f['read_split_per_s']:,.0f} lines/s; "
+            f"orjson decode of every line {f['decode_per_s']:,.0f} lines/s"
+        )
+    if args.json:
+        print(json.dumps({"runs": rows, "median": med}))
+
+
+def _with_config(
+    cmd: list[str], args: argparse.Namespace, out: Path, target: str, state: str, host: str | None
+) -> list[str]:
+    import yaml
+
+    sink: dict[str, Any] = {
+        "type": "elasticsearch",
+        "inputs": ["meta"],
+        "hosts": [target],
+        "compression": args.compression,
+    }
+    for kv in args.config_extra or []:
+        k, _, v = kv.partition("=")
+        sink[k] = yaml.safe_load(v)
+    meta: dict[str, Any] = {
+        "type": "docker_metadata",
+        "inputs": ["logs"],
+        "source": args.metadata,
+        "docker_root": str(out),
+    }
+    if host:
+        meta["docker_host"] = host
+    cfg = {
+        "data_dir": state,
+        "sources": {"logs": {"type": "docker_json_file", "paths": [str(out / "containers" / "*" / "*-json.log")]}},
+        "transforms": {"meta": meta},
+        "sinks": {"es": sink},
+    }
+    path = Path(state) / "bench.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return [sys.executable, "-m", "collector", "--log-level", "warning", "run", "-c", str(path), "--once"]
+
+
+def proc_sample(pid: int) -> tuple[float, float, int]:
+    """(CPU seconds, RSS MB, open fds) of a running process."""
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(parts[11]) + int(parts[12])) / ticks
+    rss = int(parts[21]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    return cpu, rss, fds
+
+
+def cmd_idle(args: argparse.Namespace) -> None:
+    out = Path(args.dir + f"-idle{args.containers}")
+    gen.generate(out, args.containers, 10)
+    sink = BulkSink(HERE / "bulk_sink.py")
+    state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--log-level",
+            "warning",
+            "tail",
+            "--path",
+            str(out / "containers" / "*" / "*-json.log"),
+            "--docker-root",
+            str(out),
+            "--output",
+            sink.url,
+            "--data-dir",
+            state,
+            "--metadata",
+            "files",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while int(sink.stats().get("docs", 0)) < args.containers * 10 and time.time() < deadline:
+            time.sleep(0.5)
+        time.sleep(5)
+        samples = [proc_sample(p.pid)]
+        t0 = time.time()
+        print(f"{args.containers} files followed, all read; sampling for {args.seconds}s", flush=True)
+        while time.time() - t0 < args.seconds:
+            time.sleep(args.interval)
+            samples.append(proc_sample(p.pid))
+            cpu, rss, fds = samples[-1]
+            print(
+                f"t={time.time() - t0:6.0f}s  CPU {100 * (cpu - samples[0][0]) / (time.time() - t0):5.2f}% of a "
+                f"core  RSS {rss:6.1f} MB  fds {fds}",
+                flush=True,
+            )
+        cpu_pct = 100 * (samples[-1][0] - samples[0][0]) / (time.time() - t0)
+        print(
+            f"idle, {args.containers} containers: {cpu_pct:.2f}% of a core; RSS {samples[0][1]:.1f} -> "
+            f"{samples[-1][1]:.1f} MB; fds {samples[0][2]} -> {samples[-1][2]} over {args.seconds}s"
+        )
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        sink.close()
+        shutil.rmtree(state, ignore_errors=True)
+
+
+def cmd_latency(args: argparse.Namespace) -> None:
+    """Lines carry their write time; the sink (bulk_sink --latency) records arrival - write."""
+    out = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-lat-"))
+    files = []
+    for i in range(args.containers):
+        cid = f"{i:064x}"
+        d = out / "containers" / cid
+        d.mkdir(parents=True)
+        files.append(open(d / f"{cid}-json.log", "ab", buffering=0))  # noqa: SIM115
+    sink = BulkSink(HERE / "bulk_sink.py", ["--latency"])
+    state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "--log-level",
+            "warning",
+            "tail",
+            "--path",
+            str(out / "containers" / "*" / "*-json.log"),
+            "--output",
+            sink.url,
+            "--data-dir",
+            state,
+            "--metadata",
+            "files",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(3)
+        sink.reset()
+        per_tick = max(1, args.rate // 100)  # 100 writes of per_tick lines per second
+        t0 = time.time()
+        n = 0
+        while time.time() - t0 < args.seconds:
+            now_ns = time.time_ns()
+            ts = gen.rfc3339nano(now_ns)
+            for k in range(per_tick):
+                f = files[(n + k) % len(files)]
+                f.write(
+                    b'{"log":"LAT %d padding padding padding\\n","stream":"stdout","time":"%s"}\n'
+                    % (now_ns, ts.encode())
+                )
+            n += per_tick
+            time.sleep(max(0.0, t0 + n / args.rate - time.time()))
+        time.sleep(3)
+        st = sink.stats()
+        print(
+            f"latency at {args.rate:,} lines/s over {args.seconds}s ({st.get('lat_n', 0):,} lines): "
+            f"p50 {st.get('lat_p50_ms', 0):.0f} ms, p99 {st.get('lat_p99_ms', 0):.0f} ms, "
+            f"max {st.get('lat_max_ms', 0):.0f} ms"
+        )
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        sink.close()
+        shutil.rmtree(state, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("tail", help="json-file -> bulk, N runs")
+    t.add_argument("--dir", default="/dev/shm/collector-bench")
+    t.add_argument("--containers", type=int, default=10)
+    t.add_argument("--lines", type=int, default=100_000, help="per container")
+    t.add_argument("--runs", type=int, default=3)
+    t.add_argument("--metadata", choices=("files", "api"), default="files")
+    t.add_argument("--output", choices=("http", "file"), default="http")
+    t.add_argument("--compression", choices=("none", "gzip"), default="none")
+    t.add_argument("--es-sink", help="another counting endpoint script (must take --port and --ready-file)")
+    t.add_argument(
+        "--set",
+        dest="config_extra",
+        action="append",
+        metavar="KEY=VALUE",
+        help="elasticsearch sink option, e.g. --set concurrency=4 (runs through a config file)",
+    )
+    t.add_argument("--no-floors", dest="floors", action="store_false")
+    t.add_argument("--json", action="store_true")
+    i = sub.add_parser("idle", help="many idle containers: CPU, RSS, fds over time")
+    i.add_argument("--dir", default="/dev/shm/collector-bench")
+    i.add_argument("--containers", type=int, default=1000)
+    i.add_argument("--seconds", type=int, default=600)
+    i.add_argument("--interval", type=float, default=30)
+    lat = sub.add_parser("latency", help="write -> sink delay at a steady rate")
+    lat.add_argument("--rate", type=int, default=10_000, help="lines per second")
+    lat.add_argument("--seconds", type=int, default=30)
+    lat.add_argument("--containers", type=int, default=10)
+    f = sub.add_parser("floors", help="read+split and decode rates of this machine")
+    f.add_argument("--dir", default="/dev/shm/collector-bench")
+    a = ap.parse_args()
+    if a.cmd == "tail":
+        cmd_tail(a)
+    elif a.cmd == "idle":
+        cmd_idle(a)
+    elif a.cmd == "latency":
+        cmd_latency(a)
+    else:
+        out = Path(a.dir)
+        m = gen.generate(out, 10, 100_000)
+        r = floors(out)
+        print(
+            f"{m['lines']:,} lines, {m['bytes'] / 1e6:.0f} MB: read + split {r['read_split_per_s']:,.0f} lines/s, "
+            f"orjson decode {r['decode_per_s']:,.0f} lines/s (one core)"
+        )
+
+
+if __name__ == "__main__":
+    main()
