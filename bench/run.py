@@ -258,9 +258,13 @@ def _with_config(
         "hosts": [target],
         "compression": args.compression,
     }
+    source: dict[str, Any] = {"type": "docker_json_file", "paths": [str(out / "containers" / "*" / "*-json.log")]}
     for kv in args.config_extra or []:
         k, _, v = kv.partition("=")
-        sink[k] = yaml.safe_load(v)
+        if k.startswith("source."):
+            source[k.removeprefix("source.")] = yaml.safe_load(v)
+        else:
+            sink[k] = yaml.safe_load(v)
     meta: dict[str, Any] = {
         "type": "docker_metadata",
         "inputs": ["logs"],
@@ -271,7 +275,7 @@ def _with_config(
         meta["docker_host"] = host
     cfg = {
         "data_dir": state,
-        "sources": {"logs": {"type": "docker_json_file", "paths": [str(out / "containers" / "*" / "*-json.log")]}},
+        "sources": {"logs": source},
         "transforms": {"meta": meta},
         "sinks": {"es": sink},
     }
@@ -425,7 +429,7 @@ def main() -> None:
         dest="config_extra",
         action="append",
         metavar="KEY=VALUE",
-        help="elasticsearch sink option, e.g. --set concurrency=4 (runs through a config file)",
+        help="sink option (--set concurrency=4) or source option (--set source.read_chunk_bytes=1048576)",
     )
     t.add_argument("--no-floors", dest="floors", action="store_false")
     t.add_argument("--json", action="store_true")

@@ -37,7 +37,7 @@ from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector.app")
 
-TRANSFORM_CHANNEL_EVENTS = 8_000
+TRANSFORM_CHANNEL_EVENTS = 2_048
 TRANSFORM_CHANNEL_BYTES = 16 << 20
 
 EXIT_OK = 0

@@ -145,6 +145,7 @@ class DockerMetadata:
         self._misses: dict[str, float] = {}  # id -> when the API last did not know it
         self._files: dict[str, tuple[float, float, ContainerInfo | None]] = {}  # id -> (checked, mtime, info)
         self._client: Any = None
+        self._events: Any = None  # the /events stream being read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.api_ok = False
@@ -168,12 +169,16 @@ class DockerMetadata:
 
     async def close(self) -> None:
         self._stop.set()
+        stream = self._events
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()  # unblocks the thread reading /events
         client = self._client
         if client is not None:
             with contextlib.suppress(Exception):
-                client.close()  # unblocks the events stream
+                client.close()
         if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5)
+            await asyncio.to_thread(self._thread.join, 2)
 
     # -- API side (threads) ------------------------------------------------------------------
     def _connect_and_list(self) -> bool:
@@ -208,12 +213,14 @@ class DockerMetadata:
                 backoff = min(backoff * 2, 30.0)
                 continue
             try:
-                stream = self._client.api.events(decode=True, filters={"type": "container"})
+                stream = self._events = self._client.api.events(decode=True, filters={"type": "container"})
                 backoff = 1.0
                 for ev in stream:
                     if self._stop.is_set():
                         return
                     self._on_event(ev)
+                if self._stop.is_set():
+                    return
                 self.last_error = "events stream ended"
             except Exception as e:
                 if self._stop.is_set():

@@ -13,7 +13,7 @@ class BufferConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     type: Literal["memory", "disk"] = Field("memory", description="`memory` or `disk`.")
-    max_events: int = Field(50_000, ge=1, description="(memory) records held before the buffer counts as full.")
+    max_events: int = Field(2048, ge=1, description="(memory) records held before the buffer counts as full.")
     max_bytes: int | None = Field(
         None,
         ge=1 << 16,

@@ -18,7 +18,7 @@ from collector.buffers.memory import Channel
 from collector.component import Sink, SinkConfig
 from collector.event import Batch
 
-MAX_ROUND_EVENTS = 10_000
+MAX_ROUND_EVENTS = 2048
 
 
 class FileConfig(SinkConfig):

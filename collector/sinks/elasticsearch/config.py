@@ -42,7 +42,12 @@ class TlsConfig(BaseModel):
 
 class BatchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    max_bytes: int = Field(5 << 20, ge=1 << 10, le=100 << 20, description="Bulk request size target (bytes).")
+    max_bytes: int = Field(
+        2 << 20,
+        ge=1 << 10,
+        le=100 << 20,
+        description="Bulk request size target (bytes); 2 MiB keeps memory low, 5-10 MiB suits a remote cluster.",
+    )
     max_events: int = Field(10_000, ge=1, description="Most records in one bulk request.")
     timeout: float = Field(1.0, gt=0, description="Send a partial bulk request after this many seconds.")
 

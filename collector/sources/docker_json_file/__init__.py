@@ -69,7 +69,7 @@ class DockerJsonFileConfig(ComponentConfig):
     max_record_bytes: int = Field(
         1 << 20, ge=1024, description="A rejoined line longer than this is truncated and flagged."
     )
-    read_chunk_bytes: int = Field(1 << 20, ge=4096, description="Bytes read from one file at a time.")
+    read_chunk_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from one file at a time.")
     max_line_bytes: int = Field(
         8 << 20, ge=65536, description="A 'line' longer than this without a newline is set aside."
     )
