@@ -25,10 +25,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from collector.codecs.forward import event_time, pack_entries, unpack_all
 
@@ -106,7 +108,7 @@ async def collector(args: argparse.Namespace) -> None:
         {
             "data_dir": state.name,
             "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0", "heartbeat": False}},
-            "sinks": {"out": {"type": "file", "inputs": ["fwd"], "path": str(out), "fsync": False}},
+            "sinks": {"out": sink_config(args, out)},
         }
     )
     running: dict = {}
@@ -147,13 +149,32 @@ async def collector(args: argparse.Namespace) -> None:
     if args.ack:
         acked = float(rest.split()[1])
         print(f"all acks received {acked - start:.2f}s after the first byte")
+    state.cleanup()
+    if args.bulk:
+        docs = int(BULK.stats().get("docs", 0))
+        BULK.close()
+        assert docs == args.records, f"the bulk endpoint counted {docs}, expected {args.records}"
+        return
     lines = 0
     with open(out, "rb") as f:
         while chunk := f.read(1 << 24):
             lines += chunk.count(b"\n")
     out.unlink()
-    state.cleanup()
     assert lines == args.records, f"{lines} lines in {out}, expected {args.records}"
+
+
+BULK: Any = None
+
+
+def sink_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    """A file on /dev/shm, or (--bulk) the elasticsearch sink into bench/bulk_sink.py."""
+    global BULK
+    if not args.bulk:
+        return {"type": "file", "inputs": ["fwd"], "path": str(out), "fsync": False}
+    from run import BulkSink  # bench/run.py
+
+    BULK = BulkSink(Path(__file__).resolve().parent / "bulk_sink.py")
+    return {"type": "elasticsearch", "inputs": ["fwd"], "hosts": [BULK.url]}
 
 
 def main() -> None:
@@ -163,6 +184,7 @@ def main() -> None:
     ap.add_argument("--per-message", type=int, default=1000, help="records per Forward/PackedForward message")
     ap.add_argument("--ack", action="store_true", help="ask for an ack per message (chunk option)")
     ap.add_argument("--out", default="/dev/shm/forward-bench.ndjson")
+    ap.add_argument("--bulk", action="store_true", help="deliver with the elasticsearch sink to bench/bulk_sink.py")
     ap.add_argument("--profile", action="store_true", help="pyinstrument profile -> forward-bench.html")
     ap.add_argument("--client", nargs=2, metavar=("HOST", "PORT"), help=argparse.SUPPRESS)
     args = ap.parse_args()

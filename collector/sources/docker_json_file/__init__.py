@@ -48,6 +48,7 @@ from collector.sources.docker_json_file.files import (
 log = logging.getLogger("collector.sources.docker_json_file")
 
 DEFAULT_DOCKER_ROOT = "/var/lib/docker"
+ROTATION_CHECK = 5.0  # seconds between looks at an idle live path, watchdog events aside
 
 
 class DockerJsonFileConfig(ComponentConfig):
@@ -91,7 +92,19 @@ class DockerJsonFileConfig(ComponentConfig):
 class LogStream:
     """Everything about one live log path: the file being read and rotated ones to finish."""
 
-    __slots__ = ("current", "interval", "live", "meta", "next_poll", "queue", "siblings_dirty", "since", "tag")
+    __slots__ = (
+        "checked",
+        "current",
+        "interval",
+        "live",
+        "meta",
+        "next_poll",
+        "queue",
+        "renamed",
+        "siblings_dirty",
+        "since",
+        "tag",
+    )
 
     def __init__(self, live: str, meta: Fields, tag: str) -> None:
         self.live = live
@@ -103,6 +116,8 @@ class LogStream:
         self.interval = 0.0
         self.since = time.time()  # rotated files older than this were there before we followed
         self.siblings_dirty = False  # something was created/moved beside the live file
+        self.renamed = True  # a directory event: look whether the live path is still our file
+        self.checked = 0.0  # when we last looked (also done every ROTATION_CHECK seconds)
 
     def files(self) -> list[OpenFile]:
         return [*self.queue, *([self.current] if self.current else [])]
@@ -340,6 +355,7 @@ class DockerJsonFileSource(Source):
         for s in self.streams.values():
             if os.path.dirname(s.live) in dirs:
                 s.siblings_dirty = True
+                s.renamed = True
                 s.next_poll = 0.0
         self._wake.set()
 
@@ -354,6 +370,10 @@ class DockerJsonFileSource(Source):
         with contextlib.suppress(OSError):  # a truncation first: its copy is older than the others
             self._check_truncation(s, cur, os.fstat(cur.fd).st_size)
         open_fps = {of.fp for of in s.files()}
+        # a copy of what the live file still holds (copied, not yet truncated) is not new: once the
+        # truncation is seen, its rest is read from the copy (``_truncated``)
+        with contextlib.suppress(OSError):
+            open_fps.add(fingerprint(cur.fd, cur.salt()))
         for _, path in rotated_siblings(s.live):
             try:
                 if os.stat(path).st_mtime < s.since:
@@ -361,7 +381,7 @@ class DockerJsonFileSource(Source):
             except OSError:
                 continue
             fp = self._fp_of(path, s.live)
-            if fp is None or fp in self.state or fp in open_fps:
+            if fp is None or fp in self.state or fp in open_fps or fp in self._fully_read:
                 continue
             of = self._open(path, s.live, 0)
             if of is not None:
@@ -504,6 +524,12 @@ class DockerJsonFileSource(Source):
         if await self._read_file(s, cur, out):
             return True
         # at the end of the live file: was it rotated, replaced or removed?
+        # idle: has the live path been renamed away? Docker renames right after a write, which the
+        # watchdog reports; the stat is also done every few seconds in case an event was missed
+        now = time.monotonic()
+        if not (s.renamed or self.ctx.once or now - s.checked >= ROTATION_CHECK):
+            return False
+        s.renamed, s.checked = False, now
         same = same_file(s.live, cur.dev, cur.ino)
         if same:
             return False
@@ -535,7 +561,7 @@ class DockerJsonFileSource(Source):
             if mine is not None and num >= mine:
                 continue
             fp = fps[path]
-            if fp is None or fp in self.state:
+            if fp is None or fp in self.state or fp in self._fully_read:
                 continue
             of = self._open(path, s.live, 0)
             if of is not None:
