@@ -181,7 +181,7 @@ def cmd_tail(args: argparse.Namespace) -> None:
     rows = []
     try:
         for i in range(args.runs):
-            state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
+            state = tempfile.mkdtemp(dir=args.state_dir, prefix="collector-bench-state-")
             cmd = [
                 sys.executable,
                 "-m",
@@ -432,6 +432,7 @@ def main() -> None:
         help="sink option (--set concurrency=4) or source option (--set source.read_chunk_bytes=1048576)",
     )
     t.add_argument("--no-floors", dest="floors", action="store_false")
+    t.add_argument("--state-dir", default="/dev/shm", help="where the data dir goes (a disk, to measure fsync)")
     t.add_argument("--json", action="store_true")
     i = sub.add_parser("idle", help="many idle containers: CPU, RSS, fds over time")
     i.add_argument("--dir", default="/dev/shm/collector-bench")

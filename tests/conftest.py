@@ -46,6 +46,8 @@ class DockerEngine:
         timeout: float = 120,
     ) -> Any:
         """Run ``sh -c script`` in a busybox container (no network); wait for it to exit."""
+        if name:
+            self._remove_stale(name)
         c = self.client.containers.run(
             IMAGE,
             ["sh", "-c", script],
@@ -60,6 +62,17 @@ class DockerEngine:
             assert res["StatusCode"] == 0, f"container failed: {res} {c.logs()[-2000:]!r}"
         c.reload()
         return c
+
+    def _remove_stale(self, name: str) -> None:
+        """A container of that name left by an earlier, interrupted test session."""
+        import docker.errors
+
+        try:
+            old = self.client.containers.get(name)
+        except docker.errors.NotFound:
+            return
+        if "collector-test-session" in (old.labels or {}):
+            old.remove(force=True)
 
     def log_path(self, container: Any) -> Path:
         return self.containers_dir / container.id / f"{container.id}-json.log"

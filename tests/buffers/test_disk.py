@@ -59,7 +59,14 @@ def test_batches_round_trip_and_sources_are_acked_once_on_disk(tmp_path):
     acked, got = run(main())
     assert acked == [0, 1, 2, 3, 4]
     assert [b.events[0]["message"] for b in got] == [f"b{i} r0" for i in range(5)]
-    assert got[2].meta.data == {"container": {"id": "c"}} and got[2].ids == ["2-0", "2-1", "2-2"]
+    # replayed as the documents the sink would have sent: shared fields merged in, ids kept
+    assert next(got[2].records()) == {
+        "message": "b2 r0",
+        "@timestamp": "2024-05-01T00:00:00Z",
+        "container": {"id": "c"},
+    }
+    assert got[2].encoded()[0] == b'{"message":"b2 r0","@timestamp":"2024-05-01T00:00:00Z","container":{"id":"c"}}'
+    assert got[2].ids == ["2-0", "2-1", "2-2"]
     assert got[2].tag == "t2"
     # delivered everything: the ledger is at the end, nothing is replayed
     assert run(_replay_only(tmp_path)) == []
