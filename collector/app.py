@@ -258,8 +258,6 @@ class MemoryBuffer:
 
     def __init__(self, name: str, bcfg: Any, telemetry: Telemetry) -> None:
         self.channel = Channel(name, bcfg.max_events, bcfg.limit_bytes, bcfg.when_full, producers=0)
-        self._gauge_events = telemetry.buffer_events.labels(name)
-        self._gauge_bytes = telemetry.buffer_bytes.labels(name)
         telemetry.buffer_events.labels(name).set_function(lambda: self.channel.events)
         telemetry.buffer_bytes.labels(name).set_function(lambda: self.channel.bytes)
         self._dropped = telemetry.dropped.labels(name, "buffer_full")

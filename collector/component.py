@@ -61,7 +61,6 @@ class Context:
     hostname: str = field(default_factory=socket.gethostname)
     _docker: dict[tuple[str, str | None, str], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def docker(
         self, source: MetadataSource = "auto", docker_host: str | None = None, docker_root: str = "/var/lib/docker"

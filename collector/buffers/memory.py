@@ -69,23 +69,22 @@ class Channel:
                 self._not_full.clear()
                 await self._not_full.wait()
             self.blocked_seconds += loop.time() - t0
-        self._q.append(batch)
-        self.events += len(batch)
-        self.bytes += batch.nbytes
-        self.sent_batches += 1
-        self._not_empty.set()
+        self._put(batch)
         return True
 
     def send_nowait(self, batch: Batch) -> bool:
         """Queue without waiting; False (batch untouched) when full."""
         if self._full():
             return False
+        self._put(batch)
+        return True
+
+    def _put(self, batch: Batch) -> None:
         self._q.append(batch)
         self.events += len(batch)
         self.bytes += batch.nbytes
         self.sent_batches += 1
         self._not_empty.set()
-        return True
 
     def has_room(self) -> bool:
         return not self._full()

@@ -381,13 +381,8 @@ class DockerJsonFileSource(Source):
             except OSError:
                 continue
             fp = self._fp_of(path, s.live)
-            if fp is None or fp in self.state or fp in open_fps or fp in self._fully_read:
-                continue
-            of = self._open(path, s.live, 0)
-            if of is not None:
-                of.rotated = True
-                s.queue.append(of)
-                log.info("%s: reading %s, rotated before we saw it", self.name, path)
+            if fp not in open_fps:
+                self._queue_unseen(s, path, fp)
 
     # -- reading ------------------------------------------------------------------------------
     def _to_batch(self, s: LogStream, of: OpenFile, parsed: Parsed, end: int) -> Batch | None:
@@ -560,14 +555,17 @@ class DockerJsonFileSource(Source):
         for num, path in siblings:  # oldest first
             if mine is not None and num >= mine:
                 continue
-            fp = fps[path]
-            if fp is None or fp in self.state or fp in self._fully_read:
-                continue
-            of = self._open(path, s.live, 0)
-            if of is not None:
-                of.rotated = True
-                s.queue.append(of)
-                log.info("%s: reading %s, rotated before we saw it", self.name, path)
+            self._queue_unseen(s, path, fps[path])
+
+    def _queue_unseen(self, s: LogStream, path: str, fp: str | None) -> None:
+        """Queue a rotated file to read in full, unless we know it (checkpointed, or read)."""
+        if fp is None or fp in self.state or fp in self._fully_read:
+            return
+        of = self._open(path, s.live, 0)
+        if of is not None:
+            of.rotated = True
+            s.queue.append(of)
+            log.info("%s: reading %s, rotated before we saw it", self.name, path)
 
     # -- main loop ----------------------------------------------------------------------------
     async def run(self, out: Emitter) -> None:
