@@ -89,6 +89,17 @@ class BulkSink:
         self.proc.wait(10)
 
 
+def engine_count(url: str, index: str) -> int:
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/{index}/_refresh", method="POST"), timeout=60).read()
+        with urllib.request.urlopen(f"{url}/{index}/_count", timeout=60) as r:
+            return int(json.loads(r.read())["count"])
+    except OSError:
+        return 0
+
+
 def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
     """Run ``cmd``; wall seconds, CPU seconds (user+sys) and peak RSS (MB) of that process."""
     t0 = time.perf_counter()
@@ -173,12 +184,15 @@ def cmd_tail(args: argparse.Namespace) -> None:
     out, manifest, host = workload(args)
     lines = int(manifest["lines"])
     sink = None
-    if args.output == "http":
+    if args.url:  # a real engine: count what it holds afterwards
+        target = args.url
+    elif args.output == "http":
         sink = BulkSink(Path(args.es_sink) if args.es_sink else HERE / "bulk_sink.py")
         target = sink.url
     else:
         target = f"file:{tempfile.mktemp(dir='/dev/shm', suffix='.ndjson')}"
     rows = []
+    before = engine_count(args.url, "logs-docker-default") if args.url else 0
     try:
         for i in range(args.runs):
             state = tempfile.mkdtemp(dir=args.state_dir, prefix="collector-bench-state-")
@@ -209,6 +223,9 @@ def cmd_tail(args: argparse.Namespace) -> None:
                 sink.reset()
             r = run_measured(cmd)
             delivered = int((sink.stats() if sink else {}).get("docs", lines))
+            if args.url:
+                delivered = engine_count(args.url, "logs-docker-default") - before
+                before += delivered
             shutil.rmtree(state, ignore_errors=True)
             if target.startswith("file:"):
                 os.unlink(target[5:])
@@ -424,6 +441,9 @@ def main() -> None:
     t.add_argument("--output", choices=("http", "file"), default="http")
     t.add_argument("--compression", choices=("none", "gzip"), default="none")
     t.add_argument("--es-sink", help="another counting endpoint script (must take --port and --ready-file)")
+    t.add_argument(
+        "--url", help="a real Elasticsearch/OpenSearch to deliver to instead (data stream logs-docker-default)"
+    )
     t.add_argument(
         "--set",
         dest="config_extra",
