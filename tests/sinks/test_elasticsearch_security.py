@@ -1,0 +1,181 @@
+"""TLS and credentials on the wire, in front of a real engine.
+
+The test engines run without security, so a small HTTPS proxy stands in front of Elasticsearch
+8: it terminates TLS with a certificate made here, demands one Authorization header, answers
+401 like Elasticsearch otherwise, and forwards everything else to the real node.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.server
+import ssl
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import Collector, docker_lines, run_once
+
+CID = "cd" * 32
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class AuthProxy:
+    def __init__(self, upstream: str, cert: Path, key: Path, authorization: str) -> None:
+        self.seen: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                got = self.headers.get("authorization", "")
+                proxy.seen.append(got)
+                if got != authorization:
+                    out = b'{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}'
+                    self.send_response(401)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(out)))
+                    self.end_headers()
+                    self.wfile.write(out)
+                    return
+                req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
+                if self.headers.get("content-type"):
+                    req.add_header("content-type", self.headers["content-type"])
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        status, out, ctype = r.status, r.read(), r.headers.get("content-type", "application/json")
+                except urllib.error.HTTPError as e:
+                    status, out, ctype = e.code, e.read(), e.headers.get("content-type", "application/json")
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(str(cert), str(key))
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def pipeline(tmp_path: Path, url: str, target: str, **sink: object) -> dict:
+    d = tmp_path / "containers" / CID
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{CID}-json.log").write_bytes(docker_lines([f"secure {i}" for i in range(25)]))
+    return {
+        "data_dir": str(tmp_path / "state"),
+        "sources": {"files": {"type": "docker_json_file", "paths": [str(d / "*-json.log")]}},
+        "sinks": {
+            "es": {
+                "type": "elasticsearch",
+                "inputs": ["files"],
+                "hosts": [url],
+                "data_stream": target,
+                "retry": {"initial_backoff": 0.1, "max_backoff": 0.5},
+                **sink,
+            }
+        },
+        "shutdown_timeout": 2,
+    }
+
+
+@pytest.mark.parametrize(
+    ("auth", "header"),
+    [
+        ({"user": "elastic", "password": "s3cret"}, "Basic " + base64.b64encode(b"elastic:s3cret").decode()),
+        ({"api_key": "key-id:key-secret"}, "ApiKey " + base64.b64encode(b"key-id:key-secret").decode()),
+        ({"api_key": "ZW5jb2RlZA=="}, "ApiKey ZW5jb2RlZA=="),
+        ({"bearer": "token-123"}, "Bearer token-123"),
+    ],
+)
+def test_tls_with_a_ca_file_and_each_kind_of_credentials(es8, es_target, tmp_path, certificate, auth, header):
+    cert, key = certificate
+    proxy = AuthProxy(es8.url, cert, key, header)
+    try:
+        cfg = pipeline(tmp_path, proxy.url, es_target, auth=auth, tls={"ca_file": str(cert)})
+        assert run_once(cfg) == 0
+    finally:
+        proxy.close()
+    assert es8.count(es_target) == 25
+    assert set(proxy.seen) == {header}
+
+
+def _run_failing(tmp_path: Path, cfg: dict) -> tuple[int, str]:
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    col = Collector("run", "-c", str(path)).start(tmp_path / "err.log")
+    time.sleep(3)
+    return col.stop(), col.stderr()
+
+
+def test_an_untrusted_certificate_is_refused_and_said_so(es8, es_target, tmp_path, certificate):
+    cert, key = certificate
+    proxy = AuthProxy(es8.url, cert, key, "Bearer t")
+    try:
+        rc, err = _run_failing(tmp_path, pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}))
+    finally:
+        proxy.close()
+    assert rc == 3  # nothing delivered, nothing acknowledged: read again next time
+    assert proxy.url in err and "TLS error" in err and "certificate verify failed" in err
+    assert es8.count(es_target) == 0
+
+
+def test_wrong_credentials_are_named_retried_and_never_logged(es8, es_target, tmp_path, certificate):
+    cert, key = certificate
+    proxy = AuthProxy(es8.url, cert, key, "Basic " + base64.b64encode(b"elastic:right").decode())
+    try:
+        cfg = pipeline(
+            tmp_path,
+            proxy.url,
+            es_target,
+            auth={"user": "elastic", "password": "wrong-pw-4242"},
+            tls={"ca_file": str(cert)},
+        )
+        rc, err = _run_failing(tmp_path, cfg)
+    finally:
+        proxy.close()
+    assert rc == 3
+    assert "HTTP 401" in err and "wrong credentials" in err and proxy.url in err
+    assert "wrong-pw-4242" not in err
+    assert len(proxy.seen) >= 2  # it kept trying (with backoff), it did not give up or crash
+
+
+def test_verify_off_is_possible_but_explicit(es8, es_target, tmp_path, certificate):
+    cert, key = certificate
+    proxy = AuthProxy(es8.url, cert, key, "Bearer t")
+    try:
+        cfg = pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}, tls={"verify": False})
+        assert run_once(cfg) == 0
+    finally:
+        proxy.close()
+    assert es8.count(es_target) == 25
