@@ -312,32 +312,35 @@ def proc_sample(pid: int) -> tuple[float, float, int]:
     return cpu, rss, fds
 
 
+def follow_collector(out: Path, url: str, state: str, root: Path | None = None) -> subprocess.Popen[bytes]:
+    """``collector tail`` (follow mode) of the files under ``out`` into ``url``."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "collector",
+        "--log-level",
+        "warning",
+        "tail",
+        "--path",
+        str(out / "containers" / "*" / "*-json.log"),
+        "--output",
+        url,
+        "--data-dir",
+        state,
+        "--metadata",
+        "files",
+    ]
+    if root is not None:
+        cmd += ["--docker-root", str(root)]
+    return subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+
+
 def cmd_idle(args: argparse.Namespace) -> None:
     out = Path(args.dir + f"-idle{args.containers}")
     gen.generate(out, args.containers, 10)
     sink = BulkSink(HERE / "bulk_sink.py")
     state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "--log-level",
-            "warning",
-            "tail",
-            "--path",
-            str(out / "containers" / "*" / "*-json.log"),
-            "--docker-root",
-            str(out),
-            "--output",
-            sink.url,
-            "--data-dir",
-            state,
-            "--metadata",
-            "files",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
+    p = follow_collector(out, sink.url, state, root=out)
     try:
         deadline = time.time() + 120
         while int(sink.stats().get("docs", 0)) < args.containers * 10 and time.time() < deadline:
@@ -378,25 +381,7 @@ def cmd_latency(args: argparse.Namespace) -> None:
         files.append(open(d / f"{cid}-json.log", "ab", buffering=0))  # noqa: SIM115
     sink = BulkSink(HERE / "bulk_sink.py", ["--latency"])
     state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
-    p = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "--log-level",
-            "warning",
-            "tail",
-            "--path",
-            str(out / "containers" / "*" / "*-json.log"),
-            "--output",
-            sink.url,
-            "--data-dir",
-            state,
-            "--metadata",
-            "files",
-        ],
-        stderr=subprocess.DEVNULL,
-    )
+    p = follow_collector(out, sink.url, state)
     try:
         time.sleep(3)
         sink.reset()
