@@ -307,6 +307,27 @@ class DockerJsonFileSource(Source):
                 log.info("%s: following %s", self.name, live)
             self._add_stream(live, first)
             self._wake.set()
+        if first:
+            self._say_what_is_followed()
+
+    def _say_what_is_followed(self) -> None:
+        """At start: how many files, or why none (an unreadable Docker directory is the usual one)."""
+        if self.streams:
+            log.info("%s: following %d file(s)", self.name, len(self.streams))
+            return
+        for pattern in self.config.globs():
+            root = _static_root(pattern)
+            if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
+                self._error("unreadable_directory")
+                log.error(
+                    "%s: cannot read %s as uid %d: Docker keeps it for root. Run as root (in a container: "
+                    "--user 0 --cap-drop ALL), or give --path files you can read",
+                    self.name,
+                    root,
+                    os.geteuid(),
+                )
+                return
+        log.warning("%s: no file matches %s yet; waiting for containers", self.name, " ".join(self.config.globs()))
 
     def _start_watching(self) -> None:
         try:
