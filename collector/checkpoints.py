@@ -139,7 +139,13 @@ class CheckpointStore:
         if not self._dirty:
             return
         self._dirty = False
-        await asyncio.to_thread(self._write, *self._snapshot())
+        try:
+            await asyncio.to_thread(self._write, *self._snapshot())
+        except BaseException:
+            # a failed write, or cancelled at shutdown, possibly before a thread picked the write
+            # up (then it never runs): the final save() must not think the state is on disk
+            self._dirty = True
+            raise
 
     async def run(self, interval: float = 1.0) -> None:
         """Save changes every ``interval`` seconds until cancelled."""
@@ -148,7 +154,6 @@ class CheckpointStore:
             try:
                 await self.save_async()
             except OSError as e:
-                self._dirty = True
                 log.error("cannot write checkpoints to %s: %s (will retry)", self.path, e)
 
     def __enter__(self) -> CheckpointStore:

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -51,3 +55,31 @@ def test_an_older_snapshot_never_overwrites_a_newer_one(tmp_path):
     s._write(*old)  # e.g. a cancelled background save finishing late
     assert json.loads((tmp_path / "checkpoints.json").read_text())["sources"]["f"]["k"]["offset"] == 2
     s._lock_file.close()
+
+
+def test_a_save_cancelled_before_its_thread_started_is_made_at_close(tmp_path):
+    """Shutdown cancels the periodic save; on a busy machine its write may not have reached a
+    thread yet and then never runs. The final save must still write the latest state (found
+    as duplicates after a restart by the rotation end-to-end test)."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        pool = ThreadPoolExecutor(1)
+        loop.set_default_executor(pool)
+        release = threading.Event()
+        busy = loop.run_in_executor(None, release.wait)  # the only worker is taken
+        s = CheckpointStore(tmp_path)
+        s.open()
+        s.namespace("f")["k"] = {"offset": 7}
+        s.touch()
+        save = asyncio.create_task(s.save_async())
+        await asyncio.sleep(0.05)  # the write waits in the executor's queue
+        save.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await save
+        release.set()
+        await busy
+        s.close()
+
+    asyncio.run(main())
+    assert json.loads((tmp_path / "checkpoints.json").read_text())["sources"]["f"]["k"]["offset"] == 7
