@@ -79,6 +79,9 @@ def test_tail_follows_real_containers_through_rotation(docker, tmp_path):
         str(state),
     ]
     with Collector(*args).start(tmp_path / "collector.log") as col:
+        # a container already there at start is history (its rotated files are not read): start
+        # ours once the collector has looked
+        wait_until(lambda: "containers: following" in col.stderr() or "waiting for containers" in col.stderr(), 30)
         writer = docker.run(WRITER, name="writer", log_opts={"max-size": "20k", "max-file": "5"}, wait=False)
         special = docker.run(SPECIAL, name="special", labels=LABELS)
         assert writer.wait(timeout=120)["StatusCode"] == 0

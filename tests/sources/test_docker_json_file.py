@@ -6,6 +6,7 @@ These use files written in Docker's exact format; tests/e2e/ does the same with 
 from __future__ import annotations
 
 import os
+import time
 
 import orjson
 
@@ -198,12 +199,40 @@ def test_follow_mode_survives_rotation_and_copytruncate(tmp_path, data_dir):
     assert messages(out) == ["start", "before rotation", "after rotation", "after truncation"]
 
 
+def test_rotation_faster_than_we_read_is_never_a_silent_loss(tmp_path, data_dir, caplog):
+    """Docker with max-file=2 rotating three times before we look: the middle file is deleted
+    unread. Either we happened to see it (all delivered) or the loss is reported and counted."""
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["a0"]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(log)], out, data_dir)
+    caplog.set_level("WARNING")
+    with BackgroundPipeline(cfg) as bg:
+        wait_until(lambda: messages(out) == ["a0"], what="first line")
+        with open(log, "ab") as f:  # the last words of A, written just before its rotation
+            f.write(docker_lines(["a1"], start_ns=10))
+        for gen, ns in (("b", 20), ("c", 30)):
+            os.replace(log, f"{log}.1")  # max-file=2: the previous .1 is deleted by the rename
+            log.write_bytes(docker_lines([f"{gen}0", f"{gen}1"], start_ns=ns))
+        os.replace(log, f"{log}.1")
+        log.write_bytes(docker_lines(["d0"], start_ns=40))
+        wait_until(lambda: messages(out)[-1:] == ["d0"], what="the newest file")
+        assert bg.stop() == 0
+        outpaced = bg.telemetry.value("collector_errors_total", reason="rotation_outpaced")
+    got = messages(out)
+    if got == ["a0", "a1", "b0", "b1", "c0", "c1", "d0"]:
+        return  # the collector looked between two renames
+    assert got == ["a0", "a1", "c0", "c1", "d0"]
+    assert outpaced == 1
+    (warning,) = [r.getMessage() for r in caplog.records if "POSSIBLY LOST DATA" in r.getMessage()]
+    assert "rotated faster than we read it" in warning and f"{log}.1" in warning
+
+
 def test_new_containers_are_picked_up_within_a_second(tmp_path, data_dir):
     (tmp_path / "containers").mkdir()
     out = tmp_path / "out.ndjson"
     cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
-    import time
-
     with BackgroundPipeline(cfg) as bg:
         time.sleep(0.5)
         cid = "cd" * 32
@@ -215,6 +244,25 @@ def test_new_containers_are_picked_up_within_a_second(tmp_path, data_dir):
         assert time.monotonic() - t0 < 1.0
         bg.stop()
     assert read_ndjson(out)[0]["container"]["id"] == cid
+
+
+def test_a_container_that_rotated_before_we_saw_it_is_read_from_its_first_file(tmp_path, data_dir):
+    (tmp_path / "containers").mkdir()
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    with BackgroundPipeline(cfg) as bg:
+        time.sleep(0.3)
+        cid = "cd" * 32
+        (tmp_path / "containers" / f"{cid}.tmp").mkdir()
+        log = tmp_path / "containers" / f"{cid}.tmp" / f"{cid}-json.log"
+        for gen in range(3):  # a busy container: two rotations before the collector looks
+            if gen:
+                rotate(log)
+            log.write_bytes(docker_lines([f"gen{gen} {i}" for i in range(3)], start_ns=gen * 10))
+        os.rename(log.parent, tmp_path / "containers" / cid)  # appears at once, already rotated
+        wait_until(lambda: len(messages(out)) == 9, timeout=5)
+        assert bg.stop() == 0
+    assert messages(out) == [f"gen{g} {i}" for g in range(3) for i in range(3)]
 
 
 def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
