@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import os
 import signal
+import ssl
 import subprocess
 import sys
+import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +187,66 @@ def file_pipeline(paths: list[str], out: Path, data_dir: Path, **source: Any) ->
         "sources": {"files": {"type": "docker_json_file", "paths": paths, **source}},
         "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(out), "fsync": False}},
     }
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    authorization: str
+    content_encoding: str
+
+
+class EngineProxy:
+    """A small HTTP(S) proxy in front of a real engine that records what arrives on the wire
+    (method, path, credentials, content encoding). With ``authorization`` it answers 401 like
+    Elasticsearch to any other credentials (the test engines run without security)."""
+
+    def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None, authorization: str | None = None) -> None:
+        self.seen: list[SeenRequest] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _reply(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("content-type", ctype)
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                got = self.headers.get("authorization", "")
+                encoding = self.headers.get("content-encoding", "")
+                proxy.seen.append(SeenRequest(self.command, self.path, got, encoding))
+                if authorization is not None and got != authorization:
+                    err = b'{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}'
+                    self._reply(401, err, "application/json")
+                    return
+                req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
+                for name in ("content-type", "content-encoding"):
+                    if self.headers.get(name):
+                        req.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        self._reply(r.status, r.read(), r.headers.get("content-type", "application/json"))
+                except urllib.error.HTTPError as e:
+                    self._reply(e.code, e.read(), e.headers.get("content-type", "application/json"))
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        scheme = "http"
+        if tls is not None:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+            scheme = "https"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()

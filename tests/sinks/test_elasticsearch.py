@@ -7,7 +7,7 @@ import time
 import orjson
 import pytest
 
-from tests.helpers import BackgroundPipeline, docker_lines, read_ndjson, run_cli, run_once, wait_until
+from tests.helpers import BackgroundPipeline, EngineProxy, docker_lines, read_ndjson, run_cli, run_once, wait_until
 
 CID = "ef" * 32
 
@@ -219,3 +219,16 @@ def test_collector_tail_output_url_with_real_containers(docker, search_engine, t
     r = run_cli(*args)  # a second --once adds nothing
     assert r.returncode == 0
     assert len(search_engine.search("logs-docker-default", query=q)) == 120
+
+
+def test_gzip_compressed_requests(search_engine, es_target, tmp_path):
+    write_log(tmp_path, [f"zipped {i}" for i in range(300)])
+    proxy = EngineProxy(search_engine.url)  # to see the requests as they travel
+    try:
+        cfg = es_pipeline(tmp_path, search_engine, es_target, hosts=[proxy.url], compression="gzip", concurrency=3)
+        assert run_once(cfg) == 0
+    finally:
+        proxy.close()
+    assert search_engine.count(es_target) == 300
+    bulks = [r for r in proxy.seen if "_bulk" in r.path]
+    assert bulks and {r.content_encoding for r in bulks} == {"gzip"}

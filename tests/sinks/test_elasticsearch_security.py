@@ -8,19 +8,14 @@ The test engines run without security, so a small HTTPS proxy stands in front of
 from __future__ import annotations
 
 import base64
-import http.server
-import ssl
 import subprocess
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import Collector, docker_lines, run_once
+from tests.helpers import Collector, EngineProxy, docker_lines, run_once
 
 CID = "cd" * 32
 
@@ -38,54 +33,6 @@ def certificate(tmp_path_factory) -> tuple[Path, Path]:
         capture_output=True,
     )
     return cert, key
-
-
-class AuthProxy:
-    def __init__(self, upstream: str, cert: Path, key: Path, authorization: str) -> None:
-        self.seen: list[str] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                got = self.headers.get("authorization", "")
-                proxy.seen.append(got)
-                if got != authorization:
-                    out = b'{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}'
-                    self.send_response(401)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(out)))
-                    self.end_headers()
-                    self.wfile.write(out)
-                    return
-                req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
-                if self.headers.get("content-type"):
-                    req.add_header("content-type", self.headers["content-type"])
-                try:
-                    with urllib.request.urlopen(req, timeout=60) as r:
-                        status, out, ctype = r.status, r.read(), r.headers.get("content-type", "application/json")
-                except urllib.error.HTTPError as e:
-                    status, out, ctype = e.code, e.read(), e.headers.get("content-type", "application/json")
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(out)))
-                self.end_headers()
-                self.wfile.write(out)
-
-            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(str(cert), str(key))
-        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
-        self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
 
 
 def pipeline(tmp_path: Path, url: str, target: str, **sink: object) -> dict:
@@ -120,14 +67,14 @@ def pipeline(tmp_path: Path, url: str, target: str, **sink: object) -> dict:
 )
 def test_tls_with_a_ca_file_and_each_kind_of_credentials(es8, es_target, tmp_path, certificate, auth, header):
     cert, key = certificate
-    proxy = AuthProxy(es8.url, cert, key, header)
+    proxy = EngineProxy(es8.url, tls=(cert, key), authorization=header)
     try:
         cfg = pipeline(tmp_path, proxy.url, es_target, auth=auth, tls={"ca_file": str(cert)})
         assert run_once(cfg) == 0
     finally:
         proxy.close()
     assert es8.count(es_target) == 25
-    assert set(proxy.seen) == {header}
+    assert {r.authorization for r in proxy.seen} == {header}
 
 
 def _run_failing(tmp_path: Path, cfg: dict) -> tuple[int, str]:
@@ -140,7 +87,7 @@ def _run_failing(tmp_path: Path, cfg: dict) -> tuple[int, str]:
 
 def test_an_untrusted_certificate_is_refused_and_said_so(es8, es_target, tmp_path, certificate):
     cert, key = certificate
-    proxy = AuthProxy(es8.url, cert, key, "Bearer t")
+    proxy = EngineProxy(es8.url, tls=(cert, key), authorization="Bearer t")
     try:
         rc, err = _run_failing(tmp_path, pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}))
     finally:
@@ -152,7 +99,7 @@ def test_an_untrusted_certificate_is_refused_and_said_so(es8, es_target, tmp_pat
 
 def test_wrong_credentials_are_named_retried_and_never_logged(es8, es_target, tmp_path, certificate):
     cert, key = certificate
-    proxy = AuthProxy(es8.url, cert, key, "Basic " + base64.b64encode(b"elastic:right").decode())
+    proxy = EngineProxy(es8.url, tls=(cert, key), authorization="Basic " + base64.b64encode(b"elastic:right").decode())
     try:
         cfg = pipeline(
             tmp_path,
@@ -172,7 +119,7 @@ def test_wrong_credentials_are_named_retried_and_never_logged(es8, es_target, tm
 
 def test_verify_off_is_possible_but_explicit(es8, es_target, tmp_path, certificate):
     cert, key = certificate
-    proxy = AuthProxy(es8.url, cert, key, "Bearer t")
+    proxy = EngineProxy(es8.url, tls=(cert, key), authorization="Bearer t")
     try:
         cfg = pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}, tls={"verify": False})
         assert run_once(cfg) == 0
