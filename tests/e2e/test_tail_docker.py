@@ -127,6 +127,40 @@ def test_tail_follows_real_containers_through_rotation(docker, tmp_path):
     assert [x["message"] for x in again[total:]] == SPECIAL_EXPECTED
 
 
+def test_compressed_rotations_of_a_real_engine_are_read_after_a_stop(docker, tmp_path):
+    """compress=true: what rotated while the collector was stopped is in x.N.gz files, among
+    them the rest of the file it was reading; all of it arrives once, in order, after it."""
+    script = """
+i=0
+while [ $i -lt 3000 ]; do
+  echo "seq=$i stdout line padded to rotate sooner ................................"
+  if [ $i -eq 300 ]; then sleep 3; fi
+  i=$((i+1))
+done
+"""
+    out = tmp_path / "out.ndjson"
+    args = ["tail", "--docker-root", str(docker.root), "--docker-host", docker.host, "--tag", "{{.Name}}"]
+    args += ["--output", f"file:{out}", "--data-dir", str(tmp_path / "state"), "--once"]
+    opts = {"max-size": "20k", "max-file": "40", "compress": "true"}
+    writer = docker.run(script, name="gzwriter", log_opts=opts, wait=False)
+    wait_until(lambda: b"seq=300 " in docker.log_path(writer).read_bytes(), 60, what="the first 300 lines")
+    r = run_cli(*args)  # reads the first part, with the live file half read
+    assert r.returncode == 0, r.stderr
+    first = [x["message"] for x in ours(out, ("gzwriter",))]
+    assert first and first[-1].startswith("seq=300 ")  # the live file (rotated ones are history)
+    start = int(first[0].split()[0].removeprefix("seq="))
+    assert writer.wait(timeout=120)["StatusCode"] == 0
+    cdir = docker.containers_dir / writer.id
+    wait_until(lambda: not list(cdir.glob("*-json.log.1")), 30, what="Docker to finish compressing")
+    assert len(list(cdir.glob("*-json.log.*.gz"))) >= 10, sorted(p.name for p in cdir.iterdir())
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert "LOST" not in r.stderr
+    got = [x["message"] for x in ours(out, ("gzwriter",))]
+    line = "seq={} stdout line padded to rotate sooner ................................"
+    assert got == [line.format(i) for i in range(start, 3000)]
+
+
 def test_metadata_from_config_v2_json_when_the_socket_is_absent(docker, tmp_path):
     c = docker.run('echo "from a sidecar"', name="sidecar-case", labels={"app": "demo"})
     out = tmp_path / "out.ndjson"

@@ -5,6 +5,7 @@ These use files written in Docker's exact format; tests/e2e/ does the same with 
 
 from __future__ import annotations
 
+import gzip
 import os
 import time
 
@@ -122,12 +123,19 @@ def test_a_split_line_interrupted_by_a_restart_is_rejoined_whole(tmp_path, data_
     assert messages(out) == ["a", "P" * 40000]
 
 
-def rotate(log, n_max=5):
+def rotate(log, n_max=5, compress=False):
+    """Docker's json-file rotation; with ``compress`` as ``compress=true`` does it: the rotated
+    files are x.N.gz, and the new x.1 is gzip'ed to x.1.gz, then removed."""
+    ext = ".gz" if compress else ""
     for i in range(n_max - 1, 0, -1):
-        src = f"{log}.{i}"
+        src = f"{log}.{i}{ext}"
         if os.path.exists(src):
-            os.replace(src, f"{log}.{i + 1}")
+            os.replace(src, f"{log}.{i + 1}{ext}")
     os.replace(log, f"{log}.1")
+    if compress:
+        with open(f"{log}.1", "rb") as src, gzip.open(f"{log}.1.gz", "wb") as dst:
+            dst.write(src.read())
+        os.remove(f"{log}.1")
 
 
 def test_rotation_while_stopped_reads_every_file_once_in_order(tmp_path, data_dir):
@@ -149,6 +157,67 @@ def test_rotation_while_stopped_reads_every_file_once_in_order(tmp_path, data_di
     assert messages(out) == expected
     run_once(cfg)
     assert messages(out) == expected
+
+
+def test_history_skipped_at_first_sight_stays_skipped_after_a_restart(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["history"]))
+    rotate(log)
+    log.write_bytes(docker_lines(["live 0"], start_ns=10))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    run_once(cfg)
+    assert messages(out) == ["live 0"]  # a rotated file there before us is history (include_rotated)
+    with open(log, "ab") as f:
+        f.write(docker_lines(["live 1"], start_ns=20))
+    rotate(log)
+    log.write_bytes(docker_lines(["next 0"], start_ns=30))
+    run_once(cfg)
+    assert messages(out) == ["live 0", "live 1", "next 0"]
+
+
+def test_compressed_rotations_are_read_once_in_order(tmp_path, data_dir):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines([f"gen0 {i}" for i in range(10)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    run_once(cfg)
+    # while stopped: the file half read gets more lines, is rotated and compressed, and so is the next
+    with open(log, "ab") as f:
+        f.write(docker_lines([f"gen0 {i}" for i in range(10, 15)], start_ns=100))
+    rotate(log, compress=True)
+    log.write_bytes(docker_lines([f"gen1 {i}" for i in range(10)], start_ns=200))
+    rotate(log, compress=True)
+    log.write_bytes(docker_lines([f"gen2 {i}" for i in range(3)], start_ns=300))
+    run_once(cfg)
+    expected = [f"gen0 {i}" for i in range(15)] + [f"gen1 {i}" for i in range(10)] + [f"gen2 {i}" for i in range(3)]
+    assert messages(out) == expected
+    run_once(cfg)
+    assert messages(out) == expected
+
+
+def test_compressed_rotation_while_following_loses_nothing_and_raises_no_alarm(tmp_path, data_dir, caplog):
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["a0"]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(log)], out, data_dir)
+    caplog.set_level("WARNING")
+    with BackgroundPipeline(cfg) as bg:
+        wait_until(lambda: messages(out) == ["a0"], what="first line")
+        with open(log, "ab") as f:
+            f.write(docker_lines(["a1"], start_ns=10))
+        rotate(log, compress=True)  # compressed before we look: our file is now x.1.gz
+        log.write_bytes(docker_lines(["b0", "b1"], start_ns=20))
+        rotate(log, compress=True)
+        log.write_bytes(docker_lines(["c0"], start_ns=30))
+        wait_until(lambda: messages(out)[-1:] == ["c0"], what="the newest file")
+        assert bg.stop() == 0
+        assert bg.telemetry.value("collector_errors_total", reason="rotation_outpaced") == 0
+    assert messages(out) == ["a0", "a1", "b0", "b1", "c0"]
+    assert not [r for r in caplog.records if "LOST" in r.getMessage()]
 
 
 def test_files_deleted_before_they_were_read_are_reported_as_lost(tmp_path, data_dir, caplog):
@@ -253,8 +322,8 @@ def test_a_container_that_rotated_before_we_saw_it_is_read_from_its_first_file(t
     with BackgroundPipeline(cfg) as bg:
         time.sleep(0.3)
         cid = "cd" * 32
-        (tmp_path / "containers" / f"{cid}.tmp").mkdir()
-        log = tmp_path / "containers" / f"{cid}.tmp" / f"{cid}-json.log"
+        (tmp_path / "staging").mkdir()  # outside the glob: it must not be seen half made
+        log = tmp_path / "staging" / f"{cid}-json.log"
         for gen in range(3):  # a busy container: two rotations before the collector looks
             if gen:
                 rotate(log)

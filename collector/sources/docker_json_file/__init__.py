@@ -40,7 +40,9 @@ from collector.sources.docker_json_file.files import (
     OpenFile,
     container_id_of,
     fingerprint,
+    fingerprint_path,
     first_line_time,
+    log_size,
     rotated_siblings,
     same_file,
 )
@@ -224,19 +226,29 @@ class DockerJsonFileSource(Source):
         known = self._known_stream(live)
         # rotated files: finish the ones we were reading, read the ones created meanwhile
         siblings = rotated_siblings(live)
-        for _, path in siblings:
-            fp = self._fp_of(path, live)
+        fps = {path: self._fp_of(path, live) for _, path in siblings}
+        # known: the files rotated after the oldest one we know were created while we were down;
+        # older ones were history when we first saw the container, and still are
+        history_from = None
+        if known:
+            seen = [num for num, path in siblings if fps[path] in self.state]
+            history_from = max(seen) if seen else (0 if self._fp_of(live, live) in self.state else None)
+        for num, path in siblings:
+            fp = fps[path]
             st = self.state.get(fp) if fp else None
-            if st is None and not (known or self.config.include_rotated or self._born_while_running(path, first_scan)):
-                continue
-            if st is not None and int(st.get("offset", 0)) >= os.path.getsize(path):
+            if st is None and not self.config.include_rotated:
+                if known and history_from is not None and num > history_from:
+                    continue
+                if not known and not self._born_while_running(path, first_scan):
+                    continue
+            if st is not None and (st.get("done") or int(st.get("offset", 0)) >= log_size(path)):
                 continue  # finished before
             of = self._open(path, live, 0)
             if of is not None:
                 of.rotated = True
                 s.queue.append(of)
         if known:
-            present = {self._fp_of(p, live) for _, p in siblings} | {self._fp_of(live, live)}
+            present = {*fps.values(), self._fp_of(live, live)}
             oldest = siblings[0][1] if siblings else live
             self._report_vanished(live, present | {of.fp for of in s.queue}, oldest)
         start: int | None = None
@@ -258,15 +270,7 @@ class DockerJsonFileSource(Source):
             return False
 
     def _fp_of(self, path: str, live: str) -> str | None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            cid = container_id_of(live)
-            return fingerprint(fd, cid or os.path.dirname(os.path.abspath(live)))
-        finally:
-            os.close(fd)
+        return fingerprint_path(path, container_id_of(live) or os.path.dirname(os.path.abspath(live)))
 
     def _report_vanished(self, live: str, present: set[str | None], oldest: str | None = None) -> None:
         """Files of ``live`` in the checkpoints that no longer exist: report what was lost.
@@ -585,8 +589,8 @@ class DockerJsonFileSource(Source):
         fps: dict[str, str | None] = {}
         for num, path in siblings:
             fps[path] = self._fp_of(path, s.live)
-            if same_file(path, finished.dev, finished.ino):
-                mine = num
+            if (finished.fp is not None and fps[path] == finished.fp) or same_file(path, finished.dev, finished.ino):
+                mine = num  # by content: with compress=true it is now x.1.gz, another inode
         # forget files that rotated out of existence (reporting any we had not finished)
         self._report_vanished(s.live, {*fps.values(), *(of.fp for of in s.files()), finished.fp})
         if mine is None and siblings:
@@ -611,7 +615,7 @@ class DockerJsonFileSource(Source):
 
     def _queue_unseen(self, s: LogStream, path: str, fp: str | None) -> None:
         """Queue a rotated file to read in full, unless we know it (checkpointed, or read)."""
-        if fp is None or fp in self.state or fp in self._fully_read:
+        if fp is None or fp in self.state or fp in self._fully_read or any(of.fp == fp for of in s.files()):
             return
         of = self._open(path, s.live, 0)
         if of is not None:

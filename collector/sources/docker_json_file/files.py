@@ -8,9 +8,13 @@ so a file read again after a restart or a rotation yields the same ids.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
+import shutil
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +25,7 @@ from collector.codecs.docker_json import LineReader, Parsed
 
 FINGERPRINT_MAX = 256 << 10  # a first line longer than this is hashed on its first 256 KiB
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}\Z")
-_ROTATED = re.compile(r"\.(\d+)\Z")
+_ROTATED = re.compile(r"\.(\d+)(\.gz)?\Z")
 
 
 def container_id_of(path: str) -> str:
@@ -32,12 +36,16 @@ def container_id_of(path: str) -> str:
 
 def fingerprint(fd: int, salt: str) -> str | None:
     """Hex id of the file from its first complete line; None until one is written."""
-    head = os.pread(fd, 4096, 0)
+    return _fingerprint(lambda n: os.pread(fd, n, 0), salt)
+
+
+def _fingerprint(head_of: Callable[[int], bytes], salt: str) -> str | None:
+    head = head_of(4096)
     nl = head.find(b"\n")
     if nl < 0:
         if len(head) < 4096:
             return None
-        head = os.pread(fd, FINGERPRINT_MAX, 0)
+        head = head_of(FINGERPRINT_MAX)
         nl = head.find(b"\n")
         if nl < 0 and len(head) < FINGERPRINT_MAX:
             return None
@@ -45,13 +53,65 @@ def fingerprint(fd: int, salt: str) -> str | None:
     return hashlib.blake2b(salt.encode() + b"\0" + first, digest_size=8).hexdigest()
 
 
-def rotated_siblings(live: str) -> list[tuple[int, str]]:
-    """Docker's rotated files of ``live`` (``x-json.log.1`` ...), as (number, path), oldest first.
+def _gz_head(path: str, n: int) -> bytes:
+    with gzip.open(path, "rb") as f:
+        return f.read(n)
 
-    Compressed rotations (``.gz``, Docker's ``compress=true``) are not read.
-    """
+
+def fingerprint_path(path: str, salt: str) -> str | None:
+    """The fingerprint of the file at ``path`` (inflated first when gzip'ed); None if unreadable."""
+    if is_compressed(path):
+        try:
+            return _fingerprint(lambda n: _gz_head(path, n), salt)
+        except (OSError, EOFError, zlib.error):
+            return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return fingerprint(fd, salt)
+    finally:
+        os.close(fd)
+
+
+def is_compressed(path: str) -> bool:
+    return path.endswith(".gz")
+
+
+def open_log(path: str) -> int:
+    """A descriptor to read ``path`` with ``pread``. A gzip'ed rotation (Docker's
+    ``compress=true``) is inflated into an anonymous in-memory file, held only while it is read
+    (its uncompressed size, at most the container's ``max-size``)."""
+    if not is_compressed(path):
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    fd = os.memfd_create("collector-rotated", os.MFD_CLOEXEC)
+    try:
+        with gzip.open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except (OSError, EOFError, zlib.error) as e:
+        os.close(fd)
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise OSError(f"{path}: unreadable gzip ({e})") from e
+    return fd
+
+
+def log_size(path: str) -> int:
+    """Bytes of log in ``path``: a gzip'ed file's uncompressed size (its trailer, modulo 4 GiB)."""
+    if not is_compressed(path):
+        return os.path.getsize(path)
+    with open(path, "rb") as f:
+        f.seek(-4, os.SEEK_END)
+        return int.from_bytes(f.read(4), "little")
+
+
+def rotated_siblings(live: str) -> list[tuple[int, str]]:
+    """Docker's rotated files of ``live`` (``x-json.log.1``, ``x-json.log.2.gz`` ...), as
+    (number, path), oldest first. While Docker compresses ``.1`` both names exist for a moment:
+    the plain one is listed (the ``.gz`` is complete only once the plain one is gone)."""
     d, base = os.path.split(live)
-    out = []
+    found: dict[int, str] = {}
     try:
         names = os.listdir(d or ".")
     except OSError:
@@ -59,10 +119,11 @@ def rotated_siblings(live: str) -> list[tuple[int, str]]:
     for n in names:
         if n.startswith(base + "."):
             m = _ROTATED.search(n)
-            if m and n == f"{base}.{m.group(1)}":
-                out.append((int(m.group(1)), os.path.join(d, n)))
-    out.sort(reverse=True)
-    return out
+            if m and n == f"{base}.{m.group(1)}{m.group(2) or ''}":
+                num = int(m.group(1))
+                if not m.group(2) or num not in found:
+                    found[num] = os.path.join(d, n)
+    return sorted(found.items(), reverse=True)
 
 
 @dataclass(eq=False)
@@ -86,7 +147,7 @@ class OpenFile:
 
     @classmethod
     def open(cls, path: str, live: str, offset: int, max_record_bytes: int) -> OpenFile:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_log(path)
         try:
             st = os.fstat(fd)
             cid = container_id_of(live)
@@ -159,10 +220,10 @@ class OpenFile:
 def first_line_time(path: str) -> str | None:
     """The ``time`` of a json-file's first line (when it is readable)."""
     try:
-        with open(path, "rb") as f:
+        with gzip.open(path, "rb") if is_compressed(path) else open(path, "rb") as f:
             line = f.readline(FINGERPRINT_MAX)
         return str(orjson.loads(line)["time"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):
         return None
 
 
