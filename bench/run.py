@@ -196,25 +196,7 @@ def cmd_tail(args: argparse.Namespace) -> None:
     try:
         for i in range(args.runs):
             state = tempfile.mkdtemp(dir=args.state_dir, prefix="collector-bench-state-")
-            cmd = [
-                sys.executable,
-                "-m",
-                "collector",
-                "--log-level",
-                "warning",
-                "tail",
-                "--path",
-                str(out / "containers" / "*" / "*-json.log"),
-                "--docker-root",
-                str(out),
-                "--once",
-                "--output",
-                target,
-                "--data-dir",
-                state,
-                "--metadata",
-                args.metadata,
-            ]
+            cmd = tail_command(out, target, state, "--once", "--docker-root", str(out), "--metadata", args.metadata)
             if host:
                 cmd += ["--docker-host", host]
             if args.compression != "none" or args.config_extra:
@@ -312,27 +294,17 @@ def proc_sample(pid: int) -> tuple[float, float, int]:
     return cpu, rss, fds
 
 
+def tail_command(out: Path, output: str, state: str, *extra: str) -> list[str]:
+    """``collector tail`` of the generated files under ``out`` into ``output``."""
+    glob = str(out / "containers" / "*" / "*-json.log")
+    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--path", glob]
+    return [*head, "--output", output, "--data-dir", state, *extra]
+
+
 def follow_collector(out: Path, url: str, state: str, root: Path | None = None) -> subprocess.Popen[bytes]:
     """``collector tail`` (follow mode) of the files under ``out`` into ``url``."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "collector",
-        "--log-level",
-        "warning",
-        "tail",
-        "--path",
-        str(out / "containers" / "*" / "*-json.log"),
-        "--output",
-        url,
-        "--data-dir",
-        state,
-        "--metadata",
-        "files",
-    ]
-    if root is not None:
-        cmd += ["--docker-root", str(root)]
-    return subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
+    extra = ["--metadata", "files"] + (["--docker-root", str(root)] if root is not None else [])
+    return subprocess.Popen(tail_command(out, url, state, *extra), stderr=subprocess.DEVNULL)
 
 
 def cmd_idle(args: argparse.Namespace) -> None:
