@@ -189,56 +189,28 @@ def file_pipeline(paths: list[str], out: Path, data_dir: Path, **source: Any) ->
     }
 
 
-@dataclass(frozen=True)
-class SeenRequest:
-    method: str
-    path: str
-    authorization: str
-    content_encoding: str
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """Request handler of the stand-in HTTP servers of the tests: no access log, sized replies."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def reply(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def answer(self, status: int, body: Any) -> None:
+        self.reply(status, orjson.dumps(body))
 
 
-class EngineProxy:
-    """A small HTTP(S) proxy in front of a real engine that records what arrives on the wire
-    (method, path, credentials, content encoding). With ``authorization`` it answers 401 like
-    Elasticsearch to any other credentials (the test engines run without security)."""
+class StandInServer:
+    """A threaded HTTP(S) server on 127.0.0.1 for ``handler``; ``url``, then ``close()``."""
 
-    def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None, authorization: str | None = None) -> None:
-        self.seen: list[SeenRequest] = []
-        proxy = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _reply(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("content-type", ctype)
-                self.send_header("content-length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _any(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                got = self.headers.get("authorization", "")
-                encoding = self.headers.get("content-encoding", "")
-                proxy.seen.append(SeenRequest(self.command, self.path, got, encoding))
-                if authorization is not None and got != authorization:
-                    err = b'{"error":{"type":"security_exception","reason":"unable to authenticate user"},"status":401}'
-                    self._reply(401, err, "application/json")
-                    return
-                req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
-                for name in ("content-type", "content-encoding"):
-                    if self.headers.get(name):
-                        req.add_header(name, self.headers[name])
-                try:
-                    with urllib.request.urlopen(req, timeout=60) as r:
-                        self._reply(r.status, r.read(), r.headers.get("content-type", "application/json"))
-                except urllib.error.HTTPError as e:
-                    self._reply(e.code, e.read(), e.headers.get("content-type", "application/json"))
-
-            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    def __init__(self, handler: type[QuietHandler], tls: tuple[Path, Path] | None = None) -> None:
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
         scheme = "http"
         if tls is not None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -250,3 +222,46 @@ class EngineProxy:
 
     def close(self) -> None:
         self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    method: str
+    path: str
+    authorization: str
+    content_encoding: str
+
+
+class EngineProxy(StandInServer):
+    """A small HTTP(S) proxy in front of a real engine that records what arrives on the wire
+    (method, path, credentials, content encoding). With ``authorization`` it answers 401 like
+    Elasticsearch to any other credentials (the test engines run without security)."""
+
+    def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None, authorization: str | None = None) -> None:
+        self.seen: list[SeenRequest] = []
+        proxy = self
+
+        class Handler(QuietHandler):
+            def _any(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                got = self.headers.get("authorization", "")
+                encoding = self.headers.get("content-encoding", "")
+                proxy.seen.append(SeenRequest(self.command, self.path, got, encoding))
+                if authorization is not None and got != authorization:
+                    reason = {"type": "security_exception", "reason": "unable to authenticate user"}
+                    self.answer(401, {"error": reason, "status": 401})
+                    return
+                req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
+                for name in ("content-type", "content-encoding"):
+                    if self.headers.get(name):
+                        req.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(req, timeout=60) as r:
+                        self.reply(r.status, r.read(), r.headers.get("content-type", "application/json"))
+                except urllib.error.HTTPError as e:
+                    self.reply(e.code, e.read(), e.headers.get("content-type", "application/json"))
+
+            do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
+
+        super().__init__(Handler, tls)

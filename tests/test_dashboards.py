@@ -18,15 +18,13 @@ import email.parser
 import email.policy
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from collector.sinks.elasticsearch.templates import index_pattern, mapped_fields, mappings
-from tests.helpers import REPO, docker_lines, run_cli, run_once
+from tests.helpers import REPO, QuietHandler, StandInServer, docker_lines, run_cli, run_once
 
 FILES = sorted((REPO / "dashboards").glob("*.ndjson"))
 TYPES = {"index-pattern", "search", "visualization", "dashboard", "lens"}
@@ -190,7 +188,7 @@ def test_every_field_used_is_in_the_real_mapping_of_a_data_stream(search_engine,
 
 
 # -- the import request -------------------------------------------------------------------------
-class FakeKibana:
+class FakeKibana(StandInServer):
     """Checks POST /api/saved_objects/_import as Kibana documents it; answers like Kibana."""
 
     def __init__(self, refuse: str | None = None) -> None:
@@ -198,18 +196,7 @@ class FakeKibana:
         self.imports: list[dict[str, Any]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def answer(self, status: int, body: Any) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
+        class Handler(QuietHandler):
             def bad(self, message: str) -> None:
                 self.answer(400, {"statusCode": 400, "error": "Bad Request", "message": message})
 
@@ -268,13 +255,7 @@ class FakeKibana:
                     200, {"success": True, "successCount": len(objs), "successResults": results, "warnings": []}
                 )
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 @pytest.fixture

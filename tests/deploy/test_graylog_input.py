@@ -13,18 +13,16 @@ import base64
 import json
 import subprocess
 import sys
-import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.helpers import REPO
+from tests.helpers import REPO, QuietHandler, StandInServer
 
 SCRIPT = REPO / "deploy" / "graylog" / "create_gelf_input.py"
 GELF_UDP = "org.graylog2.inputs.gelf.udp.GELFUDPInput"
 
 
-class FakeGraylog:
+class FakeGraylog(StandInServer):
     def __init__(self, password: str = "admin", refuse_post: bool = False) -> None:
         self.password = password
         self.refuse_post = refuse_post
@@ -32,18 +30,7 @@ class FakeGraylog:
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def answer(self, status: int, body: Any) -> None:
-                raw = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
+        class Handler(QuietHandler):
             def authorized(self) -> bool:
                 want = "Basic " + base64.b64encode(f"admin:{fake.password}".encode()).decode()
                 if self.headers.get("Authorization") != want:
@@ -82,13 +69,7 @@ class FakeGraylog:
                 fake.inputs.append(new)
                 self.answer(201, {"id": new["id"]})
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        super().__init__(Handler)
 
 
 def run_script(url: str, password: str = "admin") -> subprocess.CompletedProcess[str]:
