@@ -28,8 +28,8 @@ from collector import registry
 from collector.acks import release
 from collector.buffers.memory import Channel
 from collector.checkpoints import CheckpointStore
-from collector.component import Context, Emitter, Sink, Source, Transform
-from collector.config import PipelineConfig, split_hostport
+from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
+from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
 from collector.tags import tag_pattern

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,33 @@ class ComponentConfig(BaseModel):
     """Base of every component's config: unknown keys are errors, every field is described."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def split_hostport(v: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:24224`` for IPv6); an empty host means every interface."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"expected host:port, got {v!r}")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class ServerTls(ComponentConfig):
+    """TLS of a listener (the forward and GELF sources)."""
+
+    cert_file: str = Field(description="PEM certificate (chain) the listener presents.")
+    key_file: str = Field(description="PEM private key of `cert_file`.")
+    client_ca_file: str | None = Field(
+        None, description="When set, clients must present a certificate signed by this CA (mutual TLS)."
+    )
+
+    def context(self) -> ssl.SSLContext:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(self.cert_file, self.key_file)
+        if self.client_ca_file:
+            ctx.load_verify_locations(self.client_ca_file)
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
 
 
 class TransformConfig(ComponentConfig):

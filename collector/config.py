@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector import registry
+from collector.component import split_hostport
 from collector.tags import TagPatternError, tag_pattern
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
@@ -60,13 +61,6 @@ class ApiConfig(BaseModel):
     def _hostport(cls, v: str) -> str:
         split_hostport(v)
         return v
-
-
-def split_hostport(v: str) -> tuple[str, int]:
-    host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port, got {v!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 class PipelineConfig(BaseModel):

@@ -559,7 +559,7 @@ def test_tls_with_and_without_a_shared_key(tmp_path, certificate):
         assert c.handshake("k")[1] is True
         c.send(message("tls", T0, {"message": "both"}, {"chunk": "t2"}))
         assert c.recv() == {"ack": "t2"}
-    mutual = {"tls": {"cert_file": str(cert), "key_file": str(key), "ca_file": str(cert)}}
+    mutual = {"tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(cert)}}
     with forward_pipeline(tmp_path / "3", **mutual) as run:
         with_cert = ssl.create_default_context(cafile=str(cert))
         with_cert.load_cert_chain(str(cert), str(key))  # self-signed: its own CA

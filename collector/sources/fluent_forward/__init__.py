@@ -34,35 +34,16 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.component import ComponentConfig, Context, Emitter, Source
+from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source, split_hostport
 from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
 from collector.sources.fluent_forward.intake import Intake
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
 
-def split_hostport(v: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:24224`` for IPv6); an empty host means every interface.
-
-    (collector.config has the same rule; importing it here would be circular.)
-    """
-    host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port or unix:///path, got {v!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class ForwardUser(ComponentConfig):
     username: str = Field(min_length=1, description="User name a client gives in its PING.")
     password: str = Field(min_length=1, description="That user's password (`${ENV_VAR}` keeps it out of the file).")
-
-
-class ForwardTls(ComponentConfig):
-    cert_file: str = Field(description="PEM certificate (chain) the server presents.")
-    key_file: str = Field(description="PEM private key of that certificate.")
-    ca_file: str | None = Field(
-        None, description="When set, clients must present a certificate signed by this CA (mutual TLS)."
-    )
 
 
 class FluentForwardConfig(ComponentConfig):
@@ -80,7 +61,7 @@ class FluentForwardConfig(ComponentConfig):
     users: list[ForwardUser] = Field(
         default_factory=list, description="Also require one of these username/password pairs (needs shared_key)."
     )
-    tls: ForwardTls | None = Field(None, description="Serve TLS with this certificate (off when absent).")
+    tls: ServerTls | None = Field(None, description="Serve TLS with this certificate (off when absent).")
     heartbeat: bool = Field(True, description="Answer UDP heartbeats on the same port.")
     max_connections: int = Field(1024, ge=1, description="Connections beyond this are closed at once (counted).")
     max_message_bytes: int = Field(
@@ -135,16 +116,7 @@ class FluentForwardSource(Source):
 
     # -- setup ----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext | None:
-        t = self.config.tls
-        if t is None:
-            return None
-        sc = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        sc.minimum_version = ssl.TLSVersion.TLSv1_2
-        sc.load_cert_chain(t.cert_file, t.key_file)
-        if t.ca_file:
-            sc.load_verify_locations(t.ca_file)
-            sc.verify_mode = ssl.CERT_REQUIRED
-        return sc
+        return self.config.tls.context() if self.config.tls is not None else None
 
     async def _serve(self) -> asyncio.Server:
         cfg = self.config
@@ -271,4 +243,4 @@ def _remove_stale_socket(path: str) -> None:
     raise OSError(f"{path} is in use by another process")
 
 
-__all__ = ["FluentForwardConfig", "FluentForwardSource", "ForwardTls", "ForwardUser"]
+__all__ = ["FluentForwardConfig", "FluentForwardSource", "ForwardUser"]

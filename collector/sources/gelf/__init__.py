@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from collector.codecs.gelf import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, FrameSplitter, GelfError, Reassembler, decode
-from collector.component import ComponentConfig, Emitter, Source
+from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch, Fields
 from collector.sources.gelf.mapping import Mapper
 from collector.sources.gelf.udp import UdpListener, parse_listen
@@ -48,14 +48,6 @@ HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
 
 
-class GelfTlsConfig(ComponentConfig):
-    cert_file: str = Field(description="PEM certificate (chain) the TLS listener presents.")
-    key_file: str = Field(description="PEM private key of `cert_file`.")
-    client_ca_file: str | None = Field(
-        None, description="When set, clients must present a certificate signed by this CA (PEM)."
-    )
-
-
 class GelfSourceConfig(ComponentConfig):
     type: Literal["gelf"]
     listen: list[str] = Field(
@@ -63,7 +55,7 @@ class GelfSourceConfig(ComponentConfig):
         description="Addresses to receive GELF on: `udp://127.0.0.1:12201`, `tcp://0.0.0.0:12201`, "
         "`tls://0.0.0.0:12202` (needs `tls`). Port 0 picks a free port (logged).",
     )
-    tls: GelfTlsConfig | None = Field(None, description="Certificate and key for `tls://` listeners.")
+    tls: ServerTls | None = Field(None, description="Certificate and key for `tls://` listeners.")
     tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
     max_message_bytes: int = Field(
         DEFAULT_MAX_MESSAGE_BYTES,
@@ -317,16 +309,6 @@ class GelfSource(Source):
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    def _tls_context(self) -> ssl.SSLContext:
-        t = self.config.tls
-        assert t is not None
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        ctx.load_cert_chain(t.cert_file, t.key_file)
-        if t.client_ca_file:
-            ctx.verify_mode = ssl.CERT_REQUIRED
-            ctx.load_verify_locations(t.client_ca_file)
-        return ctx
-
     # -- lifecycle -------------------------------------------------------------------------------
     async def _open(self) -> None:
         for url in self.config.listen:
@@ -346,7 +328,7 @@ class GelfSource(Source):
                 self._udp.append(u)
                 self.bound.append(f"udp://{_hostport(u.address)}")
                 continue
-            tls = self._tls_context() if scheme == "tls" else None
+            tls = self.config.tls.context() if scheme == "tls" and self.config.tls else None
 
             async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, scheme: str = scheme) -> None:
                 await self._serve_tcp(r, w, scheme)
