@@ -205,17 +205,9 @@ class Decoder:
             src = rec["source"]
             if type(cid) is str and type(name) is str and type(msg) is str and type(src) is str and cid:
                 ev: dict[str, Any] = {"@timestamp": ts, "message": text(msg), "stream": text(src)}
-                n = len(msg)
-                if n * 4 > self.max_record:
+                if len(msg) * 4 > self.max_record:
                     self._cap(ev)
-                key = (tag, cid, name)
-                g = unit.groups.get(key)
-                if g is None:
-                    g = unit.groups[key] = Group(key, self.intake.fields(key))
-                g.events.append(ev)
-                g.ids.append(rid)
-                g.nbytes += n + 64
-                unit.count += 1
+                self._add(unit, (tag, cid, name), ev, rid, len(msg))
                 return
         cid = rec.get("container_id")
         if type(cid) is str and cid:
