@@ -126,6 +126,20 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def kill9_at(
+    kills: list[float], col: Collector, cfg: Path, log: Path, rng: random.Random, min_pause: float
+) -> Collector:
+    """kill -9 the collector at each time in ``kills`` (seconds from now, sorted); start it again
+    with ``cfg`` after a random pause of ``min_pause``-1 s. Returns the collector running at the end."""
+    t0 = time.monotonic()
+    for at in kills:
+        time.sleep(max(0.0, at - (time.monotonic() - t0)))
+        col.kill9()
+        time.sleep(rng.uniform(min_pause, 1.0))
+        col = Collector("run", "-c", str(cfg)).start(log)
+    return col
+
+
 def test_kill_9_at_random_moments(docker, es8, es_target, tmp_path):
     seed = int(os.environ.get("COLLECTOR_CHAOS_SEED", time.time()))
     rng = random.Random(seed)
@@ -143,12 +157,7 @@ def test_kill_9_at_random_moments(docker, es8, es_target, tmp_path):
     try:
         containers = [docker.run(paced_writer(f"k{c}", per, 50, 150_000), name=f"k{c}", wait=False) for c in range(n)]
         kills = sorted(rng.uniform(0.5, 9.0) for _ in range(3))
-        t0 = time.monotonic()
-        for at in kills:
-            time.sleep(max(0.0, at - (time.monotonic() - t0)))
-            col.kill9()
-            time.sleep(rng.uniform(0.0, 1.0))
-            col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
+        col = kill9_at(kills, col, cfg, tmp_path / "collector.log", rng, 0.0)
         for c in containers:
             assert c.wait(timeout=120)["StatusCode"] == 0
         wait_until(lambda: es8.count(es_target) >= per * n, timeout=180, interval=1, what="all records")
@@ -417,12 +426,7 @@ def test_forward_source_kill_9_with_a_chunk_acking_client(es8, es_target, tmp_pa
     try:
         client.thread.start()
         kills = sorted(rng.uniform(0.5, 6.0) for _ in range(3))
-        t0 = time.monotonic()
-        for at in kills:
-            time.sleep(max(0.0, at - (time.monotonic() - t0)))
-            col.kill9()
-            time.sleep(rng.uniform(0.1, 1.0))
-            col = Collector("run", "-c", str(path)).start(tmp_path / "collector.log")
+        col = kill9_at(kills, col, path, tmp_path / "collector.log", rng, 0.1)
         assert client.done.wait(180), f"acked {len(client.acked)} of {n_msgs}"
         assert col.stop() == 0
     finally:
