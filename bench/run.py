@@ -20,6 +20,7 @@ Forward and GELF inputs have their own scripts: bench/forward.py, bench/gelf.py.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import os
@@ -31,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -301,19 +303,29 @@ def tail_command(out: Path, output: str, state: str, *extra: str) -> list[str]:
     return [*head, "--output", output, "--data-dir", state, *extra]
 
 
-def follow_collector(out: Path, url: str, state: str, root: Path | None = None) -> subprocess.Popen[bytes]:
-    """``collector tail`` (follow mode) of the files under ``out`` into ``url``."""
+@contextlib.contextmanager
+def follow_collector(
+    out: Path, sink_args: list[str] | None = None, root: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[bytes], BulkSink]]:
+    """``collector tail`` (follow mode) of the files under ``out`` into a counting bulk sink;
+    stopped (SIGTERM) and cleaned up on exit."""
+    sink = BulkSink(HERE / "bulk_sink.py", sink_args or [])
+    state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
     extra = ["--metadata", "files"] + (["--docker-root", str(root)] if root is not None else [])
-    return subprocess.Popen(tail_command(out, url, state, *extra), stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(tail_command(out, sink.url, state, *extra), stderr=subprocess.DEVNULL)
+    try:
+        yield p, sink
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(60)
+        sink.close()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def cmd_idle(args: argparse.Namespace) -> None:
     out = Path(args.dir + f"-idle{args.containers}")
     gen.generate(out, args.containers, 10)
-    sink = BulkSink(HERE / "bulk_sink.py")
-    state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
-    p = follow_collector(out, sink.url, state, root=out)
-    try:
+    with follow_collector(out, root=out) as (p, sink):
         deadline = time.time() + 120
         while int(sink.stats().get("docs", 0)) < args.containers * 10 and time.time() < deadline:
             time.sleep(0.5)
@@ -335,11 +347,6 @@ def cmd_idle(args: argparse.Namespace) -> None:
             f"idle, {args.containers} containers: {cpu_pct:.2f}% of a core; RSS {samples[0][1]:.1f} -> "
             f"{samples[-1][1]:.1f} MB; fds {samples[0][2]} -> {samples[-1][2]} over {args.seconds}s"
         )
-    finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(60)
-        sink.close()
-        shutil.rmtree(state, ignore_errors=True)
 
 
 def cmd_latency(args: argparse.Namespace) -> None:
@@ -351,38 +358,32 @@ def cmd_latency(args: argparse.Namespace) -> None:
         d = out / "containers" / cid
         d.mkdir(parents=True)
         files.append(open(d / f"{cid}-json.log", "ab", buffering=0))  # noqa: SIM115
-    sink = BulkSink(HERE / "bulk_sink.py", ["--latency"])
-    state = tempfile.mkdtemp(dir="/dev/shm", prefix="collector-bench-state-")
-    p = follow_collector(out, sink.url, state)
     try:
-        time.sleep(3)
-        sink.reset()
-        per_tick = max(1, args.rate // 100)  # 100 writes of per_tick lines per second
-        t0 = time.time()
-        n = 0
-        while time.time() - t0 < args.seconds:
-            now_ns = time.time_ns()
-            ts = gen.rfc3339nano(now_ns)
-            for k in range(per_tick):
-                f = files[(n + k) % len(files)]
-                f.write(
-                    b'{"log":"LAT %d padding padding padding\\n","stream":"stdout","time":"%s"}\n'
-                    % (now_ns, ts.encode())
-                )
-            n += per_tick
-            time.sleep(max(0.0, t0 + n / args.rate - time.time()))
-        time.sleep(3)
-        st = sink.stats()
-        print(
-            f"latency at {args.rate:,} lines/s over {args.seconds}s ({st.get('lat_n', 0):,} lines): "
-            f"p50 {st.get('lat_p50_ms', 0):.0f} ms, p99 {st.get('lat_p99_ms', 0):.0f} ms, "
-            f"max {st.get('lat_max_ms', 0):.0f} ms"
-        )
+        with follow_collector(out, ["--latency"]) as (_, sink):
+            time.sleep(3)
+            sink.reset()
+            per_tick = max(1, args.rate // 100)  # 100 writes of per_tick lines per second
+            t0 = time.time()
+            n = 0
+            while time.time() - t0 < args.seconds:
+                now_ns = time.time_ns()
+                ts = gen.rfc3339nano(now_ns)
+                for k in range(per_tick):
+                    f = files[(n + k) % len(files)]
+                    f.write(
+                        b'{"log":"LAT %d padding padding padding\\n","stream":"stdout","time":"%s"}\n'
+                        % (now_ns, ts.encode())
+                    )
+                n += per_tick
+                time.sleep(max(0.0, t0 + n / args.rate - time.time()))
+            time.sleep(3)
+            st = sink.stats()
+            print(
+                f"latency at {args.rate:,} lines/s over {args.seconds}s ({st.get('lat_n', 0):,} lines): "
+                f"p50 {st.get('lat_p50_ms', 0):.0f} ms, p99 {st.get('lat_p99_ms', 0):.0f} ms, "
+                f"max {st.get('lat_max_ms', 0):.0f} ms"
+            )
     finally:
-        p.send_signal(signal.SIGTERM)
-        p.wait(60)
-        sink.close()
-        shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
 
 
