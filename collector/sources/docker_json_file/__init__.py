@@ -230,9 +230,10 @@ class DockerJsonFileSource(Source):
         # known: the files rotated after the oldest one we know were created while we were down;
         # older ones were history when we first saw the container, and still are
         history_from = None
+        live_fp = self._fp_of(live, live) if known else None
         if known:
             seen = [num for num, path in siblings if fps[path] in self.state]
-            history_from = max(seen) if seen else (0 if self._fp_of(live, live) in self.state else None)
+            history_from = max(seen) if seen else (0 if live_fp in self.state else None)
         for num, path in siblings:
             fp = fps[path]
             st = self.state.get(fp) if fp else None
@@ -248,7 +249,7 @@ class DockerJsonFileSource(Source):
                 of.rotated = True
                 s.queue.append(of)
         if known:
-            present = {*fps.values(), self._fp_of(live, live)}
+            present = {*fps.values(), live_fp}
             oldest = siblings[0][1] if siblings else live
             self._report_vanished(live, present | {of.fp for of in s.queue}, oldest)
         start: int | None = None
