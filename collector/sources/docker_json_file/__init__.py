@@ -44,6 +44,7 @@ from collector.sources.docker_json_file.files import (
     first_line_time,
     log_size,
     rotated_siblings,
+    salt_of,
     same_file,
 )
 
@@ -271,7 +272,7 @@ class DockerJsonFileSource(Source):
             return False
 
     def _fp_of(self, path: str, live: str) -> str | None:
-        return fingerprint_path(path, container_id_of(live) or os.path.dirname(os.path.abspath(live)))
+        return fingerprint_path(path, salt_of(live))
 
     def _report_vanished(self, live: str, present: set[str | None], oldest: str | None = None) -> None:
         """Files of ``live`` in the checkpoints that no longer exist: report what was lost.

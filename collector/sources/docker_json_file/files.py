@@ -34,6 +34,11 @@ def container_id_of(path: str) -> str:
     return parent if _CONTAINER_ID.match(parent) else ""
 
 
+def salt_of(live: str) -> str:
+    """What makes a fingerprint unique to its log stream: the container id, else the directory."""
+    return container_id_of(live) or os.path.dirname(os.path.abspath(live))
+
+
 def fingerprint(fd: int, salt: str) -> str | None:
     """Hex id of the file from its first complete line; None until one is written."""
     return _fingerprint(lambda n: os.pread(fd, n, 0), salt)
@@ -151,7 +156,7 @@ class OpenFile:
         try:
             st = os.fstat(fd)
             cid = container_id_of(live)
-            fp = fingerprint(fd, cid or os.path.dirname(os.path.abspath(live)))
+            fp = fingerprint(fd, salt_of(live))
         except OSError:
             os.close(fd)
             raise
@@ -170,7 +175,7 @@ class OpenFile:
         )
 
     def salt(self) -> str:
-        return self.container_id or os.path.dirname(os.path.abspath(self.live))
+        return salt_of(self.live)
 
     def close(self) -> None:
         if self.fd >= 0:
