@@ -22,17 +22,21 @@
 #   SEARCH_ENGINE_HEAP         heap size, default 1g
 #   SEARCH_ENGINE_TIMEOUT      seconds to wait for the node to become healthy, default 120
 #   COLLECTOR_SERVICES_DIR     state root, default /tmp/collector-services; the engine keeps
-#                              data/, logs/, console.log, pid and port under <root>/<engine>/
+#                              data/, logs/, console.log, pid and port under <root>/<engine>/, and
+#                              its build under <root>/build/<engine>/. Ports follow the directory
+#                              (common.sh): 9200-9202 for the default one, a slot of their own otherwise.
 #   JAVA17_HOME, JAVA21_HOME   JDKs to use (default: found under /usr/lib/jvm)
 #   MVN                        maven command (default mvn)
 #
-# Builds are cached in tests/services/.build/<engine>/ and redone when the pom or sources change.
+# Builds are cached in <root>/build/<engine>/ and redone when the pom or sources change.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 SRC="$HERE/search-engine"
-BUILD_ROOT="$HERE/.build"
-STATE_ROOT="${COLLECTOR_SERVICES_DIR:-/tmp/collector-services}"
+# shellcheck source=tests/services/common.sh
+. "$HERE/common.sh"
+STATE_ROOT="$SERVICES_DIR"
+BUILD_ROOT="$STATE_ROOT/build"
 
 die() { echo "elasticsearch.sh: $*" >&2; exit 1; }
 log() { echo "elasticsearch.sh: $*" >&2; }
@@ -58,9 +62,9 @@ done
 # java_major: the JDK the engine is built and run with; transport: port range for the (unused)
 # transport layer, disjoint between engines so that all three can run together.
 case "$ENGINE" in
-    es8) JAVA_MAJOR=17; DEFAULT_PORT=9200; TRANSPORT=9300-9349 ;;
-    es9) JAVA_MAJOR=21; DEFAULT_PORT=9201; TRANSPORT=9350-9399 ;;
-    os2) JAVA_MAJOR=17; DEFAULT_PORT=9202; TRANSPORT=9400-9449 ;;
+    es8) JAVA_MAJOR=17; DEFAULT_PORT=$(service_port 0 9200); TRANSPORT=$(transport_ports 0 9300-9349) ;;
+    es9) JAVA_MAJOR=21; DEFAULT_PORT=$(service_port 1 9201); TRANSPORT=$(transport_ports 1 9350-9399) ;;
+    os2) JAVA_MAJOR=17; DEFAULT_PORT=$(service_port 2 9202); TRANSPORT=$(transport_ports 2 9400-9449) ;;
     *) die "unknown engine '$ENGINE' (es8, es9 or os2)" ;;
 esac
 STATE="$STATE_ROOT/$ENGINE"
