@@ -63,6 +63,7 @@ from collector.codecs.gelf import (
 )
 from collector.component import ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
+from collector.ratelog import RateLimitedLog
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
 from collector.sinks.gelf.tcp import TcpConnection
 
@@ -159,7 +160,7 @@ class GelfSink(Sink):
         self._udp_state = "nothing sent yet"
         self._udp_failed_at = -1e9
         self._udp_last_error = ""
-        self._warned: set[str] = set()
+        self._say = RateLimitedLog(log)  # one line per reason per minute
 
     @property
     def where(self) -> str:
@@ -176,10 +177,8 @@ class GelfSink(Sink):
     def _error(self, reason: str, n: int = 1) -> None:
         self._errors.labels(self.name, reason).inc(n)
 
-    def _warn_once(self, reason: str, msg: str, *args: Any) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            log.warning(msg + " (further ones are only counted)", *args)
+    def _warn(self, reason: str, msg: str, *args: Any) -> None:
+        self._say.warning(reason, msg, *args)
 
     async def run(self, inbox: Channel) -> None:
         try:
@@ -226,7 +225,7 @@ class GelfSink(Sink):
             self._send_failed.inc(n)
             self._udp_failed_at = time.monotonic()
             self._udp_last_error = f"cannot resolve {self.host}: {e}"
-            self._warn_once("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
+            self._warn("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
             for b in batches:
                 release(b.ack)
             return
@@ -298,7 +297,7 @@ class GelfSink(Sink):
         self._error(reason)
         self._udp_failed_at = time.monotonic()
         self._udp_last_error = str(e)
-        self._warn_once(reason, "%s: sending to %s failed: %s", self.name, self.where, e)
+        self._warn(reason, "%s: sending to %s failed: %s", self.name, self.where, e)
 
     def _chunk(self, doc: bytes, payload: bytes, oversize: list[tuple[str, bytes]]) -> list[bytes]:
         limit = self._limit
@@ -311,7 +310,7 @@ class GelfSink(Sink):
                 oversize.append((reason, doc))
                 return []
             self._error("truncated")
-            self._warn_once(
+            self._warn(
                 "truncated",
                 "%s: a message of %d bytes needs more than 128 chunks: its text was cut",
                 self.name,
