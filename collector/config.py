@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from collector import registry
 from collector.component import split_hostport
+from collector.deadletter import DeadLetterConfig
 from collector.tags import TagPatternError, tag_pattern
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
@@ -73,6 +74,9 @@ class PipelineConfig(BaseModel):
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig, description="The disk dead letters may take, per component."
+    )
 
     @model_validator(mode="after")
     def _graph(self) -> PipelineConfig:
