@@ -32,6 +32,8 @@ from collector.component import Context, Emitter, Sink, Source, Transform, split
 from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
+from collector.listeners import raise_fd_limit
+from collector.ratelog import RateLimitedLog
 from collector.tags import tag_pattern
 from collector.telemetry import Telemetry
 
@@ -328,15 +330,26 @@ async def run_pipeline(
     on_ready: Callable[[Pipeline], Any] | None = None,
 ) -> int:
     """Run a pipeline to its end; returns the process exit code."""
+    soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it
+    log.debug("open-files limit: %d (hard %d)", soft, hard)
     data_dir = Path(config.data_dir).expanduser()
     telemetry = Telemetry()
     checkpoints = CheckpointStore(data_dir)
     checkpoints.open()
-    deadletter = DeadLetter(data_dir, telemetry)
+    deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
     ctx = Context(data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once)
     loop = asyncio.get_running_loop()
     pipeline: Pipeline | None = None
     signals = 0
+    loop_errors = RateLimitedLog(logging.getLogger("collector.loop"))
+
+    def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # e.g. "socket.accept() out of system resource": once per message per minute, not per event
+        msg = str(context.get("message") or "error in the event loop")
+        exc = context.get("exception")
+        loop_errors.error(msg[:80], "%s: %r", msg, exc, exc_info=exc)
+
+    loop.set_exception_handler(on_loop_error)
 
     def on_signal() -> None:
         nonlocal signals
@@ -362,6 +375,8 @@ async def run_pipeline(
         tune_gc()
         return await pipeline.run()
     finally:
+        loop.set_exception_handler(None)
+        loop_errors.flush()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
