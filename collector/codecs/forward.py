@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import math
 import struct
 import time
@@ -111,12 +112,31 @@ def event_time_ns(t_ns: int) -> msgpack.ExtType:
 
 
 # -- decoding -----------------------------------------------------------------------------------
-def new_unpacker(max_bytes: int, times: TimeFormatter) -> msgpack.Unpacker:
-    """A streaming unpacker for one connection (``feed`` bytes as they arrive, then iterate).
+# What a peer sends is decoded only once all of it is there: a scanning unpacker (``skip``,
+# which builds nothing) finds where each object ends, then the object is built.  So a declared
+# length or a nesting that its bytes do not back (a 4 GB string header, 1,023 nested arrays
+# declaring 2^24 items each) costs nothing but those few bytes, however long the connection
+# waits.  A whole object costs at most a few times its size in Python objects; one larger than
+# SMALL_OBJECT is decoded part by part, its parts checked first (at most MAX_ITEMS items,
+# MAX_DEPTH + 4 levels), and a Forward-mode message's entries only one at a time as they are
+# read (:class:`Entries`).
+SMALL_OBJECT = 256 << 10  # a whole object up to this size is decoded in one go (at most ~20 MB of objects)
+MAX_ITEMS = 1 << 18  # array elements + map keys and values of one larger part
+FIRST_BUFFER = 1024  # a stream unpacker's first buffer, grown as needed (msgpack's default: 1 MiB per connection)
+READ_SIZE = 64 << 10  # what an unpacker over a buffer reads at a time
+GZIP_PIECE = 256 << 10  # bytes decompressed at a time
 
-    ``max_bytes`` bounds its buffer (one message can be no larger) and every declared length.
+
+def new_unpacker(max_bytes: int, times: TimeFormatter, file_like: Any = None) -> msgpack.Unpacker:
+    """A decoding unpacker: ``feed`` it (or give it a file), then iterate.
+
+    ``max_bytes`` bounds its buffer (one object can be no larger) and every declared length.
+    Only whole objects may be given to it (see :class:`Framer`): a declared length is allocated
+    as soon as it is read.
     """
     return msgpack.Unpacker(
+        file_like,
+        read_size=min(READ_SIZE if file_like is not None else FIRST_BUFFER, max_bytes),
         raw=False,
         unicode_errors="surrogateescape",
         strict_map_key=False,
@@ -127,12 +147,214 @@ def new_unpacker(max_bytes: int, times: TimeFormatter) -> msgpack.Unpacker:
     )
 
 
+def _scanner(max_bytes: int, file_like: Any = None) -> msgpack.Unpacker:
+    size = READ_SIZE if file_like is not None else FIRST_BUFFER
+    return msgpack.Unpacker(file_like, read_size=min(size, max_bytes), max_buffer_size=max_bytes)
+
+
+class Truncated(bytes):
+    """The bytes of an object cut short (the end of a packed payload): not an entry."""
+
+    __slots__ = ()
+
+
+class Framer:
+    """Whole msgpack objects out of a byte stream (a connection) or a buffer (a payload).
+
+    ``feed`` bytes as they arrive (stream), or build it ``over`` a buffer; iterating yields each
+    object once all of its bytes are there, decoded (see the comment above).  ``buffered`` is
+    what is held of an object still arriving (in a buffer: what is left when it ends cut short).
+    A stream framer holding nothing holds no unpacker either (each has a 20 KiB stack): an idle
+    connection costs little, and what grew for a large message is given back.
+    """
+
+    def __init__(self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0) -> None:
+        self.max_bytes = max_bytes
+        self.times = times
+        self._data = data
+        self._start = start
+        self._scan: msgpack.Unpacker | None = None
+        self._dec: msgpack.Unpacker | None = None
+        self._fed = 0
+        if data is not None:
+            self._new()
+
+    @classmethod
+    def over(cls, data: bytes, times: TimeFormatter, start: int = 0) -> Framer:
+        return cls(max(1, len(data) - start), times, data, start)
+
+    def _new(self) -> None:
+        if self._data is not None:
+            a, b = io.BytesIO(self._data), io.BytesIO(self._data)
+            a.seek(self._start)
+            b.seek(self._start)
+            self._fed = len(self._data) - self._start
+        else:
+            a = b = None
+            self._fed = 0
+        self._scan = _scanner(self.max_bytes, a)
+        self._dec = new_unpacker(self.max_bytes, self.times, b)
+
+    def feed(self, data: bytes) -> None:
+        if self.buffered + len(data) > self.max_bytes:
+            raise ForwardError("message too large", f"a message is larger than {self.max_bytes} bytes")
+        if self._scan is None or self._dec is None:
+            self._new()
+            assert self._scan is not None and self._dec is not None
+        try:
+            self._scan.feed(data)
+            self._dec.feed(data)
+        except msgpack.BufferFull:
+            raise ForwardError("message too large", f"a message is larger than {self.max_bytes} bytes") from None
+        self._fed += len(data)
+
+    @property
+    def buffered(self) -> int:
+        return 0 if self._dec is None else self._fed - self._dec.tell()
+
+    def __iter__(self) -> Framer:
+        return self
+
+    def __next__(self) -> Any:
+        scan, dec = self._scan, self._dec
+        if scan is None or dec is None:
+            raise StopIteration
+        try:
+            scan.skip()
+        except msgpack.OutOfData:
+            raise StopIteration from None
+        end = scan.tell()
+        size = end - dec.tell()
+        if size > SMALL_OBJECT:
+            obj = decode_large(dec.read_bytes(size), self.times)
+        else:
+            try:
+                obj = dec.unpack()
+            except Exception:
+                self._resync(end)
+                raise
+        if end == self._fed and self._data is None:
+            self._scan = self._dec = None  # nothing held: no unpacker held either
+        return obj
+
+    def _resync(self, end: int) -> None:
+        """After an object failed to decode: go on after it (the scanner is there)."""
+        if self._data is not None:
+            self._start += end
+            self._new()
+            return
+        assert self._scan is not None
+        rest = self._scan.read_bytes(self._fed - end)
+        self._scan = self._dec = None
+        if rest:
+            self.feed(rest)
+
+    def rest(self) -> Truncated:
+        """What is left after the last whole object (a buffer that ends cut short)."""
+        return Truncated(self._dec.read_bytes(self.buffered)) if self._dec is not None else Truncated()
+
+
+class Entries:
+    """The entries of a large Forward-mode message, decoded one at a time as they are read."""
+
+    __slots__ = ("count", "data", "start", "times")
+
+    def __init__(self, data: bytes, start: int, count: int, times: TimeFormatter) -> None:
+        self.data = data
+        self.start = start  # the first entry (after the array header)
+        self.count = count
+        self.times = times
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[Any]:
+        f = Framer.over(self.data, self.times, self.start)
+        for _ in range(self.count):
+            yield next(f)
+
+
+def decode_large(raw: bytes, times: TimeFormatter) -> Any:
+    """A whole object larger than SMALL_OBJECT.  A forward message is decoded part by part,
+    a Forward-mode entries array left as :class:`Entries`; anything else by :func:`decode_part`."""
+    u = new_unpacker(len(raw), times, io.BytesIO(raw))
+    try:
+        n = u.read_array_header()
+    except ValueError:
+        n = -1
+    if not 2 <= n <= 4:
+        return decode_part(memoryview(raw), times)  # split_message names what is wrong with it
+    view = memoryview(raw)
+    out: list[Any] = []
+    for i in range(n):
+        start = u.tell()
+        if i == 1 and _is_array(raw[start]):
+            head = _scanner(len(raw), io.BytesIO(raw[start : start + 5]))
+            count = head.read_array_header()
+            u.skip()  # the whole array (in C): the options after it are needed first
+            out.append(Entries(raw, start + head.tell(), count, times))
+            continue
+        u.skip()
+        out.append(decode_part(view[start : u.tell()], times))
+    return out
+
+
+def decode_part(view: memoryview, times: TimeFormatter) -> Any:
+    """One whole object; one larger than SMALL_OBJECT is checked first (items and depth)."""
+    if len(view) > SMALL_OBJECT:
+        check_structure(view)
+    return msgpack.unpackb(
+        view,
+        raw=False,
+        unicode_errors="surrogateescape",
+        strict_map_key=False,
+        ext_hook=times.ext_hook,
+        timestamp=3,
+    )
+
+
+def _is_array(b: int) -> bool:
+    return 0x90 <= b <= 0x9F or b in (0xDC, 0xDD)
+
+
+def _is_map(b: int) -> bool:
+    return 0x80 <= b <= 0x8F or b in (0xDE, 0xDF)
+
+
+def check_structure(view: memoryview, max_items: int = MAX_ITEMS, max_depth: int = MAX_DEPTH + 4) -> None:
+    """ForwardError unless the whole object in ``view`` has at most ``max_items`` items and
+    ``max_depth`` levels (walks its headers; builds only leaves, one at a time)."""
+    u = msgpack.Unpacker(read_size=min(READ_SIZE, len(view)), max_buffer_size=len(view))
+    u.feed(view)
+    stack = [1]
+    items = 0
+    while stack:
+        if stack[-1] == 0:
+            stack.pop()
+            continue
+        stack[-1] -= 1
+        b = view[u.tell()]
+        if _is_array(b):
+            n = u.read_array_header()
+        elif _is_map(b):
+            n = 2 * u.read_map_header()
+        else:
+            u.skip()
+            continue
+        items += n
+        if items > max_items:
+            raise ForwardError("too many items", f"more than {max_items} values in one part of a message")
+        if len(stack) >= max_depth:
+            raise ForwardError("too deeply nested", f"more than {max_depth} levels")
+        stack.append(n)
+
+
 def split_message(msg: Any) -> tuple[str, str, Any, Mapping[str, Any]]:
     """``(tag, mode, payload, options)`` of one decoded message.
 
-    ``mode`` is ``message`` (payload ``(time, record)``), ``forward`` (payload: the list of
-    entries) or ``packed`` (payload: the bytes of a msgpack stream of entries, decompressed
-    later by :func:`packed_entries`).
+    ``mode`` is ``message`` (payload ``(time, record)``), ``forward`` (payload: the entries, a
+    list or :class:`Entries`) or ``packed`` (payload: the bytes of a msgpack stream of entries,
+    decompressed later by :func:`packed_entries`).
     """
     if type(msg) is not list:
         raise ForwardError("not a forward message", f"expected an array [tag, ...], got {_kind(msg)}")
@@ -144,11 +366,11 @@ def split_message(msg: Any) -> tuple[str, str, Any, Mapping[str, Any]]:
         raise ForwardError("bad tag", f"the tag must be a string, not {_kind(tag)}")
     second = msg[1]
     t2 = type(second)
-    if t2 is list or t2 is bytes or t2 is str:
+    if t2 is list or t2 is Entries or t2 is bytes or t2 is str:
         if n > 3:
             raise ForwardError("not a forward message", f"an array of {n} items in Forward mode")
         options = _options(msg[2] if n == 3 else None)
-        if t2 is list:
+        if t2 is list or t2 is Entries:
             return tag, "forward", second, options
         data = second if t2 is bytes else second.encode("utf-8", "surrogateescape")
         return tag, "packed", data, options
@@ -165,40 +387,77 @@ def _options(opt: Any) -> Mapping[str, Any]:
     return opt
 
 
-def gunzip(data: bytes, limit: int) -> bytes:
-    """Decompress one or more concatenated gzip members, refusing more than ``limit`` bytes."""
-    out: list[bytes] = []
-    total = 0
+def gunzip_pieces(data: bytes, piece: int = GZIP_PIECE) -> Iterator[bytes]:
+    """The content of one or more concatenated gzip members, ``piece`` bytes at a time."""
     rest = data
     try:
         while rest:
             d = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            chunk = d.decompress(rest, limit - total + 1)
-            total += len(chunk)
-            out.append(chunk)
-            if total > limit or d.unconsumed_tail:
-                raise ForwardError("decompressed too large", f"more than {limit} bytes")
+            chunk = d.decompress(rest, piece)
+            while True:
+                if chunk:
+                    yield chunk
+                if not d.unconsumed_tail:
+                    break
+                chunk = d.decompress(d.unconsumed_tail, piece)
             if not d.eof:
-                raise ForwardError("bad gzip", "truncated gzip data")
+                tail = d.flush()
+                if tail:
+                    yield tail
+                if not d.eof:
+                    raise ForwardError("bad gzip", "truncated gzip data")
             rest = d.unused_data
             # trailing zero padding after the last member is tolerated (as gzip(1) does)
             if rest and not rest.strip(b"\0"):
                 break
     except zlib.error as e:
         raise ForwardError("bad gzip", str(e)) from None
-    return b"".join(out)
 
 
-def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> msgpack.Unpacker:
-    """An iterator over the ``[time, record]`` entries of a (Compressed)PackedForward payload."""
+def gunzip_size(data: bytes, limit: int) -> int:
+    """The decompressed size of ``data`` (checked whole before anything is decoded), refusing
+    more than ``limit`` bytes or a corrupt stream."""
+    total = 0
+    for chunk in gunzip_pieces(data, 1 << 20):
+        total += len(chunk)
+        if total > limit:
+            raise ForwardError("decompressed too large", f"more than {limit} bytes")
+    return total
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress one or more concatenated gzip members, refusing more than ``limit`` bytes."""
+    gunzip_size(data, limit)
+    return b"".join(gunzip_pieces(data, 1 << 20))
+
+
+def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
+    """The ``[time, record]`` entries of a (Compressed)PackedForward payload, decoded one at a
+    time (a compressed one decompressed piece by piece); a payload that ends cut short ends
+    with a :class:`Truncated` (not an entry)."""
     comp = options.get("compressed")
     if comp == "gzip":
-        data = gunzip(data, max_bytes)
-    elif comp not in (None, "text"):
+        gunzip_size(data, max_bytes)  # all or nothing: too large or corrupt before any entry is taken
+        return _gzip_entries(data, times, max_bytes)
+    if comp not in (None, "text"):
         raise ForwardError("bad option", f"unknown compression {comp!r}")
-    u = new_unpacker(max(len(data), 1), times)
-    u.feed(data)
-    return u
+    return _buffer_entries(data, times)
+
+
+def _buffer_entries(data: bytes, times: TimeFormatter) -> Iterator[Any]:
+    f = Framer.over(data, times)
+    yield from f
+    if f.buffered:
+        yield f.rest()
+
+
+def _gzip_entries(data: bytes, times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
+    f = Framer(max_bytes, times)
+    for piece in gunzip_pieces(data):
+        f.feed(piece)
+        yield from f
+    if f.buffered:
+        yield f.rest()
 
 
 # -- records --------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from collector.acks import Ack
 from collector.codecs.forward import text
 from collector.event import Batch, Fields
+from collector.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     import asyncio
@@ -94,7 +95,7 @@ class Intake:
         self.static_tags = list(config.tags)
         self._fields: dict[GroupKey, Fields] = {}
         self.received = ctx.telemetry.received.labels(name)
-        self._warned: set[str] = set()
+        self.say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
 
     def fields(self, key: GroupKey) -> Fields:
         """The shared fields of ``(tag, container_id, container_name)`` as the client sent them."""
@@ -121,10 +122,9 @@ class Intake:
     def error(self, reason: str, n: float = 1) -> None:
         self.ctx.telemetry.errors.labels(self.name, reason).inc(n)
 
-    def warn_once(self, reason: str, msg: str, *args: Any) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            log.warning("%s: " + msg + " (further ones are only counted)", self.name, *args)
+    def warn(self, reason: str, msg: str, *args: Any) -> None:
+        """A warning about the input, logged once per ``reason`` (a short stable word) per minute."""
+        self.say.warning(reason, msg, *args)
 
     def batches(self, unit: Unit, loop: asyncio.AbstractEventLoop) -> list[Batch]:
         """One batch per group; their acks release the unit's chunks once all are finalized."""

@@ -34,9 +34,9 @@ import msgpack
 
 from collector.codecs.forward import (
     ForwardError,
+    Framer,
     TimeFormatter,
     clean,
-    new_unpacker,
     packed_entries,
     split_message,
     text,
@@ -47,6 +47,9 @@ from collector.sources.fluent_forward.intake import ChunkAck, Group, GroupKey, I
 DOCKER_KEYS = frozenset({"container_id", "container_name", "source", "log"})
 DOCKER_OWN = DOCKER_KEYS | {"partial_message", "partial_id", "partial_ordinal", "partial_last"}
 MAX_PENDING_PARTIALS = 256  # split lines being rejoined on one connection (Docker: 2, stdout and stderr)
+YIELD_EVERY = 4096  # entries (good or bad) decoded before the event loop gets a turn
+MAX_BAD_KEPT = 100  # bad entries of one message kept for the dead letter (the rest only counted)
+MAX_BAD_ENTRIES = 10_000  # a message with more bad than good entries past this is refused as a whole
 
 
 class Partial:
@@ -78,9 +81,7 @@ class Decoder:
         self.max_decompressed = cfg.max_decompressed_bytes
         self.max_record = cfg.max_record_bytes
         self.max_events = cfg.max_batch_events
-        self.unpacker = new_unpacker(self.max_bytes, self.times)
-        self.fed = 0
-        self.done_at = 0
+        self.framer = Framer(self.max_bytes, self.times)  # decodes nothing before it is whole
         self.unit = Unit()
         self.partials: dict[tuple[str, str], Partial] = {}
         self._prefix = uuid.uuid4().hex[:20] + "-"
@@ -93,22 +94,16 @@ class Decoder:
 
     # -- input ----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        try:
-            self.unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise ForwardError("message too large", f"a message is larger than {self.max_bytes} bytes") from None
-        self.fed += len(data)
+        self.framer.feed(data)
 
     @property
     def buffered(self) -> int:
         """Bytes received after the last complete message (one still arriving)."""
-        return self.fed - self.done_at
+        return self.framer.buffered
 
     def next_object(self) -> Any:
         """One decoded object, or StopIteration (the handshake reads PING this way)."""
-        obj = next(self.unpacker)
-        self.done_at = self.unpacker.tell()
-        return obj
+        return next(self.framer)
 
     def take(self) -> Unit:
         u, self.unit = self.unit, Unit()
@@ -120,9 +115,7 @@ class Decoder:
         What is left in ``self.unit`` afterwards is for the caller to :meth:`take`.
         """
         limit = self.max_events
-        u = self.unpacker
-        for msg in u:
-            self.done_at = u.tell()  # (tell() also counts the part of an unfinished message)
+        for msg in self.framer:
             tag, mode, payload, options = split_message(msg)
             tag = text(tag)
             chunk = options.get("chunk")
@@ -133,7 +126,7 @@ class Decoder:
                 waiter = ChunkAck(chunk, self._chunk_done)
                 self.open_chunks += 1
                 self.unit.hold(waiter)
-            bad: list[tuple[str, Any]] = []
+            bad = Bad()
             if mode == "message":
                 self._message(tag, payload, chunk, bad)
                 n = 1
@@ -147,14 +140,14 @@ class Decoder:
             size = options.get("size")
             if size is not None and size != n:
                 self.intake.error("size_mismatch")
-                self.intake.warn_once("size", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
+                self.intake.warn("size_mismatch", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
             if waiter is not None:
                 waiter.release()
             if self.unit.count >= limit:
                 yield self.take()
 
     # -- messages --------------------------------------------------------------------------------
-    def _message(self, tag: str, entry: tuple[Any, Any], chunk: str | None, bad: list[tuple[str, Any]]) -> None:
+    def _message(self, tag: str, entry: tuple[Any, Any], chunk: str | None, bad: Bad) -> None:
         t, rec = entry
         try:
             ts = self.times.any(t)
@@ -162,11 +155,10 @@ class Decoder:
         except ForwardError as e:
             bad.append((e.reason, [t, rec]))
 
-    def _entries(
-        self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: list[tuple[str, Any]]
-    ) -> Iterator[Unit]:
+    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: Bad) -> Iterator[Unit]:
         """Add every ``[time, record]`` of a Forward/PackedForward message; yields the current
-        unit whenever it is full; returns the number of entries."""
+        unit whenever it is full, or every YIELD_EVERY entries (the loop gets a turn); returns
+        the number of entries."""
         limit = self.max_events
         unit = self.unit
         any_time = self.times.any
@@ -181,8 +173,10 @@ class Decoder:
                 record(tag, any_time(entry[0]), entry[1], rid)
             except ForwardError as e:
                 bad.append((e.reason, entry))
+                if bad.count > MAX_BAD_ENTRIES and bad.count > i - bad.count:
+                    raise ForwardError("too many bad entries", f"{bad.count} of the first {i + 1}") from None
             i += 1
-            if unit.count >= limit:
+            if unit.count >= limit or not i % YIELD_EVERY:
                 yield self.take()
                 unit = self.unit
                 if waiter is not None:
@@ -341,7 +335,7 @@ class Decoder:
         return n
 
     # -- bad input -------------------------------------------------------------------------------
-    def _dead_letter(self, tag: str, bad: list[tuple[str, Any]]) -> None:
+    def _dead_letter(self, tag: str, bad: Bad) -> None:
         """One dead-letter entry for the bad entries of a message; each is counted by its reason."""
         reason = bad[0][0]
         try:
@@ -353,15 +347,32 @@ class Decoder:
                 raw = b"(entries too deeply nested to be shown)"
         self.intake.ctx.deadletter.raw(  # counts one error for ``reason``
             self.intake.name,
-            f"{reason}: {len(bad)} event(s) set aside (the rest of the message was accepted)",
+            f"{reason}: {bad.count} event(s) set aside (the rest of the message was accepted)"
+            + (f"; the first {len(bad)} kept here" if bad.count > len(bad) else ""),
             raw,
             peer=self.peer,
             tag=tag,
             format="msgpack array of the bad [time, record] entries",
         )
-        counts = Counter(r for r, _ in bad[1:])
-        for r, n in counts.items():
-            self.intake.error(r, n)
+        bad.reasons[reason] -= 1  # (counted by the dead letter)
+        for r, n in bad.reasons.items():
+            if n:
+                self.intake.error(r, n)
+
+
+class Bad(list[tuple[str, Any]]):
+    """The bad entries of one message: the first MAX_BAD_KEPT kept, every one counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.reasons: Counter[str] = Counter()
+
+    def append(self, item: tuple[str, Any]) -> None:
+        self.count += 1
+        self.reasons[item[0]] += 1
+        if len(self) < MAX_BAD_KEPT:
+            super().append(item)
 
 
 def _flag(ev: dict[str, Any], flag: str) -> None:
