@@ -369,6 +369,11 @@ class FrameSplitter:
             self._skipping = None
         return rest if rest.strip() else None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame still arriving."""
+        return self._size
+
     def take_oversize(self) -> list[bytes]:
         out, self.oversize = self.oversize, []
         return out
@@ -382,6 +387,11 @@ def frame(message: bytes) -> bytes:
 # -- messages ------------------------------------------------------------------------------------
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
     """A GELF message (a JSON object with ``host`` and ``short_message``) from a payload."""
+    return decode_sized(payload, max_bytes)[0]
+
+
+def decode_sized(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[dict[str, Any], int]:
+    """:func:`decode`, and the size of the message once decompressed (what it costs in memory)."""
     first = payload[:1]
     if first == b"\x1f" or first == b"x":  # noqa: PLR1714 - gzip or zlib magic (compression_of decides)
         raw = decompress(payload, max_bytes)
@@ -397,7 +407,7 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[s
         raise GelfError("not_an_object", type(msg).__name__)
     if type(msg.get("short_message")) is not str or type(msg.get("host")) is not str:
         check(msg)
-    return msg
+    return msg, len(raw)
 
 
 def check(msg: dict[str, Any]) -> None:

@@ -160,7 +160,9 @@ def test_docker_driver_messages_become_container_records(tmp_path):
         )
         recs = c.wait(6)
         # the batches: shared fields per container, which docker_metadata's fast path reads
-        batches = c.source._to_batches([(orjson.dumps(m), ("127.0.0.1", 1)) for m in [*msgs, other, msgs[0]]], udp=True)
+        items = [(orjson.dumps(m), ("127.0.0.1", 1)) for m in [*msgs, other, msgs[0]]]
+        batches, done = c.source._to_batches(items, udp=True)
+        assert done == len(items)
     r0 = next(r for r in recs if r["message"] == "line 0")
     assert r0 == {
         "@timestamp": "2024-05-01T12:00:00.123000Z",
