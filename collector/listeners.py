@@ -43,7 +43,7 @@ log = logging.getLogger("collector.listeners")
 
 TRIM_AFTER = 1000  # connections closed before the C heap is trimmed (at most every TRIM_INTERVAL s)
 TRIM_INTERVAL = 10.0
-FREE_BYTES = 64 << 10  # held by a connection without being charged (a Docker line is at most 16 KiB)
+FREE_BYTES = 32 << 10  # held by a connection without being charged (a Docker line is at most 16 KiB)
 FD_RESERVE_MIN = 256  # descriptors kept for files, outputs, the event loop and accept bursts (asyncio
 FD_RESERVE_SHARE = 8  # accepts up to 100 at once per listener before any is refused), or 1/8 of the limit
 
@@ -77,7 +77,7 @@ class ListenerLimits(ComponentConfig):
     max_buffered_bytes: int = Field(
         64 << 20,
         ge=1 << 20,
-        description="Bytes all connections may hold for messages still arriving (each holds up to 64 KiB free "
+        description="Bytes all connections may hold for messages still arriving (each holds up to 32 KiB free "
         "of it); the connection that would go past it is closed.",
     )
 
@@ -230,9 +230,10 @@ class ConnectionTable:
             conn.held = 0
 
     # -- while serving ---------------------------------------------------------------------------
-    def active(self, conn: Tracked, now: float, buffered: int) -> bool:
-        """A read happened; ``buffered`` bytes of a message are still awaited.  False when the
-        connection must be closed (over the memory budget: counted and logged here)."""
+    def active(self, conn: Tracked, now: float, buffered: int, held: int | None = None) -> bool:
+        """A read happened; ``buffered`` bytes of a message are still awaited, ``held`` bytes
+        (default: ``buffered``) are held in memory for it.  False when the connection must be
+        closed (over the memory budget: counted and logged here)."""
         conn.last_active = now
         with contextlib.suppress(KeyError):
             self.conns.move_to_end(conn)
@@ -241,7 +242,7 @@ class ConnectionTable:
                 conn.message_since = now
         else:
             conn.message_since = None
-        charge = max(0, buffered - FREE_BYTES)
+        charge = max(0, (buffered if held is None else held) - FREE_BYTES)
         if charge != conn.held:
             self.held += charge - conn.held
             conn.held = charge
@@ -308,6 +309,19 @@ def _now() -> float:
         return time.monotonic()
 
 
+def cap_reads(writer: asyncio.StreamWriter, size: int) -> None:
+    """Make the transport read at most ``size`` bytes from the socket at a time.
+
+    A stream buffers up to twice its ``limit`` before it pauses reading, *plus* what one read
+    brings, and asyncio's socket transport reads up to 256 KiB at a time: a client that sends
+    fast then costs ~400 KiB, whatever the listener's own limits.  (``max_size`` is an
+    attribute of asyncio's selector transports; TLS transports read through their own.)
+    """
+    transport = writer.transport
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = size  # type: ignore[attr-defined]
+
+
 def peer_host(peername: Any) -> str:
     """The address part of a socket's peer name ("" for Unix sockets)."""
     if isinstance(peername, tuple) and peername:
@@ -315,4 +329,4 @@ def peer_host(peername: Any) -> str:
     return ""
 
 
-__all__ = ["ConnectionTable", "ListenerLimits", "fd_budget", "peer_host", "raise_fd_limit"]
+__all__ = ["ConnectionTable", "ListenerLimits", "cap_reads", "fd_budget", "peer_host", "raise_fd_limit"]

@@ -73,7 +73,7 @@ def test_bytes_held_for_messages_still_arriving_are_bounded():
     assert t.active(a, now, 600 << 10)
     assert a.message_since == now
     assert t.active(b, now, FREE_BYTES)  # a small message still arriving is free
-    assert not t.active(b, now, 600 << 10)  # 2 x (600 KiB - 64 KiB) > 1 MiB
+    assert not t.active(b, now, 600 << 10)  # 2 x (600 KiB - 32 KiB) > 1 MiB
     assert counted == ["memory_budget"]
     t.discard(b)
     assert t.held == (600 << 10) - FREE_BYTES

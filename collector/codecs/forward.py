@@ -212,6 +212,14 @@ class Framer:
     def buffered(self) -> int:
         return 0 if self._dec is None else self._fed - self._dec.tell()
 
+    @property
+    def held(self) -> int:
+        """Bytes held in memory: the object still arriving, twice (the scanner keeps the part
+        of it that it has not passed yet, such as a long string)."""
+        if self._dec is None or self._scan is None:
+            return 0
+        return 2 * self._fed - self._dec.tell() - self._scan.tell()
+
     def __iter__(self) -> Framer:
         return self
 

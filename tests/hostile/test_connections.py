@@ -194,3 +194,66 @@ def test_slowloris_gelf_tcp_is_cut_by_the_read_timeout(collector):
         wait_until(lambda: len(closed) >= 200, 20, interval=1, what="the slow connections to be cut")
     fig.check()
     assert len(closed) == 200 and max(closed) < 10
+
+
+def big_partial(port: int, n: int, hosts: list[str], size: int):
+    """``n`` connections each sending ``size`` bytes of a message that never ends, held."""
+
+    def attack(stop: Control) -> int:
+        head = b"\x93\xa3big\xce\x00\x00\x00\x01\xc6" + (size + 1000).to_bytes(4, "big")  # [tag, time, bin32 ...
+        socks = open_many(port, n, hosts)
+        chunk = b"x" * (1 << 20)
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(5)
+            try:
+                s.sendall(head)
+                for _ in range(size >> 20):
+                    s.sendall(chunk)
+            except OSError:
+                pass
+        stop.ready.set()
+        stop.wait(10)
+        left = still_open(socks)
+        close_all(left)
+        return len(left)
+
+    return attack
+
+
+def test_messages_that_never_end_are_bounded_in_all(collector):
+    """60 connections from 4 addresses each send 15 MiB of a message that never ends (under
+    max_message_bytes, under the per-peer cap): 900 MB if each may hold its message.  The
+    listener's max_buffered_bytes (64 MiB) closes those that would go past it."""
+    target: Target = collector()
+    attack = big_partial(target.ports["forward"], 60, [attacker_host(i) for i in range(4)], 15 << 20)
+    with under_attack(target, "forward: 60 connections x 15 MiB of a message that never ends", attack) as fig:
+        pass
+    fig.check()
+    assert "max_buffered_bytes" in target.log()
+
+
+def test_gelf_frames_that_never_end_are_bounded_in_all(collector):
+    """The same for GELF TCP: 600 connections each send 1,000,000 bytes of a frame that never
+    ends (under max_message_bytes): 600 MB if each may hold its frame."""
+    target: Target = collector()
+    port = target.ports["gelf_tcp"]
+    hosts = [attacker_host(i) for i in range(4)]
+
+    def attack(stop: Control) -> None:
+        socks = open_many(port, 600, hosts)
+        frame = b'{"host": "h", "short_message": "' + b"x" * 1_000_000
+        for s in socks:
+            s.setblocking(True)
+            s.settimeout(5)
+            try:
+                s.sendall(frame)
+            except OSError:
+                pass
+        stop.wait(10)
+        close_all(socks)
+
+    with under_attack(target, "GELF TCP: 600 connections x 1 MB of a frame that never ends", attack) as fig:
+        pass
+    fig.check()
+    assert "max_buffered_bytes" in target.log()

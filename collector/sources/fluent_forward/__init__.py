@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source, split_hostport
-from collector.listeners import ConnectionTable, ListenerLimits, peer_host
+from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
 from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
 from collector.sources.fluent_forward.intake import Intake
 
@@ -80,7 +80,9 @@ class FluentForwardConfig(ListenerLimits):
     )
     max_batch_events: int = Field(4096, ge=1, description="Records per batch at most.")
     read_bytes: int = Field(
-        64 << 10, ge=4096, description="Bytes read from a socket at a time (and buffered per connection, twice)."
+        32 << 10,
+        ge=4096,
+        description="Bytes read from a socket at a time (a connection buffers three times this at most).",
     )
     partial_timeout: float = Field(
         5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
@@ -158,6 +160,7 @@ class FluentForwardSource(Source):
             writer.close()
             return
         set_nodelay(writer)
+        cap_reads(writer, self.config.read_bytes)
         conn = Connection(self.intake, reader, writer, peer, self.table)
         conn.on_close = self._closed  # (it may outlive serve(): acks still owed)
         self.connections.add(conn)

@@ -245,7 +245,7 @@ class Connection:
                 now = loop.time()
                 if since is not None:
                     self.message_since = since + (now - t0)
-                if not table.active(self, now, dec.buffered):
+                if not table.active(self, now, dec.buffered, dec.framer.held):
                     self.killed = "memory_budget"
                     raise _Refused
             self._in_read = True

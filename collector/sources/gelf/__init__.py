@@ -50,14 +50,14 @@ from collector.codecs.gelf import (
 )
 from collector.component import Emitter, ServerTls, Source
 from collector.event import Batch, Fields
-from collector.listeners import ConnectionTable, ListenerLimits, peer_host
+from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
 from collector.sources.gelf.udp import UdpListener, parse_listen
 
 log = logging.getLogger("collector.sources.gelf")
 
-TCP_READ_BYTES = 64 << 10  # per read, and what a connection's stream buffers (twice)
+TCP_READ_BYTES = 32 << 10  # per read, and what a connection's stream buffers (three times at most)
 UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
 DECODE_BYTES = 4 << 20  # messages (decompressed) decoded at once before they are emitted
 TCP_DRAIN_SECONDS = 10.0
@@ -309,6 +309,7 @@ class GelfSource(Source):
             writer.close()
             return
         self.table.add(conn)
+        cap_reads(writer, TCP_READ_BYTES)
         self._conns.add(writer)
         task = asyncio.current_task()
         if task is not None:
@@ -350,6 +351,7 @@ class GelfSource(Source):
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("%s: %s connection from %s ended: %s", self.name, transport, _peer(peer), e)
         finally:
+            splitter = None  # type: ignore[assignment]  # what it held goes now, not once the close is done
             table.discard(conn)
             self._conns.discard(writer)
             if task is not None:
