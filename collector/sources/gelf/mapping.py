@@ -132,7 +132,7 @@ class Mapper:
         elif level is not None:
             msg["level"] = level  # not a syslog severity: kept as gelf.level
         stream = pop("_stream", None)
-        if stream in {"stdout", "stderr"}:
+        if stream == "stdout" or stream == "stderr":  # noqa: PLR1714 - (a set would refuse a list: a client's value)
             ev["stream"] = stream
         elif stream is not None:
             msg["_stream"] = stream
