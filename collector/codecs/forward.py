@@ -29,6 +29,7 @@ import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
+from itertools import chain, islice
 from typing import Any
 
 import msgpack
@@ -124,6 +125,8 @@ SMALL_OBJECT = 256 << 10  # a whole object up to this size is decoded in one go 
 MAX_ITEMS = 1 << 18  # array elements + map keys and values of one larger part
 FIRST_BUFFER = 1024  # a stream unpacker's first buffer, grown as needed (msgpack's default: 1 MiB per connection)
 READ_SIZE = 64 << 10  # what an unpacker over a buffer reads at a time
+RUN = 1024  # whole objects found before they are decoded together
+GROUP = 16  # objects scanned between two looks at the position (a group over SMALL_OBJECT: again, one by one)
 GZIP_PIECE = 256 << 10  # bytes decompressed at a time
 
 
@@ -168,20 +171,25 @@ class Framer:
     connection costs little, and what grew for a large message is given back.
     """
 
-    def __init__(self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0) -> None:
+    def __init__(
+        self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0, careful: bool = False
+    ) -> None:
         self.max_bytes = max_bytes
         self.times = times
+        self._careful = careful
         self._data = data
         self._start = start
         self._scan: msgpack.Unpacker | None = None
         self._dec: msgpack.Unpacker | None = None
         self._fed = 0
+        self._pos = 0
+        self._ends: list[int] = []
         if data is not None:
             self._new()
 
     @classmethod
-    def over(cls, data: bytes, times: TimeFormatter, start: int = 0) -> Framer:
-        return cls(max(1, len(data) - start), times, data, start)
+    def over(cls, data: bytes, times: TimeFormatter, start: int = 0, careful: bool = False) -> Framer:
+        return cls(max(1, len(data) - start), times, data, start, careful)
 
     def _new(self) -> None:
         if self._data is not None:
@@ -194,6 +202,8 @@ class Framer:
             self._fed = 0
         self._scan = _scanner(self.max_bytes, a)
         self._dec = new_unpacker(self.max_bytes, self.times, b)
+        self._pos = 0  # where the decoder is: the end of the last object taken
+        self._ends: list[int] = []  # the ends of the objects of the run being decoded
 
     def feed(self, data: bytes) -> None:
         if self.buffered + len(data) > self.max_bytes:
@@ -210,7 +220,7 @@ class Framer:
 
     @property
     def buffered(self) -> int:
-        return 0 if self._dec is None else self._fed - self._dec.tell()
+        return 0 if self._dec is None else self._fed - self._pos
 
     @property
     def held(self) -> int:
@@ -218,12 +228,74 @@ class Framer:
         of it that it has not passed yet, such as a long string)."""
         if self._dec is None or self._scan is None:
             return 0
-        return 2 * self._fed - self._dec.tell() - self._scan.tell()
+        return 2 * self._fed - self._pos - self._scan.tell()
 
-    def __iter__(self) -> Framer:
-        return self
+    def __iter__(self) -> Iterator[Any]:
+        """The whole objects there are now (the hot path of every connection): the scanner
+        finds a run of whole objects (RUN at most, each at most SMALL_OBJECT), then the decoder
+        builds exactly those, in C (``islice``, chained); a larger one is decoded part by part.
+        An iteration stopped early, or an object that failed to decode, is caught up with at
+        the next one (the failed object skipped)."""
+        if self._dec is not None and self._dec.tell() != self._pos:
+            self._recover()
+        return chain.from_iterable(self._runs())
+
+    def _runs(self) -> Iterator[Iterator[Any]]:
+        scan, dec = self._scan, self._dec
+        if scan is None or dec is None:
+            return
+        skip, tell = scan.skip, scan.tell
+        group = 1 if self._careful else GROUP  # objects scanned between two looks at the position
+        pos = self._pos
+        while True:
+            ends = self._ends = []
+            last = e = pos
+            n = 0
+            done = False
+            while n < RUN:
+                try:
+                    for _ in range(group):
+                        skip()
+                        e = tell()  # (not after OutOfData: it would count a part of the next object)
+                        n += 1
+                except msgpack.OutOfData:
+                    done = True
+                if e == last:
+                    break
+                ends.append(e)
+                if e - (last if group == 1 else pos) > SMALL_OBJECT or done:
+                    break
+                last = e
+            if not ends:
+                break
+            end = ends[-1]
+            if end - pos <= SMALL_OBJECT:
+                yield islice(dec, n)  # (chain takes all of it before it asks for more)
+            elif group > 1:  # a large object in there: those objects again, one by one
+                yield iter(Framer.over(dec.read_bytes(end - pos), self.times, careful=True))
+            elif n > 1:  # (careful: the last one is the large one)
+                yield islice(dec, n - 1)
+                self._pos = last
+                yield iter((decode_large(dec.read_bytes(end - last), self.times),))
+            else:
+                yield iter((decode_large(dec.read_bytes(end - pos), self.times),))
+            pos = self._pos = end
+            if done:
+                break
+        if self._data is None and pos == self._fed:
+            self._scan = self._dec = None  # nothing held: no unpacker held either
+
+    def _recover(self) -> None:
+        """The last iteration stopped inside a run: go on from where the decoder is, or after
+        the object it failed on."""
+        assert self._dec is not None
+        at = self._dec.tell()
+        self._resync(at if at in self._ends else next((e for e in self._ends if e > at), at))
 
     def __next__(self) -> Any:
+        """One whole object, or StopIteration (what a handshake reads)."""
+        if self._dec is not None and self._dec.tell() != self._pos:
+            self._recover()
         scan, dec = self._scan, self._dec
         if scan is None or dec is None:
             raise StopIteration
@@ -232,7 +304,7 @@ class Framer:
         except msgpack.OutOfData:
             raise StopIteration from None
         end = scan.tell()
-        size = end - dec.tell()
+        size = end - self._pos
         if size > SMALL_OBJECT:
             obj = decode_large(dec.read_bytes(size), self.times)
         else:
@@ -241,19 +313,22 @@ class Framer:
             except Exception:
                 self._resync(end)
                 raise
-        if end == self._fed and self._data is None:
-            self._scan = self._dec = None  # nothing held: no unpacker held either
+        self._pos = end
+        if self._data is None and end == self._fed:
+            self._scan = self._dec = None
         return obj
 
     def _resync(self, end: int) -> None:
-        """After an object failed to decode: go on after it (the scanner is there)."""
+        """After an object failed to decode: go on from ``end``, where it ends."""
         if self._data is not None:
             self._start += end
             self._new()
             return
-        assert self._scan is not None
-        rest = self._scan.read_bytes(self._fed - end)
+        assert self._dec is not None
+        at = self._dec.tell()
+        rest = self._dec.read_bytes(self._fed - at)[end - at :]
         self._scan = self._dec = None
+        self._pos = 0
         if rest:
             self.feed(rest)
 
@@ -277,9 +352,9 @@ class Entries:
         return self.count
 
     def __iter__(self) -> Iterator[Any]:
-        f = Framer.over(self.data, self.times, self.start)
+        it = iter(Framer.over(self.data, self.times, self.start))
         for _ in range(self.count):
-            yield next(f)
+            yield next(it)
 
 
 def decode_large(raw: bytes, times: TimeFormatter) -> Any:
@@ -454,7 +529,10 @@ def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter
 
 def _buffer_entries(data: bytes, times: TimeFormatter) -> Iterator[Any]:
     f = Framer.over(data, times)
-    yield from f
+    return chain(f, _cut_short(f))  # (in C: no Python frame per entry)
+
+
+def _cut_short(f: Framer) -> Iterator[Truncated]:
     if f.buffered:
         yield f.rest()
 

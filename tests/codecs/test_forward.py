@@ -277,3 +277,45 @@ def test_handshake_refusals():
     assert list(unpack_all(pong(False, "shared_key mismatch", salt, nonce, "s", "k"))) == [
         ["PONG", False, "shared_key mismatch", "", ""]
     ]
+
+
+# -- the framer: nothing decoded before it is whole ------------------------------------------------
+def test_the_framer_yields_every_message_whole_however_the_stream_is_cut():
+    """Small and large messages (past SMALL_OBJECT: decoded part by part), packed payloads of
+    1 to 3,000 entries, cut at every size from 1 byte to more than a message."""
+    import random
+
+    from collector.codecs.forward import SMALL_OBJECT, Entries, Framer
+
+    rnd = random.Random(13)
+    recs = [(event_time(T0, i), {"log": f"line {i} " + "x" * rnd.randint(10, 400)}) for i in range(6000)]
+    msgs: list = [
+        ["p", pack_entries(recs[i : i + n]), {"size": n}]
+        for i, n in ((i, rnd.choice([1, 3, 1000])) for i in range(0, 6000, 500))
+    ]
+    msgs += [["m", T0, {"log": "x" * rnd.choice([10, SMALL_OBJECT + 10])}] for _ in range(8)]
+    msgs += [["f", [[T0, {"n": i}] for i in range(30_000)]]]  # a large Forward-mode message
+    rnd.shuffle(msgs)
+    wire = b"".join(msgpack.packb(m, use_bin_type=True) for m in msgs)
+    for cut in (1, 7, 4096, 65536, 300_000):
+        f = Framer(16 << 20, TimeFormatter())
+        got = []
+        for i in range(0, len(wire), cut):
+            f.feed(wire[i : i + cut])
+            got.extend(f)
+        assert f.buffered == 0 and f.held == 0
+        assert [m[0] for m in got] == [m[0] for m in msgs]
+        big = next(m for m in got if m[0] == "f")
+        assert isinstance(big[1], Entries) and list(big[1]) == [[T0, {"n": i}] for i in range(30_000)]
+
+
+def test_a_declared_length_costs_only_the_bytes_that_came():
+    from collector.codecs.forward import Framer
+
+    f = Framer(1 << 20, TimeFormatter())
+    bomb = (b"\xdd" + struct.pack(">I", 1 << 24)) * 1023  # 1,023 nested arrays of 2^24 items
+    f.feed(bomb)
+    assert list(f) == []
+    assert f.buffered == len(bomb)
+    with pytest.raises(ForwardError, match="message too large"):
+        f.feed(b"\x00" * (1 << 20))

@@ -44,6 +44,8 @@ from collector.sources.fluent_forward.intake import Intake
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
+STREAM_LIMIT = 32 << 10
+
 
 class ForwardUser(ComponentConfig):
     username: str = Field(min_length=1, description="User name a client gives in its PING.")
@@ -80,9 +82,9 @@ class FluentForwardConfig(ListenerLimits):
     )
     max_batch_events: int = Field(4096, ge=1, description="Records per batch at most.")
     read_bytes: int = Field(
-        32 << 10,
+        128 << 10,
         ge=4096,
-        description="Bytes read from a socket at a time (a connection buffers three times this at most).",
+        description="Bytes read from a socket at a time (a connection buffers this plus 64 KiB at most).",
     )
     partial_timeout: float = Field(
         5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
@@ -125,7 +127,9 @@ class FluentForwardSource(Source):
     async def _serve(self) -> asyncio.Server:
         cfg = self.config
         self._sslctx = self._tls()  # the handshake is per connection (connection.py): failures are counted
-        kw: dict[str, Any] = {"limit": cfg.read_bytes}
+        # a stream pauses its socket past twice its limit: what a fast client costs is bounded by
+        # that and one read (cap_reads), while reads of read_bytes keep batches large
+        kw: dict[str, Any] = {"limit": min(STREAM_LIMIT, cfg.read_bytes)}
         if cfg.listen.startswith("unix://"):
             path = cfg.listen[7:]
             _remove_stale_socket(path)

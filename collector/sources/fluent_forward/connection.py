@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("collector.sources.fluent_forward")
 
 MAX_UNREAD_ACKS = 4 << 20  # bytes of acks a client leaves unread before we give up on it
+GATHER_RECORDS = 1024  # records gathered over reads into one batch, while more bytes are already here
+GATHER_READS = 16
 
 
 class Connection:
@@ -228,6 +230,7 @@ class Connection:
         wait = self.config.partial_timeout
         table = self.table
         loop = self.loop
+        gathered = 0
         while True:
             # our own time (decoding, waiting for room downstream) does not count against the client
             t0 = loop.time()
@@ -238,7 +241,11 @@ class Connection:
                 await asyncio.sleep(0)  # a huge message must not starve the other connections
             if dec.partials:  # split lines waiting too long for their next part
                 dec.flush_partials(wait)
-            await self._emit(out, dec.take())
+            if dec.unit.count < GATHER_RECORDS and gathered < GATHER_READS and _more_ready(self.reader):
+                gathered += 1  # more bytes are already here: read them into the same batch first
+            else:
+                await self._emit(out, dec.take())
+                gathered = 0
             if self.stopping or self.killed:
                 break
             if table is not None:
@@ -284,6 +291,12 @@ def _decoded(dec: Decoder) -> Iterator[Unit]:
         except (msgpack.UnpackException, ValueError, TypeError) as e:
             raise undecodable(e) from None
         yield unit
+
+
+def _more_ready(reader: asyncio.StreamReader) -> bool:
+    """Bytes are waiting in the stream already (the next read will not wait).  Reads are small
+    (read_bytes) to bound memory; batches need not be."""
+    return bool(getattr(reader, "_buffer", None))
 
 
 def undecodable(e: Exception) -> ForwardError:

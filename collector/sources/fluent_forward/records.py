@@ -354,22 +354,24 @@ class Decoder:
             tag=tag,
             format="msgpack array of the bad [time, record] entries",
         )
-        bad.reasons[reason] -= 1  # (counted by the dead letter)
-        for r, n in bad.reasons.items():
+        reasons = bad.reasons or Counter()
+        reasons[reason] -= 1  # (counted by the dead letter)
+        for r, n in reasons.items():
             if n:
                 self.intake.error(r, n)
 
 
 class Bad(list[tuple[str, Any]]):
-    """The bad entries of one message: the first MAX_BAD_KEPT kept, every one counted."""
+    """The bad entries of one message: the first MAX_BAD_KEPT kept, every one counted (made
+    for every message: nothing is done before the first bad entry)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.reasons: Counter[str] = Counter()
+    count = 0
+    reasons: Counter[str] | None = None
 
     def append(self, item: tuple[str, Any]) -> None:
         self.count += 1
+        if self.reasons is None:
+            self.reasons = Counter()
         self.reasons[item[0]] += 1
         if len(self) < MAX_BAD_KEPT:
             super().append(item)

@@ -57,7 +57,8 @@ from collector.sources.gelf.udp import UdpListener, parse_listen
 
 log = logging.getLogger("collector.sources.gelf")
 
-TCP_READ_BYTES = 32 << 10  # per read, and what a connection's stream buffers (three times at most)
+TCP_READ_BYTES = 64 << 10  # per read (the socket is paused past twice STREAM_LIMIT: 128 KiB a connection at most)
+STREAM_LIMIT = 32 << 10
 UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
 DECODE_BYTES = 4 << 20  # messages (decompressed) decoded at once before they are emitted
 TCP_DRAIN_SECONDS = 10.0
@@ -401,7 +402,7 @@ class GelfSource(Source):
             ) -> None:
                 await self._serve_tcp(r, w, scheme, tls)
 
-            server = await asyncio.start_server(handle, host, port, limit=TCP_READ_BYTES)
+            server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
             self._servers.append(server)
             self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
         log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
