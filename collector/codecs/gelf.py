@@ -37,7 +37,7 @@ CHUNK_HEADER_BYTES = 12  # magic (2) + message id (8) + sequence number (1) + co
 MAX_CHUNKS = 128
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CHUNK_SIZE = 1420  # bytes per datagram, header included: fits a 1500-byte MTU path (what Docker sends)
-MAX_CHUNK_SIZE = 8192  # the largest datagram Graylog reads
+MAX_CHUNK_SIZE = 8192  # GELF's largest chunk (Graylog 6.1 itself reads datagrams of up to 65,535 bytes)
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 VERSION = "1.1"
 MAX_DEFLATE_RATIO = 1032  # the most a deflate stream can expand (zlib's technical notes: 1032:1)
@@ -487,12 +487,29 @@ class TimeParser:
 
 
 # -- field names ---------------------------------------------------------------------------------
-_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.@\-]")
+
+# GELF names Graylog 6.1 would not store under their own name: its GelfCodec strips the leading
+# "_", then skips a name already set (message, source, timestamp, level, full_message) or reserved
+# for Elasticsearch (_id, _source, _index ...); "streams" is overwritten when indexed and gl2_*
+# are Graylog's own fields.  These are sent with a trailing "_" (``_source`` -> ``_source_``).
+GRAYLOG_TAKEN = frozenset(
+    {"_message", "_source", "_timestamp", "_level", "_full_message", "_streams", "_failed_message_streams"}
+    | {"__id", "__ttl", "__source", "__all", "__index", "__type", "__score"}
+)
 
 
 def sanitize_key(key: str) -> str:
-    """A field name Graylog accepts (``^[\\w.\\-]*$``, ASCII): other characters become ``_``."""
+    """A field name Graylog accepts (Message.validKey: ``[A-Za-z0-9_.@-]``): other characters become ``_``."""
     return _BAD_KEY_CHARS.sub("_", key)
+
+
+def gelf_name(prefix: str, key: str) -> str:
+    """The GELF additional field for ``key`` under ``prefix``, one Graylog stores as it is named."""
+    name = prefix + "_" + sanitize_key(key)
+    if name in GRAYLOG_TAKEN or name.startswith("_gl2_"):
+        name += "_"
+    return name
 
 
 def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict[tuple[str, str], str]) -> None:
@@ -505,7 +522,7 @@ def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict
     for k, v in value.items():
         name = names.get((prefix, k))
         if name is None:
-            name = names[(prefix, k)] = prefix + "_" + sanitize_key(str(k))
+            name = names[(prefix, k)] = gelf_name(prefix, str(k))
         t = type(v)
         if t is str or t is int:
             out[name] = v

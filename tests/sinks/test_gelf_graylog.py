@@ -215,3 +215,37 @@ def test_tcp_decoded_by_graylog(tmp_path, graylog_peer):
     assert all(done == [1] for _, done in batches)
     assert_stored_as_sent(sent, g.stored())
 
+
+# -- names and values Graylog treats specially --------------------------------------------------------
+def test_field_names_graylog_reserves_are_kept(tmp_path, graylog_peer):
+    """A record's own ``id``, ``source``, ``timestamp``, ``level``, ``streams`` ... reach Graylog under some name."""
+    fields = {
+        "id": "req-1",
+        "source": "billing",
+        "timestamp": "yesterday",
+        "level": "custom",
+        "streams": "s1",
+        "full_message": "not the full message",
+        "_index": "idx",
+        "_source": "raw",
+        "gl2_source_input": "forged",
+        "user@domain": "kept",
+        "ok": True,
+        "spaces": "  padded  ",
+    }
+    rec = event(1, "  indented line  ", log={"offset": 1}, **fields)
+    meta = Fields({**META_MANY.data, "container": {**META_MANY.data["container"], "labels": {"empty": "", "a.b": "c"}}})
+    sent, g, _ = run_udp(tmp_path, graylog_peer, [rec], meta)
+    assert g.errors() == []
+    assert_stored_as_sent(sent, g.stored())
+    (stored,) = g.stored()
+    assert stored["id"] == "req-1"  # Graylog 6.1 keeps _id, as "id"
+    assert stored["source"] == "node-1" and stored["source_"] == "billing"
+    assert stored["timestamp"] == "2024-05-01 12:00:01.000" and stored["timestamp_"] == "yesterday"
+    assert stored["level"] == 6 and stored["level_"] == "custom"
+    assert stored["streams"] == [] and stored["streams_"] == "s1"
+    assert stored["_index_"] == "idx" and stored["_source_"] == "raw" and stored["gl2_source_input_"] == "forged"
+    assert stored["user@domain"] == "kept" and stored["ok"] == "true"
+    # Graylog's own rules, not ours: strings trimmed, empty ones not stored, dots in names become _
+    assert stored["message"] == "indented line" and stored["spaces"] == "padded"
+    assert "container_labels_empty" not in stored and stored["container_labels_a_b"] == "c"

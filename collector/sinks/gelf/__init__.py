@@ -7,20 +7,23 @@ A record becomes one GELF message:
 * ``version`` "1.1"; ``host`` from ``host.name`` (this machine's name when absent);
   ``short_message`` from ``message`` (``(empty)`` for an empty line: Graylog refuses a blank
   one); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
-  seconds with microseconds;
+  seconds with microseconds (Graylog 6.1 keeps milliseconds, rounded);
 * ``level``: ``log.syslog.severity.code``, else ``log.level`` by name (``error``, ``warn``,
   ``info``, ...), else 3 (error) for ``stream: stderr`` and 6 (informational) otherwise, which is
   what Docker's gelf driver sends;
 * every other field flattened with ``_``: ``_container_name``, ``_container_image_name``,
   ``_stream``, ``_container_labels_com_docker_compose_project``, ``_log_file_path``; fields a GELF
   source set aside under ``gelf.`` go back to ``_name``; the batch's tag is ``_tag``.  Names keep
-  only ``[A-Za-z0-9_.-]`` (Graylog's rule), ``_id`` becomes ``_id_`` (Graylog drops ``_id``);
-  values are strings and numbers: lists of scalars joined with ``,``, other lists JSON, booleans
-  ``"true"``/``"false"``.
+  only ``[A-Za-z0-9_.@-]`` (Graylog's rule); a name Graylog would not store as such gets a
+  trailing ``_`` (a record's own ``source``, ``timestamp``, ``level``, ``streams``, ``_index``,
+  ``gl2_*`` ...: see ``GRAYLOG_TAKEN``); ``_id`` is sent as it is (Graylog 6.1 stores it as
+  ``id``).  Values are strings and numbers: lists of scalars joined with ``,``, other lists JSON,
+  booleans ``"true"``/``"false"`` (Graylog skips JSON booleans).  Graylog itself then trims every
+  string, skips empty ones and turns dots in names into ``_``.
 
 UDP: each message is compressed (``compression``, gzip by default like Docker's driver) and
 sent in one datagram, or in chunks of ``chunk_size`` bytes (1420 fits a 1500-byte MTU path;
-Graylog reads up to 8192).  A message that needs more than 128 chunks is truncated
+8192 is GELF's largest chunk).  A message that needs more than 128 chunks is truncated
 (``full_message``, then ``short_message``; ``_gelf_truncated_from`` holds the original JSON size)
 or, with ``oversize: dead_letter`` (or when cutting the message text is not enough),
 dead-lettered.  Records are encoded and compressed on the event loop; the datagrams of a round are
@@ -98,7 +101,7 @@ class GelfSinkConfig(SinkConfig):
         ge=256,
         le=MAX_CHUNK_SIZE,
         description="(UDP) largest datagram, chunk header included: 1420 fits a 1500-byte MTU path; "
-        "Graylog reads up to 8192.",
+        "8192 is GELF's largest chunk.",
     )
     oversize: Literal["truncate", "dead_letter"] = Field(
         "truncate",

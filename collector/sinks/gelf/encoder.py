@@ -75,7 +75,6 @@ class GelfEncoder:
                 out["_tag"] = tag
             for k, v in aside.items():
                 out.setdefault(k, v)
-            _fix_id(out)
             hit = {"doc": out, "level": level}
             if len(self._meta) > 10_000:
                 self._meta.clear()
@@ -93,8 +92,6 @@ class GelfEncoder:
             if aside:
                 for k, v in aside.items():
                     doc.setdefault(k, v)
-            if "_id" in doc:
-                _fix_id(doc)
             if level is None:
                 level = base_level
             if level is None:
@@ -123,11 +120,6 @@ def _level_of(log_: dict[str, Any]) -> int | None:
                 return code
     lvl = log_.get("level")
     return level_code(lvl) if lvl is not None else None
-
-
-def _fix_id(doc: dict[str, Any]) -> None:
-    if "_id" in doc:
-        doc["_id_"] = doc.pop("_id")
 
 
 def truncate_to_fit(doc_json: bytes, compress: Any, limit: int) -> tuple[bytes, bytes] | None:
