@@ -249,3 +249,37 @@ def test_field_names_graylog_reserves_are_kept(tmp_path, graylog_peer):
     # Graylog's own rules, not ours: strings trimmed, empty ones not stored, dots in names become _
     assert stored["message"] == "indented line" and stored["spaces"] == "padded"
     assert "container_labels_empty" not in stored and stored["container_labels_a_b"] == "c"
+
+
+def test_tcp_message_over_graylogs_frame_limit_is_cut_to_fit(tmp_path, graylog_peer):
+    """Graylog's GELF TCP input refuses frames over its max_message_size (2 MiB by default)."""
+    huge = "y" * (3 << 20)
+    recs = [
+        event(1, "before", log={"offset": 1}),
+        event(2, huge, log={"offset": 2}),
+        event(3, "after", log={"offset": 3}),
+    ]
+    with graylog_peer.decoder("tcp", count=3) as g:
+        h = Harness(tmp_path, address=f"gelf+tcp://{g.address}")
+        b, done = batch(recs)
+        h.run([b])
+        g.wait()
+    assert g.errors() == []
+    assert done == [1]
+    by_offset = {s["log_offset"]: s for s in g.stored()}
+    assert by_offset[1]["message"] == "before" and by_offset[3]["message"] == "after"
+    cut = by_offset[2]
+    assert huge.startswith(cut["message"]) and 1 << 20 < len(cut["message"]) < 2 << 20
+    assert cut["gelf_truncated_from"] > 3 << 20
+    assert h.value("collector_errors_total", reason="truncated") == 1
+
+    with graylog_peer.decoder("tcp", count=2) as g:
+        h = Harness(tmp_path / "dl", address=f"gelf+tcp://{g.address}", oversize="dead_letter")
+        b, done = batch(recs)
+        h.run([b])
+        g.wait()
+    assert g.errors() == [] and done == [1]
+    assert sorted(s["message"] for s in g.stored()) == ["after", "before"]
+    (dl,) = h.deadletters()
+    assert dl["reason"].startswith("too_large") and dl["record"]["short_message"] == huge
+    assert h.value("collector_events_sent_total") == 2

@@ -32,7 +32,9 @@ compressing a log line, and it releases the GIL).  UDP has no acknowledgement: a
 once its datagrams are handed to the kernel; send errors (``ECONNREFUSED`` when nothing
 listens) are counted and the records counted as dropped (``send_failed``).
 
-TCP/TLS: uncompressed, null-terminated.  A batch is finalized only once Graylog's TCP stack has
+TCP/TLS: uncompressed, null-terminated; a message longer than ``max_message_bytes`` (Graylog's
+GELF TCP input drops frames over its ``max_message_size``, 2 MiB by default) is truncated or
+dead-lettered like an oversize UDP message.  A batch is finalized only once Graylog's TCP stack has
 acknowledged its bytes (not merely once they reached our kernel: see tcp.py);
 while Graylog is unreachable the sink reconnects with exponential backoff and jitter, keeping its
 place (the buffer in front fills, then the sources are paused).  A connection lost mid-round
@@ -105,8 +107,14 @@ class GelfSinkConfig(SinkConfig):
     )
     oversize: Literal["truncate", "dead_letter"] = Field(
         "truncate",
-        description="(UDP) a message needing more than 128 chunks: cut its text to fit (flagged "
-        "`_gelf_truncated_from`), or set it aside in the dead-letter file.",
+        description="A message needing more than 128 chunks (UDP) or longer than `max_message_bytes` (TCP): "
+        "cut its text to fit (flagged `_gelf_truncated_from`), or set it aside in the dead-letter file.",
+    )
+    max_message_bytes: int = Field(
+        2 << 20,
+        ge=1024,
+        description="(TCP) longest message sent: Graylog's GELF TCP input drops longer frames (its "
+        "`max_message_size`, 2 MiB by default); raise both together.",
     )
     tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
@@ -326,9 +334,38 @@ class GelfSink(Sink):
     # -- TCP ------------------------------------------------------------------------------------------
     async def _deliver_tcp(self, batches: list[Batch]) -> None:
         encode = self.encoder.encode
-        data = b"".join(frame(doc) for b in batches for doc in encode(b))
-        n = sum(len(b) for b in batches)
+        limit = self.config.max_message_bytes
+        frames = []
+        for b in batches:
+            docs = encode(b)
+            if any(len(doc) > limit for doc in docs):
+                docs = self._fit_tcp(b, docs, limit)
+            frames.extend(frame(doc) for doc in docs)
+        data = b"".join(frames)
+        n = len(frames)
         await self._tcp.write(data, n, self._retries.inc)
         self._sent.inc(n)
         for b in batches:
             release(b.ack)
+
+    def _fit_tcp(self, batch: Batch, docs: list[bytes], limit: int) -> list[bytes]:
+        """Documents longer than Graylog's TCP frame limit: cut to fit, or dead-lettered."""
+        out = []
+        for doc in docs:
+            if len(doc) <= limit:
+                out.append(doc)
+                continue
+            fitted = None if self.config.oversize == "dead_letter" else truncate_to_fit(doc, bytes, limit)
+            if fitted is None:
+                reason = f"too_large: {len(doc)} bytes > max_message_bytes {limit}"
+                self.ctx.deadletter.records(self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source})])
+                continue
+            self._error("truncated")
+            self._warn_once(
+                "truncated",
+                "%s: a message of %d bytes is longer than max_message_bytes: its text was cut",
+                self.name,
+                len(doc),
+            )
+            out.append(fitted[0])
+        return out
