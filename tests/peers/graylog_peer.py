@@ -77,13 +77,17 @@ class GraylogPeer:
             raise AssertionError(f"gelfclient failed ({res.returncode}): {res.stderr[-3000:]}")
         return int(orjson.loads(res.stdout.strip().splitlines()[-1])["sent"])
 
-    def input_request(self, body: bytes) -> dict[str, Any]:
-        """``body`` read as Graylog's InputsResource.create reads it: {"status": 201|400|404, ...}."""
+    def input_request(self, body: bytes, input_id: str = "0123456789abcdef01234567") -> dict[str, Any]:
+        """``body`` read as Graylog's InputsResource.create reads it: {"status": 201|400|404, ...}.
+
+        201 comes with ``created`` and ``summary`` (Graylog's InputCreated and InputSummary for
+        ``input_id``, serialised by Graylog's ObjectMapper), ``unknown_keys`` and ``wrong_type``.
+        """
         with tempfile.NamedTemporaryFile("wb", suffix=".json", delete=False) as f:
             f.write(body)
         try:
             res = subprocess.run(
-                self.command("InputRequest", "input-create", f.name),
+                self.command("InputRequest", "input-create", f.name, "--id", input_id),
                 capture_output=True,
                 text=True,
                 timeout=120,
