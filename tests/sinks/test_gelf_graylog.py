@@ -283,3 +283,14 @@ def test_tcp_message_over_graylogs_frame_limit_is_cut_to_fit(tmp_path, graylog_p
     (dl,) = h.deadletters()
     assert dl["reason"].startswith("too_large") and dl["record"]["short_message"] == huge
     assert h.value("collector_events_sent_total") == 2
+
+
+def test_lines_graylog_would_trim_to_nothing_are_kept(tmp_path, graylog_peer):
+    """Graylog trims every character up to U+0020 (Java's String.trim) and then drops a message left empty."""
+    texts = ["", "   ", "\t\n", "\x00", "\x07\x07", "\x1b", " \x01 ", "\u00a0"]
+    recs = [event(i, t, log={"offset": i}) for i, t in enumerate(texts)]
+    _, g, _ = run_udp(tmp_path, graylog_peer, recs, META_MANY)
+    assert g.errors() == []
+    by_offset = {s["log_offset"]: s["message"] for s in g.stored()}
+    # a no-break space alone would be kept by Graylog; the sink's "whitespace only" is Python's, a little wider
+    assert by_offset == dict.fromkeys(range(len(texts)), "(empty)")

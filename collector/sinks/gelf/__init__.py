@@ -5,8 +5,8 @@
 A record becomes one GELF message:
 
 * ``version`` "1.1"; ``host`` from ``host.name`` (this machine's name when absent);
-  ``short_message`` from ``message`` (``(empty)`` for an empty line: Graylog refuses a blank
-  one); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
+  ``short_message`` from ``message`` (``(empty)`` for a line Graylog would refuse as blank or
+  trim to nothing); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
   seconds with microseconds (Graylog 6.1 keeps milliseconds, rounded);
 * ``level``: ``log.syslog.severity.code``, else ``log.level`` by name (``error``, ``warn``,
   ``info``, ...), else 3 (error) for ``stream: stderr`` and 6 (informational) otherwise, which is

@@ -10,6 +10,9 @@ from collector.codecs.gelf import DEFAULT_LEVEL, VERSION, TimeParser, flatten, l
 from collector.event import Batch, Fields
 
 EMPTY_MESSAGE = "(empty)"
+# Graylog trims what Java's String.trim() trims (every character up to U+0020) and drops a message
+# left empty; it refuses a blank one (whitespace only): both are sent as EMPTY_MESSAGE
+_JAVA_TRIM = "".join(chr(c) for c in range(0x21))
 
 
 class GelfEncoder:
@@ -98,7 +101,9 @@ class GelfEncoder:
                 level = 3 if doc.get("_stream") == "stderr" else DEFAULT_LEVEL
             doc["level"] = level
             short = doc.get("short_message")
-            if not short or (type(short) is str and short.isspace()):
+            if not short or (
+                type(short) is str and (short.isspace() or (short[0] <= " " and not short.strip(_JAVA_TRIM)))
+            ):
                 doc["short_message"] = EMPTY_MESSAGE
             docs.append(doc)
         return docs
