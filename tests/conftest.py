@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, SERVICES_DIR
 from tests.peers.graylog_peer import GraylogPeer
 
-SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+SERVICES = SERVICES_DIR
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 

@@ -8,7 +8,7 @@
     peer.input_request(body)                        # a REST body read by Graylog's request classes
 
 The build (tests/peers/graylog/build.sh, Maven) is cached under $COLLECTOR_SERVICES_DIR and also
-run by tests/prepare.d/40-graylog-peer.sh, so a test never waits for a download.
+run by tests/prepare.d/45-graylog-peer.sh, so a test never waits for a download.
 """
 
 from __future__ import annotations

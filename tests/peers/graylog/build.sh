@@ -15,7 +15,7 @@ mkdir -p "$SERVICES_DIR/build"
 
 java_home() {
     if [ -n "${JAVA17_HOME:-}" ]; then echo "$JAVA17_HOME"; return; fi
-    if [ -x /usr/lib/jvm/java-17-openjdk-amd64/bin/java ]; then echo /usr/lib/jvm/java-17-openjdk-amd64; return; fi
+    local h; for h in /usr/lib/jvm/java-17-openjdk-*; do [ -x "$h/bin/javac" ] && { echo "$h"; return; }; done
     local j; j="$(command -v java)" || { echo "graylog peer: no Java 17 (set JAVA17_HOME)" >&2; exit 1; }
     dirname "$(dirname "$(readlink -f "$j")")"
 }
