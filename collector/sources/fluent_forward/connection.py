@@ -9,7 +9,9 @@ authentication) is closed; the reason is counted (``collector_errors_total{reaso
 once per reason, and the offending bytes go to the dead-letter file with the peer's address.
 Bad *entries* inside a well-formed message are set aside the same way but the rest of the
 message is accepted (and acknowledged): closing would make an at-least-once client resend the
-same bad chunk forever.
+same bad chunk forever.  A message none of whose entries can be read is not acknowledged at
+all (records.py raises :class:`Unreadable`): reading stops, the acks still owed are sent, the
+connection closes, and the client keeps the data.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import msgpack
 
 from collector.codecs.forward import ForwardError, ack_response, check_ping, helo, pong
 from collector.sources.fluent_forward.intake import Intake, Unit
-from collector.sources.fluent_forward.records import Decoder
+from collector.sources.fluent_forward.records import Decoder, Unreadable
 
 if TYPE_CHECKING:
     from collector.component import Emitter
@@ -99,6 +101,8 @@ class Connection:
             if self.config.shared_key is not None:
                 await self._handshake()
             await self._read_loop(out)
+        except Unreadable:
+            pass  # logged and set aside by records.py; no ack: the client keeps it
         except ForwardError as e:
             self._refuse(e)
         except _Refused:
@@ -167,6 +171,7 @@ class Connection:
             self.close()
             raise _Refused
         log.debug("%s: %s (%s) authenticated", self.intake.name, self.peer, host)
+        self.decoder.client_host(host)
 
     async def _read_object(self) -> Any:
         dec = self.decoder
