@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, SERVICES_DIR
 
-SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+SERVICES = SERVICES_DIR
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 
