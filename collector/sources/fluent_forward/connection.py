@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from collector.codecs.forward import ForwardError, ack_response, check_ping, helo, pong
+from collector.codecs.forward import ForwardError, check_ping, helo, pong
 from collector.sources.fluent_forward.intake import Intake, Unit
 from collector.sources.fluent_forward.records import Decoder, Unreadable
 
@@ -66,7 +66,7 @@ class Connection:
         # one write per ack, as soon as it is due: nothing held back to be coalesced
         w = self.writer
         if not w.is_closing():
-            w.write(ack_response(chunk))
+            w.write(self.decoder.ack(chunk))
             if w.transport.get_write_buffer_size() > MAX_UNREAD_ACKS:
                 self._refuse(ForwardError("acks not read", "the client does not read its acks"))
         if (self.stopping or self.ended) and self.open_chunks <= 0:

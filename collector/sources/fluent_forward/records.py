@@ -51,6 +51,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
+import orjson
 
 from collector import levels
 from collector.codecs.forward import (
@@ -60,6 +61,7 @@ from collector.codecs.forward import (
     Stamp,
     TimeFormatter,
     Undecodable,
+    ack_response,
     clean,
     new_unpacker,
     packed_entries,
@@ -122,6 +124,7 @@ class Decoder:
         self._seq = 0
         self.open_chunks = 0  # chunks whose ack is not sent yet
         self.host = _sender(peer, intake.ctx.hostname)  # host.name of records that do not say theirs
+        self.json: JsonStream | None = None  # a client speaking JSON instead of msgpack
 
     def client_host(self, hostname: str) -> None:
         """The hostname the client gave in its PING (Fluent Bit's ``self_hostname``)."""
@@ -134,11 +137,23 @@ class Decoder:
 
     # -- input ----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
+        if self.json is None and self.fed == 0 and data[:1] == b"[":
+            self.json = JsonStream(self.max_bytes)  # fluent-logger-golang's MarshalAsJSON, as Fluentd reads it
+        if self.json is not None:
+            self.json.feed(data)
+            self.fed += len(data)
+            return
         try:
             self.unpacker.feed(data)
         except msgpack.BufferFull:
             raise ForwardError("message too large", f"a message is larger than {self.max_bytes} bytes") from None
         self.fed += len(data)
+
+    def ack(self, chunk: str) -> bytes:
+        """The ack for ``chunk``, in the encoding the client speaks."""
+        if self.json is not None:
+            return orjson.dumps({"ack": chunk})
+        return ack_response(chunk)
 
     @property
     def buffered(self) -> int:
@@ -162,8 +177,8 @@ class Decoder:
         """
         limit = self.max_events
         u = self.unpacker
-        for msg in u:
-            self.done_at = u.tell()  # (tell() also counts the part of an unfinished message)
+        for msg in u if self.json is None else self.json:
+            self.done_at = u.tell() if self.json is None else self.fed - self.json.pending
             tag, mode, payload, options = split_message(msg)
             tag = text(tag)
             chunk = options.get("chunk")
@@ -486,6 +501,79 @@ class Decoder:
             shape,
         )
         raise Unreadable(reason, f"no entry of a {mode} message could be read: {shape}")
+
+
+class JsonStream:
+    """Forward messages written as JSON (``["tag",1714564800,{...},{"chunk":"..."}]`` back to
+    back), which Fluentd's in_forward accepts when a connection starts with ``[`` and which
+    fluent-logger-golang sends with ``MarshalAsJSON``; acks go back as JSON too."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.buf = bytearray()
+        self.max_bytes = max_bytes
+        self.scan = 0  # where the scan for the end of the current value goes on
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+
+    @property
+    def pending(self) -> int:
+        return len(self.buf)
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data  # (bounded: iterating refuses a value still open past max_bytes)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            end = self._end()
+            if end is None:
+                if len(self.buf) > self.max_bytes:
+                    raise ForwardError("message too large", f"a JSON message is larger than {self.max_bytes} bytes")
+                return
+            raw = bytes(self.buf[:end])
+            del self.buf[:end]
+            self.scan = 0
+            try:
+                msg = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise ForwardError("not JSON", str(e)) from None
+            yield msg
+
+    def _end(self) -> int | None:
+        """The end of the first complete JSON value in the buffer (None: not there yet)."""
+        buf = self.buf
+        i = self.scan
+        n = len(buf)
+        while i < n and self.depth == 0 and buf[i] in b" \t\r\n":  # between messages
+            i += 1
+        if self.depth == 0 and i:
+            del buf[:i]
+            n -= i
+            i = 0
+        depth, in_str, esc = self.depth, self.in_str, self.esc
+        while i < n:
+            c = buf[i]
+            i += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == 0x5C:  # backslash
+                    esc = True
+                elif c == 0x22:
+                    in_str = False
+            elif c == 0x22:
+                in_str = True
+            elif c in (0x5B, 0x7B):
+                depth += 1
+            elif c in (0x5D, 0x7D):
+                depth -= 1
+                if depth <= 0:
+                    self.depth, self.in_str, self.esc = 0, False, False
+                    return i
+            elif depth == 0:
+                raise ForwardError("not JSON", f"unexpected {bytes([c])!r} between JSON messages")
+        self.depth, self.in_str, self.esc, self.scan = depth, in_str, esc, i
+        return None
 
 
 def _header(h: list[Any]) -> tuple[Any, Any]:
