@@ -269,24 +269,32 @@ def _stream(data: bytes, times: TimeFormatter) -> Iterator[Any]:
     while base < n:
         u = new_unpacker(max(n - base, 1), times)
         u.feed(data[base:] if base else data)
-        pos = 0
-        while True:
-            try:
-                obj = next(u)
-            except StopIteration:
-                if base + pos < n:
-                    yield Undecodable("bad entry", "the stream ends inside an entry", data[base + pos :])
+        k = 0  # entries decoded from ``base`` (positions are found again only after an error)
+        try:
+            for obj in u:
+                k += 1
+                yield obj
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            start = _skip(data, base, k)
+            end = _end_of_object(data, start)
+            yield Undecodable(_reason(e), str(e) or type(e).__name__, data[start:end])
+            if end >= n or end == start:
                 return
-            except (ValueError, TypeError, msgpack.UnpackException) as e:
-                start = base + pos
-                end = _end_of_object(data, start)
-                yield Undecodable(_reason(e), str(e) or type(e).__name__, data[start:end])
-                if end >= n or end == start:
-                    return
-                base = end
-                break
-            pos = u.tell()
-            yield obj
+            base = end
+            continue
+        if u.tell() < n - base:
+            start = _skip(data, base, k)
+            yield Undecodable("bad entry", "the stream ends inside an entry", data[start:])
+        return
+
+
+def _skip(data: bytes, base: int, k: int) -> int:
+    """The offset of the ``k``-th object after ``base``."""
+    u = msgpack.Unpacker(max_buffer_size=max(len(data) - base, 1))
+    u.feed(data[base:])
+    for _ in range(k):
+        u.skip()
+    return base + u.tell()
 
 
 def _end_of_object(data: bytes, start: int) -> int:
