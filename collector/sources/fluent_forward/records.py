@@ -46,6 +46,7 @@ import ipaddress
 import logging
 import time
 import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -487,7 +488,8 @@ class Decoder:
         self.intake.error("unreadable_message")
         shape = _shape(bad[0][1])
         _loud(
-            f"{self.intake.name}:{reason}",
+            self.intake,
+            reason,
             "%s: refused a %s message from %s (tag %r, %d entr%s%s): no entry could be read (%s), e.g. %s; "
             "the connection is closed without an ack, so the client keeps the data",
             self.intake.name,
@@ -659,20 +661,22 @@ def _shape(v: Any, depth: int = 0) -> str:
     return t.__name__.lower()
 
 
-_loud_state: dict[str, list[float]] = {}
+_loud_state: weakref.WeakKeyDictionary[Intake, dict[str, list[float]]] = weakref.WeakKeyDictionary()
 
 
-def _loud(key: str, msg: str, *args: Any) -> None:
-    """An ERROR, at most one per ``key`` per LOUD_EVERY seconds (with how many were held back)."""
+def _loud(intake: Intake, key: str, msg: str, *args: Any) -> None:
+    """An ERROR, at most one per source and ``key`` per LOUD_EVERY seconds (with how many were
+    held back)."""
     now = time.monotonic()
-    st = _loud_state.get(key)
+    states = _loud_state.setdefault(intake, {})
+    st = states.get(key)
     if st is not None and now - st[0] < LOUD_EVERY:
         st[1] += 1
         return
     held = int(st[1]) if st is not None else 0
-    if len(_loud_state) > 1024:
-        _loud_state.clear()
-    _loud_state[key] = [now, 0.0]
+    if len(states) > 1024:
+        states.clear()
+    states[key] = [now, 0.0]
     log.error(msg + (f" ({held} more like it in the last {LOUD_EVERY:.0f} s)" if held else ""), *args)
 
 
