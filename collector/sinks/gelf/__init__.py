@@ -8,9 +8,10 @@ A record becomes one GELF message:
   ``short_message`` from ``message`` (``(empty)`` for a line Graylog would refuse as blank or
   trim to nothing); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
   seconds with microseconds (Graylog 6.1 keeps milliseconds, rounded);
-* ``level``: ``log.syslog.severity.code``, else ``log.level`` by name (``error``, ``warn``,
-  ``info``, ...), else 3 (error) for ``stream: stderr`` and 6 (informational) otherwise, which is
-  what Docker's gelf driver sends;
+* ``level``: ``log.syslog.severity.code``, else ``log.level`` read with the vocabulary the
+  sources use (collector/levels.py: ``error``, ``warn``, ``info``, ``fatal``, ...), else 3
+  (error) for ``stream: stderr`` and 6 (info) otherwise, which is what Docker's gelf driver
+  sends; a ``log.level`` that is no syslog level is kept as ``_log_level``;
 * every other field flattened with ``_``: ``_container_name``, ``_container_image_name``,
   ``_stream``, ``_container_labels_com_docker_compose_project``, ``_log_file_path``; fields a GELF
   source set aside under ``gelf.`` go back to ``_name``; the batch's tag is ``_tag``.  Names keep
