@@ -1,7 +1,8 @@
 """The command line: argument parsing only; everything else lives in the library.
 
     collector tail [--tag A] [--path GLOB]... [--output SPEC] [--once]
-    collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--output SPEC]
+    collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--syslog udp://127.0.0.1:5514]
+                      [--output SPEC]
     collector run -c pipeline.yaml [--once]
     collector validate -c pipeline.yaml
     collector setup --es URL [--kibana URL] [--dry-run]
@@ -87,8 +88,10 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
         sources[f"forward{i or ''}"] = {"type": "fluent_forward", "listen": addr}
     for i, addr in enumerate(args.gelf or []):
         sources[f"gelf{i or ''}"] = {"type": "gelf", "listen": [addr]}
+    for i, addr in enumerate(args.syslog or []):
+        sources[f"syslog{i or ''}"] = {"type": "syslog", "listen": [addr]}
     if not sources:
-        raise ValueError("give --forward HOST:PORT and/or --gelf udp://HOST:PORT")
+        raise ValueError("give --forward HOST:PORT, --gelf udp://HOST:PORT and/or --syslog udp://HOST:PORT")
     cfg: dict[str, Any] = {
         "data_dir": args.data_dir or default_data_dir(),
         "sources": sources,
@@ -157,8 +160,8 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "receive",
-        help="listen for Docker's fluentd and gelf log drivers",
-        description=("Receive the Fluentd forward protocol and/or GELF, enrich, deliver."),
+        help="listen for Docker's fluentd, gelf and syslog log drivers",
+        description=("Receive the Fluentd forward protocol, GELF and/or syslog, enrich, deliver."),
     )
     r.add_argument(
         "--forward",
@@ -171,6 +174,13 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         metavar="URL",
         help="listen for GELF: udp://127.0.0.1:12201 or tcp://127.0.0.1:12201 (repeatable)",
+    )
+    r.add_argument(
+        "--syslog",
+        action="append",
+        metavar="URL",
+        help="listen for syslog (RFC 5424/3164; Docker's syslog driver): udp://127.0.0.1:5514, "
+        "tcp://127.0.0.1:5514, unix:///PATH or unixgram:///PATH (repeatable)",
     )
     _common(r)
 

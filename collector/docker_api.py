@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Mapping
@@ -34,6 +35,8 @@ log = logging.getLogger("collector.docker")
 
 MetadataSource = Literal["auto", "api", "files"]
 DEFAULT_DOCKER_ROOT = "/var/lib/docker"
+_HEX_REF = re.compile(r"[0-9a-f]{12,64}\Z")  # a container id or a prefix of one, as peers send it
+_NAME = re.compile(r"/?[a-zA-Z0-9][a-zA-Z0-9_.-]{0,254}\Z")  # what Docker accepts as a container name
 
 
 def dedot(key: str) -> str:
@@ -292,6 +295,43 @@ class DockerMetadata:
             if info is not None:
                 return info
         return ContainerInfo(id=cid, source="none")
+
+    async def resolve(self, ref: str) -> ContainerInfo | None:
+        """A container named by a peer (a syslog tag): a full id, a 12+ character id prefix or a
+        name; None when nothing knows it.  Only hex ids and Docker-shaped names are looked up;
+        only a full id ever reaches the file system (as a directory name under the root)."""
+        if _HEX_REF.match(ref):
+            if len(ref) == 64:
+                info = await self.lookup(ref)
+                return None if info.source == "none" else info
+            hits = [i for i in list(self._cache.values()) if i.id.startswith(ref)]
+            if len(hits) == 1:
+                return hits[0]
+            if not hits and self.mode != "files" and self.api_ok:
+                info = await asyncio.to_thread(self._inspect, ref)  # the API resolves prefixes
+                if info is not None:
+                    return info
+            if not hits and self.mode != "api":
+                found = await asyncio.to_thread(self._prefix_dirs, ref)
+                if len(found) == 1:
+                    info = await self.lookup(found[0])
+                    return None if info.source == "none" else info
+        if _NAME.match(ref):
+            name = ref.lstrip("/")
+            hits = [i for i in list(self._cache.values()) if i.name == name]
+            if len(hits) == 1:
+                return hits[0]
+            if not hits and self.mode != "files" and self.api_ok:
+                return await asyncio.to_thread(self._inspect, name)
+        return None
+
+    def _prefix_dirs(self, prefix: str) -> list[str]:
+        try:
+            with os.scandir(self.docker_root / "containers") as it:
+                names = [e.name for e in it if len(e.name) == 64 and e.name.startswith(prefix)]
+            return [n for n in names if _HEX_REF.match(n)]
+        except OSError:
+            return []
 
     def _from_file(self, cid: str, container_dir: Path | None) -> ContainerInfo | None:
         d = container_dir or self.docker_root / "containers" / cid

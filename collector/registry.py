@@ -12,6 +12,7 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "docker_json_file": ("collector.sources.docker_json_file", "DockerJsonFileConfig", "DockerJsonFileSource"),
     "gelf": ("collector.sources.gelf", "GelfSourceConfig", "GelfSource"),
     "fluent_forward": ("collector.sources.fluent_forward", "FluentForwardConfig", "FluentForwardSource"),
+    "syslog": ("collector.sources.syslog", "SyslogSourceConfig", "SyslogSource"),
 }
 TRANSFORMS: dict[str, tuple[str, str, str]] = {
     "docker_metadata": ("collector.transforms.docker_metadata", "DockerMetadataConfig", "DockerMetadataTransform"),
