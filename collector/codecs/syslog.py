@@ -366,7 +366,7 @@ class Framer:
                 size = int(digits)
                 start = sp + 1
                 if size > self.max_bytes:
-                    head = bytes(buf[start : start + 1024])
+                    head = bytes(buf[start : start + min(size, 1024)])
                     self.oversize.append((head, size))
                     have = n - start
                     if have >= size:
