@@ -145,8 +145,23 @@ class Pipeline:
         default = self.emitters[name]
         ports = {port: self.emitters[f"{name}.{port}"] for port in t.output_ports()}
         errors = self.ctx.telemetry.errors.labels(name, "transform_failed")
+        interval = t.tick_interval
         try:
-            while (batch := await inbox.recv()) is not None:
+            while True:
+                try:
+                    if interval is None:
+                        batch = await inbox.recv()
+                    else:
+                        async with asyncio.timeout(interval):
+                            batch = await inbox.recv()  # cancellation-safe: a batch is taken only when returned
+                except TimeoutError:
+                    for port, b in await t.tick():
+                        await (default if port is None else ports[port]).emit(b)
+                    continue
+                if batch is None:
+                    for port, b in await t.finish():
+                        await (default if port is None else ports[port]).emit(b)
+                    break
                 try:
                     outs = await t.process(batch)
                 except Exception as e:

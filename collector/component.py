@@ -191,6 +191,18 @@ class Transform:
     async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
         raise NotImplementedError
 
+    # A transform that holds records back (multiline) sets ``tick_interval``: ``tick`` is then
+    # called at least that often while no batch arrives, and ``finish`` once its inputs are closed.
+    tick_interval: float | None = None
+
+    async def tick(self) -> list[tuple[str | None, Batch]]:
+        """What is due without new input (a record whose time is up)."""
+        return []
+
+    async def finish(self) -> list[tuple[str | None, Batch]]:
+        """The inputs are closed and drained: what is still held back."""
+        return []
+
 
 class Sink:
     """Delivers batches from its inbox; finalizes each one (``ack.done()``) only when delivered

@@ -19,6 +19,7 @@ TRANSFORMS: dict[str, tuple[str, str, str]] = {
     "filter": ("collector.transforms.filter", "FilterConfig", "FilterTransform"),
     "route": ("collector.transforms.route", "RouteConfig", "RouteTransform"),
     "parse": ("collector.transforms.parse", "ParseConfig", "ParseTransform"),
+    "multiline": ("collector.transforms.multiline", "MultilineConfig", "MultilineTransform"),
 }
 SINKS: dict[str, tuple[str, str, str]] = {
     "console": ("collector.sinks.console", "ConsoleConfig", "ConsoleSink"),
