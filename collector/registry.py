@@ -13,6 +13,7 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "gelf": ("collector.sources.gelf", "GelfSourceConfig", "GelfSource"),
     "fluent_forward": ("collector.sources.fluent_forward", "FluentForwardConfig", "FluentForwardSource"),
     "syslog": ("collector.sources.syslog", "SyslogSourceConfig", "SyslogSource"),
+    "journald": ("collector.sources.journald", "JournaldConfig", "JournaldSource"),
 }
 TRANSFORMS: dict[str, tuple[str, str, str]] = {
     "docker_metadata": ("collector.transforms.docker_metadata", "DockerMetadataConfig", "DockerMetadataTransform"),

@@ -114,6 +114,17 @@ def docker(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
     docker_engine.clean()
 
 
+@pytest.fixture(scope="session")
+def journal() -> Path:
+    """The directory of a real systemd journal that systemd-cat, logger --journald and Docker's
+    journald driver write to (tests/services/journald.sh starts systemd-journald when none runs)."""
+    script = REPO / "tests" / "services" / "journald.sh"
+    res = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"cannot start systemd-journald:\n{res.stdout}\n{res.stderr}", pytrace=False)
+    return Path(res.stdout.strip().splitlines()[-1].split("=", 1)[1])
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     d = tmp_path / "state"

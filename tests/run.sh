@@ -29,6 +29,7 @@ phase_end() { PHASES+=("$PHASE $((SECONDS - PT0)) s"); }
 engines=${COLLECTOR_TEST_ENGINES:-es8,es9,os2}
 was_running=()
 tests/services/dockerd.sh status >/dev/null 2>&1 && was_running+=(dockerd)
+tests/services/journald.sh status >/dev/null 2>&1 && was_running+=(journald)
 for e in ${engines//,/ }; do
   tests/services/elasticsearch.sh status --engine "$e" >/dev/null 2>&1 && was_running+=("$e")
 done
@@ -40,6 +41,7 @@ cleanup() {
       [[ " ${was_running[*]} " == *" $e "* ]] || tests/services/elasticsearch.sh stop --engine "$e" >/dev/null 2>&1 || true
     done
     [[ " ${was_running[*]} " == *" dockerd "* ]] || tests/services/dockerd.sh stop >/dev/null 2>&1 || true
+    [[ " ${was_running[*]} " == *" journald "* ]] || tests/services/journald.sh stop >/dev/null 2>&1 || true
     # anything else started from the services directory (a test peer left behind by a killed test)
     local mine=" $$ " p=$$
     while p=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) && [ "${p:-0}" -gt 1 ]; do mine+="$p "; done
