@@ -1,7 +1,8 @@
 """pipelines/ (and every collector config under deploy/): each one validates, and the ones whose
 parts run here run end to end: real containers on the real Docker engine, the real search engine.
 
-The fluentd/GELF pipelines are validated here and exercised by the forward and GELF e2e tests.
+The fluentd/GELF/syslog/journald/multiline pipelines are validated here and their parts exercised
+by the forward, GELF, syslog, journald and multiline tests (tests/e2e, tests/sources, tests/transforms).
 """
 
 from __future__ import annotations
@@ -32,7 +33,18 @@ def collector_configs() -> list[Path]:
 
 CONFIGS = collector_configs()
 # the variables the configs read, unset so that what is checked is each file's own defaults
-CONFIG_VARS = ("ES_URL", "ES_DATA_STREAM", "DOCKER_ROOT", "COLLECTOR_DATA_DIR", "COLLECTOR_API_LISTEN", "OUT_FILE")
+CONFIG_VARS = (
+    "ES_URL",
+    "ES_DATA_STREAM",
+    "DOCKER_ROOT",
+    "COLLECTOR_DATA_DIR",
+    "COLLECTOR_API_LISTEN",
+    "OUT_FILE",
+    "SYSLOG_UDP",
+    "SYSLOG_TCP",
+    "SYSLOG_SOCKET",
+    "MULTILINE_MODE",
+)
 
 
 def validate(*paths: Path) -> tuple[int, str]:
