@@ -26,9 +26,10 @@ counting: exactly its length; newline framing: up to its newline) and reported.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
 Format = Literal["auto", "rfc5424", "rfc3164"]
@@ -100,35 +101,31 @@ def _utc(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+_TS = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d{1,9}))?([Zz]|[+-]\d\d:\d\d)\Z", re.ASCII)
+_UTC_SECONDS: dict[tuple[str, str], str] = {}  # (local seconds, zone) -> UTC seconds: one conversion per second
+
+
 def parse_rfc3339(s: str) -> str:
     """An RFC 5424 TIMESTAMP as RFC 3339 UTC with microseconds; ValueError when it is not one."""
-    if len(s) < 20 or s[4] != "-" or s[10] != "T":
+    m = _TS.match(s)
+    if m is None:
         raise ValueError(s)
-    head, frac, rest = s[:19], "", s[19:]
-    if rest[:1] == ".":
-        i = 1
-        while i < len(rest) and rest[i].isdigit():
-            i += 1
-        frac, rest = rest[1:i], rest[i:]
-        if not frac:
-            raise ValueError(s)
-    if rest in ("Z", "z"):
-        tz = UTC
-    elif len(rest) == 6 and rest[0] in "+-" and rest[3] == ":":
-        off = timedelta(hours=int(rest[1:3]), minutes=int(rest[4:6]))
-        tz = UTC if not off else _tz(off if rest[0] == "+" else -off)
-    else:
-        raise ValueError(s)
-    dt = datetime.strptime(head, "%Y-%m-%dT%H:%M:%S").replace(tzinfo=tz)
-    if frac:
-        dt = dt.replace(microsecond=int((frac + "000000")[:6]))
-    return _utc(dt)
-
-
-def _tz(off: timedelta) -> Any:
-    from datetime import timezone  # noqa: PLC0415
-
-    return timezone(off)
+    zone = m.group(8)
+    key = (s[:19], zone)
+    utc = _UTC_SECONDS.get(key)
+    if utc is None:
+        y, mo, d, h, mi, sec = (int(x) for x in m.group(1, 2, 3, 4, 5, 6))
+        if zone in ("Z", "z"):
+            tz: Any = UTC
+        else:
+            off = timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
+            tz = timezone(off if zone[0] == "+" else -off)
+        utc = datetime(y, mo, d, h, mi, sec, tzinfo=tz).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_UTC_SECONDS) >= 4096:
+            _UTC_SECONDS.clear()
+        _UTC_SECONDS[key] = utc
+    frac = m.group(7)
+    return f"{utc}.{(frac + '00000')[:6] if frac else '000000'}Z"
 
 
 def parse_bsd_time(s: str, now: float | None = None) -> str:
