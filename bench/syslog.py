@@ -129,6 +129,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if done + gone >= args.messages or time.monotonic() - last_change > 3:
             break
         await asyncio.sleep(0.01)
+    await asyncio.sleep(1.2)  # let the kernel's drop count be read
     pipeline.request_stop()
     await task
     used = cpu() - c0
@@ -147,6 +148,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": round(t_end - sent["start"], 3),
         "messages_per_s": round(delivered / (t_end - sent["start"])),
         "dropped_pipeline_full": int(tel.value("collector_events_dropped_total", reason="pipeline_full")),
+        "dropped_receive_buffer_full": int(tel.value("collector_events_dropped_total", reason="receive_buffer_full")),
         "errors": int(tel.value("collector_errors_total")),
         "collector_cpu_seconds": round(used, 2),
         "cpu_s_per_million": round(used / max(1, delivered) * 1e6, 2),

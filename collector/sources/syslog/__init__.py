@@ -17,8 +17,10 @@ container, which docker_metadata then enriches).
 
 Datagrams are batched like GELF's (``batch.max_events`` or ``batch.timeout``); UDP cannot push
 back, so when the pipeline has no room they are dropped and counted
-(``collector_events_dropped_total{reason="pipeline_full"}``).  Streams push back: a full
-pipeline stops the reading.  Syslog has no acknowledgement: record ids are random.
+(``collector_events_dropped_total{reason="pipeline_full"}``), and so are the ones the kernel
+dropped with the socket's receive buffer full (``reason="receive_buffer_full"``, from
+/proc/net/udp).  Streams push back: a full pipeline stops the reading.  Syslog has no
+acknowledgement: record ids are random.
 
 Limits: ``max_message_bytes`` (a longer message is dead-lettered: its head, with the peer);
 ``max_connections`` (lowered to fit the descriptor limit), ``max_connections_per_peer``, an
@@ -174,6 +176,7 @@ class SyslogSource(Source):
         t = ctx.telemetry
         self._received = t.received.labels(name)
         self._dropped_full = t.dropped.labels(name, "pipeline_full")
+        self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
         self._errors: dict[str, Any] = {}
         self._warn = RateLimitedWarnings(name)
         self._dgram: list[DatagramListener] = []
@@ -472,6 +475,7 @@ class SyslogSource(Source):
 
     def stop(self) -> None:
         super().stop()
+        self._kernel_drops()
         for u in self._dgram:
             u.close()
         for s in self._servers:
@@ -480,9 +484,20 @@ class SyslogSource(Source):
             c.writer.close()
         self._wake.set()
 
+    def _kernel_drops(self) -> None:
+        n = sum(u.kernel_drops() for u in self._dgram)
+        if n:
+            self._dropped_kernel.inc(n)
+            self._warn(
+                "receive_buffer_full",
+                f"DROPPED {n} UDP datagram(s): the kernel's receive buffer was full (raise receive_buffer_bytes; "
+                "the collector could not keep up with the burst)",
+            )
+
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(HOUSEKEEPING_INTERVAL)
+            self._kernel_drops()
             if self._drops_unlogged:
                 self._warn(
                     "pipeline_full",

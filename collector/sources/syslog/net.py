@@ -157,6 +157,9 @@ class DatagramListener:
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
+        self._inode = 0
+        self._family = 0
+        self._drops_seen = 0
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         li = self.listen
@@ -176,6 +179,8 @@ class DatagramListener:
                 sock.close()
                 raise
             self.url = f"udp://{hostport(sock.getsockname())}"
+            self._inode, self._family = os.fstat(sock.fileno()).st_ino, family
+            self._drops_seen = _proc_drops(self._inode, family)
         sock.setblocking(False)
         if li.scheme == "unixgram" and self.want_rcvbuf:
             set_rcvbuf(sock, self.want_rcvbuf)
@@ -212,6 +217,14 @@ class DatagramListener:
             self._loop.add_reader(self.sock.fileno(), self._readable)
             self._reading = True
 
+    def kernel_drops(self) -> int:
+        """UDP datagrams the kernel dropped for this socket (receive buffer full) since the last call."""
+        if self.sock is None or not self._inode:
+            return 0
+        total = _proc_drops(self._inode, self._family)
+        delta, self._drops_seen = total - self._drops_seen, total
+        return max(0, delta)
+
     def close(self) -> None:
         self.pause()
         if self.listen.scheme == "unixgram":
@@ -220,6 +233,22 @@ class DatagramListener:
             with contextlib.suppress(OSError):
                 self.sock.close()
         self.sock = None
+
+
+def _proc_drops(inode: int, family: int) -> int:
+    """The kernel's drop count of a UDP socket, from /proc/net/udp{,6} (0 when unreadable)."""
+    path = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
+    want = str(inode).encode()
+    try:
+        with open(path, "rb") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 13 and parts[9] == want:
+                    return int(parts[-1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 @dataclass(eq=False)
