@@ -51,3 +51,30 @@ def test_listed_once_then_events_never_a_call_per_record_and_reconnects(docker):
             await meta.close()
 
     asyncio.run(main())
+
+
+def test_resolve_a_peer_tag_ids_prefixes_and_nothing_path_like(tmp_path):
+    """A syslog tag names a container by full id or 12+ hex prefix (files), never by a path."""
+    import asyncio as _asyncio
+    import json as _json
+
+    from collector.docker_api import DockerMetadata
+
+    cid = "ab" * 32
+    d = tmp_path / "containers" / cid
+    d.mkdir(parents=True)
+    (d / "config.v2.json").write_text(_json.dumps({"ID": cid, "Name": "/web-1", "Config": {"Image": "app:1"}}))
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "config.v2.json").write_text(_json.dumps({"ID": "x", "Name": "/chosen-by-the-sender"}))
+
+    async def go() -> list[object]:
+        meta = DockerMetadata("files", docker_root=str(tmp_path))
+        await meta.start()
+        refs = [cid, cid[:12], cid[:20], "../elsewhere", "../../elsewhere/", "ABABABABABAB", "web-1", "cd" * 32]
+        out = [await meta.resolve(r) for r in refs]
+        await meta.close()
+        return [(i.id, i.name) if i is not None else None for i in out]
+
+    got = _asyncio.run(go())
+    assert got == [(cid, "web-1"), (cid, "web-1"), (cid, "web-1"), None, None, None, None, None]
