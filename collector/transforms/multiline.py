@@ -265,6 +265,16 @@ class MultilineTransform(Transform):
             if (c.start_pattern or c.continue_pattern)
             else None,
         }
+        # modes in which every line either begins a record or continues the one before (no state):
+        # their column batches take the fast path, records made of runs of lines (_runs)
+        self._is_cont: dict[Any, Any] = {_java: _JAVA_CONT.match, _node: _NODE_CONT.match}
+        pat = self._modes["pattern"]
+        if pat is not None and not (c.start_pattern and c.continue_pattern):
+            if c.continue_pattern:
+                self._is_cont[pat] = re.compile(c.continue_pattern).search
+            else:
+                start = re.compile(c.start_pattern or "").search
+                self._is_cont[pat] = lambda line: start(line) is None
         self._label = c.label.replace(".", "_") if c.label else None
         self._mode_of: dict[Fields, Any] = {}
         self._pending: OrderedDict[tuple[str, str, str], _Record] = OrderedDict()  # by last activity
@@ -366,6 +376,9 @@ class MultilineTransform(Transform):
         cid = meta.get("container.id") or batch.tag
         src, tag = batch.source, batch.tag
         cols = batch.columns
+        is_cont = self._is_cont.get(classify)
+        if isinstance(cols, DockerLines) and is_cont is not None:
+            return self._runs(batch, cols, is_cont, origin, cid)
         if isinstance(cols, DockerLines):
             path = cols.path
             flags, attrs = cols.flags, cols.attrs
@@ -388,6 +401,103 @@ class MultilineTransform(Transform):
                 self._line(key, classify, head, text, origin)
         self._expire(time.monotonic())
         out = self._emit()
+        if origin is not None:
+            _unref(origin)
+        return out
+
+    def _runs(self, batch: Batch, cols: DockerLines, is_cont: Any, origin: _Origin | None, cid: str) -> Any:
+        """The fast path of stateless modes on columns: a record is a line that does not continue and the
+        lines after it (same stream) that do.  Records that end in this batch come out without a
+        ``_Record`` each; the last one of each stream waits for the next batch (or the timeout)."""
+        cfg = self.config
+        msgs, streams = cols.messages, cols.streams
+        src, tag, meta, ids = batch.source, batch.tag, batch.meta, batch.ids
+        by_stream: dict[str, list[int]] = {}
+        for i, st in enumerate(streams):
+            lst = by_stream.get(st)
+            if lst is None:
+                by_stream[st] = [i]
+            else:
+                lst.append(i)
+        own: list[tuple[list[int], bool]] = []  # (line indices, cut by a limit) of records ending here
+        now = time.monotonic()
+        for st, idxs in by_stream.items():
+            key = (src, cid, st)
+            rec = self._pending.get(key)
+            j, n = 0, len(idxs)
+            if rec is not None:  # leading continuations extend the record waiting from before
+                while j < n and is_cont(msgs[idxs[j]]):
+                    m = msgs[idxs[j]]
+                    if len(rec.lines) >= cfg.max_lines or rec.nbytes + len(m) + 1 > cfg.max_bytes:
+                        break
+                    rec.lines.append(m)
+                    rec.nbytes += len(m) + 1
+                    rec.hold(origin)
+                    j += 1
+                if j == n:
+                    rec.last = now
+                    self._pending.move_to_end(key)
+                    continue
+                rec.limited = bool(is_cont(msgs[idxs[j]]))  # a continuation that did not fit
+                if rec.limited:
+                    self._joined.inc()
+                del self._pending[key]
+                self._finalize(rec)
+            cur: list[int] = []
+            size = 0
+            for i in idxs[j:]:
+                m = msgs[i]
+                if cur and is_cont(m):
+                    if len(cur) < cfg.max_lines and size + len(m) + 1 <= cfg.max_bytes:
+                        cur.append(i)
+                        size += len(m) + 1
+                        continue
+                    own.append((cur, True))
+                    self._joined.inc()
+                elif cur:
+                    own.append((cur, False))
+                cur, size = [i], len(m)
+            if cur:  # the last record of the stream waits for its next line
+                first = cur[0]
+                col = (cols.times[first], st, cols.offsets[first], cols.flags.get(first), cols.attrs.get(first))
+                head = _Head(meta, tag, src, ids[first] if ids else None, cols.path, col, None)
+                rec = _Record(head, msgs[first], origin, None)
+                if len(cur) > 1:
+                    rec.lines.extend(msgs[k] for k in cur[1:])
+                    rec.nbytes = size
+                self._pending[key] = rec
+        self._expire(now)
+        out = self._emit()
+        if own:
+            own.sort(key=lambda r: r[0][0])
+            p = Parsed()
+            flags, attrs = cols.flags, cols.attrs
+            for k, (idx, limited) in enumerate(own):
+                first = idx[0]
+                p.times.append(cols.times[first])
+                p.streams.append(streams[first])
+                p.offsets.append(cols.offsets[first])
+                old = flags.get(first)
+                if len(idx) == 1:
+                    p.messages.append(msgs[first])
+                    if limited or old:
+                        p.flags[k] = [*(old or []), *(["multiline_limit"] if limited else [])]
+                else:
+                    p.messages.append("\n".join([msgs[i] for i in idx]))
+                    p.flags[k] = [*(old or []), "multiline", *(["multiline_limit"] if limited else [])]
+                if first in attrs:
+                    p.attrs[k] = attrs[first]
+            ack = None
+            if origin is not None:
+                origin.refs += 1
+                ack = Ack(lambda o=origin: _unref(o))
+            nbytes = sum(len(m) for m in p.messages) + 64 * len(own)
+            b = Batch(
+                None, meta, ids=None, ack=ack, tag=tag, source=src, nbytes=nbytes, columns=DockerLines(p, cols.path)
+            )
+            if ids:
+                b.ids = [ids[idx[0]] for idx, _ in own]
+            out.append((None, b))
         if origin is not None:
             _unref(origin)
         return out
@@ -423,12 +533,17 @@ class MultilineTransform(Transform):
         recs, self._out = self._out, []
         if not recs:
             return []
-        groups: dict[tuple[int, str, str, str | None], list[_Record]] = {}
+        # consecutive records with the same shared fields and origin go together (never reordered)
+        groups: list[tuple[tuple[int, str, str, str | None], list[_Record]]] = []
         for r in recs:
             h = r.head
-            groups.setdefault((id(h.meta), h.tag, h.source, h.path if h.col is not None else None), []).append(r)
+            key = (id(h.meta), h.tag, h.source, h.path if h.col is not None else None)
+            if groups and groups[-1][0] == key:
+                groups[-1][1].append(r)
+            else:
+                groups.append((key, [r]))
         out: list[tuple[str | None, Batch]] = []
-        for (_, tag, source, path), rs in groups.items():
+        for (_, tag, source, path), rs in groups:
             meta = rs[0].head.meta
             held = [o for r in rs for o in r.origins]
             ack = Ack(lambda held=held: [_unref(o) for o in held]) if held else None

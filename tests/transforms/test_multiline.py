@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import time
 from pathlib import Path
@@ -291,3 +292,67 @@ def test_config_errors():
     assert "needs `start_pattern`" in check(mode="pattern")
     assert "bad pattern" in check(mode="pattern", start_pattern="(")
     assert "max_lines" in check(mode="java", max_lines=1)
+
+
+def run_both(tmp_path: Path, lines: list[tuple[str, str]], cuts: list[int], **cfg: Any) -> tuple[Any, Any]:
+    """The same lines through the events path and the columns (json-file) path, cut into the same
+    batches: per stream, the records (text, flags) each path made."""
+    from collector.codecs.docker_json import DockerLines, Parsed
+
+    async def go(columns: bool) -> dict[str, list[tuple[str, list[str]]]]:
+        t = transform(tmp_path, **cfg)
+        outs: list[Batch] = []
+        bounds = [0, *cuts, len(lines)]
+        for a, b in itertools.pairwise(bounds):
+            chunk = lines[a:b]
+            if not chunk:
+                continue
+            if columns:
+                p = Parsed()
+                for k, (st, m) in enumerate(chunk):
+                    p.times.append(f"t{a + k}")
+                    p.messages.append(m)
+                    p.streams.append(st)
+                    p.offsets.append(a + k)
+                batch = Batch(None, Fields({"container": {"id": "c"}}), columns=DockerLines(p, "/f"), source="s")
+            else:
+                evs = [{"message": m, "stream": st} for st, m in chunk]
+                batch = Batch(evs, Fields({"container": {"id": "c"}}), source="s")
+            outs += [o for _, o in await t.process(batch)]
+        outs += [o for _, o in await t.finish()]
+        got: dict[str, list[tuple[str, list[str]]]] = {}
+        for o in outs:
+            for ev in o.events:
+                got.setdefault(ev["stream"], []).append((ev["message"], (ev.get("log") or {}).get("flags") or []))
+        return got
+
+    return asyncio.run(go(False)), asyncio.run(go(True))
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_fast_column_path_makes_the_same_records_as_the_general_one(tmp_path, seed):
+    import random
+
+    rng = random.Random(seed)
+    pool = [
+        "E: boom",
+        "plain line",
+        "\tat f()",
+        "    at g (x.js:1:2)",
+        "\t... 3 more",
+        "Caused by: x",
+        "",
+        "  indented",
+    ]
+    lines = [(rng.choice(["stdout", "stderr"]), rng.choice(pool)) for _ in range(rng.randint(1, 60))]
+    cuts = sorted(rng.sample(range(1, len(lines) + 1), k=min(len(lines), rng.randint(0, 8))))
+    for cfg in (
+        {"mode": "java", "max_lines": rng.randint(2, 6)},
+        {"mode": "node", "max_bytes": 1024},
+        {"mode": "pattern", "continue_pattern": r"^\s"},
+        {"mode": "pattern", "start_pattern": r"^[A-Z]", "max_lines": 3},
+    ):
+        events, columns = run_both(tmp_path, lines, cuts, **cfg)
+        assert columns == events, cfg
+        for st in ("stdout", "stderr"):  # and nothing lost: the lines of each stream, in order
+            assert "\n".join(m for m, _ in events.get(st, [])) == "\n".join(m for s, m in lines if s == st)
