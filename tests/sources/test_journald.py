@@ -133,6 +133,16 @@ def test_a_line_docker_split_is_rejoined_and_the_checkpoint_waits_for_its_end(jo
     assert "flags" not in joined["log"] and joined["stream"] == "stdout"
 
 
+def test_the_system_journal_when_no_directory_is_given(journal, tmp_path):
+    run_id = uuid.uuid4().hex[:8]
+    send_fields([("TEST_RUN", run_id), ("MESSAGE", "from the system journal")])
+    wait_until(lambda: seen(journal, f"TEST_RUN={run_id}") == 1, what="the entry")
+    cfg = journal_config(journal, tmp_path, [f"TEST_RUN={run_id}"])
+    del cfg["sources"]["journal"]["directory"]
+    assert run_once(cfg) == 0
+    assert [r["message"] for r in read_ndjson(tmp_path / "out.ndjson")] == ["from the system journal"]
+
+
 def test_oversize_entries_are_set_aside_with_their_cursor(journal, tmp_path):
     run_id = uuid.uuid4().hex[:8]
     send_fields([("TEST_RUN", run_id), ("MESSAGE", "x" * 20000)])

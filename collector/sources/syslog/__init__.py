@@ -346,8 +346,16 @@ class SyslogSource(Source):
                     decoded.append((data, hostport(addr), str(addr[0]), "udp"))
                 else:
                     decoded.append((data, f"unix:{addr}", None, "unixgram"))
-            for i in range(0, len(decoded), cfg.max_events):
-                await self._emit(out, await self._to_batches(decoded[i : i + cfg.max_events]), push_back=False)
+            chunk: list[tuple[bytes, str, str | None, str]] = []
+            size = 0
+            for item in decoded:  # batches of at most max_events messages and max_bytes bytes
+                chunk.append(item)
+                size += len(item[0])
+                if len(chunk) >= cfg.max_events or size >= cfg.max_bytes:
+                    await self._emit(out, await self._to_batches(chunk), push_back=False)
+                    chunk, size = [], 0
+            if chunk:
+                await self._emit(out, await self._to_batches(chunk), push_back=False)
 
     # -- streams --------------------------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, li: Listen) -> None:
@@ -410,7 +418,7 @@ class SyslogSource(Source):
                         peer,
                         transport,
                     )
-                if frames:
+                if frames:  # one read holds at most STREAM_READ_BYTES of frames: within any batch limit
                     items = [(f, peer, sender, transport) for f in frames]
                     await self._emit(out, await self._to_batches(items), push_back=True)
                 if not data:
