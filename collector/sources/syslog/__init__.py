@@ -367,9 +367,9 @@ class SyslogSource(Source):
             addr = writer.get_extra_info("peername")
             peer, key, sender = hostport(addr), str(addr[0]), str(addr[0])
         conn = Conn(writer, peer, key)
-        refused = self.conns.admit(conn)
-        if refused is not None or self.stopping:
-            if refused:
+        refused = "stopping" if self.stopping else self.conns.admit(conn)
+        if refused is not None:
+            if refused != "stopping":
                 self._refuse(refused, peer)
             writer.transport.abort()
             return
