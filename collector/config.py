@@ -67,10 +67,21 @@ class ApiConfig(BaseModel):
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: str = Field(default_factory=default_data_dir, description="Checkpoints, buffers, dead letters.")
-    sources: dict[str, SourceConfig] = Field(min_length=1)  # type: ignore[valid-type]
-    transforms: dict[str, TransformConfigUnion] = Field(default_factory=dict)  # type: ignore[valid-type]
-    sinks: dict[str, SinkConfigUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    data_dir: str = Field(
+        default_factory=default_data_dir,
+        description="Checkpoints, buffers, dead letters. Checkpoints are kept per pipeline (its outputs) "
+        "inside it, so pipelines with different outputs can share it (one at a time: it is locked).",
+        json_schema_extra={"x-default": "`/var/lib/collector` as root, else `~/.local/state/collector`"},
+    )
+    sources: dict[str, SourceConfig] = Field(  # type: ignore[valid-type]
+        min_length=1, description="Where records come from: name -> source (its `type` and keys)."
+    )
+    transforms: dict[str, TransformConfigUnion] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="What rewrites them on the way: name -> transform."
+    )
+    sinks: dict[str, SinkConfigUnion] = Field(  # type: ignore[valid-type]
+        min_length=1, description="Where they are delivered: name -> sink."
+    )
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
