@@ -44,11 +44,11 @@ log = logging.getLogger("collector.checkpoints")
 VERSION = 1
 
 
-class StateError(RuntimeError):
+class DataDirError(RuntimeError):
     """The data directory cannot be used: a configuration problem (exit code 2)."""
 
 
-class StateLockedError(StateError):
+class StateLockedError(DataDirError):
     pass
 
 
@@ -110,7 +110,7 @@ class CheckpointStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
         except OSError as e:
-            raise StateError(
+            raise DataDirError(
                 f"cannot use the data directory {self.dir}: {e.strerror or e} (choose another with --data-dir "
                 "or data_dir)"
             ) from None

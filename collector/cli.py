@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from collector import __version__
-from collector.checkpoints import StateError
+from collector.checkpoints import DataDirError
 from collector.config import ConfigError, PipelineConfig, default_data_dir, load_config, validate_config
 
 log = logging.getLogger("collector")
@@ -400,7 +400,7 @@ def _run(cfg: PipelineConfig, once: bool) -> int:
 
     try:
         return asyncio.run(run_pipeline(cfg, once=once))
-    except StateError as e:
+    except DataDirError as e:
         print(f"collector: {e}", file=sys.stderr)
         return EXIT_USAGE
 
