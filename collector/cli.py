@@ -4,7 +4,7 @@
     collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--output SPEC]
     collector run -c pipeline.yaml [--once] [--data-dir DIR]
     collector validate -c pipeline.yaml...
-    collector setup --es URL [--kibana URL] [--dry-run]
+    collector setup --es URL | -c pipeline.yaml [--kibana URL] [--dry-run]
     collector health [--url http://127.0.0.1:8686]
     collector schema [--format json|markdown] [--write DIR]
 
@@ -310,7 +310,16 @@ def parser() -> argparse.ArgumentParser:
         epilog="exit codes:\n  0  installed (or already there; --dry-run: printed)\n"
         "  1  the engine or Kibana refused or could not be reached\n  2  bad usage",
     )
-    s.add_argument("--es", required=True, metavar="URL", help="Elasticsearch/OpenSearch URL")
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--es", metavar="URL", help="Elasticsearch/OpenSearch URL")
+    where.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="a pipeline file: set up what each of its elasticsearch sinks writes to, with its hosts, "
+        "credentials and TLS (then --data-stream, --user, --password, --api-key, --ca-certs and --insecure "
+        "are not used)",
+    )
     s.add_argument("--kibana", metavar="URL", help="also import the dashboards into this Kibana")
     s.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
     s.add_argument("--data-stream", default="logs-docker-default", help="data stream the sink writes to")
