@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,14 @@ from urllib.parse import urlsplit
 
 from collector import __version__
 from collector.checkpoints import DataDirError
-from collector.config import ConfigError, PipelineConfig, default_data_dir, load_config, validate_config
+from collector.config import (
+    ConfigError,
+    PipelineConfig,
+    default_data_dir,
+    load_config,
+    unreadable_files,
+    validate_config,
+)
 
 log = logging.getLogger("collector")
 
@@ -164,6 +172,34 @@ def _sub(
         help="how much to log on stderr (default: $COLLECTOR_LOG_LEVEL or info)",
     )
     return p
+
+
+# the keys tail_config/receive_config fill, and the flag that fills each: errors name the flag
+FLAG_OF_KEY = (
+    (r"sources\.containers\.paths(\.\d+)?", "--path"),
+    (r"sources\.containers\.read_from", "--from"),
+    (r"(sources\.containers|transforms\.meta)\.docker_root", "--docker-root"),
+    (r"transforms\.meta\.tag", "--tag"),
+    (r"transforms\.meta\.source", "--metadata"),
+    (r"transforms\.meta\.docker_host", "--docker-host"),
+    (r"sources\.forward\d*\.listen", "--forward"),
+    (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
+    (r"sinks\.out(\.[\w.]+)?", "--output"),
+    (r"data_dir", "--data-dir"),
+)
+
+
+def command_config(doc: dict[str, Any], command: str) -> PipelineConfig:
+    """The pipeline a command built from its flags, checked; problems name the flags."""
+    try:
+        return validate_config(doc, f"collector {command}")
+    except ConfigError as e:
+        problems = []
+        for p in e.problems:
+            m = re.match(r"(collector \w+): ([\w.\-]+): (.*)", p, re.S)
+            flag = next((f for rx, f in FLAG_OF_KEY if m and re.fullmatch(rx, m.group(2))), None)
+            problems.append(f"{m.group(1)}: {flag}: {m.group(3)}" if m and flag else p)
+        raise ConfigError(problems) from None
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -404,9 +440,12 @@ def health(url: str | None, timeout: float) -> int:
     return 0 if ok else 1
 
 
-def _run(cfg: PipelineConfig, once: bool) -> int:
+def _run(cfg: PipelineConfig, once: bool, source: str = "<config>") -> int:
     from collector.app import run_pipeline  # noqa: PLC0415
 
+    problems = unreadable_files(cfg, source)
+    if problems:
+        raise ConfigError(problems)
     try:
         return asyncio.run(run_pipeline(cfg, once=once))
     except DataDirError as e:
@@ -451,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(args.config)
             if args.data_dir:
                 cfg = cfg.model_copy(update={"data_dir": args.data_dir})
-            return _run(cfg, args.once)
+            return _run(cfg, args.once, args.config)
         if args.command == "tail":
-            return _run(validate_config(tail_config(args), "collector tail"), args.once)
+            return _run(command_config(tail_config(args), "tail"), args.once)
         if args.command == "receive":
-            return _run(validate_config(receive_config(args), "collector receive"), False)
+            return _run(command_config(receive_config(args), "receive"), False)
         if args.command == "health":
             return health(args.url, args.timeout)
         if args.command == "schema":

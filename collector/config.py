@@ -22,7 +22,16 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from collector import registry
 from collector.component import split_hostport
@@ -85,6 +94,8 @@ class PipelineConfig(BaseModel):
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
+
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)  # key -> line in its file
 
     @model_validator(mode="after")
     def _graph(self, info: ValidationInfo) -> PipelineConfig:
@@ -347,7 +358,42 @@ def _validate(data: dict[str, Any], found: _Found) -> PipelineConfig:
     if found.problems or cfg is None:
         found.problems.sort(key=lambda p: p[0])  # in the order of the file (stable within a line)
         raise ConfigError([text for _, text in found.problems])
+    cfg._lines = found.lines
     return cfg
+
+
+def unreadable_files(cfg: PipelineConfig, filename: str = "<config>") -> list[str]:
+    """Files the pipeline names (every ``*_file`` key: certificates, keys, CA bundles) that this
+    host cannot read: checked before running (not by ``validate``, which checks the file, not the
+    host it will run on), so a missing certificate is a configuration error naming its key
+    instead of a component failing with the operating system's words."""
+    problems: list[str] = []
+
+    def walk(model: BaseModel, loc: Loc) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            here = (*loc, name)
+            if isinstance(value, BaseModel):
+                walk(value, here)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, BaseModel):
+                        walk(v, (*here, k))
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    if isinstance(v, BaseModel):
+                        walk(v, (*here, i))
+            elif name.endswith("_file") and isinstance(value, str):
+                try:
+                    with open(value, "rb"):
+                        pass
+                except OSError as e:
+                    line = _line_of(here, cfg._lines)
+                    where = f"{filename}:{line}" if line else filename
+                    problems.append(f"{where}: {_dotted(here)}: cannot read {value}: {e.strerror or e}")
+
+    walk(cfg, ())
+    return problems
 
 
 def load_config(path: str | Path) -> PipelineConfig:

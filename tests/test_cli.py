@@ -139,3 +139,33 @@ def test_receive_takes_docker_root_and_never_names_a_data_root_that_is_not_there
         assert c.stop(signal.SIGTERM) == 0
     err = c.stderr()
     assert str(root) not in err and "/var/lib/docker" not in err, err
+
+
+def test_a_bad_flag_value_is_reported_with_the_flag_not_the_internal_key(tmp_path):
+    r = run_cli("tail", "--tag", "{{.Nmae}}", "--once", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("collector tail: --tag: unknown field {{.Nmae}}"), r.stderr
+    r = run_cli("receive", "--forward", "nowhere", "--gelf", "udp://x", "--data-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [
+        "collector receive: --forward: expected host:port, got 'nowhere'",
+        "collector receive: --gelf: 'udp://x': expected udp://HOST:PORT",
+    ], r.stderr
+
+
+def test_a_certificate_that_cannot_be_read_is_a_configuration_error_naming_its_key(tmp_path):
+    """It was a component failure (exit 1) with a traceback and no file name."""
+    cfg = tmp_path / "p.yaml"
+    cfg.write_text(
+        f"data_dir: {tmp_path / 'state'}\n"
+        "sources:\n"
+        "  f:\n"
+        "    type: fluent_forward\n"
+        "    listen: 127.0.0.1:0\n"
+        f"    tls: {{cert_file: {tmp_path}/nope.pem, key_file: {tmp_path}/nope.key}}\n"
+        "sinks: {o: {type: console, inputs: [f]}}\n"
+    )
+    r = run_cli("run", "-c", str(cfg))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr
+    assert f"{cfg}:6: sources.f.tls.cert_file: cannot read {tmp_path}/nope.pem: No such file or directory" in r.stderr
+    assert run_cli("validate", "-c", str(cfg)).returncode == 0  # validate checks the file, not this host
