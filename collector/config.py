@@ -8,9 +8,11 @@
     sinks:
       out: {type: file, inputs: [meta], path: /tmp/out.ndjson}
 
-Components are a discriminated union on ``type`` (registry.py lists them).  Unknown keys,
-wrong types, dangling ``inputs`` and cycles are errors that name the file, the line and the
-key.  ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
+Components are a discriminated union on ``type`` (registry.py lists them; schema.py turns the
+models into the JSON Schema and docs/configuration.md).  Unknown keys, wrong types, unset
+variables, duplicate keys, dangling ``inputs`` and cycles are all reported at once, each as
+``file:line: key: what`` in the order of the file (:class:`ConfigError`).  ``${VAR}`` and
+``${VAR:-default}`` in strings are replaced from the environment.
 """
 
 from __future__ import annotations
