@@ -13,7 +13,8 @@ usage or configuration (always one message, never a traceback), 3 stopped with r
 delivered.
 
 ``--output``: ``console`` (default), ``file:PATH``, ``http(s)://host:9200`` (Elasticsearch or
-OpenSearch), ``gelf+udp://host:12201`` or ``gelf+tcp://host:12201`` (Graylog).
+OpenSearch), ``gelf+udp://host:12201``, ``gelf+tcp://host:12201`` or ``gelf+tls://host:12201``
+(Graylog).
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ def output_sink(spec: str, inputs: list[str]) -> dict[str, Any]:
     if u.scheme in ("gelf+udp", "gelf+tcp", "gelf+tls"):
         return {"type": "gelf", "inputs": inputs, "address": spec}
     raise ValueError(
-        f"unknown output {spec!r}: use console, file:PATH, http(s)://host:9200, gelf+udp://host:12201 "
-        "or gelf+tcp://host:12201"
+        f"unknown output {spec!r}: use console, file:PATH, http(s)://host:9200, gelf+udp://host:12201, "
+        "gelf+tcp://host:12201 or gelf+tls://host:12201"
     )
 
 

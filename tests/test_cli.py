@@ -169,3 +169,13 @@ def test_a_certificate_that_cannot_be_read_is_a_configuration_error_naming_its_k
     assert "Traceback" not in r.stderr
     assert f"{cfg}:6: sources.f.tls.cert_file: cannot read {tmp_path}/nope.pem: No such file or directory" in r.stderr
     assert run_cli("validate", "-c", str(cfg)).returncode == 0  # validate checks the file, not this host
+
+
+def test_every_output_the_cli_accepts_is_named_in_its_help_and_errors():
+    """`--output gelf+tls://` worked, but neither --help nor the error for a bad value said so."""
+    r = run_cli("tail", "--output", "ftp://x", "--once")
+    assert r.returncode == 2
+    helptext = " ".join(run_cli("tail", "--help", env={"COLUMNS": "100"}).stdout.split())
+    for spec in ("console", "file:", "http(s)://", "gelf+udp://", "gelf+tcp://", "gelf+tls://"):
+        assert spec in r.stderr, (spec, r.stderr)
+        assert spec in helptext, spec
