@@ -163,14 +163,16 @@ class DockerMetadata:
         if not ok and self.mode == "auto":
             # with no data root either there is no Docker here at all: the json-file source says
             # so in one line with what to do; a forward/GELF receiver keeps its senders' fields
-            no_docker = not os.path.isdir(os.path.join(self.docker_root, "containers"))
-            log.log(
-                logging.DEBUG if no_docker else logging.INFO,
-                "Docker API at %s: %s; container metadata from config.v2.json files under %s",
-                self.docker_host,
-                self.last_error,
-                self.docker_root,
-            )
+            if not os.path.isdir(os.path.join(self.docker_root, "containers")):
+                # never name a data root that is not there: it only confuses (issue 17)
+                log.debug("Docker API at %s: %s; no Docker data root either", self.docker_host, self.last_error)
+            else:
+                log.info(
+                    "Docker API at %s: %s; container metadata from config.v2.json files under %s",
+                    self.docker_host,
+                    self.last_error,
+                    self.docker_root,
+                )
         self._thread = threading.Thread(target=self._follow, name="docker-events", daemon=True)
         self._thread.start()
 

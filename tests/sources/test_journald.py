@@ -29,6 +29,12 @@ def journal_config(journal: Path, tmp_path: Path, match: list[str], **source: An
     }
 
 
+def checkpoints(tmp_path: Path) -> Path:
+    """The pipeline's checkpoint document (one per pipeline, named by its outputs)."""
+    found = list((tmp_path / "state" / "checkpoints").glob("*.json"))
+    return found[0] if len(found) == 1 else tmp_path / "state" / "none.json"
+
+
 def cat(ident: str, lines: list[str], priority: str = "info") -> None:
     subprocess.run(["systemd-cat", "-t", ident, "-p", priority], input="\n".join(lines) + "\n", text=True, check=True)
 
@@ -58,7 +64,7 @@ def test_systemd_cat_lines_once_each_and_the_cursor_resumes(journal, tmp_path):
         assert r["log"]["syslog"]["appname"] == ident
         assert r["systemd"]["transport"] == "stdout" and r["process"]["pid"] > 0
         assert r["host"]["name"] and r["@timestamp"].endswith("Z") and "container" not in r
-    cursor = json.loads((tmp_path / "state" / "checkpoints.json").read_text())["sources"]["journal"]["cursor"]
+    cursor = json.loads(checkpoints(tmp_path).read_text())["sources"]["journal"]["cursor"]
     assert cursor.startswith("s=")
     # again: nothing new; then 10 more lines: those 10, once
     assert run_once(cfg) == 0
@@ -111,8 +117,11 @@ def test_a_line_docker_split_is_rejoined_and_the_checkpoint_waits_for_its_end(jo
     out = tmp_path / "out.ndjson"
     with BackgroundPipeline(cfg):
         wait_until(lambda: len(read_ndjson(out)) == 2, what="the two complete lines")
-        state = tmp_path / "state" / "checkpoints.json"
-        wait_until(lambda: state.exists() and "cursor" in state.read_text(), what="a checkpoint")
+        wait_until(
+            lambda: checkpoints(tmp_path).exists() and "cursor" in checkpoints(tmp_path).read_text(),
+            what="a checkpoint",
+        )
+        state = checkpoints(tmp_path)
     first = [r["message"] for r in read_ndjson(out)]
     assert sorted(first) == ["before", "unrelated, between the parts"]
     # stopped with the line unfinished: the checkpoint is "before", not past the first part
