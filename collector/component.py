@@ -108,6 +108,13 @@ class Context:
             self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)
         return meta
 
+    async def pipeline_docker(self) -> DockerMetadata:
+        """The Docker metadata the pipeline already uses (its docker_metadata transform's, started before
+        any source), else one with the defaults: for a source that must name containers itself."""
+        if self._docker:
+            return next(iter(self._docker.values()))
+        return await self.docker()
+
     async def aclose(self) -> None:
         for close in reversed(self._closers):
             with contextlib.suppress(Exception):

@@ -259,6 +259,7 @@ KNOWN_FLAG_VIOLATIONS = {
     "receive --metadata sets source",  # issue 17
     "receive --forward sets listen",  # issue 17
     "receive --gelf sets listen",  # issue 17
+    "receive --syslog sets listen",  # issue 17: as --gelf (issue 19 asked for `receive --syslog URL`)
     "setup --es sets hosts",  # issue 17
     "setup --ca-certs sets ca_file",  # issue 17
     "setup --insecure sets verify",  # issue 17

@@ -55,8 +55,6 @@ def test_docker_syslog_driver_every_format_and_transport(docker, tmp_path):
                     f"unixgram://{gsock}",
                 ],
                 "tls": {"cert_file": cert, "key_file": key},
-                "metadata": "api",
-                "docker_host": docker.host,
             }
         },
         "transforms": {

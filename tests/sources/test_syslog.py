@@ -232,7 +232,7 @@ def test_tls_with_octet_counting(tmp_path):
 # -- hostile input and limits --------------------------------------------------------------------
 def test_bad_input_is_dead_lettered_with_its_peer_and_the_rest_keeps_flowing(tmp_path, caplog):
     listen = ["udp://127.0.0.1:0", "tcp://127.0.0.1:0"]
-    with syslog_collector(tmp_path, listen, max_message_bytes=1024, deadletter_per_second=1000) as c:
+    with syslog_collector(tmp_path, listen, max_message_bytes=1024, dead_letter_per_second=1000) as c:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
             for i in range(300):
                 u.sendto(b"garbage %d" % i, ("127.0.0.1", c.port("udp")))

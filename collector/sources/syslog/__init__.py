@@ -27,7 +27,7 @@ Limits: ``max_message_bytes`` (a longer message is dead-lettered: its head, with
 idle connection closed to make room when a cap is reached (``idle_timeout``), a frame started
 must end within ``frame_timeout`` (slowloris), a TLS handshake within ``handshake_timeout``;
 per connection, at most ``max_message_bytes`` plus one read (16 KiB) are held.  A message that
-cannot be read is dead-lettered with its peer and reason (at most ``deadletter_per_second``,
+cannot be read is dead-lettered with its peer and reason (at most ``dead_letter_per_second``,
 the rest counted), counted in ``collector_errors_total{component,reason}`` and logged once per
 reason per minute, never with a traceback.
 """
@@ -128,23 +128,17 @@ class SyslogSourceConfig(ComponentConfig):
         "0660", pattern=r"^0?[0-7]{3}$", description="Permissions of the unix socket files (octal)."
     )
     batch: SyslogBatch = Field(default_factory=SyslogBatch, description="How messages are grouped into batches.")
-    deadletter_per_second: int = Field(
+    dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
     resolve_containers: bool = Field(
         True,
         description="Look up the tag (APP-NAME) as a container id or name (Docker's syslog driver sends its tag "
-        "there, by default the 12-character id) and set container.id when it is one.",
+        "there, by default the 12-character id) and set container.id when it is one. The lookup uses the "
+        "pipeline's Docker metadata (the docker_metadata transform's docker_host, docker_root and source; "
+        "without that transform, $DOCKER_HOST or the local socket, and /var/lib/docker): ids and names through "
+        "the API, full ids and id prefixes through config.v2.json files.",
     )
-    metadata: Literal["auto", "api", "files"] = Field(
-        "auto",
-        description="Where tags are looked up: the Docker API (ids and names), config.v2.json files (ids only), "
-        "or the API when reachable and files otherwise.",
-    )
-    docker_host: str | None = Field(
-        None, description="Docker API address; default $DOCKER_HOST or unix:///var/run/docker.sock."
-    )
-    docker_root: str = Field("/var/lib/docker", description="Docker's data root (for config.v2.json).")
     resolve_ttl: float = Field(30.0, gt=0, description="Seconds a tag's lookup (found or not) is remembered.")
 
     @field_validator("listen", mode="before")
@@ -215,7 +209,7 @@ class SyslogSource(Source):
         now = time.monotonic()
         if now >= self._dl_window:
             self._dl_window = now + 1.0
-            self._dl_left = self.config.deadletter_per_second
+            self._dl_left = self.config.dead_letter_per_second
         if self._dl_left > 0:
             self._dl_left -= 1
             self.ctx.deadletter.raw(self.name, reason, data, peer=peer, transport=transport, detail=detail)
@@ -284,8 +278,7 @@ class SyslogSource(Source):
         cid = None
         try:
             if self._docker is None:
-                c = self.config
-                self._docker = await self.ctx.docker(c.metadata, c.docker_host, c.docker_root)
+                self._docker = await self.ctx.pipeline_docker()
             info = await self._docker.resolve(tag)
             cid = info.id if info is not None else None
         except Exception as e:  # metadata trouble must not stop the server
