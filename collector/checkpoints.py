@@ -30,7 +30,11 @@ log = logging.getLogger("collector.checkpoints")
 VERSION = 1
 
 
-class StateLockedError(RuntimeError):
+class DataDirError(RuntimeError):
+    """The data directory cannot be used (a configuration problem: exit 2)."""
+
+
+class StateLockedError(DataDirError):
     pass
 
 
@@ -48,8 +52,11 @@ class CheckpointStore:
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
+        except OSError as e:
+            raise DataDirError(f"cannot use the data directory {self.dir}: {e.strerror or e}") from None
         try:
             fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from collector import __version__
-from collector.checkpoints import StateLockedError
+from collector.checkpoints import DataDirError
 from collector.config import ConfigError, PipelineConfig, default_data_dir, load_config, validate_config
 
 log = logging.getLogger("collector")
@@ -239,7 +239,7 @@ def _run(cfg: PipelineConfig, once: bool) -> int:
 
     try:
         return asyncio.run(run_pipeline(cfg, once=once))
-    except StateLockedError as e:
+    except DataDirError as e:
         print(f"collector: {e}", file=sys.stderr)
         return EXIT_USAGE
 

@@ -142,6 +142,13 @@ class ConfigError(Exception):
 
 
 # -- YAML with line numbers ---------------------------------------------------------------------
+# A pipeline file has a few hundred values. An alias (``*name``) repeats what its anchor holds, so
+# a few hundred bytes can name billions of values ("billion laughs") or a value that contains
+# itself: both are refused with a ConfigError instead of exhausting memory or the stack.
+MAX_CONFIG_VALUES = 100_000  # values after aliases are expanded
+MAX_CONFIG_DEPTH = 64  # nesting of mappings and lists
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
@@ -154,26 +161,58 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
         mark = getattr(e, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}" if mark else filename
         raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except RecursionError:  # the composer recurses once per level
+        raise ConfigError([f"{filename}: nested deeper than {MAX_CONFIG_DEPTH} levels"]) from None
     if node is None:
         raise ConfigError([f"{filename}: empty configuration"])
     loader = _Loader("")
+    built = 0
+    open_nodes: set[int] = set()  # the nodes being built, outermost first: an alias to one is a loop
+
+    def where(n: yaml.Node) -> str:
+        return f"{filename}:{n.start_mark.line + 1}"
+
+    def scalar(n: yaml.Node) -> Any:
+        try:
+            return loader.construct_object(n, deep=True)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{where(n)}: {getattr(e, 'problem', None) or e}"]) from None
 
     def build(n: yaml.Node, path: tuple[Any, ...]) -> Any:
+        nonlocal built
+        built += 1
+        if built > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                [
+                    f"{where(n)}: the configuration expands to more than {MAX_CONFIG_VALUES} values "
+                    "(YAML aliases repeat what their anchor holds; write the values out)"
+                ]
+            )
+        if len(path) > MAX_CONFIG_DEPTH:
+            raise ConfigError([f"{where(n)}: nested deeper than {MAX_CONFIG_DEPTH} levels"])
         lines[path] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                key = loader.construct_object(k, deep=True)
-                if key in out:
-                    raise ConfigError([f"{filename}:{k.start_mark.line + 1}: duplicate key {key!r}"])
-                lines[(*path, key)] = k.start_mark.line + 1
-                out[key] = build(v, (*path, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(v, (*path, i)) for i, v in enumerate(n.value)]
-        value = loader.construct_object(n, deep=True)
+        if isinstance(n, yaml.MappingNode | yaml.SequenceNode):
+            if id(n) in open_nodes:
+                raise ConfigError([f"{where(n)}: a YAML alias refers to a value that contains it"])
+            open_nodes.add(id(n))
+            try:
+                if isinstance(n, yaml.SequenceNode):
+                    return [build(v, (*path, i)) for i, v in enumerate(n.value)]
+                out: dict[Any, Any] = {}
+                for k, v in n.value:
+                    if not isinstance(k, yaml.ScalarNode):
+                        raise ConfigError([f"{where(k)}: a key must be a plain value, not a list or mapping"])
+                    key = scalar(k)
+                    if key in out:
+                        raise ConfigError([f"{where(k)}: duplicate key {key!r}"])
+                    lines[(*path, key)] = k.start_mark.line + 1
+                    out[key] = build(v, (*path, key))
+                return out
+            finally:
+                open_nodes.discard(id(n))
+        value = scalar(n)
         if isinstance(value, str) and "$" in value:
-            value = expand_env(value, f"{filename}:{n.start_mark.line + 1}")
+            value = expand_env(value, where(n))
         return value
 
     return build(node, ()), lines
@@ -264,4 +303,6 @@ def load_config(path: str | Path) -> PipelineConfig:
         text = p.read_text()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text (byte {e.start})"]) from None
     return parse_config(text, str(path))
