@@ -1,5 +1,10 @@
 """Run the real collector as a subprocess under attack and measure what the issue asks for:
-alive, peak RSS (the kernel's own figure for that child, from ``wait4``), log lines.
+alive, peak RSS, log lines.
+
+Peak RSS is the kernel's own figure for the collector process (``wait4``'s ``ru_maxrss``),
+taken by a small launcher process that forks and execs the collector: measured straight from
+pytest, the figure would include pytest's own memory (a forked child's peak starts at its
+parent's size, and exec keeps it).
 
 (Helper for the file, metadata and config attacks; helper i13net builds the generic harness of
 this directory for network attacks, and this one should merge into it once it lands.)
@@ -7,6 +12,7 @@ this directory for network attacks, and this one should merge into it once it la
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -40,14 +46,38 @@ class Outcome:
         assert self.log_lines <= MAX_LOG_LINES, f"{self.log_lines} log lines:\n{self.stderr[-3000:]}"
 
 
+# Forks the collector, passes SIGTERM/SIGINT on, and writes its exit code and peak RSS.
+_LAUNCHER = """
+import json, os, signal, sys
+result, args = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, "-m", "collector", *args])
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda s, f: os.kill(pid, s))
+while True:
+    try:
+        _, status, ru = os.wait4(pid, 0)
+        break
+    except InterruptedError:
+        continue
+rc = os.waitstatus_to_exitcode(status)
+with open(result, "w") as f:
+    json.dump({"rc": rc, "maxrss_kb": ru.ru_maxrss}, f)
+sys.exit(rc if rc >= 0 else 128 - rc)
+"""
+
+
 class Running:
     """``python -m collector ARGS`` in its own session; stderr (the log) in a file."""
 
     def __init__(self, args: list[str], workdir: Path, env: dict[str, str] | None = None) -> None:
-        self.log_path = workdir / f"collector-{time.monotonic_ns()}.log"
+        stamp = time.monotonic_ns()
+        self.log_path = workdir / f"collector-{stamp}.log"
+        self.result_path = workdir / f"collector-{stamp}.result"
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in _reap
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", *args],
+            [sys.executable, "-c", _LAUNCHER, str(self.result_path), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=self._log,
@@ -65,12 +95,14 @@ class Running:
         return self.rc is None and self._poll()
 
     def _poll(self) -> bool:
-        pid, status, ru = os.wait4(self.proc.pid, os.WNOHANG)
-        if pid == 0:
+        if self.proc.poll() is None:
             return True
-        self.rc = os.waitstatus_to_exitcode(status)
-        self.proc.returncode = self.rc
-        self.peak_kb = ru.ru_maxrss
+        try:
+            result = json.loads(self.result_path.read_text())
+        except (OSError, ValueError):  # the launcher itself was killed
+            result = {"rc": self.proc.returncode, "maxrss_kb": 0}
+        self.rc = result["rc"]
+        self.peak_kb = result["maxrss_kb"]
         self._log.close()
         return False
 
@@ -126,3 +158,13 @@ def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:
     while not cond():
         assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
         time.sleep(0.05)
+
+
+def record_figures(attack: str, outcome: Outcome, good: int) -> None:
+    """Append the figures of an attack to ``$HOSTILE_FIGURES`` (for the README's table)."""
+    path = os.environ.get("HOSTILE_FIGURES")
+    if not path:
+        return
+    row = {"attack": attack, "peak_rss_mb": round(outcome.peak_rss_mb, 1), "good": good, "log_lines": outcome.log_lines}
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
