@@ -329,8 +329,12 @@ class DockerMetadata:
             if self.mode == "api" or self.last_error_hung:
                 self._say_unavailable()
             else:
-                log.info(
-                    "Docker API at %s not available (%s): reading metadata from config.v2.json files under %s",
+                # with no data root either there is no Docker here at all: the json-file source says
+                # so in one line with what to do; a forward/GELF receiver keeps its senders' fields
+                no_docker = not os.path.isdir(os.path.join(self.docker_root, "containers"))
+                log.log(
+                    logging.DEBUG if no_docker else logging.INFO,
+                    "Docker API at %s: %s; container metadata from config.v2.json files under %s",
                     self.docker_host,
                     self.last_error,
                     self.docker_root,
@@ -646,5 +650,31 @@ def _is_timeout(e: BaseException) -> bool:
 
 
 def _describe(e: BaseException) -> str:
+    """One line about why the API did not answer (the docker package nests the OS error deep)."""
+    cause: BaseException | None = e
+    seen = 0
+    while cause is not None and seen < 10:
+        for arg in getattr(cause, "args", ()):
+            if isinstance(arg, BaseException):
+                cause = arg
+                break
+        else:
+            cause = cause.__cause__ or cause.__context__
+        seen += 1
+        if isinstance(cause, FileNotFoundError):
+            return "no socket there"
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (is dockerd running?)"
+        if isinstance(cause, PermissionError):
+            return "permission denied (run as root, or as a member of the docker group)"
     text = str(e) or type(e).__name__
     return text.splitlines()[0][:300]
+
+
+def api_socket_missing(docker_host: str | None) -> str | None:
+    """The path of a ``unix://`` Docker API socket that does not exist (None otherwise)."""
+    host = docker_host or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    if host.startswith("unix://"):
+        path = host[len("unix://") :]
+        return None if os.path.exists(path) else path
+    return None

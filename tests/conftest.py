@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, SERVICES_DIR
+from tests.peers.graylog_peer import GraylogPeer
 
-SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+SERVICES = SERVICES_DIR
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 
@@ -225,3 +226,9 @@ def all_docs(engine: SearchEngine, index: str, fields: list[str]) -> list[dict[s
         assert r.status == 200, r.body
     engine.request("DELETE", "/_search/scroll", {"scroll_id": r.body.get("_scroll_id")})
     return out
+
+
+@pytest.fixture(scope="session")
+def graylog_peer() -> GraylogPeer:
+    """Graylog 6.1's own GELF code and client (tests/peers/graylog), built once per session."""
+    return GraylogPeer.build()

@@ -109,7 +109,9 @@ def test_json_file_to_elasticsearch_end_to_end(docker, search_engine, es_target,
         assert all(d["container"]["id"] == c.id for d in mine)
         levels = {d["message"]: d["log"].get("level") for d in mine}
         assert levels['{"level":"error","msg":"db connection lost"}'] == "error"
-        assert levels['level=warn msg="disk 91% full"'] == "warn"
+        assert levels['level=warn msg="disk 91% full"'] == "warning"  # the regex's "warn", in the one vocabulary
+        codes = {d["message"]: d["log"].get("syslog", {}).get("severity", {}).get("code") for d in mine}
+        assert codes['level=warn msg="disk 91% full"'] == 4
         assert levels["line 7"] is None
         assert {d["tags"][0] for d in mine} == {c.name}  # tag "{{.Name}}"
     assert {d["container"]["compose"]["project"] for d in docs if d["container"]["name"] == b.name} == {"shop"}

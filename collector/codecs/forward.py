@@ -7,8 +7,13 @@ What travels on a connection is a stream of msgpack arrays (no other framing):
     PackedForward            [tag, bin|str (a msgpack stream of [time, record]), option?]
     CompressedPackedForward  the same, with option {"compressed": "gzip"} (gzip members, concatenated)
 
-``time`` is an integer (seconds), a float, or an EventTime (msgpack ext type 0: 4-byte seconds
-and 4-byte nanoseconds, big-endian).  ``option`` may carry ``size`` (the number of events),
+``time`` is an integer (seconds), a float, an EventTime (msgpack ext type 0: 4-byte seconds
+and 4-byte nanoseconds, big-endian) or a msgpack timestamp (ext type -1).  Since Fluent Bit 4.x
+an entry may also be ``[[time, metadata], record]`` (its ``retain_metadata_in_forward_mode``,
+on by default), with group markers (EventTime seconds 0xFFFFFFFF / 0xFFFFFFFE) around the
+records of an OpenTelemetry group.  A time that cannot be read never stops the decoder: it
+decodes to a :class:`BadTime` and only its entry is refused (:meth:`TimeFormatter.any`).
+``option`` may carry ``size`` (the number of events),
 ``chunk`` (the client wants ``{"ack": chunk}`` back once the events are safe) and
 ``compressed``.  With a shared key, the server opens with ``HELO``, the client answers
 ``PING`` and the server ``PONG`` (see :func:`check_ping`).
@@ -54,6 +59,27 @@ class Stamp(str):
     __slots__ = ()
 
 
+class BadTime:
+    """What a malformed EventTime decodes to: its entry is refused, not the whole message."""
+
+    __slots__ = ("data", "detail")
+
+    def __init__(self, detail: str, data: bytes) -> None:
+        self.detail = detail
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"(bad EventTime: {self.detail}; ext 0 {self.data[:64].hex()})"
+
+    __repr__ = __str__
+
+
+# Fluent Bit's group markers: EventTime seconds (uint32_t) -1 and -2, nanoseconds 0
+# (include/fluent-bit/flb_log_event.h, FLB_LOG_EVENT_GROUP_START/END; src/flb_log_event_encoder.c)
+GROUP_START_SECONDS = 0xFFFFFFFF
+GROUP_END_SECONDS = 0xFFFFFFFE
+
+
 # -- time ---------------------------------------------------------------------------------------
 class TimeFormatter:
     """Seconds and nanoseconds to ``2024-05-01T12:00:00.123456789Z``; the date part of the
@@ -74,23 +100,33 @@ class TimeFormatter:
         return f"{self._prefix}.{ns:09d}Z"
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        """msgpack ``ext_hook``: EventTime becomes a :class:`Stamp`; other types a plain dict."""
+        """msgpack ``ext_hook``: EventTime becomes a :class:`Stamp` (a malformed one a
+        :class:`BadTime`, never an exception: that would cost the whole message); other
+        types a plain dict."""
         if code == EVENT_TIME:
             if len(data) != 8:
-                raise ForwardError("bad EventTime", f"{len(data)} bytes instead of 8")
+                return BadTime(f"{len(data)} bytes instead of 8", data)
             sec, ns = _SECNS.unpack(data)
             if ns >= 1_000_000_000:
-                raise ForwardError("bad EventTime", f"{ns} nanoseconds")
+                return BadTime(f"{ns} nanoseconds", data)
+            if sec >= GROUP_END_SECONDS and ns == 0:
+                return GROUP_START if sec == GROUP_START_SECONDS else GROUP_END
             return Stamp(self(sec, ns))
         return {"ext_type": code, "hex": data[:1024].hex()}
 
     def any(self, t: Any) -> str:
         """A record's time, whatever its wire type; ForwardError when it is not a time."""
         tt = type(t)
-        if tt is Stamp:
+        if tt is Stamp or tt is _Marker:  # (a group marker outside Fluent Bit's entry shape is a time)
             return t  # type: ignore[no-any-return]
         if tt is int:
             return self(t)
+        if tt is msgpack.Timestamp:
+            if not 0 <= t.seconds <= MAX_SECONDS:
+                raise ForwardError("bad time", f"{t.seconds} seconds is out of range")
+            return self(t.seconds, t.nanoseconds)
+        if tt is BadTime:
+            raise ForwardError("bad EventTime", t.detail)
         if tt is float and math.isfinite(t) and 0 <= t <= MAX_SECONDS:
             # a double holds about microseconds at today's epoch: keep those, not float noise
             sec = int(t)
@@ -99,6 +135,16 @@ class TimeFormatter:
                 sec, us = sec + 1, us - 1_000_000
             return self(sec, us * 1000)
         raise ForwardError("bad time", f"time must be an integer or an EventTime, not {_kind(t)}")
+
+
+class _Marker(Stamp):
+    """A Fluent Bit group marker: an EventTime that is no time (the entry carries no record)."""
+
+    __slots__ = ()
+
+
+GROUP_START = _Marker("2106-02-07T06:28:15.000000000Z")
+GROUP_END = _Marker("2106-02-07T06:28:14.000000000Z")
 
 
 def event_time(sec: int, ns: int = 0) -> msgpack.ExtType:
@@ -123,7 +169,7 @@ def new_unpacker(max_bytes: int, times: TimeFormatter) -> msgpack.Unpacker:
         use_list=True,
         max_buffer_size=max_bytes,
         ext_hook=times.ext_hook,
-        timestamp=3,  # msgpack's own timestamp (ext -1) as an aware datetime
+        timestamp=0,  # msgpack's own timestamp (ext -1) as msgpack.Timestamp: any seconds, no OverflowError
     )
 
 
@@ -189,16 +235,87 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(out)
 
 
-def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> msgpack.Unpacker:
-    """An iterator over the ``[time, record]`` entries of a (Compressed)PackedForward payload."""
+class Undecodable:
+    """An entry of a packed stream that msgpack cannot decode (a malformed msgpack timestamp,
+    an unhashable map key, ...): only that entry is refused, the stream goes on after it."""
+
+    __slots__ = ("detail", "raw", "reason")
+
+    def __init__(self, reason: str, detail: str, raw: bytes) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return f"(undecodable entry: {self.detail}; {len(self.raw)} bytes: {self.raw[:256].hex()})"
+
+    __repr__ = __str__
+
+
+def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
+    """The ``[time, record]`` entries of a (Compressed)PackedForward payload, one by one; an
+    entry msgpack cannot decode comes out as an :class:`Undecodable`."""
     comp = options.get("compressed")
     if comp == "gzip":
         data = gunzip(data, max_bytes)
     elif comp not in (None, "text"):
         raise ForwardError("bad option", f"unknown compression {comp!r}")
-    u = new_unpacker(max(len(data), 1), times)
-    u.feed(data)
-    return u
+    return _stream(data, times)
+
+
+def _stream(data: bytes, times: TimeFormatter) -> Iterator[Any]:
+    n = len(data)
+    base = 0
+    while base < n:
+        u = new_unpacker(max(n - base, 1), times)
+        u.feed(data[base:] if base else data)
+        k = 0  # entries decoded from ``base`` (positions are found again only after an error)
+        try:
+            for obj in u:
+                k += 1
+                yield obj
+        except (ValueError, TypeError, msgpack.UnpackException) as e:
+            start = _skip(data, base, k)
+            end = _end_of_object(data, start)
+            yield Undecodable(_reason(e), str(e) or type(e).__name__, data[start:end])
+            if end >= n or end == start:
+                return
+            base = end
+            continue
+        if u.tell() < n - base:
+            start = _skip(data, base, k)
+            yield Undecodable("bad entry", "the stream ends inside an entry", data[start:])
+        return
+
+
+def _skip(data: bytes, base: int, k: int) -> int:
+    """The offset of the ``k``-th object after ``base``."""
+    u = msgpack.Unpacker(max_buffer_size=max(len(data) - base, 1))
+    u.feed(data[base:])
+    for _ in range(k):
+        u.skip()
+    return base + u.tell()
+
+
+def _end_of_object(data: bytes, start: int) -> int:
+    """Where the msgpack object at ``start`` ends (skipped, not built); ``len(data)`` if never."""
+    u = msgpack.Unpacker(max_buffer_size=max(len(data) - start, 1))
+    u.feed(data[start:])
+    try:
+        u.skip()
+    except Exception:
+        return len(data)
+    return start + u.tell()
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, msgpack.StackError):
+        return "too deeply nested"
+    if isinstance(e, TypeError):
+        return "bad map key"
+    if "timestamp" in str(e) or "nanoseconds" in str(e):
+        return "bad time"
+    return "bad entry"
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -245,6 +362,10 @@ def clean(v: Any, depth: int = 0) -> Any:
         return v if all(a is b for a, b in zip(items, v, strict=True)) else items
     if t is bytes:
         return v.decode("utf-8", "replace")
+    if t is msgpack.Timestamp:
+        if 0 <= v.seconds <= MAX_SECONDS:
+            return TimeFormatter()(v.seconds, v.nanoseconds)
+        return f"{v.seconds}.{v.nanoseconds:09d}"
     if isinstance(v, datetime):
         return v.isoformat().replace("+00:00", "Z")
     return text(str(v))

@@ -40,6 +40,7 @@ from pydantic import Field, field_validator
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import DockerLines, LineReader, Parsed
 from collector.component import ComponentConfig, Emitter, Source
+from collector.docker_api import api_socket_missing
 from collector.event import Batch, Fields
 from collector.ratelog import RateLimitedLog
 from collector.safefiles import UnsafeFile, check_regular, open_regular
@@ -428,6 +429,18 @@ class DockerJsonFileSource(Source):
                     os.geteuid(),
                 )
                 return
+        roots = [_static_root(p) for p in self.config.globs()]
+        if not any(os.path.isdir(r) for r in roots):
+            # the first command on a host without Docker (or with its data root elsewhere)
+            socket = api_socket_missing(None)
+            log.warning(
+                "%s: no Docker data root here (%s does not exist)%s. Give --docker-root DIR (Docker's data root), "
+                "--path GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
+                self.name,
+                " ".join(roots),
+                f" and no Docker socket at {socket}" if socket else "",
+            )
+            return
         log.warning("%s: no file matches %s yet; waiting for containers", self.name, " ".join(self.config.globs()))
 
     def _start_watching(self) -> None:

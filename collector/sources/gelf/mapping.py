@@ -3,8 +3,11 @@
     short_message        -> message
     full_message         -> gelf.full_message          (the gelf sink sends it back as full_message)
     host                 -> host.name                                         (shared)
+                            (missing: the sender's address, flagged ``log.flags: [host_from_peer]``)
+    (this collector)     -> observer.hostname                                 (shared)
     timestamp            -> @timestamp, RFC 3339 UTC with microseconds (receive time when absent)
-    level                -> log.syslog.severity.{code,name}, log.level (syslog names)
+    level                -> log.level, log.syslog.severity.{code,name} (collector/levels.py; other values
+                            are kept as gelf.level)
     _container_id        -> container.id                                       (shared)
     _container_name      -> container.name                                     (shared)
     _image_name          -> container.image.name (+ container.image.tag)       (shared)
@@ -25,7 +28,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from collector.codecs.gelf import LEVEL_NAMES, GelfError, TimeFormatter, level_code
+from collector import levels
+from collector.codecs.gelf import TimeFormatter
 from collector.docker_api import split_image
 from collector.event import Event, Fields, place_extra
 
@@ -48,8 +52,9 @@ def _size(key: tuple[Any, ...]) -> int:
 class Mapper:
     """Turns decoded GELF messages into (shared fields, tag, event)."""
 
-    def __init__(self, static_tags: list[str] | None = None) -> None:
+    def __init__(self, static_tags: list[str] | None = None, observer: str | None = None) -> None:
         self.static_tags = list(static_tags or [])
+        self.observer = observer
         self._meta: dict[tuple[Any, ...], tuple[Fields, str]] = {}
         self._fmt = TimeFormatter()
 
@@ -78,6 +83,8 @@ class Mapper:
         if key is not None and _size(key) > MAX_CACHED_KEY_BYTES:
             key = None  # a hostile sender cannot fill memory with huge one-off values
         data: dict[str, Any] = {"host": {"name": host}}
+        if self.observer:
+            data["observer"] = {"hostname": self.observer}
         tags = list(self.static_tags)
         if type(tag) is str and tag and tag not in tags:
             tags.append(tag)
@@ -110,13 +117,18 @@ class Mapper:
             self._meta[key] = hit
         return hit
 
-    def __call__(self, msg: dict[str, Any]) -> tuple[Fields, str, Event]:
-        """Consumes ``msg`` (a decoded GELF message with ``host`` and ``short_message``)."""
+    def __call__(self, msg: dict[str, Any], sender: str = "") -> tuple[Fields, str, Event]:
+        """Consumes ``msg`` (a decoded GELF message with ``short_message``); ``sender`` is the
+        peer's address, the host of a message that does not name its own."""
         pop = msg.pop
         short = pop("short_message")
-        host = pop("host")
-        if not host:
-            raise GelfError("missing_field", "host: empty")
+        host = pop("host", None)
+        flagged = False
+        if type(host) is not str or not host:
+            if host is not None and host != "":
+                msg["host"] = host  # not a name: kept as written (gelf.host)
+            host = sender or "unknown"
+            flagged = True
         pop("version", None)
         ts = pop("timestamp", None)
         level = pop("level", None)
@@ -144,10 +156,9 @@ class Mapper:
         if type(level) is int and 0 <= level <= 7:
             code: int | None = level
         else:
-            code = level_code(level) if level is not None else None
+            code = levels.code(level) if level is not None else None
         if code is not None:
-            name = LEVEL_NAMES[code]
-            ev["log"] = {"level": name, "syslog": {"severity": {"code": code, "name": name}}}
+            ev["log"] = levels.fields(code)
         elif level is not None:
             msg["level"] = level  # not a syslog severity: kept as gelf.level
         stream = pop("_stream", None)
@@ -180,4 +191,9 @@ class Mapper:
                 g.update(proto)
             else:
                 ev["gelf"] = proto
+        if flagged:
+            lg = ev.get("log")
+            if type(lg) is not dict:
+                lg = ev["log"] = {}
+            lg["flags"] = ["host_from_peer"]
         return meta, tag, ev
