@@ -594,17 +594,20 @@ class DockerMetadata:
             info = self._admit(info)
         return _FileEntry(0, mtime, info, problem)
 
-    def why_unknown(self, cid: str) -> str:
-        """Why ``cid`` has no metadata, for a warning."""
+    def why_unknown(self, cid: str) -> tuple[str, bool]:
+        """Why ``cid`` has no metadata, and whether something is wrong (an API that is down or
+        hung, an unusable file, a bad id) rather than simply absent (no Docker API was ever
+        reachable and the container has no file: a receiver on a host without Docker)."""
         if not is_container_ref(cid):
-            return "not a Docker container id (64 hex characters)"
+            return "not a Docker container id (64 hex characters)", True
         parts = []
+        wrong = False
         if self.mode != "files":
-            parts.append(
-                f"the Docker API at {self.docker_host} does not know it"
-                if self.api_ok
-                else f"the Docker API at {self.docker_host} is unavailable ({self.last_error})"
-            )
+            if self.api_ok:
+                parts.append(f"the Docker API at {self.docker_host} does not know it")
+            else:
+                parts.append(f"the Docker API at {self.docker_host} is unavailable ({self.last_error})")
+                wrong = self.mode == "api" or self.api_ever_ok or self.last_error_hung
         if self.mode != "api" or not self.api_ok:
             hit = self._files.get(cid) if is_container_id(cid) else None
             where = self.docker_root / "containers" / cid[:64] / "config.v2.json"
@@ -612,9 +615,10 @@ class DockerMetadata:
                 parts.append("a short id has no file")
             elif hit is not None and hit.problem:
                 parts.append(f"{where}: {hit.problem}")
+                wrong = True
             else:
                 parts.append(f"no readable {where}")
-        return "; ".join(parts)
+        return "; ".join(parts), wrong
 
     def health(self) -> tuple[bool, str]:
         if self.mode == "files" or (self.mode == "auto" and not self.api_ok and self._thread is None):

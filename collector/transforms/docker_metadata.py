@@ -143,12 +143,14 @@ class DockerMetadataTransform(Transform):
             else:
                 reason, what = "bad_container_id", f"container id {cid[:80]!r} (not looked up)"
             self._errors.labels(self.name, reason).inc(n)
+            why, wrong = self.docker.why_unknown(cid)
             self._warn(
-                reason,
+                f"{reason}:{wrong}",
                 "%s: records of %s go out with only container.id: %s",
                 self.name,
                 what,
-                self.docker.why_unknown(cid),
+                why,
+                level=logging.WARNING if wrong else logging.INFO,
             )
         return info
 
