@@ -7,8 +7,9 @@ Two ways to know a container, chosen by ``source``:
   inspect per new container, and for an id still unknown at most one inspect per
   ``miss_ttl`` seconds.  Never one call per record.  Every call has a timeout
   (``api_timeout``): an API that accepts and never answers is named in a warning, and it is
-  reconnected with capped, jittered backoff meanwhile.  While it is unavailable, metadata comes
-  from the cache and from the containers' files where they are readable.
+  reconnected with the retry policy (collector/retry.py: capped, full jitter) meanwhile.
+  While it is unavailable, metadata comes from the cache and from the containers' files
+  where they are readable.
 * ``files``: the container's ``config.v2.json`` beside its log (what a sidecar that mounts
   only ``/var/lib/docker/containers`` can read), re-read when its mtime changes.  A file is
   read off the event loop, only when it is a regular file (never a FIFO or a device, never
@@ -34,7 +35,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import random
 import re
 import socket
 import threading
@@ -48,6 +48,7 @@ import orjson
 from cachetools import LRUCache
 
 from collector.ratelog import RateLimitedLog
+from collector.retry import Backoff, RetryConfig
 from collector.safefiles import UnsafeFile, open_regular
 
 log = logging.getLogger("collector.docker")
@@ -59,6 +60,7 @@ _ID_OR_PREFIX = re.compile(r"[0-9a-f]{12,64}\Z")
 MAX_LABEL_KEY_BYTES = 256  # a longer label key is dropped (flagged): keys are field names
 MAX_IDS_REMEMBERED = 4096  # API misses and prefix -> id aliases kept (LRU)
 _ENTRY_OVERHEAD = 600  # approximate bytes of a cache entry besides its strings
+STABLE_STREAM = 60.0  # an events stream that lasted this long: the next outage backs off from the start
 
 
 def is_container_id(cid: object) -> bool:
@@ -245,8 +247,7 @@ class MetadataOptions:
     """The limits and timings of one :class:`DockerMetadata` (from the transform's config)."""
 
     api_timeout: float = 5.0
-    initial_backoff: float = 0.5
-    max_backoff: float = 30.0
+    retry: RetryConfig = field(default_factory=RetryConfig)
     max_file_bytes: int = 4 << 20
     max_field_bytes: int = 4096
     max_labels_bytes: int = 64 << 10
@@ -254,21 +255,6 @@ class MetadataOptions:
     retention: float = 3600.0
     miss_ttl: float = 30.0
     file_ttl: float = 5.0
-
-
-class _Backoff:
-    """Capped exponential backoff with full jitter (replaced by collector.retry when it lands)."""
-
-    def __init__(self, initial: float, maximum: float) -> None:
-        self.initial, self.maximum, self.attempts = initial, maximum, 0
-
-    def delay(self) -> float:
-        bound = min(self.maximum, self.initial * float(1 << min(self.attempts, 62)))
-        self.attempts += 1
-        return bound * random.random()
-
-    def reset(self) -> None:
-        self.attempts = 0
 
 
 @dataclass(slots=True)
@@ -309,7 +295,8 @@ class DockerMetadata:
         self._events: Any = None  # the /events stream being read
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._backoff = _Backoff(o.initial_backoff, o.max_backoff)
+        self._backoff = Backoff(o.retry)
+        self._outage_attempts = 0
         self._warn = RateLimitedLog(log)
         self._down_since: float | None = None
         self.api_ok = False
@@ -399,16 +386,19 @@ class DockerMetadata:
         )
 
     def _follow(self) -> None:
+        """(thread) Follow ``/events``; while the API is unavailable, reconnect with backoff."""
         while not self._stop.is_set():
             if not self.api_ok:
                 if not self._connect_and_list():
                     self.reconnect_attempts += 1
+                    self._outage_attempts += 1
                     self.on_error("api_unavailable", 1)
                     if self.mode == "api" or self.api_ever_ok or self.last_error_hung:
                         self._say_unavailable()
-                    self._stop.wait(self._backoff.delay())
+                    self._backoff.sleep_sync(self._stop)
                     continue
                 self._back()
+            opened = time.monotonic()
             try:
                 stream = self._events = self._open_events()
                 for ev in stream:
@@ -427,6 +417,9 @@ class DockerMetadata:
                     self._failed(e)
             self._down_since = time.monotonic()
             self._say_unavailable()
+            if time.monotonic() - opened > STABLE_STREAM:
+                self._backoff.reset()  # it had worked for a while: a new outage starts small
+            self._backoff.sleep_sync(self._stop)  # an API that lists but drops /events: no busy loop
 
     def _back(self) -> None:
         """Connected and listed after a failure."""
@@ -434,11 +427,11 @@ class DockerMetadata:
             log.info(
                 "Docker API at %s answers again (after %d failed attempts, %.0fs): metadata from it again",
                 self.docker_host,
-                self._backoff.attempts,
+                self._outage_attempts,
                 time.monotonic() - self._down_since,
             )
         self._down_since = None
-        self._backoff.reset()
+        self._outage_attempts = 0
         self._warn.reset("api_down")
 
     def _open_events(self) -> Any:

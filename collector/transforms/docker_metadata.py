@@ -22,29 +22,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cachetools import LRUCache
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from collector.component import Transform, TransformConfig
 from collector.docker_api import ContainerInfo, DockerMetadata, MetadataOptions, is_container_ref
 from collector.event import Batch, Fields, deep_merge, get_path
 from collector.ratelog import RateLimitedLog
+from collector.retry import RetryConfig
 from collector.tags import TagTemplate, template_info
 
 log = logging.getLogger("collector.transforms.docker_metadata")
-
-
-class RetryConfig(BaseModel):
-    """Reconnecting to the Docker API: capped exponential backoff with full jitter."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    initial_backoff: float = Field(0.5, gt=0, description="Seconds: bound of the first wait; doubles per failure.")
-    max_backoff: float = Field(30.0, gt=0, description="Seconds: the bound stops doubling here.")
-
-    @model_validator(mode="after")
-    def _order(self) -> RetryConfig:
-        if self.max_backoff < self.initial_backoff:
-            raise ValueError("max_backoff must be at least initial_backoff")
-        return self
 
 
 class DockerMetadataConfig(TransformConfig):
@@ -70,7 +57,11 @@ class DockerMetadataConfig(TransformConfig):
         description="Seconds any Docker API call may take; an API that does not answer in time is "
         "reported, files are used meanwhile and it is reconnected with `retry`.",
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff between Docker API reconnects.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Backoff between Docker API reconnects (capped, full jitter). `max_elapsed` does not "
+        "apply: the API is retried for as long as the collector runs, with files meanwhile.",
+    )
     max_file_bytes: int = Field(
         4 << 20,
         ge=4096,
@@ -95,6 +86,13 @@ class DockerMetadataConfig(TransformConfig):
         description="Approximate memory for each metadata cache (API answers, config.v2.json files, "
         "enriched fields): least recently used containers are dropped (and looked up again if needed).",
     )
+
+    @field_validator("retry")
+    @classmethod
+    def _forever(cls, v: RetryConfig) -> RetryConfig:
+        if v.max_elapsed is not None:
+            raise ValueError("max_elapsed does not apply: the Docker API is retried for as long as the collector runs")
+        return v
 
     @field_validator("tag")
     @classmethod
@@ -123,8 +121,7 @@ class DockerMetadataTransform(Transform):
         c = self.config
         options = MetadataOptions(
             api_timeout=c.api_timeout,
-            initial_backoff=c.retry.initial_backoff,
-            max_backoff=c.retry.max_backoff,
+            retry=c.retry,
             max_file_bytes=c.max_file_bytes,
             max_field_bytes=c.max_field_bytes,
             max_labels_bytes=c.max_labels_bytes,
