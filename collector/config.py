@@ -211,8 +211,11 @@ def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...
             finally:
                 open_nodes.discard(id(n))
         value = scalar(n)
-        if isinstance(value, str) and "$" in value:
-            value = expand_env(value, where(n))
+        if isinstance(value, str):
+            if "$" in value:
+                value = expand_env(value, where(n))
+            if "\0" in value:  # no path, address or pattern has one; the OS would refuse it later
+                raise ConfigError([f"{where(n)}: a NUL character in a value"])
         return value
 
     return build(node, ()), lines

@@ -27,6 +27,7 @@ ATTACKS = {
     "list-as-key": ("sources:\n  ? [a, b]\n  : 1\n", "a key must be a plain value"),
     "python-tag": ("data_dir: !!python/name:os.system ''\n", "could not determine a constructor"),
     "not-utf8": (b"sources: {a: \xff\xfe}\n", "not UTF-8"),
+    "nul-in-a-path": ('data_dir: "/tmp/x\\0y"\n', "a NUL character in a value"),
 }
 
 
