@@ -160,7 +160,7 @@ def poll_until(cond: Callable[[], object], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def record_figures(attack: str, outcome: Outcome, good: int) -> None:
+def record_figures(attack: str, outcome: Outcome, good: int | None) -> None:
     """Append the figures of an attack to ``$HOSTILE_FIGURES`` (for the README's table)."""
     path = os.environ.get("HOSTILE_FIGURES")
     if not path:

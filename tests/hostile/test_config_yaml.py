@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hostile.files_harness import run_to_end
+from tests.hostile.files_harness import record_figures, run_to_end
 
 
 def billion_laughs() -> str:
@@ -44,6 +44,8 @@ def test_hostile_yaml_is_one_config_error_and_exit_2(tmp_path: Path, attack: str
     r.assert_within_limits()
     assert r.log_lines == 1, r.stderr
     assert r.stderr.startswith(f"{f}:") and expected in r.stderr, r.stderr
+    if command == "run":
+        record_figures(f"row 13: {attack}", r, good=None)
 
 
 def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
