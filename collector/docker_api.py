@@ -59,6 +59,7 @@ _FULL_ID = re.compile(r"[0-9a-f]{64}\Z")
 _ID_OR_PREFIX = re.compile(r"[0-9a-f]{12,64}\Z")
 MAX_LABEL_KEY_BYTES = 256  # a longer label key is dropped (flagged): keys are field names
 MAX_IDS_REMEMBERED = 4096  # API misses and prefix -> id aliases kept (LRU)
+MAX_INSPECTS_PER_SECOND = 20  # calls to the API for ids it did not list (see _inspect_budget)
 _ENTRY_OVERHEAD = 600  # approximate bytes of a cache entry besides its strings
 STABLE_STREAM = 60.0  # an events stream that lasted this long: the next outage backs off from the start
 
@@ -297,6 +298,7 @@ class DockerMetadata:
         self._thread: threading.Thread | None = None
         self._backoff = Backoff(o.retry)
         self._outage_attempts = 0
+        self._tokens, self._tokens_at = float(MAX_INSPECTS_PER_SECOND), time.monotonic()
         self._warn = RateLimitedLog(log)
         self._down_since: float | None = None
         self.api_ok = False
@@ -544,7 +546,7 @@ class DockerMetadata:
                 return info
             if self.api_ok:
                 now = time.monotonic()
-                if now - self._misses.get(cid, -1e18) > self.options.miss_ttl:
+                if now - self._misses.get(cid, -1e18) > self.options.miss_ttl and self._inspect_budget(now):
                     info = await asyncio.to_thread(self._inspect, cid)
                     if info is not None:
                         return info
@@ -556,6 +558,17 @@ class DockerMetadata:
             if info is not None:
                 return info
         return ContainerInfo(id=cid, source="none")
+
+    def _inspect_budget(self, now: float) -> bool:
+        """At most MAX_INSPECTS_PER_SECOND inspects of unknown ids (a token bucket): with the list
+        and the events, the cache knows this host's containers, so unknown ids are mostly other
+        hosts' or made up, and a sender inventing ids must not turn into calls to dockerd."""
+        self._tokens = min(MAX_INSPECTS_PER_SECOND, self._tokens + (now - self._tokens_at) * MAX_INSPECTS_PER_SECOND)
+        self._tokens_at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     async def _from_file(self, cid: str, d: Path) -> ContainerInfo | None:
         now = time.monotonic()

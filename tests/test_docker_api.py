@@ -303,3 +303,25 @@ def test_a_wedged_real_engine_files_meanwhile_then_the_api_again(docker, caplog)
         asyncio.run(main())
     said = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(f"{docker.host} accepts connections but did not answer" in m for m in said), said
+
+
+def test_made_up_ids_do_not_turn_into_calls_to_the_engine(docker):
+    """A sender inventing container ids (valid hex) gets them looked up at a bounded rate."""
+    known = docker.run("true", name="budget-known")
+
+    async def main() -> None:
+        meta = DockerMetadata("api", docker.host, str(docker.root))
+        await meta.start()
+        try:
+            calls = meta.api_calls
+            t0 = time.monotonic()
+            for i in range(5000):
+                assert (await meta.lookup(f"{i:064x}")).source == "none"
+            elapsed = time.monotonic() - t0
+            made = meta.api_calls - calls
+            assert made <= 20 + 20 * elapsed + 1, (made, elapsed)
+            assert (await meta.lookup(known.id)).name == "budget-known"  # the host's own: cached
+        finally:
+            await meta.close()
+
+    asyncio.run(main())
