@@ -394,8 +394,9 @@ class DockerMetadata:
                 if not self._connect_and_list():
                     self.reconnect_attempts += 1
                     self._outage_attempts += 1
-                    self.on_error("api_unavailable", 1)
+                    # a sidecar with no socket (auto) is not an outage: nothing to count or say
                     if self.mode == "api" or self.api_ever_ok or self.last_error_hung:
+                        self.on_error("api_unavailable", 1)
                         self._say_unavailable()
                     self._backoff.sleep_sync(self._stop)
                     continue
