@@ -200,8 +200,9 @@ def test_a_hung_api_socket_is_named_and_files_serve_meanwhile(tmp_path, stand_in
     """A socket that accepts and never answers, or never accepts: every call times out, the
     warning names it, the files serve, nothing waits longer than api_timeout.
 
-    A stand-in, because the real engine cannot be made to do exactly this on demand; the real
-    engine wedged with SIGSTOP is the next test."""
+    A stand-in socket: the real engine cannot be made to never accept, and this one needs no
+    engine and behaves the same every time. The real engine wedged (SIGSTOP: its socket still
+    accepts, nothing answers) is the next test."""
     path = tmp_path / "hung.sock"
     s = socket.socket(socket.AF_UNIX)
     s.bind(str(path))
