@@ -69,6 +69,9 @@ class TransformConfig(ComponentConfig):
 
 
 class SinkConfig(TransformConfig):
+    # the keys that say where records go: a pipeline's identity (checkpoints.pipeline_identity);
+    # None: every key but inputs, buffer and match
+    destination_keys: ClassVar[tuple[str, ...] | None] = None
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="Where records wait for this sink.")
     match: str | None = Field(
         None,

@@ -317,12 +317,13 @@ class DockerMetadata:
             self._down_since = time.monotonic()
             if self.mode == "api" or self.last_error_hung:
                 self._say_unavailable()
-            else:
+            elif not self._has_data_root():
                 # with no data root either there is no Docker here at all: the json-file source says
-                # so in one line with what to do; a forward/GELF receiver keeps its senders' fields
-                no_docker = not os.path.isdir(os.path.join(self.docker_root, "containers"))
-                log.log(
-                    logging.DEBUG if no_docker else logging.INFO,
+                # so in one line with what to do; a forward/GELF receiver keeps its senders' fields.
+                # Never name a data root that is not there: it only confuses (issue 17)
+                log.debug("Docker API at %s: %s; no Docker data root either", self.docker_host, self.last_error)
+            else:
+                log.info(
                     "Docker API at %s: %s; container metadata from config.v2.json files under %s",
                     self.docker_host,
                     self.last_error,
@@ -377,15 +378,19 @@ class DockerMetadata:
             if self.last_error_hung
             else f"unavailable ({self.last_error})"
         )
+        files = f" and from config.v2.json under {self.docker_root}" if self._has_data_root() else ""
         self._warn(
             "api_down",
-            "Docker API at %s %s: container metadata comes from the cache and from config.v2.json "
-            "under %s meanwhile; reconnecting with backoff (%d attempts so far)",
+            "Docker API at %s %s: container metadata comes from the cache%s meanwhile; "
+            "reconnecting with backoff (%d attempts so far)",
             self.docker_host,
             hung,
-            self.docker_root,
+            files,
             self.reconnect_attempts,
         )
+
+    def _has_data_root(self) -> bool:
+        return os.path.isdir(self.docker_root / "containers")
 
     def _follow(self) -> None:
         """(thread) Follow ``/events``; while the API is unavailable, reconnect with backoff."""
@@ -620,6 +625,8 @@ class DockerMetadata:
             where = self.docker_root / "containers" / cid[:64] / "config.v2.json"
             if not is_container_id(cid):
                 parts.append("a short id has no file")
+            elif not self._has_data_root():
+                parts.append("no Docker data root here for config.v2.json")
             elif hit is not None and hit.problem:
                 parts.append(f"{where}: {hit.problem}")
                 wrong = True

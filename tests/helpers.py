@@ -89,6 +89,14 @@ def read_ndjson(path: str | Path) -> list[dict[str, Any]]:
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
 
+def checkpoint_file(data_dir: str | Path) -> Path:
+    """The checkpoint document of the one pipeline that ran with ``data_dir`` (checkpoints are
+    kept per pipeline: ``<data_dir>/checkpoints/<outputs>-<hash>.json``)."""
+    found = sorted((Path(data_dir) / "checkpoints").glob("*.json"))
+    assert len(found) == 1, f"expected the checkpoints of one pipeline in {data_dir}, found {found}"
+    return found[0]
+
+
 def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -23,6 +23,7 @@ MAX_ROUND_EVENTS = 2048
 
 class FileConfig(SinkConfig):
     type: Literal["file"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("path",)
     path: str = Field(description="File to append NDJSON records to (created with its directory).")
     fsync: bool = Field(True, description="fsync before acknowledging (what survives a power loss).")
 

@@ -21,7 +21,7 @@ import orjson
 import yaml
 
 from tests.conftest import all_docs
-from tests.helpers import Collector, docker_lines, wait_until
+from tests.helpers import Collector, checkpoint_file, docker_lines, wait_until
 
 SEQ = re.compile(r"^(\S+) seq=(\d+) ")
 
@@ -320,7 +320,7 @@ def _full_buffer_run(docker, es8, es_target, tmp_path, col, per, n, expected):
             peak = max(peak, rss_kb(col.proc.pid))
             time.sleep(0.2)
         buf = sum(p.stat().st_size for p in (tmp_path / "state" / "buffers" / "es").glob("*.seg"))
-        cp = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())["sources"]["logs"]
+        cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["logs"]
         read_bytes = sum(v["offset"] for v in cp.values())
         log_bytes = sum(docker.log_path(c).stat().st_size for c in containers)
         assert buf <= (4 << 20) + (2 << 20), buf  # the disk buffer respects its limit (one batch of slack)

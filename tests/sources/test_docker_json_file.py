@@ -14,6 +14,7 @@ import pytest
 
 from tests.helpers import (
     BackgroundPipeline,
+    checkpoint_file,
     docker_line,
     docker_lines,
     file_pipeline,
@@ -211,7 +212,7 @@ def test_files_deleted_before_they_were_read_are_reported_as_lost(tmp_path, data
     cfg = file_pipeline([str(log)], out, data_dir)
     run_once(cfg)
     # as after a kill -9 with the last records not yet acknowledged: the checkpoint lags
-    cp_path = data_dir / "checkpoints.json"
+    cp_path = checkpoint_file(data_dir)
     cp = orjson.loads(cp_path.read_bytes())
     (entry,) = cp["sources"]["files"].values()
     size = entry["size"]
@@ -323,7 +324,7 @@ def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
     log.write_bytes(docker_lines([f"l{i}" for i in range(20)]))
     out = tmp_path / "out.ndjson"
     run_once(file_pipeline([str(log)], out, data_dir))
-    cp = orjson.loads((data_dir / "checkpoints.json").read_bytes())["sources"]["files"]
+    cp = orjson.loads(checkpoint_file(data_dir).read_bytes())["sources"]["files"]
     (entry,) = cp.values()
     assert entry["offset"] == log.stat().st_size == out.stat().st_size * 0 + entry["offset"]
     assert entry["live"] == str(log)

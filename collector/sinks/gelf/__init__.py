@@ -51,7 +51,7 @@ import logging
 import select
 import socket
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -92,6 +92,7 @@ class GelfSinkTlsConfig(ComponentConfig):
 
 class GelfSinkConfig(SinkConfig):
     type: Literal["gelf"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("address",)
     address: str = Field(
         description="`gelf+udp://HOST:PORT`, `gelf+tcp://HOST:PORT` or `gelf+tls://HOST:PORT` (Graylog's GELF input)."
     )
