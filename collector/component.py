@@ -28,7 +28,7 @@ from collector.event import Batch
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collector.docker_api import DockerMetadata, MetadataSource
+    from collector.docker_api import DockerMetadata, MetadataOptions, MetadataSource
 
 
 class ComponentConfig(BaseModel):
@@ -90,19 +90,28 @@ class Context:
     deadletter: DeadLetter
     once: bool = False
     hostname: str = field(default_factory=socket.gethostname)
-    _docker: dict[tuple[str, str | None, str], DockerMetadata] = field(default_factory=dict)
+    _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def docker(
-        self, source: MetadataSource = "auto", docker_host: str | None = None, docker_root: str = "/var/lib/docker"
+        self,
+        source: MetadataSource = "auto",
+        docker_host: str | None = None,
+        docker_root: str = "/var/lib/docker",
+        options: MetadataOptions | None = None,
     ) -> DockerMetadata:
         """The shared metadata cache for these settings (one API client per Docker host)."""
         from collector.docker_api import DockerMetadata  # noqa: PLC0415
 
-        key = (source, docker_host, docker_root)
+        key = (source, docker_host, docker_root, options)
         meta = self._docker.get(key)
         if meta is None:
-            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root)
+            errors = self.telemetry.errors
+
+            def on_error(reason: str, n: int) -> None:
+                errors.labels("docker_metadata", reason).inc(n)
+
+            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root, options, on_error)
             await meta.start()
             self._closers.append(meta.close)
             self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)

@@ -220,6 +220,13 @@ def _dotted(loc: Loc) -> str:
 
 
 # -- YAML with line numbers ---------------------------------------------------------------------
+# A pipeline file has a few hundred values. An alias (``*name``) repeats what its anchor holds, so
+# a few hundred bytes can name billions of values ("billion laughs") or a value that contains
+# itself: both are refused with a ConfigError instead of exhausting memory or the stack.
+MAX_CONFIG_VALUES = 100_000  # values after aliases are expanded
+MAX_CONFIG_DEPTH = 64  # nesting of mappings and lists
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
@@ -232,27 +239,61 @@ def _load_with_lines(text: str, found: _Found) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"{found.filename}:{mark.line + 1}" if mark else found.filename
         raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except RecursionError:  # the composer recurses once per level
+        raise ConfigError([f"{found.filename}: nested deeper than {MAX_CONFIG_DEPTH} levels"]) from None
     if node is None:
         raise ConfigError([f"{found.filename}: empty configuration"])
     loader = _Loader("")
+    filename = found.filename
+    built = 0
+    open_nodes: set[int] = set()  # the nodes being built, outermost first: an alias to one is a loop
+
+    def where(n: yaml.Node) -> str:
+        return f"{filename}:{n.start_mark.line + 1}"
+
+    def scalar(n: yaml.Node) -> Any:
+        try:
+            return loader.construct_object(n, deep=True)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{where(n)}: {getattr(e, 'problem', None) or e}"]) from None
 
     def build(n: yaml.Node, path: Loc) -> Any:
+        nonlocal built
+        built += 1
+        if built > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                [
+                    f"{where(n)}: the configuration expands to more than {MAX_CONFIG_VALUES} values "
+                    "(YAML aliases repeat what their anchor holds; write the values out)"
+                ]
+            )
+        if len(path) > MAX_CONFIG_DEPTH:
+            raise ConfigError([f"{where(n)}: nested deeper than {MAX_CONFIG_DEPTH} levels"])
         lines.setdefault(path, n.start_mark.line + 1)
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                key = loader.construct_object(k, deep=True)
-                line = k.start_mark.line + 1
-                if key in out:
-                    first = lines.get((*path, key))
-                    found.add((*path, key), line, f"duplicate key {key!r} (first at line {first})")
-                    continue
-                lines[(*path, key)] = line
-                out[key] = build(v, (*path, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(v, (*path, i)) for i, v in enumerate(n.value)]
-        value = loader.construct_object(n, deep=True)
+        if isinstance(n, yaml.MappingNode | yaml.SequenceNode):
+            if id(n) in open_nodes:
+                raise ConfigError([f"{where(n)}: a YAML alias refers to a value that contains it"])
+            open_nodes.add(id(n))
+            try:
+                if isinstance(n, yaml.SequenceNode):
+                    return [build(v, (*path, i)) for i, v in enumerate(n.value)]
+                out: dict[Any, Any] = {}
+                for k, v in n.value:
+                    line = k.start_mark.line + 1
+                    if not isinstance(k, yaml.ScalarNode):
+                        found.add(path, line, "a key must be a plain value, not a list or mapping")
+                        continue
+                    key = scalar(k)
+                    if key in out:
+                        first = lines.get((*path, key))
+                        found.add((*path, key), line, f"duplicate key {key!r} (first at line {first})")
+                        continue
+                    lines[(*path, key)] = line
+                    out[key] = build(v, (*path, key))
+                return out
+            finally:
+                open_nodes.discard(id(n))
+        value = scalar(n)
         if isinstance(value, str) and "$" in value:
             try:
                 value = expand_env(value, "")
@@ -260,6 +301,9 @@ def _load_with_lines(text: str, found: _Found) -> Any:
                 found.unset.add(path)
                 for problem in e.problems:
                     found.add(path, n.start_mark.line + 1, problem.removeprefix(": "))
+        if isinstance(value, str) and "\0" in value:  # no path, address or pattern has one
+            found.unset.add(path)
+            found.add(path, n.start_mark.line + 1, "a NUL character in the value")
         return value
 
     return build(node, ())

@@ -495,6 +495,9 @@ def gelf_name(prefix: str, key: str) -> str:
     return name
 
 
+MAX_CACHED_NAMES = 10_000
+
+
 def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict[tuple[str, str], str]) -> None:
     """``{"container": {"image": {"name": n}}}`` -> ``out["_container_image_name"] = n``.
 
@@ -505,6 +508,8 @@ def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict
     for k, v in value.items():
         name = names.get((prefix, k))
         if name is None:
+            if len(names) >= MAX_CACHED_NAMES:  # field names come from senders: keep the cache bounded
+                names.clear()
             name = names[(prefix, k)] = gelf_name(prefix, str(k))
         t = type(v)
         if t is str or t is int:

@@ -357,3 +357,12 @@ def test_field_names_and_values_graylog_accepts():
         "_nan": "nan",
         "_objs": '[{"a":1}]',
     }
+
+
+def test_the_field_name_cache_stays_bounded_whatever_names_senders_invent():
+    names: dict[tuple[str, str], str] = {}
+    for i in range(50_000):
+        out: dict[str, object] = {}
+        flatten({f"k{i}": 1, "stable": {"x": i}}, "", out, names)
+        assert out[f"_k{i}"] == 1 and out["_stable_x"] == i
+    assert len(names) <= 10_000

@@ -99,6 +99,23 @@ class Harness:
 
 
 # -- the mapping ---------------------------------------------------------------------------------
+def test_shared_fields_too_large_to_cache_are_converted_per_batch_not_kept():
+    """Each (shared fields, tag) was cached, 10,000 of them: a document of 1,000 labels each."""
+    import tracemalloc
+
+    labels = {f"l{i}": "v" * 40 for i in range(1000)}
+    meta = Fields({"host": {"name": "node-1"}, "container": {"id": CID, "labels": labels}})
+    enc = GelfEncoder("collector-host")
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):  # a sender choosing a new tag each time
+        (doc,) = enc.documents(batch([event(i)], meta, tag=f"t{i}")[0])
+        assert doc["_container_labels_l0"] == "v" * 40 and doc["_tag"] == f"t{i}"
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 4 << 20, grown
+
+
 def test_record_to_gelf_fields():
     enc = GelfEncoder("collector-host")
     b, _ = batch(

@@ -15,6 +15,9 @@ EMPTY_MESSAGE = "(empty)"
 _JAVA_TRIM = "".join(chr(c) for c in range(0x21))
 
 
+MAX_CACHED_META_BYTES = 16 << 10  # 10,000 cached entries of at most this: bounded memory
+
+
 class GelfEncoder:
     """Records to GELF JSON documents; the shared fields of a batch are converted once."""
 
@@ -79,9 +82,10 @@ class GelfEncoder:
             for k, v in aside.items():
                 out.setdefault(k, v)
             hit = {"doc": out, "level": level}
-            if len(self._meta) > 10_000:
-                self._meta.clear()
-            self._meta[key] = hit
+            if len(key[0]) <= MAX_CACHED_META_BYTES:  # large shared fields are converted per batch
+                if len(self._meta) > 10_000:
+                    self._meta.clear()
+                self._meta[key] = hit
         return hit["doc"], hit["level"]
 
     def documents(self, batch: Batch) -> list[dict[str, Any]]:

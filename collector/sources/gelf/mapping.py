@@ -34,6 +34,19 @@ from collector.docker_api import split_image
 from collector.event import Event, Fields, place_extra
 
 MAX_CACHED = 10_000
+MAX_CACHED_KEY_BYTES = 4096  # shared fields with longer values are built per message, not cached
+
+
+def _size(key: tuple[Any, ...]) -> int:
+    n = 0
+    for v in key:
+        if type(v) is tuple:
+            n += _size(v)
+        elif type(v) is str:
+            n += len(v)
+        else:
+            n += 16
+    return n
 
 
 class Mapper:
@@ -60,10 +73,15 @@ class Mapper:
         return self._fmt(time.time())
 
     def shared(self, host: str, tag: str | None, docker: tuple[Any, ...] | None) -> tuple[Fields, str]:
-        key = (host, tag, docker)
-        hit = self._meta.get(key)
+        key: tuple[Any, ...] | None = (host, tag, docker)
+        try:
+            hit = self._meta.get(key)  # type: ignore[arg-type]
+        except TypeError:  # a list or map where Docker's driver sends text: fine, but not cached
+            hit = key = None
         if hit is not None:
             return hit
+        if key is not None and _size(key) > MAX_CACHED_KEY_BYTES:
+            key = None  # a hostile sender cannot fill memory with huge one-off values
         data: dict[str, Any] = {"host": {"name": host}}
         if self.observer:
             data["observer"] = {"hostname": self.observer}
@@ -93,9 +111,10 @@ class Mapper:
         # no _tag (graypy and most libraries): route by sender, as gelf.<host>, so sink `match:`
         # patterns such as "gelf.**" can select it (not added to `tags`: nobody gave that tag)
         hit = (Fields(data), tag if type(tag) is str and tag else f"gelf.{host}")
-        if len(self._meta) >= MAX_CACHED:
-            self._meta.clear()
-        self._meta[key] = hit
+        if key is not None:
+            if len(self._meta) >= MAX_CACHED:
+                self._meta.clear()
+            self._meta[key] = hit
         return hit
 
     def __call__(self, msg: dict[str, Any], sender: str = "") -> tuple[Fields, str, Event]:
