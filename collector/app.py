@@ -27,7 +27,7 @@ from typing import Any
 from collector import registry
 from collector.acks import release
 from collector.buffers.memory import Channel
-from collector.checkpoints import CheckpointStore
+from collector.checkpoints import CheckpointStore, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
 from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
@@ -147,8 +147,23 @@ class Pipeline:
         default = self.emitters[name]
         ports = {port: self.emitters[f"{name}.{port}"] for port in t.output_ports()}
         errors = self.ctx.telemetry.errors.labels(name, "transform_failed")
+        interval = t.tick_interval
         try:
-            while (batch := await inbox.recv()) is not None:
+            while True:
+                try:
+                    if interval is None:
+                        batch = await inbox.recv()
+                    else:
+                        async with asyncio.timeout(interval):
+                            batch = await inbox.recv()  # cancellation-safe: a batch is taken only when returned
+                except TimeoutError:
+                    for port, b in await t.tick():
+                        await (default if port is None else ports[port]).emit(b)
+                    continue
+                if batch is None:
+                    for port, b in await t.finish():
+                        await (default if port is None else ports[port]).emit(b)
+                    break
                 try:
                     outs = await t.process(batch)
                 except Exception as e:
@@ -183,10 +198,10 @@ class Pipeline:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 60)
 
-    def request_stop(self) -> None:
+    def request_stop(self, why: str = "stopping: no new input") -> None:
         if not self.stop_requested:
             self.stop_requested = True
-            log.info("stopping: no new input; delivering what is in flight")
+            log.info("%s; delivering what is in flight", why)
         for s in self.sources.values():
             s.stop()
 
@@ -334,7 +349,7 @@ async def run_pipeline(
     log.debug("open-files limit: %d (hard %d)", soft, hard)
     data_dir = Path(config.data_dir).expanduser()
     telemetry = Telemetry()
-    checkpoints = CheckpointStore(data_dir)
+    checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
     checkpoints.open()
     deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
     ctx = Context(data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once)
@@ -351,13 +366,14 @@ async def run_pipeline(
 
     loop.set_exception_handler(on_loop_error)
 
-    def on_signal() -> None:
+    def on_signal(sig: int) -> None:
         nonlocal signals
         signals += 1
         if pipeline is None:
             return
         if signals == 1:
-            pipeline.request_stop()
+            why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else f"stopping on {signal.Signals(sig).name}"
+            pipeline.request_stop(f"{why}; again to stop at once")
         else:
             log.warning("second signal: stopping now (unacknowledged records are read again next time)")
             pipeline.forced = True
@@ -369,14 +385,18 @@ async def run_pipeline(
         pipeline = Pipeline.build(config, ctx)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
+                loop.add_signal_handler(sig, on_signal, sig)
         if on_ready is not None:
             on_ready(pipeline)
         tune_gc()
-        return await pipeline.run()
+        rc = await pipeline.run()
+        if once and rc == EXIT_OK and not telemetry.value("collector_events_received_total"):
+            hint = checkpoints.nothing_new()
+            if hint:
+                log.info("%s", hint)
+        return rc
     finally:
         loop.set_exception_handler(None)
-        loop_errors.flush()
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

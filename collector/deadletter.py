@@ -269,7 +269,6 @@ class DeadLetter:
                     pass
                 f.close()
             self._files.clear()
-        self._say.flush()
 
 
 def _count_lines(path: Path) -> int:

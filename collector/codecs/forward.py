@@ -7,8 +7,13 @@ What travels on a connection is a stream of msgpack arrays (no other framing):
     PackedForward            [tag, bin|str (a msgpack stream of [time, record]), option?]
     CompressedPackedForward  the same, with option {"compressed": "gzip"} (gzip members, concatenated)
 
-``time`` is an integer (seconds), a float, or an EventTime (msgpack ext type 0: 4-byte seconds
-and 4-byte nanoseconds, big-endian).  ``option`` may carry ``size`` (the number of events),
+``time`` is an integer (seconds), a float, an EventTime (msgpack ext type 0: 4-byte seconds
+and 4-byte nanoseconds, big-endian) or a msgpack timestamp (ext type -1).  Since Fluent Bit 4.x
+an entry may also be ``[[time, metadata], record]`` (its ``retain_metadata_in_forward_mode``,
+on by default), with group markers (EventTime seconds 0xFFFFFFFF / 0xFFFFFFFE) around the
+records of an OpenTelemetry group.  A time that cannot be read never stops the decoder: it
+decodes to a :class:`BadTime` and only its entry is refused (:meth:`TimeFormatter.any`).
+``option`` may carry ``size`` (the number of events),
 ``chunk`` (the client wants ``{"ack": chunk}`` back once the events are safe) and
 ``compressed``.  With a shared key, the server opens with ``HELO``, the client answers
 ``PING`` and the server ``PONG`` (see :func:`check_ping`).
@@ -56,6 +61,27 @@ class Stamp(str):
     __slots__ = ()
 
 
+class BadTime:
+    """What a malformed EventTime decodes to: its entry is refused, not the whole message."""
+
+    __slots__ = ("data", "detail")
+
+    def __init__(self, detail: str, data: bytes) -> None:
+        self.detail = detail
+        self.data = data
+
+    def __str__(self) -> str:
+        return f"(bad EventTime: {self.detail}; ext 0 {self.data[:64].hex()})"
+
+    __repr__ = __str__
+
+
+# Fluent Bit's group markers: EventTime seconds (uint32_t) -1 and -2, nanoseconds 0
+# (include/fluent-bit/flb_log_event.h, FLB_LOG_EVENT_GROUP_START/END; src/flb_log_event_encoder.c)
+GROUP_START_SECONDS = 0xFFFFFFFF
+GROUP_END_SECONDS = 0xFFFFFFFE
+
+
 # -- time ---------------------------------------------------------------------------------------
 class TimeFormatter:
     """Seconds and nanoseconds to ``2024-05-01T12:00:00.123456789Z``; the date part of the
@@ -76,23 +102,33 @@ class TimeFormatter:
         return f"{self._prefix}.{ns:09d}Z"
 
     def ext_hook(self, code: int, data: bytes) -> Any:
-        """msgpack ``ext_hook``: EventTime becomes a :class:`Stamp`; other types a plain dict."""
+        """msgpack ``ext_hook``: EventTime becomes a :class:`Stamp` (a malformed one a
+        :class:`BadTime`, never an exception: that would cost the whole message); other
+        types a plain dict."""
         if code == EVENT_TIME:
             if len(data) != 8:
-                raise ForwardError("bad EventTime", f"{len(data)} bytes instead of 8")
+                return BadTime(f"{len(data)} bytes instead of 8", data)
             sec, ns = _SECNS.unpack(data)
             if ns >= 1_000_000_000:
-                raise ForwardError("bad EventTime", f"{ns} nanoseconds")
+                return BadTime(f"{ns} nanoseconds", data)
+            if sec >= GROUP_END_SECONDS and ns == 0:
+                return GROUP_START if sec == GROUP_START_SECONDS else GROUP_END
             return Stamp(self(sec, ns))
         return {"ext_type": code, "hex": data[:1024].hex()}
 
     def any(self, t: Any) -> str:
         """A record's time, whatever its wire type; ForwardError when it is not a time."""
         tt = type(t)
-        if tt is Stamp:
+        if tt is Stamp or tt is _Marker:  # (a group marker outside Fluent Bit's entry shape is a time)
             return t  # type: ignore[no-any-return]
         if tt is int:
             return self(t)
+        if tt is msgpack.Timestamp:
+            if not 0 <= t.seconds <= MAX_SECONDS:
+                raise ForwardError("bad time", f"{t.seconds} seconds is out of range")
+            return self(t.seconds, t.nanoseconds)
+        if tt is BadTime:
+            raise ForwardError("bad EventTime", t.detail)
         if tt is float and math.isfinite(t) and 0 <= t <= MAX_SECONDS:
             # a double holds about microseconds at today's epoch: keep those, not float noise
             sec = int(t)
@@ -101,6 +137,16 @@ class TimeFormatter:
                 sec, us = sec + 1, us - 1_000_000
             return self(sec, us * 1000)
         raise ForwardError("bad time", f"time must be an integer or an EventTime, not {_kind(t)}")
+
+
+class _Marker(Stamp):
+    """A Fluent Bit group marker: an EventTime that is no time (the entry carries no record)."""
+
+    __slots__ = ()
+
+
+GROUP_START = _Marker("2106-02-07T06:28:15.000000000Z")
+GROUP_END = _Marker("2106-02-07T06:28:14.000000000Z")
 
 
 def event_time(sec: int, ns: int = 0) -> msgpack.ExtType:
@@ -125,9 +171,9 @@ SMALL_OBJECT = 256 << 10  # a whole object up to this size is decoded in one go 
 MAX_ITEMS = 1 << 18  # array elements + map keys and values of one larger part
 FIRST_BUFFER = 1024  # a stream unpacker's first buffer, grown as needed (msgpack's default: 1 MiB per connection)
 READ_SIZE = 64 << 10  # what an unpacker over a buffer reads at a time
-RUN = 1024  # whole objects found before they are decoded together
-GROUP = 16  # objects scanned between two looks at the position (a group over SMALL_OBJECT: again, one by one)
-GZIP_PIECE = 256 << 10  # bytes decompressed at a time
+RUN = 1024  # whole objects found before they are decoded together ...
+RUN_BYTES = 256 << 10  # ... or this many bytes of them
+GZIP_PIECE = 1 << 20  # bytes decompressed at a time
 
 
 def new_unpacker(max_bytes: int, times: TimeFormatter, file_like: Any = None) -> msgpack.Unpacker:
@@ -146,7 +192,7 @@ def new_unpacker(max_bytes: int, times: TimeFormatter, file_like: Any = None) ->
         use_list=True,
         max_buffer_size=max_bytes,
         ext_hook=times.ext_hook,
-        timestamp=3,  # msgpack's own timestamp (ext -1) as an aware datetime
+        timestamp=0,  # msgpack's own timestamp (ext -1) as msgpack.Timestamp: any seconds, no OverflowError
     )
 
 
@@ -155,41 +201,40 @@ def _scanner(max_bytes: int, file_like: Any = None) -> msgpack.Unpacker:
     return msgpack.Unpacker(file_like, read_size=min(size, max_bytes), max_buffer_size=max_bytes)
 
 
-class Truncated(bytes):
-    """The bytes of an object cut short (the end of a packed payload): not an entry."""
-
-    __slots__ = ()
-
-
 class Framer:
     """Whole msgpack objects out of a byte stream (a connection) or a buffer (a payload).
 
     ``feed`` bytes as they arrive (stream), or build it ``over`` a buffer; iterating yields each
-    object once all of its bytes are there, decoded (see the comment above).  ``buffered`` is
-    what is held of an object still arriving (in a buffer: what is left when it ends cut short).
-    A stream framer holding nothing holds no unpacker either (each has a 20 KiB stack): an idle
+    object once all of its bytes are there, decoded (see the comment above): the scanner finds a
+    run of whole objects (RUN at most, RUN_BYTES at most), then the decoder builds exactly
+    those, in C (``islice``, chained); one larger than SMALL_OBJECT is decoded part by part.
+
+    An object msgpack cannot decode (an unhashable map key, a malformed timestamp): over a
+    buffer it comes out as an :class:`Undecodable` and the others go on; in a stream the
+    exception goes to the caller, and the next iteration goes on after that object (so does
+    one stopped early, from where it stopped).  ``buffered`` is what is held of an object
+    still arriving (over a buffer: what is left when it ends cut short, see :meth:`rest`).  A
+    stream framer holding nothing holds no unpacker either (each has a 20 KiB stack): an idle
     connection costs little, and what grew for a large message is given back.
     """
 
-    def __init__(
-        self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0, careful: bool = False
-    ) -> None:
+    def __init__(self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0) -> None:
         self.max_bytes = max_bytes
         self.times = times
-        self._careful = careful
         self._data = data
         self._start = start
         self._scan: msgpack.Unpacker | None = None
         self._dec: msgpack.Unpacker | None = None
         self._fed = 0
-        self._pos = 0
-        self._ends: list[int] = []
+        self._pos = 0  # where the decoder is: the end of the last object taken
+        self._run = 0  # where the run being decoded began
+        self._ends: list[int] = []  # the ends of its objects
         if data is not None:
             self._new()
 
     @classmethod
-    def over(cls, data: bytes, times: TimeFormatter, start: int = 0, careful: bool = False) -> Framer:
-        return cls(max(1, len(data) - start), times, data, start, careful)
+    def over(cls, data: bytes, times: TimeFormatter, start: int = 0) -> Framer:
+        return cls(max(1, len(data) - start), times, data, start)
 
     def _new(self) -> None:
         if self._data is not None:
@@ -202,8 +247,8 @@ class Framer:
             self._fed = 0
         self._scan = _scanner(self.max_bytes, a)
         self._dec = new_unpacker(self.max_bytes, self.times, b)
-        self._pos = 0  # where the decoder is: the end of the last object taken
-        self._ends: list[int] = []  # the ends of the objects of the run being decoded
+        self._pos = self._run = 0
+        self._ends = []
 
     def feed(self, data: bytes) -> None:
         if self.buffered + len(data) > self.max_bytes:
@@ -231,63 +276,78 @@ class Framer:
         return 2 * self._fed - self._pos - self._scan.tell()
 
     def __iter__(self) -> Iterator[Any]:
-        """The whole objects there are now (the hot path of every connection): the scanner
-        finds a run of whole objects (RUN at most, each at most SMALL_OBJECT), then the decoder
-        builds exactly those, in C (``islice``, chained); a larger one is decoded part by part.
-        An iteration stopped early, or an object that failed to decode, is caught up with at
-        the next one (the failed object skipped)."""
         if self._dec is not None and self._dec.tell() != self._pos:
-            self._recover()
+            self._catch_up()
         return chain.from_iterable(self._runs())
 
     def _runs(self) -> Iterator[Iterator[Any]]:
-        scan, dec = self._scan, self._dec
-        if scan is None or dec is None:
-            return
-        skip, tell = scan.skip, scan.tell
-        group = 1 if self._careful else GROUP  # objects scanned between two looks at the position
-        pos = self._pos
+        times = self.times
+        soft = self._data is not None  # over a buffer: an object that fails is an Undecodable
         while True:
+            scan, dec = self._scan, self._dec
+            if scan is None or dec is None:
+                return
+            skip, tell = scan.skip, scan.tell
+            pos = self._run = self._pos
             ends = self._ends = []
-            last = e = pos
-            n = 0
-            done = False
-            while n < RUN:
+            last = pos
+            large = done = False
+            while len(ends) < RUN:
                 try:
-                    for _ in range(group):
-                        skip()
-                        e = tell()  # (not after OutOfData: it would count a part of the next object)
-                        n += 1
+                    skip()
                 except msgpack.OutOfData:
                     done = True
-                if e == last:
                     break
+                e = tell()  # (not after OutOfData: it would count a part of the next object)
                 ends.append(e)
-                if e - (last if group == 1 else pos) > SMALL_OBJECT or done:
+                if e - last > SMALL_OBJECT:
+                    large = True
                     break
                 last = e
-            if not ends:
+                if e - pos > RUN_BYTES:
+                    break
+            n = len(ends) - large
+            if n:
+                if not soft:
+                    yield islice(dec, n)  # (chain takes all of it before it asks for more)
+                    self._pos = last
+                else:
+                    objs: list[Any] = []
+                    try:
+                        objs.extend(islice(dec, n))
+                    except (ValueError, TypeError, msgpack.UnpackException) as e:
+                        objs.append(self._undecodable(e, len(objs)))
+                        yield iter(objs)
+                        continue  # (a new scanner and decoder, after the object that failed)
+                    self._pos = last
+                    yield iter(objs)
+            if large:
+                raw = dec.read_bytes(ends[-1] - last)
+                self._pos = ends[-1]
+                try:
+                    obj = decode_large(raw, times)
+                except (ValueError, TypeError, msgpack.UnpackException) as e:  # (ForwardError is a ValueError)
+                    if not soft:
+                        raise
+                    obj = Undecodable(getattr(e, "reason", None) or _reason(e), str(e), raw[:4096])
+                yield iter((obj,))
+            elif done:
                 break
-            end = ends[-1]
-            if end - pos <= SMALL_OBJECT:
-                yield islice(dec, n)  # (chain takes all of it before it asks for more)
-            elif group > 1:  # a large object in there: those objects again, one by one
-                yield iter(Framer.over(dec.read_bytes(end - pos), self.times, careful=True))
-            elif n > 1:  # (careful: the last one is the large one)
-                yield islice(dec, n - 1)
-                self._pos = last
-                yield iter((decode_large(dec.read_bytes(end - last), self.times),))
-            else:
-                yield iter((decode_large(dec.read_bytes(end - pos), self.times),))
-            pos = self._pos = end
-            if done:
-                break
-        if self._data is None and pos == self._fed:
+        if self._data is None and self._pos == self._fed:
             self._scan = self._dec = None  # nothing held: no unpacker held either
 
-    def _recover(self) -> None:
-        """The last iteration stopped inside a run: go on from where the decoder is, or after
-        the object it failed on."""
+    def _undecodable(self, e: Exception, k: int) -> Undecodable:
+        """The ``k``-th object of the run (over a buffer) failed to decode: it, as an
+        :class:`Undecodable`; the framer goes on after it."""
+        ends = self._ends
+        start = ends[k - 1] if k else self._run
+        raw = b"" if self._data is None else self._data[self._start + start : self._start + ends[k]]
+        self._resync(ends[k])
+        return Undecodable(_reason(e), str(e) or type(e).__name__, raw)
+
+    def _catch_up(self) -> None:
+        """The last iteration stopped inside a run: go on from where the decoder is, or, when
+        an object failed to decode there, after it."""
         assert self._dec is not None
         at = self._dec.tell()
         self._resync(at if at in self._ends else next((e for e in self._ends if e > at), at))
@@ -295,7 +355,7 @@ class Framer:
     def __next__(self) -> Any:
         """One whole object, or StopIteration (what a handshake reads)."""
         if self._dec is not None and self._dec.tell() != self._pos:
-            self._recover()
+            self._catch_up()
         scan, dec = self._scan, self._dec
         if scan is None or dec is None:
             raise StopIteration
@@ -305,21 +365,16 @@ class Framer:
             raise StopIteration from None
         end = scan.tell()
         size = end - self._pos
-        if size > SMALL_OBJECT:
-            obj = decode_large(dec.read_bytes(size), self.times)
-        else:
-            try:
-                obj = dec.unpack()
-            except Exception:
-                self._resync(end)
-                raise
+        self._run, self._ends = self._pos, [end]
+        obj = decode_large(dec.read_bytes(size), self.times) if size > SMALL_OBJECT else dec.unpack()
         self._pos = end
         if self._data is None and end == self._fed:
             self._scan = self._dec = None
         return obj
 
     def _resync(self, end: int) -> None:
-        """After an object failed to decode: go on from ``end``, where it ends."""
+        """Go on from ``end`` (an object's end, or where the decoder is) with a new scanner and
+        decoder."""
         if self._data is not None:
             self._start += end
             self._new()
@@ -332,9 +387,37 @@ class Framer:
         if rest:
             self.feed(rest)
 
-    def rest(self) -> Truncated:
+    def rest(self) -> bytes:
         """What is left after the last whole object (a buffer that ends cut short)."""
-        return Truncated(self._dec.read_bytes(self.buffered)) if self._dec is not None else Truncated()
+        return self._dec.read_bytes(self.buffered) if self._dec is not None else b""
+
+
+class Undecodable:
+    """An entry of a packed stream that msgpack cannot decode (a malformed msgpack timestamp,
+    an unhashable map key, ...), or the end of a stream cut short: only that entry is refused,
+    the stream goes on after it."""
+
+    __slots__ = ("detail", "raw", "reason")
+
+    def __init__(self, reason: str, detail: str, raw: bytes) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.raw = raw
+
+    def __str__(self) -> str:
+        return f"(undecodable entry: {self.detail}; {len(self.raw)} bytes: {self.raw[:256].hex()})"
+
+    __repr__ = __str__
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, msgpack.StackError):
+        return "too deeply nested"
+    if isinstance(e, TypeError):
+        return "bad map key"
+    if "timestamp" in str(e) or "nanoseconds" in str(e):
+        return "bad time"
+    return "bad entry"
 
 
 class Entries:
@@ -392,7 +475,7 @@ def decode_part(view: memoryview, times: TimeFormatter) -> Any:
         unicode_errors="surrogateescape",
         strict_map_key=False,
         ext_hook=times.ext_hook,
-        timestamp=3,
+        timestamp=0,
     )
 
 
@@ -515,35 +598,21 @@ def gunzip(data: bytes, limit: int) -> bytes:
 
 
 def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
-    """The ``[time, record]`` entries of a (Compressed)PackedForward payload, decoded one at a
-    time (a compressed one decompressed piece by piece); a payload that ends cut short ends
-    with a :class:`Truncated` (not an entry)."""
+    """The ``[time, record]`` entries of a (Compressed)PackedForward payload, one by one (see
+    :class:`Framer`: nothing is built before it is whole, the lot in C); an entry msgpack cannot
+    decode comes out as an :class:`Undecodable`, and so does the end of a payload cut short."""
     comp = options.get("compressed")
     if comp == "gzip":
-        gunzip_size(data, max_bytes)  # all or nothing: too large or corrupt before any entry is taken
-        return _gzip_entries(data, times, max_bytes)
-    if comp not in (None, "text"):
+        data = gunzip(data, max_bytes)  # all or nothing: too large or corrupt before any entry is taken
+    elif comp not in (None, "text"):
         raise ForwardError("bad option", f"unknown compression {comp!r}")
-    return _buffer_entries(data, times)
-
-
-def _buffer_entries(data: bytes, times: TimeFormatter) -> Iterator[Any]:
     f = Framer.over(data, times)
-    return chain(f, _cut_short(f))  # (in C: no Python frame per entry)
+    return chain(f, _cut_short(f))
 
 
-def _cut_short(f: Framer) -> Iterator[Truncated]:
+def _cut_short(f: Framer) -> Iterator[Undecodable]:
     if f.buffered:
-        yield f.rest()
-
-
-def _gzip_entries(data: bytes, times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
-    f = Framer(max_bytes, times)
-    for piece in gunzip_pieces(data):
-        f.feed(piece)
-        yield from f
-    if f.buffered:
-        yield f.rest()
+        yield Undecodable("bad entry", "the stream ends inside an entry", f.rest())
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -590,6 +659,10 @@ def clean(v: Any, depth: int = 0) -> Any:
         return v if all(a is b for a, b in zip(items, v, strict=True)) else items
     if t is bytes:
         return v.decode("utf-8", "replace")
+    if t is msgpack.Timestamp:
+        if 0 <= v.seconds <= MAX_SECONDS:
+            return TimeFormatter()(v.seconds, v.nanoseconds)
+        return f"{v.seconds}.{v.nanoseconds:09d}"
     if isinstance(v, datetime):
         return v.isoformat().replace("+00:00", "Z")
     return text(str(v))

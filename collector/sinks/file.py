@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -24,6 +24,7 @@ MAX_ROUND_BYTES = 8 << 20  # a round's records, encoded at once (large records: 
 
 class FileConfig(SinkConfig):
     type: Literal["file"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("path",)
     path: str = Field(description="File to append NDJSON records to (created with its directory).")
     fsync: bool = Field(True, description="fsync before acknowledging (what survives a power loss).")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from datetime import UTC, datetime
 
 import msgpack
 import orjson
@@ -83,18 +82,25 @@ def test_what_is_not_a_time_is_refused(bad):
     ],
 )
 def test_malformed_event_time(ext):
+    (bad,) = decode(msgpack.packb(ext))  # decoding goes on (the rest of the message is good) ...
     with pytest.raises(ForwardError) as e:
-        decode(msgpack.packb(ext))
+        TimeFormatter().any(bad)  # ... and only the entry whose time it is is refused
     assert e.value.reason == "bad EventTime"
 
 
 def test_other_ext_types_and_msgpack_timestamps_become_plain_values():
-    obj = decode(msgpack.packb({"x": msgpack.ExtType(5, b"\x01\x02"), "ts": msgpack.Timestamp(T0, 0)}, datetime=False))
-    assert obj == [{"x": {"ext_type": 5, "hex": "0102"}, "ts": datetime(2024, 5, 1, 12, tzinfo=UTC)}]
+    huge = msgpack.Timestamp(2**63 - 1, 0)
+    obj = decode(msgpack.packb({"x": msgpack.ExtType(5, b"\x01\x02"), "ts": msgpack.Timestamp(T0, 7), "huge": huge}))
+    assert obj == [{"x": {"ext_type": 5, "hex": "0102"}, "ts": msgpack.Timestamp(T0, 7), "huge": huge}]
     assert orjson.loads(orjson.dumps(clean(obj[0]))) == {
         "x": {"ext_type": 5, "hex": "0102"},
-        "ts": "2024-05-01T12:00:00Z",
+        "ts": "2024-05-01T12:00:00.000000007Z",
+        "huge": "9223372036854775807.000000000",  # no OverflowError: out of any calendar, kept as a number
     }
+    assert TimeFormatter().any(msgpack.Timestamp(T0, 7)) == "2024-05-01T12:00:00.000000007Z"
+    with pytest.raises(ForwardError) as e:
+        TimeFormatter().any(huge)
+    assert e.value.reason == "bad time"
 
 
 # -- modes ---------------------------------------------------------------------------------------

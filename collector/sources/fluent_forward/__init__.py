@@ -224,7 +224,6 @@ class FluentForwardSource(Source):
         for c in list(self.connections):
             c.close()
         self.connections.clear()
-        self.intake.say.flush()
 
 
 class Heartbeat(asyncio.DatagramProtocol):

@@ -13,7 +13,9 @@ not count), that holds more than the listener's share of memory, or that is idle
 one needs its slot.
 Bad *entries* inside a well-formed message are set aside the same way but the rest of the
 message is accepted (and acknowledged): closing would make an at-least-once client resend the
-same bad chunk forever.
+same bad chunk forever.  A message none of whose entries can be read is not acknowledged at
+all (records.py raises :class:`Unreadable`): reading stops, the acks still owed are sent, the
+connection closes, and the client keeps the data.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from collector.codecs.forward import ForwardError, ack_response, check_ping, helo, pong
+from collector.codecs.forward import ForwardError, check_ping, helo, pong
 from collector.sources.fluent_forward.intake import Intake, Unit
-from collector.sources.fluent_forward.records import Decoder
+from collector.sources.fluent_forward.records import Decoder, Unreadable
 
 if TYPE_CHECKING:
     from collector.component import Emitter
@@ -86,7 +88,7 @@ class Connection:
         # one write per ack, as soon as it is due: nothing held back to be coalesced
         w = self.writer
         if not w.is_closing():
-            w.write(ack_response(chunk))
+            w.write(self.decoder.ack(chunk))
             if w.transport.get_write_buffer_size() > MAX_UNREAD_ACKS:
                 self._refuse(ForwardError("acks not read", "the client does not read its acks"))
         if (self.stopping or self.ended) and self.open_chunks <= 0:
@@ -132,6 +134,8 @@ class Connection:
             if self.config.shared_key is not None:
                 await self._handshake()
             await self._read_loop(out)
+        except Unreadable:
+            pass  # logged and set aside by records.py; no ack: the client keeps it
         except ForwardError as e:
             self._refuse(e)
         except _Refused:
@@ -200,6 +204,7 @@ class Connection:
             self.close()
             raise _Refused
         log.debug("%s: %s (%s) authenticated", self.intake.name, self.peer, host)
+        self.decoder.client_host(host)
 
     async def _read_object(self) -> Any:
         dec = self.decoder
@@ -252,7 +257,7 @@ class Connection:
                 now = loop.time()
                 if since is not None:
                     self.message_since = since + (now - t0)
-                if not table.active(self, now, dec.buffered, dec.framer.held):
+                if not table.active(self, now, dec.buffered, dec.held):
                     self.killed = "memory_budget"
                     raise _Refused
             self._in_read = True

@@ -1,7 +1,7 @@
 """Batches out of decoded records, and the chunk acknowledgements that wait for them.
 
 A :class:`Unit` holds the records decoded from a stretch of one connection's input, grouped by
-``(tag, container id, container name)`` as the client sent them; each group shares one cached
+``(tag, container id, container name, sender host)`` as the client sent them; each group shares one cached
 :class:`~collector.event.Fields` (``host``, ``tags``, ``container``), so Docker metadata is
 looked up and encoded once per container, and the ``docker_metadata`` transform takes its fast
 path (``batch.meta.get("container.id")``).  :meth:`Intake.batches` turns a unit into one batch
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
-GroupKey = tuple[str, str | None, str | None]
+GroupKey = tuple[str, str | None, str | None, str]  # tag, container id, container name, sender host
 
 
 class ChunkAck:
@@ -98,14 +98,15 @@ class Intake:
         self.say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
 
     def fields(self, key: GroupKey) -> Fields:
-        """The shared fields of ``(tag, container_id, container_name)`` as the client sent them."""
+        """The shared fields of ``(tag, container_id, container_name, host)`` as the client sent
+        them; ``host`` is the sender's (records.py), this collector is ``observer.hostname``."""
         f = self._fields.get(key)
         if f is None:
             cacheable = sum(len(k) for k in key if k) <= 4096  # a hostile client cannot fill memory
-            tag, cid, cname = key
+            tag, cid, cname, host = key
             tags = [tag] if tag else []
             tags.extend(t for t in self.static_tags if t not in tags)
-            data: dict[str, Any] = {"host": {"name": self.ctx.hostname}}
+            data: dict[str, Any] = {"host": {"name": text(host)}, "observer": {"hostname": self.ctx.hostname}}
             if tags:
                 data["tags"] = tags
             if cid is not None:

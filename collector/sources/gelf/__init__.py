@@ -19,13 +19,15 @@ reading, so the senders slow down: nothing is dropped.  Its connections follow t
 listener states (collector/listeners.py: connections in all and per address, TLS handshake,
 read and idle timeouts, bytes held for frames still arriving), refusals counted and logged.
 
-Bad input never stops the server: malformed messages (bad JSON or compression, missing
-``host``/``short_message``, too large) go to the dead-letter file with the peer's address (at
+Bad input never stops the server: malformed messages (bad JSON or compression, no
+``short_message``, too large) go to the dead-letter file with the peer's address (at
 most ``deadletter_per_second`` per second and the dead letter's byte rate, the rest only
-counted); chunk-level trouble
-(expired, evicted, duplicated, too many chunks) is only counted, in
-``collector_errors_total{component,reason}``, and logged once per reason per minute.  GELF has
-no delivery identity: record ids are random and batches carry no acknowledgement.
+counted); chunk-level trouble (expired, evicted, duplicated, too many chunks) is only counted,
+in ``collector_errors_total{component,reason}``, and logged once per reason per minute.  GELF
+has no delivery identity: record ids are random and batches carry no acknowledgement.  A
+message without ``host`` (GELF requires one; Fluent Bit's ``gelf`` output leaves it out when
+the record has none) is accepted: its ``host.name`` is the sender's address, flagged
+``log.flags: [host_from_peer]`` and counted (``reason="missing_host"``).
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class GelfSource(Source):
 
     def __init__(self, name: str, config: GelfSourceConfig, ctx: Any) -> None:
         super().__init__(name, config, ctx)
-        self.mapper = Mapper(config.tags)
+        self.mapper = Mapper(config.tags, ctx.hostname)
         self.reassembler = Reassembler(
             config.chunk_timeout, config.max_pending_messages, config.max_pending_bytes, config.max_message_bytes
         )
@@ -172,6 +174,16 @@ class GelfSource(Source):
             self.ctx.deadletter.raw(self.name, e.reason, data, peer=_peer(peer), transport=transport, detail=e.detail)
         else:
             self._error(e.reason)
+
+    def _missing_host(self, peer: Any) -> None:
+        """A message without ``host``: accepted under the sender's address, flagged, counted."""
+        self._error("missing_host")
+        self._say.warning(
+            "missing_host",
+            "GELF messages from %s have no `host`; host.name is set to the sender's address and "
+            'log.flags to host_from_peer (all counted: collector_errors_total{reason="missing_host"})',
+            _peer(peer),
+        )
 
     def _drop(self, reason: str, n: int) -> None:
         if n <= 0:
@@ -229,7 +241,10 @@ class GelfSource(Source):
                     payload = data
                 msg, size = decode_sized(payload, limit)
                 decoded += size
-                meta, tag, ev = mapper(msg)
+                host = msg.get("host")
+                if type(host) is not str or not host:  # GELF requires it; Fluent Bit may leave it out
+                    self._missing_host(peer)
+                meta, tag, ev = mapper(msg, _sender(peer))
             except GelfError as e:
                 self._bad(e, payload, peer, "udp" if udp else "tcp")
                 continue
@@ -463,7 +478,6 @@ class GelfSource(Source):
             self._flush_chunk_counts()
             self._drops_logged_at = 0.0
             self._log_drops(time.monotonic() + DROP_LOG_INTERVAL)
-            self._say.flush()
 
 
 class _TcpConn:
@@ -482,6 +496,13 @@ class _TcpConn:
     def kill(self, reason: str) -> None:
         self.killed = reason
         self.writer.transport.abort()
+
+
+def _sender(peer: Any) -> str:
+    """The sender's address without its port (ports change from message to message)."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
 
 
 def _peer(peer: Any) -> str:
