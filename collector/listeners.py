@@ -44,8 +44,10 @@ log = logging.getLogger("collector.listeners")
 TRIM_AFTER = 1000  # connections closed before the C heap is trimmed (at most every TRIM_INTERVAL s)
 TRIM_INTERVAL = 10.0
 FREE_BYTES = 32 << 10  # held by a connection without being charged (a Docker line is at most 16 KiB)
-FD_RESERVE_MIN = 256  # descriptors kept for files, outputs, the event loop and accept bursts (asyncio
-FD_RESERVE_SHARE = 8  # accepts up to 100 at once per listener before any is refused), or 1/8 of the limit
+FD_RESERVE_MIN = 64  # descriptors kept for files, outputs and the event loop ...
+FD_RESERVE_SHARE = 8  # ... or 1/8 of the limit when that is more ...
+ACCEPT_BURST = 100  # ... and per TCP listener twice what asyncio accepts at once (its backlog) before
+# any of them is refused: refused ones are closed at the loop's next turn
 
 
 class ListenerLimits(ComponentConfig):
@@ -99,14 +101,16 @@ def raise_fd_limit() -> tuple[int, int]:
 
 def fd_budget() -> int:
     """Connections the listeners of this process may hold together: the soft open-files
-    limit minus a reserve for everything else."""
+    limit minus a reserve for everything else, including the accept bursts of its listeners."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         soft = 1 << 20
-    return max(16, soft - max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE))
+    reserve = max(FD_RESERVE_MIN, soft // FD_RESERVE_SHARE) + 2 * ACCEPT_BURST * _tcp_listeners[0]
+    return max(16, soft - reserve)
 
 
 _process_connections = [0]  # open connections of every listener in this process
+_tcp_listeners = [0]  # TCP servers accepting in this process
 
 
 # -- connections -------------------------------------------------------------------------------------
@@ -143,13 +147,27 @@ class ConnectionTable:
         self._trimmed_at = 0.0
         self.fd_budget = fd_budget()
         self.max_connections = min(limits.max_connections, self.fd_budget)
-        if self.max_connections < limits.max_connections:
+        self._listening = 0
+
+    def listening(self, servers: int = 1) -> None:
+        """``servers`` TCP servers of this listener accept connections now (the descriptor
+        budget keeps room for their accept bursts)."""
+        self._listening += servers
+        _tcp_listeners[0] += servers
+        self.fd_budget = fd_budget()
+        self.max_connections = min(self.limits.max_connections, self.fd_budget)
+        if self.max_connections < self.limits.max_connections:
             log.warning(
-                "%s: max_connections %d is above what the open-files limit allows; serving at most %d",
-                name,
-                limits.max_connections,
+                "%s: max_connections %d is above what the open-files limit (ulimit -n) allows; serving at most %d",
+                self.name,
+                self.limits.max_connections,
                 self.max_connections,
             )
+
+    def stopped_listening(self) -> None:
+        """Its servers stopped accepting."""
+        _tcp_listeners[0] -= self._listening
+        self._listening = 0
 
     def __len__(self) -> int:
         return len(self.conns)
@@ -166,9 +184,10 @@ class ConnectionTable:
                 peer,
                 self.per_peer[peer_host],
             )
-        full = len(self.conns) >= self.max_connections or _process_connections[0] >= self.fd_budget
+        budget = self.fd_budget = fd_budget()
+        full = len(self.conns) >= self.max_connections or _process_connections[0] >= budget
         if full and not self._evict_idle():
-            if _process_connections[0] >= self.fd_budget:
+            if _process_connections[0] >= budget:
                 return self._refuse(
                     "too_many_connections",
                     "refused %s: too many connections (%d open in this process, near the open-files limit)",

@@ -192,12 +192,14 @@ class FluentForwardSource(Source):
         )
         self.ctx._closers.append(self._close_all)
         self.listening.set()
+        self.table.listening()
         watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._stop.wait()
         finally:
             watch.cancel()
             server.close()
+            self.table.stopped_listening()
             if udp is not None:
                 udp.close()
             conns = list(self.connections)

@@ -454,7 +454,10 @@ class GelfSource(Source):
             self.stop()
             raise
         keeper = asyncio.create_task(self._housekeeping(), name=f"source:{self.name}:housekeeping")
-        watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts") if self._servers else None
+        watch = None
+        if self._servers:
+            self.table.listening(len(self._servers))
+            watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._udp_loop(out)
         finally:
@@ -465,6 +468,7 @@ class GelfSource(Source):
                 watch.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
+                self.table.stopped_listening()
             if not self.stopping:
                 self.stop()
             # connections end with their writers closed; one waiting for room delivers first
