@@ -266,6 +266,20 @@ def make_cert(d: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+def test_a_tls_client_that_never_says_hello_is_cut_after_handshake_timeout(tmp_path):
+    """The handshake was asyncio's (60 s, not configurable, not counted): a client holding a
+    TLS connection open without a ClientHello held its slot a minute."""
+    cert, key = make_cert(tmp_path)
+    tls = {"cert_file": cert, "key_file": key}
+    with gelf_collector(tmp_path, listen=("tls",), tls=tls, handshake_timeout=1) as c:
+        with socket.create_connection(("127.0.0.1", c.ports["tls"])) as s:
+            s.settimeout(15)
+            t0 = time.monotonic()
+            assert s.recv(1) == b""  # closed by the server
+            assert time.monotonic() - t0 < 10
+        wait_until(lambda: c.errors().get("tls_failed") == 1, 5, what="the failure counted")
+
+
 def test_tls_listener(tmp_path):
     cert, key = make_cert(tmp_path)
     with gelf_collector(tmp_path, listen=("tls",), tls={"cert_file": cert, "key_file": key}) as c:
