@@ -652,11 +652,11 @@ def under_attack(
         a.stop()
         if loop_probe is not None:
             figures.max_stall_s = round(loop_probe.stop(), 2)
-    figures.alive = target.alive()
-    figures.peak_rss_mb = round(target.peak_rss_mb(), 1)
-    figures.log_lines = target.log_lines()
-    figures.dead_letter_bytes = target.dead_letter_bytes()
-    figures.notes.setdefault("good_client_refusals", good.refusals)
-    if a.error is not None:
-        figures.notes["attack_error"] = repr(a.error)
-    figures.report()
+        figures.alive = target.alive()
+        figures.peak_rss_mb = round(target.peak_rss_mb(), 1)
+        figures.log_lines = target.log_lines()
+        figures.dead_letter_bytes = target.dead_letter_bytes()
+        figures.notes.setdefault("good_client_refusals", good.refusals)
+        if a.error is not None:
+            figures.notes["attack_error"] = repr(a.error)
+        figures.report()  # (also when the body failed: the figures of a failing run are wanted too)
