@@ -17,6 +17,8 @@ from tests.hostile.harness import (
     under_attack,
 )
 
+HOLD = 35.0  # idle attacks last past the 30 s in which the good client must be served
+
 
 def hold(port: int, n: int, hosts: list[str], seconds: float):
     """An attack: ``n`` idle connections from ``hosts``, held ``seconds``; returns how many
@@ -40,7 +42,7 @@ def test_idle_connections_from_one_address_leave_room_for_others(collector):
     with under_attack(
         target,
         "forward: 3,000 idle connections from one address",
-        hold(target.ports["forward"], 3000, [attacker_host()], 20),
+        hold(target.ports["forward"], 3000, [attacker_host()], HOLD),
         wait_ready=True,
     ) as fig:
         pass
@@ -54,7 +56,7 @@ def test_idle_connections_from_many_addresses_are_evicted_for_new_ones(collector
     of the longest idle one."""
     target: Target = collector()
     hosts = [attacker_host(i) for i in range(12)]
-    attack = hold(target.ports["forward"], 3000, hosts, 25)
+    attack = hold(target.ports["forward"], 3000, hosts, HOLD)
     with under_attack(target, "forward: 3,000 idle connections from 12 addresses", attack, wait_ready=True) as fig:
         pass
     fig.check()
@@ -66,7 +68,7 @@ def test_gelf_tcp_idle_connections_are_refused_and_said(collector):
     with under_attack(
         target,
         "GELF TCP: 3,000 idle connections from one address",
-        hold(target.ports["gelf_tcp"], 3000, [attacker_host()], 20),
+        hold(target.ports["gelf_tcp"], 3000, [attacker_host()], HOLD),
         client="gelf",
         wait_ready=True,
     ) as fig:
@@ -85,7 +87,7 @@ def test_at_an_fd_soft_limit_of_1024_the_collector_raises_it(collector):
     with under_attack(
         target,
         "forward: 3,000 idle connections at fd soft limit 1024",
-        hold(target.ports["forward"], 3000, [attacker_host(i) for i in range(12)], 25),
+        hold(target.ports["forward"], 3000, [attacker_host(i) for i in range(12)], HOLD),
         wait_ready=True,
     ) as fig:
         pass
@@ -108,7 +110,7 @@ def test_at_an_fd_hard_limit_of_1024_connections_stay_below_it(collector):
         socks = open_many(target.ports["forward"], 3000, hosts)
         more = open_many(target.ports["gelf_tcp"], 1000, hosts)
         stop.ready.set()
-        deadline = time.monotonic() + 25
+        deadline = time.monotonic() + HOLD
         while not stop.is_set() and time.monotonic() < deadline:
             peak[0] = max(peak[0], target.fds())
             stop.wait(0.5)
