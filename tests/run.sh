@@ -34,7 +34,7 @@ for e in ${engines//,/ }; do
   tests/services/elasticsearch.sh status --engine "$e" >/dev/null 2>&1 && was_running+=("$e")
 done
 # processes of the services directory that were there before us (a kept engine and its children)
-before_pids=" $(pgrep -f -- "$COLLECTOR_SERVICES_DIR/" 2>/dev/null | tr '\n' ' ') "
+before_pids=" $( (pgrep -f -- "$COLLECTOR_SERVICES_DIR/" 2>/dev/null || true) | tr '\n' ' ') "
 
 cleanup() {
   local rc=$?
