@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from collector import registry
 from collector.component import split_hostport
+from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
@@ -73,6 +74,12 @@ class PipelineConfig(BaseModel):
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
+    restart: RetryConfig = Field(
+        default_factory=lambda: RetryConfig(initial_backoff=1.0, max_backoff=60.0, max_elapsed=300.0),
+        description="A sink that crashed (an unexpected error; an unreachable destination is retried inside "
+        "the sink) is restarted after this backoff and handed again what it held; when it keeps crashing "
+        "without delivering anything for `max_elapsed` seconds the collector stops with exit code 1.",
+    )
 
     @model_validator(mode="after")
     def _graph(self) -> PipelineConfig:

@@ -149,6 +149,11 @@ class DiskBuffer:
     def pending_events(self) -> int:
         return self.events_waiting + self.inbox.events
 
+    def stored_records(self) -> int:
+        """Records written here and not delivered yet, replayed at the next start (at least 1
+        when bytes from an earlier run are left: their count is not known)."""
+        return self.events_waiting or (1 if self.bytes_on_disk > 0 else 0)
+
     def segments(self) -> list[int]:
         out = []
         for p in self.dir.glob("*.seg"):
