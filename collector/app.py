@@ -494,7 +494,10 @@ async def run_pipeline(
         if on_ready is not None:
             on_ready(pipeline)
         tune_gc()
-        return await pipeline.run()
+        rc = await pipeline.run()
+        if not await checkpoints.save_final(within=config.shutdown_timeout):
+            rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
+        return rc
     finally:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -8,6 +8,10 @@ One NDJSON file per component under ``<data_dir>/dead-letter/<component>.ndjson`
 keeps the input as text (``raw_base64`` as well when the bytes were not UTF-8), so nothing is
 lost and a line can be replayed by hand once fixed.  Every entry is also counted
 (``collector_events_rejected_total`` for records, ``collector_errors_total`` for raw input).
+
+A full disk never stops good records: while the data directory is full, entries are dropped
+and counted (``collector_errors_total{reason="dead_letter_disk_full"}``), a warning says so (at
+once, then every 30 s), a partly written line is cut off, and writing resumes by itself.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import IO, Any
 
 import orjson
 
+from collector.diskfull import DiskFull, is_disk_full
 from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector.deadletter")
@@ -37,6 +42,7 @@ class DeadLetter:
         self._files: dict[str, IO[bytes]] = {}
         self._lock = threading.Lock()
         self._warned: set[tuple[str, str]] = set()
+        self._full = DiskFull("dead letters", "bad input and rejected records are dropped (counted)")
 
     def path(self, component: str) -> Path:
         return self.dir / f"{component}.ndjson"
@@ -45,25 +51,38 @@ class DeadLetter:
         f = self._files.get(component)
         if f is None:
             self.dir.mkdir(parents=True, exist_ok=True)
-            f = self._files[component] = open(self.path(component), "ab")  # noqa: SIM115
+            # unbuffered: a write reaches the file or fails now, never later at close
+            f = self._files[component] = open(self.path(component), "ab", buffering=0)  # noqa: SIM115
         return f
 
-    def _write(self, component: str, entries: list[dict[str, Any]]) -> None:
+    def _write(self, component: str, entries: list[dict[str, Any]]) -> bool:
         data = b"".join(orjson.dumps(e, default=str) + b"\n" for e in entries)
         with self._lock:
-            f = self._file(component)
-            f.write(data)
-            f.flush()
+            try:
+                _append(self._file(component), data)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                self._disk_full(component, len(entries), e)
+                return False
+            self._full.ok()
+        return True
 
-    def _note(self, component: str, reason: str, where: str) -> None:
+    def _disk_full(self, component: str, n: int, error: OSError) -> None:
+        """No room for dead letters: drop them, count them, say it (rate-limited)."""
+        self.telemetry.errors.labels(component, "dead_letter_disk_full").inc(n)
+        self._full.failed(self.path(component), error, n)
+
+    def _note(self, component: str, reason: str, where: str, written: bool = True) -> None:
         key = (component, reason)
         if key not in self._warned:  # say it once per reason, count always
             self._warned.add(key)
             log.warning(
-                "%s: %s (%s); set aside in %s, further ones are only counted",
+                "%s: %s (%s); %s %s, further ones are only counted",
                 component,
                 reason,
                 where,
+                "set aside in" if written else "dropped (disk full), not set aside in",
                 self.path(component),
             )
 
@@ -83,9 +102,9 @@ class DeadLetter:
             clipped.decode("utf-8")
         except UnicodeDecodeError:
             entry["raw_base64"] = base64.b64encode(clipped).decode()
-        self._write(component, [entry])
+        written = self._write(component, [entry])
         self.telemetry.errors.labels(component, reason.split(":", maxsplit=1)[0]).inc()
-        self._note(component, reason, ", ".join(f"{k}={v}" for k, v in origin.items()))
+        self._note(component, reason, ", ".join(f"{k}={v}" for k, v in origin.items()), written)
 
     def records(self, component: str, items: list[tuple[str, dict[str, Any] | bytes, dict[str, Any]]]) -> None:
         """Records a sink could not deliver: (reason, record or its JSON bytes, origin)."""
@@ -99,8 +118,8 @@ class DeadLetter:
             e["record"] = orjson.Fragment(rec) if isinstance(rec, bytes) else rec
             entries.append(e)
             self.telemetry.rejected.labels(component, _short(reason)).inc()
-        self._write(component, entries)
-        self._note(component, _short(reason), f"{len(items)} record(s)")
+        written = self._write(component, entries)
+        self._note(component, _short(reason), f"{len(items)} record(s)", written)
 
     def close(self) -> None:
         with self._lock:
@@ -112,6 +131,19 @@ class DeadLetter:
                     pass
                 f.close()
             self._files.clear()
+
+
+def _append(f: IO[bytes], data: bytes) -> None:
+    """Write all of ``data`` at the end of ``f``, or nothing: a partial line is cut off again."""
+    start = f.seek(0, os.SEEK_END)
+    view = memoryview(data)
+    try:
+        while view:
+            n = f.write(view)
+            view = view[n or 0 :]
+    except OSError:
+        os.ftruncate(f.fileno(), start)
+        raise
 
 
 def _short(reason: str) -> str:
