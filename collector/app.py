@@ -306,10 +306,11 @@ class Pipeline:
                 _, pending = await asyncio.wait(tasks, timeout=cfg.shutdown_timeout)
                 if pending:
                     log.warning(
-                        "drain deadline (%.0fs) passed with %d record(s) undelivered: they are not "
-                        "acknowledged and will be read again at the next start",
+                        "drain deadline (%.0fs) passed with %d record(s) undelivered (%s still busy): they "
+                        "are not acknowledged, or stay in the disk buffer, and are delivered after the next start",
                         cfg.shutdown_timeout,
-                        self.inflight.records,
+                        self.inflight.records + sum(b.stored_records() for b in self.buffers.values()),
+                        ", ".join(sorted({t.get_name() for t in pending})),
                     )
         finally:
             self.closing = True
