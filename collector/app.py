@@ -343,7 +343,12 @@ async def _serve(server: asyncio.Server) -> None:
 
 class SinkFeed:
     """What a sink reads: its buffer, plus the batches a crashed instance took and never
-    finalized, handed first to the next instance (at-least-once: ids make replays harmless)."""
+    finalized, handed first to the next instance (at-least-once: ids make replays harmless).
+
+    Without it they were orphaned: never acknowledged, so the source's checkpoint stayed behind
+    them for the life of the process while its ordered acks queued everything after them. The
+    price: batches a sink has taken stay referenced until finalized (the Elasticsearch sink
+    keeps only their encoded items): measured, peak RSS 66 -> 71 MB in bench/run.py tail."""
 
     def __init__(self, reader: Any) -> None:
         self.reader = reader
