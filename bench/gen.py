@@ -125,7 +125,30 @@ def message(rng: random.Random, kind: str, ts: str, seq: int) -> str:
     return text
 
 
-def write_container(out: Path, idx: int, lines: int, seed: str, cid: str | None = None) -> dict[str, object]:
+def java_trace(rng: random.Random, seq: int) -> list[str]:
+    """A Java stack trace as an application prints it: one log line per trace line."""
+    frames = [
+        f"\tat com.example.{rng.choice(['shop', 'orders', 'billing'])}.{rng.choice(WORDS).title()}Service."
+        f"{rng.choice(WORDS)}({rng.choice(WORDS).title()}Service.java:{rng.randint(10, 900)})"
+        for _ in range(rng.randint(5, 18))
+    ]
+    head = f"java.lang.IllegalStateException: seq={seq} " + " ".join(rng.choices(WORDS, k=rng.randint(3, 9)))
+    tail = ["Caused by: java.io.IOException: " + rng.choice(WORDS), "\tat java.base/java.io.FileOutputStream.write"]
+    return [head, *frames, *(tail if rng.random() < 0.5 else []), f"\t... {rng.randint(2, 40)} more"]
+
+
+def digest(messages: object) -> tuple[int, int]:
+    """(records, sum of 64-bit hashes of their texts mod 2**64): equal only if every text is exact."""
+    n = total = 0
+    for m in messages:  # type: ignore[attr-defined]
+        total = (total + int.from_bytes(hashlib.blake2b(m.encode(), digest_size=8).digest(), "little")) % (1 << 64)
+        n += 1
+    return n, total
+
+
+def write_container(
+    out: Path, idx: int, lines: int, seed: str, cid: str | None = None, traces: float = 0.0
+) -> dict[str, object]:
     rng = random.Random(f"{seed}:{idx}")
     cid = cid or hashlib.sha256(f"collector-bench:{seed}:{idx}".encode()).hexdigest()
     app, image, tier = APPS[idx % len(APPS)]
@@ -135,14 +158,31 @@ def write_container(out: Path, idx: int, lines: int, seed: str, cid: str | None 
     ns = 1_730_000_000 * 10**9 + idx * 1_000_003
     entries = partial = nbytes = 0
     buf: list[str] = []
+    trng = random.Random(f"{seed}:{idx}:traces")
+    mean_len = 14.5  # of java_trace(): 1 + (5..18) + 0.5 * 2 + 1
+    p_trace = traces / (mean_len - traces * (mean_len - 1))  # so that ``traces`` of the lines are trace lines
+    trace_lines = 0
+    records: list[str] = []  # what a multiline pipeline must deliver (only with traces)
+    seq = 0
     with open(d / f"{cid}-json.log", "w", encoding="utf-8", newline="\n") as f:
-        for seq in range(lines):
+        while (seq < lines) if not traces else (entries < lines):
+            cur, seq = seq, seq + 1
             ns += rng.randint(20_000, 3_000_000)
             ts = rfc3339nano(ns)
+            if traces and trng.random() < p_trace:
+                trace = java_trace(trng, cur)[: lines - entries]
+                trace_lines += len(trace)
+                tail = f'","stream":"stderr","time":"{ts}"}}\n'
+                buf.extend('{"log":"' + escape(t + "\n") + tail for t in trace)
+                entries += len(trace)
+                records.append("\n".join(trace))
+                continue
             r = rng.random()
             kind = "long" if r < 0.01 else "json" if r < 0.21 else "text"
             stream = "stderr" if rng.random() < 0.10 else "stdout"
-            msg = message(rng, kind, ts, seq)
+            msg = message(rng, kind, ts, cur)
+            if traces:
+                records.append(msg)
             tail = f'","stream":"{stream}","time":"{ts}"}}\n'
             raw = msg.encode()
             if len(raw) + 1 <= PART:
@@ -185,7 +225,7 @@ def write_container(out: Path, idx: int, lines: int, seed: str, cid: str | None 
             }
         )
     )
-    return {
+    m: dict[str, object] = {
         "id": cid,
         "name": name,
         "image": image,
@@ -194,14 +234,23 @@ def write_container(out: Path, idx: int, lines: int, seed: str, cid: str | None 
         "partial": partial,
         "bytes": nbytes,
     }
+    if traces:
+        m["records"], m["digest"] = digest(records)
+        m["trace_lines"] = trace_lines
+    return m
 
 
 def generate(
-    out: Path, containers: int, lines: int, seed: str = "1", ids: list[str] | None = None
+    out: Path, containers: int, lines: int, seed: str = "1", ids: list[str] | None = None, traces: float = 0.0
 ) -> dict[str, object]:
-    """Write the workload (or reuse it when the manifest says it is the same)."""
+    """Write the workload (or reuse it when the manifest says it is the same). ``traces``: the share
+    of lines that belong to Java stack traces (each line of a trace one json-file entry, on stderr);
+    ``lines`` then counts entries, and the manifest says how many records (and a digest of their
+    texts) a multiline pipeline must deliver."""
     manifest = out / "manifest.json"
-    want = {"containers": containers, "lines": lines, "seed": seed, "version": 2}
+    want: dict[str, object] = {"containers": containers, "lines": lines, "seed": seed, "version": 2}
+    if traces:
+        want["traces"] = traces
     if manifest.exists():
         m = json.loads(manifest.read_text())
         if m.get("params") == want:
@@ -209,8 +258,11 @@ def generate(
     t0 = time.time()
     if (out / "containers").exists():
         shutil.rmtree(out / "containers")
-    cs = [write_container(out, i, lines, seed, ids[i] if ids else None) for i in range(containers)]
+    cs = [write_container(out, i, lines, seed, ids[i] if ids else None, traces) for i in range(containers)]
     m = {"params": want, "containers": cs, "lines": containers * lines, "bytes": sum(int(c["bytes"]) for c in cs)}  # type: ignore[call-overload]
+    if traces:
+        m["records"] = sum(int(c["records"]) for c in cs)  # type: ignore[call-overload]
+        m["trace_lines"] = sum(int(c["trace_lines"]) for c in cs)  # type: ignore[call-overload]
     manifest.write_text(json.dumps(m, indent=1))
     print(
         f"generated {m['lines']} lines, {m['bytes'] / 1e6:.0f} MB in {time.time() - t0:.1f}s -> {out}", file=sys.stderr
@@ -224,9 +276,10 @@ def main() -> None:
     ap.add_argument("--containers", "-c", type=int, default=10)
     ap.add_argument("--lines", "-n", type=int, default=100_000, help="lines per container")
     ap.add_argument("--seed", default="1")
+    ap.add_argument("--traces", type=float, default=0.0, help="share of lines in Java stack traces (0.05)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    generate(a.out, a.containers, a.lines, a.seed)
+    generate(a.out, a.containers, a.lines, a.seed, traces=a.traces)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,10 @@ runs ``collector tail --once`` ``--runs`` times and prints, per run and as media
 ``--metadata files|api``: container metadata from config.v2.json, or from a real Docker engine
 (tests/services/dockerd.sh; the containers are created there, the logs written under their ids).
 ``--output file`` writes NDJSON to /dev/shm instead of HTTP; ``--compression gzip``.
-Forward and GELF inputs have their own scripts: bench/forward.py, bench/gelf.py.
+``--multiline java`` adds the multiline transform on a workload with 5 % of its lines in Java stack
+traces (``--traces``; the same workload without ``--multiline`` is the baseline); with ``--output
+file`` every joined record's text is checked against the workload (0 differences, or it fails).
+Forward, GELF and syslog inputs have their own scripts: bench/forward.py, bench/gelf.py, bench/syslog.py.
 """
 
 from __future__ import annotations
@@ -123,6 +126,9 @@ def docker_engine() -> str:
 
 def workload(args: argparse.Namespace) -> tuple[Path, dict[str, Any], str | None]:
     if args.metadata != "api":
+        if args.traces:
+            out = Path(f"{args.dir}-traces{args.traces:g}")
+            return out, gen.generate(out, args.containers, args.lines, traces=args.traces), None
         out = Path(args.dir)
         return out, gen.generate(out, args.containers, args.lines), None
     # real containers on the test engine; their logs written under their ids
@@ -183,8 +189,15 @@ def floors(out: Path) -> dict[str, float]:
 
 
 def cmd_tail(args: argparse.Namespace) -> None:
+    if args.multiline and not args.traces:
+        args.traces = 0.05
     out, manifest, host = workload(args)
     lines = int(manifest["lines"])
+    expect = lines
+    if args.multiline:
+        expect = int(manifest["records"])  # records once traces are joined
+    elif args.traces:  # there `lines` counts the files' lines: Docker's 16 KB parts are rejoined into one
+        expect = sum(int(c["entries"]) - int(c["partial"]) for c in manifest["containers"])
     sink = None
     if args.url:  # a real engine: count what it holds afterwards
         target = args.url
@@ -201,20 +214,22 @@ def cmd_tail(args: argparse.Namespace) -> None:
             cmd = tail_command(out, target, state, "--once", "--docker-root", str(out), "--metadata", args.metadata)
             if host:
                 cmd += ["--docker-host", host]
-            if args.compression != "none" or args.config_extra:
+            if args.compression != "none" or args.config_extra or args.multiline:
                 cmd = _with_config(cmd, args, out, target, state, host)
             if sink:
                 sink.reset()
             r = run_measured(cmd)
-            delivered = int((sink.stats() if sink else {}).get("docs", lines))
+            delivered = int((sink.stats() if sink else {}).get("docs", expect))
             if args.url:
                 delivered = engine_count(args.url, "logs-docker-default") - before
                 before += delivered
             shutil.rmtree(state, ignore_errors=True)
             if target.startswith("file:"):
+                if args.multiline:
+                    delivered = check_texts(Path(target[5:]), manifest)
                 os.unlink(target[5:])
-            if delivered != lines:
-                raise SystemExit(f"run {i + 1}: the sink counted {delivered} documents, expected {lines}")
+            if delivered != expect:
+                raise SystemExit(f"run {i + 1}: the sink counted {delivered} documents, expected {expect}")
             row = {
                 "run": i + 1,
                 "lines_per_s": lines / r["wall"],
@@ -248,6 +263,26 @@ def cmd_tail(args: argparse.Namespace) -> None:
         print(json.dumps({"runs": rows, "median": med}))
 
 
+def check_texts(path: Path, manifest: dict[str, Any]) -> int:
+    """Every record's text against the workload's digest, per container: exits on any difference
+    (a lost, duplicated, split or corrupted record); returns the number of records."""
+    import orjson
+
+    sums: dict[str, list[int]] = {}  # streamed: this process stays small (a fork copies its size into the
+    with open(path, "rb") as f:  # next run's peak RSS until exec)
+        for line in f:
+            d = orjson.loads(line)
+            n, total = gen.digest([d["message"]])
+            acc = sums.setdefault(d["container"]["id"], [0, 0])
+            acc[0] += n
+            acc[1] = (acc[1] + total) % (1 << 64)
+    for c in manifest["containers"]:
+        got = sums.get(str(c["id"]), [0, 0])
+        if got != [c["records"], c["digest"]]:
+            raise SystemExit(f"container {c['name']}: {got[0]} records, expected {c['records']}, or their texts differ")
+    return sum(n for n, _ in sums.values())
+
+
 def _with_config(
     cmd: list[str], args: argparse.Namespace, out: Path, target: str, state: str, host: str | None
 ) -> list[str]:
@@ -274,10 +309,16 @@ def _with_config(
     }
     if host:
         meta["docker_host"] = host
+    transforms: dict[str, Any] = {"meta": meta}
+    if target.startswith("file:"):
+        sink = {"type": "file", "inputs": ["meta"], "path": target[5:], "fsync": False}
+    if args.multiline:
+        transforms["ml"] = {"type": "multiline", "inputs": ["meta"], "mode": args.multiline}
+        sink["inputs"] = ["ml"]
     cfg = {
         "data_dir": state,
         "sources": {"logs": source},
-        "transforms": {"meta": meta},
+        "transforms": transforms,
         "sinks": {"es": sink},
     }
     path = Path(state) / "bench.yaml"
@@ -409,6 +450,13 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="sink option (--set concurrency=4) or source option (--set source.read_chunk_bytes=1048576)",
     )
+    t.add_argument(
+        "--multiline",
+        choices=("java",),
+        help="add the multiline transform (this mode) on the workload with --traces of its lines in Java stack "
+        "traces; with --output file every record's text is checked against the workload",
+    )
+    t.add_argument("--traces", type=float, default=0.0, help="share of lines in stack traces (0.05 with --multiline)")
     t.add_argument("--no-floors", dest="floors", action="store_false")
     t.add_argument("--state-dir", default="/dev/shm", help="where the data dir goes (a disk, to measure fsync)")
     t.add_argument("--json", action="store_true")

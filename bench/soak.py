@@ -340,8 +340,8 @@ def metrics(api: str) -> dict[str, float]:
 def checkpoint_lag(state: Path, source: str = "containers") -> float | None:
     """Seconds between now and the newest saved record of the most-behind container."""
     try:
-        doc = orjson.loads((state / "checkpoints.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        doc = orjson.loads(next(state.glob("checkpoints/*.json")).read_bytes())
+    except (StopIteration, FileNotFoundError, orjson.JSONDecodeError):
         return None
     newest: dict[str, str] = {}
     for st in doc.get("sources", {}).get(source, {}).values():
@@ -571,8 +571,8 @@ def _healthy(api: str) -> bool:
 def _read_to_the_end(state: Path, logs: list[str]) -> bool:
     """Every container's live file is checkpointed to its end (so the source has read it all)."""
     try:
-        doc = orjson.loads((state / "checkpoints.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        doc = orjson.loads(next(state.glob("checkpoints/*.json")).read_bytes())
+    except (StopIteration, FileNotFoundError, orjson.JSONDecodeError):
         return False
     at = {st.get("path"): int(st.get("offset", 0)) for st in doc.get("sources", {}).get("containers", {}).values()}
     return all(at.get(p, -1) >= os.path.getsize(p) for p in logs)

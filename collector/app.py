@@ -34,11 +34,13 @@ from typing import Any
 from collector import registry
 from collector.acks import Ack, InFlight, release
 from collector.buffers.memory import Channel
-from collector.checkpoints import CheckpointStore
+from collector.checkpoints import CheckpointStore, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
 from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
+from collector.listeners import raise_fd_limit
+from collector.ratelog import RateLimitedLog
 from collector.retry import Backoff
 from collector.tags import tag_pattern
 from collector.telemetry import Telemetry
@@ -164,8 +166,23 @@ class Pipeline:
         default = self.emitters[name]
         ports = {port: self.emitters[f"{name}.{port}"] for port in t.output_ports()}
         errors = self.ctx.telemetry.errors.labels(name, "transform_failed")
+        interval = t.tick_interval
         try:
-            while (batch := await inbox.recv()) is not None:
+            while True:
+                try:
+                    if interval is None:
+                        batch = await inbox.recv()
+                    else:
+                        async with asyncio.timeout(interval):
+                            batch = await inbox.recv()  # cancellation-safe: a batch is taken only when returned
+                except TimeoutError:
+                    for port, b in await t.tick():
+                        await (default if port is None else ports[port]).emit(b)
+                    continue
+                if batch is None:
+                    for port, b in await t.finish():
+                        await (default if port is None else ports[port]).emit(b)
+                    break
                 try:
                     outs = await t.process(batch)
                 except Exception as e:
@@ -189,7 +206,7 @@ class Pipeline:
         the crashed one held, so nothing is orphaned; past ``restart.max_elapsed`` of crashes with
         nothing delivered in between, the error ends this task: fatal."""
         feed = SinkFeed(self.buffers[name].reader)
-        backoff = Backoff(self.config.restart)
+        backoff = Backoff(self.config.restart.retry)
         last_error = ""
         sent_before = self._sent(name)
         while True:
@@ -257,7 +274,7 @@ class Pipeline:
             self.fatal if not traceback else f"{name} {how}",
             exc_info=error if traceback else None,
         )
-        self.request_stop()
+        self.request_stop("stopping after that failure")
 
     def force_stop(self) -> None:
         """A second signal: stop at once (unacknowledged records are read again next time)."""
@@ -266,10 +283,10 @@ class Pipeline:
         for task in self._tasks:
             task.cancel()
 
-    def request_stop(self) -> None:
+    def request_stop(self, why: str = "stopping: no new input") -> None:
         if not self.stop_requested:
             self.stop_requested = True
-            log.info("stopping: no new input; delivering what is in flight")
+            log.info("%s; delivering what is in flight", why)
         for s in self.sources.values():
             s.stop()
 
@@ -448,6 +465,7 @@ def summary(t: Telemetry) -> str:
         ("dropped", "collector_events_dropped_total"),
         ("rejected", "collector_events_rejected_total"),
         ("errors", "collector_errors_total"),
+        ("dead_letters_dropped", "collector_dead_letter_dropped_total"),
     ):
         v = t.value(metric)
         if v or label in ("received", "sent"):
@@ -500,23 +518,35 @@ async def run_pipeline(
     on_ready: Callable[[Pipeline], Any] | None = None,
 ) -> int:
     """Run a pipeline to its end; returns the process exit code."""
+    soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it
+    log.debug("open-files limit: %d (hard %d)", soft, hard)
     data_dir = Path(config.data_dir).expanduser()
     telemetry = Telemetry()
-    checkpoints = CheckpointStore(data_dir)
+    checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
     checkpoints.open()
-    deadletter = DeadLetter(data_dir, telemetry)
+    deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
     ctx = Context(data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once)
     loop = asyncio.get_running_loop()
     pipeline: Pipeline | None = None
     signals = 0
+    loop_errors = RateLimitedLog(logging.getLogger("collector.loop"))
 
-    def on_signal() -> None:
+    def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        # e.g. "socket.accept() out of system resource": once per message per minute, not per event
+        msg = str(context.get("message") or "error in the event loop")
+        exc = context.get("exception")
+        loop_errors.error(msg[:80], "%s: %r", msg, exc, exc_info=exc)
+
+    loop.set_exception_handler(on_loop_error)
+
+    def on_signal(sig: int) -> None:
         nonlocal signals
         signals += 1
         if pipeline is None:
             return
         if signals == 1:
-            pipeline.request_stop()
+            why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else f"stopping on {signal.Signals(sig).name}"
+            pipeline.request_stop(f"{why}; again to stop at once")
         else:
             log.warning("second signal: stopping now (unacknowledged records are read again next time)")
             pipeline.force_stop()
@@ -525,15 +555,20 @@ async def run_pipeline(
         pipeline = Pipeline.build(config, ctx)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, on_signal)
+                loop.add_signal_handler(sig, on_signal, sig)
         if on_ready is not None:
             on_ready(pipeline)
         tune_gc()
         rc = await pipeline.run()
         if not await checkpoints.save_final(within=config.shutdown_timeout):
             rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
+        if once and rc == EXIT_OK and not telemetry.value("collector_events_received_total"):
+            hint = checkpoints.nothing_new()
+            if hint:
+                log.info("%s", hint)
         return rc
     finally:
+        loop.set_exception_handler(None)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)

@@ -1,8 +1,20 @@
 """The checkpoint store: where sources keep their place across restarts.
 
-One JSON document per data directory, ``<data_dir>/checkpoints.json``:
+Checkpoints belong to a pipeline, not to a data directory.  A pipeline is identified by its
+outputs: the set of its sinks' types and destinations (:func:`pipeline_identity`: the console;
+a file's absolute path; Elasticsearch's hosts and target; a GELF address), not by names, inputs,
+transforms or tuning.  Each identity has its own document in the data directory,
+``<data_dir>/checkpoints/<types>-<hash>.json``:
 
-    {"version": 1, "sources": {"<component>": {"<key>": {...}, ...}}}
+    {"version": 1, "pipeline": {"outputs": [{"type": "file", "path": "/tmp/out.ndjson"}]},
+     "sources": {"<component>": {"<key>": {...}, ...}}}
+
+So trying ``collector tail`` on the console never consumes what a later run to a file or to
+Elasticsearch must ship: that run has checkpoints of its own and starts from ``read_from``.  The
+same outputs again resume where they stopped (``--once`` twice delivers nothing the second time,
+and says so).  Changing a pipeline's outputs (adding a sink, another file or data stream) makes
+it a new pipeline that reads again from ``read_from``: Elasticsearch drops what it already has
+(stable ids), a file receives it again.  Filters and tags do not change the identity.
 
 Written atomically (temp file, fsync, rename, fsync of the directory), so a crash leaves
 either the old or the new document, never a torn one.  Sources only store positions that the
@@ -21,9 +33,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
 
@@ -37,14 +51,58 @@ log = logging.getLogger("collector.checkpoints")
 VERSION = 1
 
 
-class StateLockedError(RuntimeError):
+class DataDirError(RuntimeError):
+    """The data directory cannot be used: a configuration problem (exit code 2)."""
+
+
+class StateLockedError(DataDirError):
     pass
 
 
+def pipeline_identity(sinks: Iterable[Any]) -> tuple[str, list[dict[str, Any]]]:
+    """(identity, outputs) of a pipeline whose sink configs are ``sinks``: what makes two runs
+    the same pipeline is where their records go.  Each sink config names its destination keys
+    (``destination_keys``); one that does not is identified by all its keys but ``inputs``,
+    ``buffer`` and ``match`` (then only its type is described: no secret is ever written)."""
+    outputs: list[dict[str, Any]] = []
+    digest: list[dict[str, Any]] = []
+    for c in sinks:
+        keys = getattr(c, "destination_keys", None)
+        dumped = c.model_dump(mode="json", exclude={"inputs", "buffer", "match"})
+        chosen = {k: dumped[k] for k in keys} if keys is not None else dumped
+        for k, v in chosen.items():
+            if k == "path" and isinstance(v, str):  # a relative path is another file from another directory
+                chosen[k] = os.path.abspath(v)
+        chosen["type"] = dumped["type"]
+        digest.append(chosen)
+        outputs.append(chosen if keys is not None else {"type": dumped["type"]})
+    canonical = sorted(orjson.dumps(d, option=orjson.OPT_SORT_KEYS) for d in digest)
+    h = hashlib.sha256(b"\n".join(canonical)).hexdigest()[:12]
+    types = "+".join(sorted({d["type"] for d in digest})) or "none"
+    outputs.sort(key=lambda d: orjson.dumps(d, option=orjson.OPT_SORT_KEYS))
+    return f"{types}-{h}", outputs
+
+
+def _describe(output: dict[str, Any]) -> str:
+    parts = [str(output.get("type"))]
+    for k, v in output.items():
+        if k != "type" and v is not None:
+            parts.append(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}")
+    return " ".join(parts)
+
+
 class CheckpointStore:
-    def __init__(self, data_dir: Path | str) -> None:
+    """Checkpoints of one pipeline (``identity``, see :func:`pipeline_identity`) in ``data_dir``;
+    without an identity, the one document ``<data_dir>/checkpoints.json`` (tests, tools)."""
+
+    def __init__(
+        self, data_dir: Path | str, identity: str | None = None, outputs: list[dict[str, Any]] | None = None
+    ) -> None:
         self.dir = Path(data_dir)
-        self.path = self.dir / "checkpoints.json"
+        self.identity = identity
+        self.outputs = outputs or []
+        self.path = self.dir / "checkpoints" / f"{identity}.json" if identity else self.dir / "checkpoints.json"
+        self.resumed = 0  # entries (files) found at open: the previous runs of this pipeline
         self._data: dict[str, dict[str, dict[str, Any]]] = {}
         self._dirty = False
         self._lock_file: IO[bytes] | None = None
@@ -57,8 +115,14 @@ class CheckpointStore:
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            lf = open(self.dir / "lock", "a+b")  # noqa: SIM115 - held for the process lifetime
+        except OSError as e:
+            raise DataDirError(
+                f"cannot use the data directory {self.dir}: {e.strerror or e} (choose another with --data-dir "
+                "or data_dir)"
+            ) from None
         try:
             fcntl.flock(lf.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -68,6 +132,15 @@ class CheckpointStore:
             ) from None
         self._lock_file = lf
         self.load()
+        self.resumed = sum(len(ns) for ns in self._data.values())
+        legacy = self.dir / "checkpoints.json"
+        if self.identity and legacy.exists():
+            log.info(
+                "%s is from an older collector and is not read: checkpoints are kept per pipeline now, in %s "
+                "(delete it once you no longer need it)",
+                legacy,
+                self.path.parent,
+            )
 
     def close(self) -> None:
         try:
@@ -100,6 +173,17 @@ class CheckpointStore:
             )
             self._data = {}
 
+    def nothing_new(self) -> str | None:
+        """What to say when a run found nothing new to read (None when there was no earlier run)."""
+        if not self.resumed:
+            return None
+        outputs = "; ".join(_describe(o) for o in self.outputs) or "?"
+        files = "1 file at its end" if self.resumed == 1 else f"{self.resumed} files at their end"
+        return (
+            f"nothing new since the last run of this pipeline (outputs: {outputs}): {files}; to start over, "
+            f"use another --data-dir (data_dir: {os.path.abspath(self.dir)}) or delete {os.path.abspath(self.path)}"
+        )
+
     # -- access ------------------------------------------------------------------------
     def namespace(self, component: str) -> dict[str, dict[str, Any]]:
         """The component's own mutable mapping of key -> state; call :meth:`touch` after edits."""
@@ -123,7 +207,10 @@ class CheckpointStore:
 
     def _snapshot(self) -> tuple[bytes, int]:
         self._generation += 1
-        data = orjson.dumps({"version": VERSION, "sources": self._data}, option=orjson.OPT_INDENT_2)
+        doc: dict[str, Any] = {"version": VERSION, "sources": self._data}
+        if self.identity:
+            doc = {"version": VERSION, "pipeline": {"outputs": self.outputs}, "sources": self._data}
+        data = orjson.dumps(doc, option=orjson.OPT_INDENT_2)
         return data, self._generation
 
     def _write(self, data: bytes, generation: int) -> None:
@@ -144,7 +231,7 @@ class CheckpointStore:
                 tmp.unlink()  # give back what it took; the old checkpoint file is untouched
             raise
         os.replace(tmp, self.path)
-        dfd = os.open(self.dir, os.O_RDONLY)
+        dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:

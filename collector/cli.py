@@ -1,14 +1,21 @@
 """The command line: argument parsing only; everything else lives in the library.
 
     collector tail [--tag A] [--path GLOB]... [--output SPEC] [--once]
-    collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--output SPEC]
-    collector run -c pipeline.yaml [--once]
-    collector validate -c pipeline.yaml
-    collector setup --es URL [--kibana URL] [--dry-run]
+    collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--syslog udp://127.0.0.1:5514]
+                      [--output SPEC]
+    collector run -c pipeline.yaml [--once] [--data-dir DIR]
+    collector validate -c pipeline.yaml...
+    collector setup --es URL | -c pipeline.yaml [--kibana URL] [--dry-run]
     collector health [--url http://127.0.0.1:8686]
+    collector schema [--format json|markdown] [--write DIR]
+
+Exit codes (every command's ``--help`` says which apply): 0 done, 1 a component failed, 2 bad
+usage or configuration (always one message, never a traceback), 3 stopped with records not yet
+delivered.
 
 ``--output``: ``console`` (default), ``file:PATH``, ``http(s)://host:9200`` (Elasticsearch or
-OpenSearch), ``gelf+udp://host:12201`` or ``gelf+tcp://host:12201`` (Graylog).
+OpenSearch), ``gelf+udp://host:12201``, ``gelf+tcp://host:12201`` or ``gelf+tls://host:12201``
+(Graylog).
 """
 
 from __future__ import annotations
@@ -17,13 +24,22 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from collector import __version__
-from collector.checkpoints import StateLockedError
-from collector.config import ConfigError, PipelineConfig, default_data_dir, load_config, validate_config
+from collector.checkpoints import DataDirError
+from collector.config import (
+    ConfigError,
+    PipelineConfig,
+    default_data_dir,
+    load_config,
+    unreadable_files,
+    validate_config,
+)
 
 log = logging.getLogger("collector")
 
@@ -45,8 +61,8 @@ def output_sink(spec: str, inputs: list[str]) -> dict[str, Any]:
     if u.scheme in ("gelf+udp", "gelf+tcp", "gelf+tls"):
         return {"type": "gelf", "inputs": inputs, "address": spec}
     raise ValueError(
-        f"unknown output {spec!r}: use console, file:PATH, http(s)://host:9200, gelf+udp://host:12201 "
-        "or gelf+tcp://host:12201"
+        f"unknown output {spec!r}: use console, file:PATH, http(s)://host:9200, gelf+udp://host:12201, "
+        "gelf+tcp://host:12201 or gelf+tls://host:12201"
     )
 
 
@@ -87,12 +103,20 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
         sources[f"forward{i or ''}"] = {"type": "fluent_forward", "listen": addr}
     for i, addr in enumerate(args.gelf or []):
         sources[f"gelf{i or ''}"] = {"type": "gelf", "listen": [addr]}
+    for i, addr in enumerate(args.syslog or []):
+        sources[f"syslog{i or ''}"] = {"type": "syslog", "listen": [addr]}
     if not sources:
-        raise ValueError("give --forward HOST:PORT and/or --gelf udp://HOST:PORT")
+        raise ValueError("give --forward HOST:PORT, --gelf udp://HOST:PORT and/or --syslog udp://HOST:PORT")
+    meta = {
+        "type": "docker_metadata",
+        "inputs": list(sources),
+        "source": args.metadata,
+        "docker_root": args.docker_root,
+    }
     cfg: dict[str, Any] = {
         "data_dir": args.data_dir or default_data_dir(),
         "sources": sources,
-        "transforms": {"meta": {"type": "docker_metadata", "inputs": list(sources), "source": args.metadata}},
+        "transforms": {"meta": meta},
         "sinks": {"out": output_sink(args.output, ["meta"])},
     }
     if args.docker_host:
@@ -100,48 +124,158 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+EXIT_CODES = """\
+exit codes:
+  0  done: --once read everything there and delivered it; otherwise stopped by SIGTERM/SIGINT
+     (Ctrl-C) after delivering what was in flight
+  1  a component failed (the log says which and why)
+  2  bad usage or configuration (the message says what and where)
+  3  stopped with records not yet delivered: they are read again, or replayed from the disk
+     buffer, at the next start"""
+ENVIRONMENT = """\
+environment:
+  COLLECTOR_LOG_LEVEL  default of --log-level
+  DOCKER_HOST          the Docker API (default unix:///var/run/docker.sock)"""
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Descriptions and epilogs as written; every option's default said, unless it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" not in text
+            and action.option_strings
+            and default not in (None, False, argparse.SUPPRESS)
+            and not isinstance(action, argparse._VersionAction | argparse._HelpAction)
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _sub(
+    sub: Any, name: str, summary: str, description: str, epilog: str = EXIT_CODES, **kw: Any
+) -> argparse.ArgumentParser:
+    p: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=epilog,
+        formatter_class=HelpFormatter,
+        **kw,
+    )
+    # accepted after the subcommand too (``collector tail --log-level debug``); SUPPRESS keeps the
+    # value given before it (or from COLLECTOR_LOG_LEVEL) when it is not repeated here
+    p.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="how much to log on stderr (default: $COLLECTOR_LOG_LEVEL or info)",
+    )
+    return p
+
+
+# the keys tail_config/receive_config fill, and the flag that fills each: errors name the flag
+FLAG_OF_KEY = (
+    (r"sources\.containers\.paths(\.\d+)?", "--path"),
+    (r"sources\.containers\.read_from", "--from"),
+    (r"(sources\.containers|transforms\.meta)\.docker_root", "--docker-root"),
+    (r"transforms\.meta\.tag", "--tag"),
+    (r"transforms\.meta\.source", "--metadata"),
+    (r"transforms\.meta\.docker_host", "--docker-host"),
+    (r"sources\.forward\d*\.listen", "--forward"),
+    (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
+    (r"sinks\.out(\.[\w.]+)?", "--output"),
+    (r"data_dir", "--data-dir"),
+)
+
+
+def command_config(doc: dict[str, Any], command: str) -> PipelineConfig:
+    """The pipeline a command built from its flags, checked; problems name the flags."""
+    try:
+        return validate_config(doc, f"collector {command}")
+    except ConfigError as e:
+        problems = []
+        for p in e.problems:
+            m = re.match(r"(collector \w+): ([\w.\-]+): (.*)", p, re.S)
+            flag = next((f for rx, f in FLAG_OF_KEY if m and re.fullmatch(rx, m.group(2))), None)
+            problems.append(f"{m.group(1)}: {flag}: {m.group(3)}" if m and flag else p)
+        raise ConfigError(problems) from None
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--output",
         "-o",
         default="console",
-        help="console | file:PATH | http(s)://HOST:9200 | "
-        "gelf+udp://HOST:12201 | gelf+tcp://HOST:12201 (default: console)",
+        metavar="SPEC",
+        help="where records go: console (readable on a terminal, NDJSON when piped) | file:PATH (NDJSON) | "
+        "http(s)://HOST:9200 (Elasticsearch, OpenSearch) | gelf+udp://HOST:12201 | gelf+tcp://HOST:12201 | "
+        "gelf+tls://HOST:12201 (Graylog)",
     )
-    p.add_argument("--data-dir", help=f"checkpoints, buffers, dead letters (default: {default_data_dir()})")
+    p.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help=f"checkpoints, buffers, dead letters; checkpoints are kept per output inside it "
+        f"(default: {default_data_dir()})",
+    )
     p.add_argument(
         "--metadata",
         choices=("auto", "api", "files"),
         default="auto",
-        help="container metadata from the Docker API, config.v2.json files, or auto",
+        help="container metadata from the Docker API, from config.v2.json files, or auto (the API when it "
+        "answers, the files otherwise)",
     )
-    p.add_argument("--docker-host", help="Docker API address (default: $DOCKER_HOST or the local socket)")
+    p.add_argument(
+        "--docker-root",
+        default="/var/lib/docker",
+        metavar="DIR",
+        help="Docker's data root (its containers/ directory has the logs and config.v2.json files)",
+    )
+    p.add_argument(
+        "--docker-host", metavar="URL", help="Docker API address (default: $DOCKER_HOST or the local socket)"
+    )
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="collector", description="Docker logs to Elasticsearch, OpenSearch, Graylog.")
+    ap = argparse.ArgumentParser(
+        prog="collector",
+        description="Docker logs to Elasticsearch, OpenSearch, Graylog: nothing lost, nothing duplicated.",
+        epilog=f"{EXIT_CODES}\n\n{ENVIRONMENT}\n\n`collector COMMAND --help` says more about each command.",
+        formatter_class=HelpFormatter,
+    )
     ap.add_argument("--version", action="version", version=f"collector {__version__}")
     ap.add_argument(
         "--log-level",
-        default=os.environ.get("COLLECTOR_LOG_LEVEL", "info"),
-        choices=("debug", "info", "warning", "error"),
+        type=str.lower,
+        choices=LOG_LEVELS,
+        default=None,
+        help="how much to log on stderr, before or after the command (default: $COLLECTOR_LOG_LEVEL or info)",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    t = sub.add_parser(
+    t = _sub(
+        sub,
         "tail",
-        help="follow every container's json-file log",
-        description=("Follow Docker json-file logs, enrich them with container metadata, deliver them."),
+        "follow every container's json-file log",
+        "Follow Docker's json-file logs (through rotation, copytruncate and restarts), add each container's\n"
+        "name, image, labels and compose project, and deliver the records to --output.\n\n"
+        "Checkpoints belong to the output: trying the console first never consumes what a later run to a\n"
+        "file or to Elasticsearch must ship (see --data-dir).",
     )
     t.add_argument(
         "--path",
         action="append",
         metavar="GLOB",
-        help="json-file logs to follow (repeatable; default: DOCKER_ROOT/containers/*/*-json.log)",
+        help="json-file logs to follow, instead of every container's (repeatable; "
+        "default: DOCKER_ROOT/containers/*/*-json.log)",
     )
-    t.add_argument("--docker-root", default="/var/lib/docker", help="Docker's data root (default /var/lib/docker)")
     t.add_argument(
         "--tag",
+        metavar="TEMPLATE",
         help="tag template, like docker's --log-opt tag: A, {{.Name}}, {{.ID}}, "
         "{{.ImageName}}, {{.FullID}} (default: {{.ID}})",
     )
@@ -150,21 +284,30 @@ def parser() -> argparse.ArgumentParser:
         dest="read_from",
         choices=("beginning", "end"),
         default="beginning",
-        help="where to start in files seen for the first time",
+        help="where to start in a file seen for the first time by this output",
     )
-    t.add_argument("--once", action="store_true", help="read what is there, deliver it, save checkpoints, exit")
+    t.add_argument(
+        "--once",
+        action="store_true",
+        help="read what is there, deliver it, save checkpoints, exit (default: follow until SIGTERM/SIGINT)",
+    )
     _common(t)
 
-    r = sub.add_parser(
+    r = _sub(
+        sub,
         "receive",
-        help="listen for Docker's fluentd and gelf log drivers",
-        description=("Receive the Fluentd forward protocol and/or GELF, enrich, deliver."),
+        "listen for Docker's fluentd, gelf and syslog log drivers",
+        "Receive the Fluentd forward protocol (Docker's fluentd log driver, Fluent Bit, fluent-logger),\n"
+        "GELF (Docker's gelf log driver, graypy ...) and/or syslog (Docker's syslog log driver, logger,\n"
+        "rsyslog ...), add the container's metadata, deliver the\n"
+        "records to --output. Runs until SIGTERM/SIGINT.\n\n"
+        "  docker run --log-driver=fluentd --log-opt fluentd-address=localhost:24224 --log-opt tag=app.web ...",
     )
     r.add_argument(
         "--forward",
         action="append",
         metavar="HOST:PORT",
-        help="listen for the forward protocol (e.g. 127.0.0.1:24224; repeatable)",
+        help="listen for the forward protocol, e.g. 127.0.0.1:24224 (repeatable)",
     )
     r.add_argument(
         "--gelf",
@@ -172,35 +315,110 @@ def parser() -> argparse.ArgumentParser:
         metavar="URL",
         help="listen for GELF: udp://127.0.0.1:12201 or tcp://127.0.0.1:12201 (repeatable)",
     )
+    r.add_argument(
+        "--syslog",
+        action="append",
+        metavar="URL",
+        help="listen for syslog (RFC 5424/3164; Docker's syslog driver): udp://127.0.0.1:5514, "
+        "tcp://127.0.0.1:5514, unix:///PATH or unixgram:///PATH (repeatable)",
+    )
     _common(r)
 
-    run = sub.add_parser("run", help="run a pipeline from a config file")
-    run.add_argument("-c", "--config", required=True, help="pipeline YAML")
-    run.add_argument("--once", action="store_true", help="read what is there, deliver it, exit")
+    run = _sub(
+        sub,
+        "run",
+        "run a pipeline from a config file",
+        "Run the pipeline a YAML file describes (sources, transforms, sinks; docs/configuration.md),\n"
+        "until SIGTERM/SIGINT, or with --once until everything there is read and delivered.",
+    )
+    run.add_argument("-c", "--config", required=True, metavar="FILE", help="pipeline YAML")
+    run.add_argument(
+        "--once", action="store_true", help="read what is there, deliver it, exit (default: follow until a signal)"
+    )
+    run.add_argument("--data-dir", metavar="DIR", help="overrides the file's data_dir")
 
-    v = sub.add_parser("validate", help="check a config file and exit")
-    v.add_argument("-c", "--config", required=True, nargs="+", help="pipeline YAML file(s)")
+    v = _sub(
+        sub,
+        "validate",
+        "check config files and exit",
+        "Check pipeline files without running them: YAML syntax, unknown keys, wrong types, unset\n"
+        "environment variables, dangling inputs, cycles. Every problem of every file is listed, each\n"
+        "as FILE:LINE: KEY: WHAT.",
+        epilog="exit codes:\n  0  every file is valid\n  2  a file has problems (each is listed on stderr)",
+    )
+    v.add_argument("-c", "--config", required=True, nargs="+", metavar="FILE", help="pipeline YAML file(s)")
 
-    s = sub.add_parser("setup", help="install index templates (and Kibana dashboards)")
-    s.add_argument("--es", required=True, metavar="URL", help="Elasticsearch/OpenSearch URL")
+    s = _sub(
+        sub,
+        "setup",
+        "install index templates (and Kibana dashboards)",
+        "Install what the elasticsearch sink writes into: the index template, component templates and\n"
+        "(where the cluster has ILM or ISM) a lifecycle policy; with --kibana, import dashboards/.\n"
+        "Idempotent: a second run changes nothing and says so.",
+        epilog="exit codes:\n  0  installed (or already there; --dry-run: printed)\n"
+        "  1  the engine or Kibana refused or could not be reached\n  2  bad usage",
+    )
+    where = s.add_mutually_exclusive_group(required=True)
+    where.add_argument("--es", metavar="URL", help="Elasticsearch/OpenSearch URL")
+    where.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="a pipeline file: set up what each of its elasticsearch sinks writes to, with its hosts, "
+        "credentials and TLS (then --data-stream, --user, --password, --api-key, --ca-certs and --insecure "
+        "are not used)",
+    )
     s.add_argument("--kibana", metavar="URL", help="also import the dashboards into this Kibana")
-    s.add_argument("--dry-run", action="store_true", help="print what would be installed")
+    s.add_argument("--dry-run", action="store_true", help="print what would be installed, change nothing")
     s.add_argument("--data-stream", default="logs-docker-default", help="data stream the sink writes to")
-    s.add_argument("--replicas", type=int, default=None, help="number_of_replicas in the template")
+    s.add_argument(
+        "--replicas", type=int, default=None, help="number_of_replicas in the template (default: the cluster's)"
+    )
     s.add_argument("--retention-days", type=int, default=30, help="lifecycle: delete data after N days (ILM/ISM)")
-    s.add_argument("--user", default=os.environ.get("COLLECTOR_ES_USER"), help="basic auth user")
+    s.add_argument(
+        "--user", default=os.environ.get("COLLECTOR_ES_USER"), help="basic auth user (default: $COLLECTOR_ES_USER)"
+    )
     s.add_argument(
         "--password",
         default=os.environ.get("COLLECTOR_ES_PASSWORD"),
-        help="basic auth password (better: $COLLECTOR_ES_PASSWORD)",
+        help="basic auth password (default: $COLLECTOR_ES_PASSWORD, better than the command line)",
     )
-    s.add_argument("--api-key", default=os.environ.get("COLLECTOR_ES_API_KEY"), help="API key")
-    s.add_argument("--ca-certs", help="CA bundle for https")
+    s.add_argument(
+        "--api-key", default=os.environ.get("COLLECTOR_ES_API_KEY"), help="API key (default: $COLLECTOR_ES_API_KEY)"
+    )
+    s.add_argument("--ca-certs", metavar="FILE", help="CA bundle for https (default: the system's)")
     s.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
 
-    h = sub.add_parser("health", help="ask a running collector's GET /health (exit 0 ok, 1 otherwise)")
-    h.add_argument("--url", default=None, help="its api (default: http:// + $COLLECTOR_API_LISTEN or 127.0.0.1:8686)")
+    h = _sub(
+        sub,
+        "health",
+        "ask a running collector whether it is healthy",
+        "Ask a running collector's GET /health (its api.listen): for a Docker HEALTHCHECK.",
+        epilog="exit codes:\n  0  healthy\n  1  unhealthy, or not reachable\n  2  bad usage",
+    )
+    h.add_argument(
+        "--url", default=None, help="its api (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+    )
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+
+    sc = _sub(
+        sub,
+        "schema",
+        "print the configuration's JSON Schema (or its reference page)",
+        "Print the JSON Schema of a pipeline file, generated from the code: editors use it for completion\n"
+        "and checking. Save it and name it on the first line of a pipeline file:\n\n"
+        "  collector schema > collector.schema.json\n"
+        "  # yaml-language-server: $schema=collector.schema.json\n\n"
+        "--format markdown prints the configuration reference (docs/configuration.md).",
+        epilog="exit codes:\n  0  printed (or written)\n  2  bad usage",
+    )
+    sc.add_argument("--format", choices=("json", "markdown"), default="json", help="what to print")
+    sc.add_argument(
+        "--write",
+        metavar="DIR",
+        help="write both into DIR (collector.schema.json, configuration.md) instead of printing: "
+        "`collector schema --write docs` regenerates the repository's copies",
+    )
     return ap
 
 
@@ -234,20 +452,36 @@ def health(url: str | None, timeout: float) -> int:
     return 0 if ok else 1
 
 
-def _run(cfg: PipelineConfig, once: bool) -> int:
+def _run(cfg: PipelineConfig, once: bool, source: str = "<config>") -> int:
     from collector.app import run_pipeline  # noqa: PLC0415
 
+    problems = unreadable_files(cfg, source)
+    if problems:
+        raise ConfigError(problems)
     try:
         return asyncio.run(run_pipeline(cfg, once=once))
-    except StateLockedError as e:
+    except DataDirError as e:
         print(f"collector: {e}", file=sys.stderr)
         return EXIT_USAGE
 
 
+def log_level(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+    """--log-level (before or after the command), else $COLLECTOR_LOG_LEVEL, else info."""
+    if args.log_level is not None:
+        return str(args.log_level)
+    env = os.environ.get("COLLECTOR_LOG_LEVEL", "").strip().lower()
+    if not env:
+        return "info"
+    if env not in LOG_LEVELS:
+        ap.error(f"COLLECTOR_LOG_LEVEL={env!r}: use one of {', '.join(LOG_LEVELS)}")
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    ap = parser()
+    args = ap.parse_args(argv)
     logging.basicConfig(
-        level=args.log_level.upper(),
+        level=log_level(ap, args).upper(),
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -265,13 +499,18 @@ def main(argv: list[str] | None = None) -> int:
                     print(str(e), file=sys.stderr)
             return EXIT_USAGE if bad else 0
         if args.command == "run":
-            return _run(load_config(args.config), args.once)
+            cfg = load_config(args.config)
+            if args.data_dir:
+                cfg = cfg.model_copy(update={"data_dir": args.data_dir})
+            return _run(cfg, args.once, args.config)
         if args.command == "tail":
-            return _run(validate_config(tail_config(args), "collector tail"), args.once)
+            return _run(command_config(tail_config(args), "tail"), args.once)
         if args.command == "receive":
-            return _run(validate_config(receive_config(args), "collector receive"), False)
+            return _run(command_config(receive_config(args), "receive"), False)
         if args.command == "health":
             return health(args.url, args.timeout)
+        if args.command == "schema":
+            return schema(args.format, args.write)
         if args.command == "setup":
             from collector.setup import run_setup  # noqa: PLC0415
 
@@ -288,6 +527,17 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return EXIT_USAGE
+
+
+def schema(fmt: str, write_dir: str | None) -> int:
+    from collector import schema as gen  # noqa: PLC0415
+
+    if write_dir:
+        for path in gen.write(Path(write_dir)):
+            print(f"wrote {path}")
+        return 0
+    sys.stdout.write(gen.schema_text() if fmt == "json" else gen.reference_markdown())
+    return 0
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from collector.event import Batch
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collector.docker_api import DockerMetadata, MetadataSource
+    from collector.docker_api import DockerMetadata, MetadataOptions, MetadataSource
 
 
 class ComponentConfig(BaseModel):
@@ -69,6 +69,9 @@ class TransformConfig(ComponentConfig):
 
 
 class SinkConfig(TransformConfig):
+    # the keys that say where records go: a pipeline's identity (checkpoints.pipeline_identity);
+    # None: every key but inputs, buffer and match
+    destination_keys: ClassVar[tuple[str, ...] | None] = None
     buffer: BufferConfig = Field(default_factory=BufferConfig, description="Where records wait for this sink.")
     match: str | None = Field(
         None,
@@ -87,23 +90,39 @@ class Context:
     deadletter: DeadLetter
     once: bool = False
     hostname: str = field(default_factory=socket.gethostname)
-    _docker: dict[tuple[str, str | None, str], DockerMetadata] = field(default_factory=dict)
+    _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
     async def docker(
-        self, source: MetadataSource = "auto", docker_host: str | None = None, docker_root: str = "/var/lib/docker"
+        self,
+        source: MetadataSource = "auto",
+        docker_host: str | None = None,
+        docker_root: str = "/var/lib/docker",
+        options: MetadataOptions | None = None,
     ) -> DockerMetadata:
         """The shared metadata cache for these settings (one API client per Docker host)."""
         from collector.docker_api import DockerMetadata  # noqa: PLC0415
 
-        key = (source, docker_host, docker_root)
+        key = (source, docker_host, docker_root, options)
         meta = self._docker.get(key)
         if meta is None:
-            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root)
+            errors = self.telemetry.errors
+
+            def on_error(reason: str, n: int) -> None:
+                errors.labels("docker_metadata", reason).inc(n)
+
+            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root, options, on_error)
             await meta.start()
             self._closers.append(meta.close)
             self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)
         return meta
+
+    async def pipeline_docker(self) -> DockerMetadata:
+        """The Docker metadata the pipeline already uses (its docker_metadata transform's, started before
+        any source), else one with the defaults: for a source that must name containers itself."""
+        if self._docker:
+            return next(iter(self._docker.values()))
+        return await self.docker()
 
     async def aclose(self) -> None:
         for close in reversed(self._closers):
@@ -193,6 +212,18 @@ class Transform:
 
     async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
         raise NotImplementedError
+
+    # A transform that holds records back (multiline) sets ``tick_interval``: ``tick`` is then
+    # called at least that often while no batch arrives, and ``finish`` once its inputs are closed.
+    tick_interval: float | None = None
+
+    async def tick(self) -> list[tuple[str | None, Batch]]:
+        """What is due without new input (a record whose time is up)."""
+        return []
+
+    async def finish(self) -> list[tuple[str | None, Batch]]:
+        """The inputs are closed and drained: what is still held back."""
+        return []
 
 
 class Sink:

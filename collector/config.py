@@ -8,23 +8,36 @@
     sinks:
       out: {type: file, inputs: [meta], path: /tmp/out.ndjson}
 
-Components are a discriminated union on ``type`` (registry.py lists them).  Unknown keys,
-wrong types, dangling ``inputs`` and cycles are errors that name the file, the line and the
-key.  ``${VAR}`` and ``${VAR:-default}`` in strings are replaced from the environment.
+Components are a discriminated union on ``type`` (registry.py lists them; schema.py turns the
+models into the JSON Schema and docs/configuration.md).  Unknown keys, wrong types, unset
+variables, duplicate keys, dangling ``inputs`` and cycles are all reported at once, each as
+``file:line: key: what`` in the order of the file (:class:`ConfigError`).  ``${VAR}`` and
+``${VAR:-default}`` in strings are replaced from the environment.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from collector import registry
 from collector.component import split_hostport
+from collector.deadletter import DeadLetterConfig
 from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
 
@@ -64,71 +77,56 @@ class ApiConfig(BaseModel):
         return v
 
 
+class RestartConfig(BaseModel):
+    """How a crashed sink is restarted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    retry: RetryConfig = Field(
+        default_factory=lambda: RetryConfig(initial_backoff=1.0, max_backoff=60.0, max_elapsed=300.0),
+        description="Backoff between restarts; when the sink keeps crashing without delivering anything for "
+        "`max_elapsed` seconds, the collector stops with exit code 1.",
+    )
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    data_dir: str = Field(default_factory=default_data_dir, description="Checkpoints, buffers, dead letters.")
-    sources: dict[str, SourceConfig] = Field(min_length=1)  # type: ignore[valid-type]
-    transforms: dict[str, TransformConfigUnion] = Field(default_factory=dict)  # type: ignore[valid-type]
-    sinks: dict[str, SinkConfigUnion] = Field(min_length=1)  # type: ignore[valid-type]
+    data_dir: str = Field(
+        default_factory=default_data_dir,
+        description="Checkpoints, buffers, dead letters. Checkpoints are kept per pipeline (its outputs) "
+        "inside it, so pipelines with different outputs can share it (one at a time: it is locked).",
+        json_schema_extra={"x-default": "`/var/lib/collector` as root, else `~/.local/state/collector`"},
+    )
+    sources: dict[str, SourceConfig] = Field(  # type: ignore[valid-type]
+        min_length=1, description="Where records come from: name -> source (its `type` and keys)."
+    )
+    transforms: dict[str, TransformConfigUnion] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="What rewrites them on the way: name -> transform."
+    )
+    sinks: dict[str, SinkConfigUnion] = Field(  # type: ignore[valid-type]
+        min_length=1, description="Where they are delivered: name -> sink."
+    )
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
-    restart: RetryConfig = Field(
-        default_factory=lambda: RetryConfig(initial_backoff=1.0, max_backoff=60.0, max_elapsed=300.0),
+    restart: RestartConfig = Field(
+        default_factory=RestartConfig,
         description="A sink that crashed (an unexpected error; an unreachable destination is retried inside "
-        "the sink) is restarted after this backoff and handed again what it held; when it keeps crashing "
-        "without delivering anything for `max_elapsed` seconds the collector stops with exit code 1.",
+        "the sink) is restarted and handed again what it held.",
+    )
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig, description="The disk dead letters may take, per component."
     )
 
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)  # key -> line in its file
+
     @model_validator(mode="after")
-    def _graph(self) -> PipelineConfig:
-        names: dict[str, str] = {}
-        for kind, comps in (("source", self.sources), ("transform", self.transforms), ("sink", self.sinks)):
-            for n in comps:
-                if not NAME.match(n):
-                    raise ValueError(f"{kind} name {n!r}: use letters, digits, '_' and '-'")
-                if n in names:
-                    raise ValueError(f"{kind} {n!r} has the same name as a {names[n]}")
-                names[n] = kind
-        outputs = set(self.sources)
-        for n, t in self.transforms.items():
-            outputs.add(n)
-            for port in _ports(t):
-                outputs.add(f"{n}.{port}")
-        for kind, comps in (("transform", self.transforms), ("sink", self.sinks)):
-            for n, c in comps.items():
-                for i in c.inputs:
-                    if i not in outputs:
-                        hint = "" if "." in i else f" (known: {', '.join(sorted(outputs))})"
-                        raise ValueError(f"{kind} {n!r}: input {i!r} is not a source or transform{hint}")
-                    if i.split(".")[0] in self.sinks:
-                        raise ValueError(f"{kind} {n!r}: input {i!r} is a sink")
-                match = getattr(c, "match", None)
-                if match:
-                    try:
-                        tag_pattern(match)
-                    except TagPatternError as e:
-                        raise ValueError(f"{kind} {n!r}: match: {e}") from None
-        # cycles among transforms
-        deps = {
-            n: {i.split(".")[0] for i in t.inputs if i.split(".")[0] in self.transforms}
-            for n, t in self.transforms.items()
-        }
-        seen: dict[str, int] = {}
-
-        def visit(n: str, path: list[str]) -> None:
-            if seen.get(n) == 2:
-                return
-            if seen.get(n) == 1:
-                raise ValueError("transforms form a cycle: " + " -> ".join([*path, n]))
-            seen[n] = 1
-            for d in deps[n]:
-                visit(d, [*path, n])
-            seen[n] = 2
-
-        for n in deps:
-            visit(n, [])
+    def _graph(self, info: ValidationInfo) -> PipelineConfig:
+        if info.context and info.context.get("graph_checked"):
+            return self  # validate_config checked the raw document (with line numbers)
+        problems = graph_problems(self.model_dump(include={"sources", "transforms", "sinks"}))
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, loc))}: {msg}" for loc, msg in problems))
         return self
 
     def consumers(self, output: str) -> list[str]:
@@ -136,54 +134,200 @@ class PipelineConfig(BaseModel):
 
 
 def _ports(t: Any) -> list[str]:
-    routes = getattr(t, "routes", None)
-    return [*routes, "_unmatched"] if routes else []
+    routes = t.get("routes") if isinstance(t, dict) else getattr(t, "routes", None)
+    return [*routes, "_unmatched"] if isinstance(routes, dict) and routes else []
+
+
+Loc = tuple[Any, ...]
+
+
+def graph_problems(data: Any) -> list[tuple[Loc, str]]:
+    """Every problem of the component graph (names, inputs, tag patterns, cycles), each with
+    the key it is about.  Works on the raw document too, tolerating parts of the wrong shape
+    (the schema reports those), so that one run of ``validate`` reports everything."""
+    if not isinstance(data, dict):
+        return []
+    problems: list[tuple[Loc, str]] = []
+    groups: dict[str, dict[str, Any]] = {}
+    for section in ("sources", "transforms", "sinks"):
+        comps = data.get(section)
+        groups[section] = {n: c for n, c in comps.items() if isinstance(c, dict)} if isinstance(comps, dict) else {}
+    names: dict[str, str] = {}
+    for section, comps in groups.items():
+        kind = section[:-1]
+        for n in comps:
+            if not isinstance(n, str) or not NAME.match(n):
+                problems.append(((section, n), f"{kind} name {n!r}: use letters, digits, '_' and '-'"))
+            elif n in names:
+                problems.append(((section, n), f"{kind} {n!r} has the same name as a {names[n]}"))
+            else:
+                names[n] = kind
+    outputs = set(groups["sources"])
+    for n, t in groups["transforms"].items():
+        outputs.add(n)
+        outputs.update(f"{n}.{port}" for port in _ports(t))
+    for section in ("transforms", "sinks"):
+        kind = section[:-1]
+        for n, c in groups[section].items():
+            inputs = c.get("inputs")
+            for idx, i in enumerate(inputs if isinstance(inputs, list) else []):
+                if not isinstance(i, str):
+                    continue
+                if i.split(".")[0] in groups["sinks"]:
+                    problems.append(((section, n, "inputs", idx), f"{kind} {n!r}: input {i!r} is a sink"))
+                elif i not in outputs:
+                    hint = "" if "." in i else f" (known: {', '.join(sorted(outputs))})"
+                    problems.append(
+                        ((section, n, "inputs", idx), f"{kind} {n!r}: input {i!r} is not a source or transform{hint}")
+                    )
+            match = c.get("match")
+            if isinstance(match, str) and match:
+                try:
+                    tag_pattern(match)
+                except TagPatternError as e:
+                    problems.append(((section, n, "match"), f"{kind} {n!r}: match: {e}"))
+    # cycles among transforms (each reported once, at the transform that closes it)
+    transforms = groups["transforms"]
+    deps = {
+        n: [i.split(".")[0] for i in t.get("inputs") or [] if isinstance(i, str) and i.split(".")[0] in transforms]
+        for n, t in transforms.items()
+        if isinstance(t.get("inputs") or [], list)
+    }
+    state: dict[str, int] = {}
+
+    def visit(n: str, path: list[str]) -> None:
+        if state.get(n) == 2:
+            return
+        if state.get(n) == 1:
+            cycle = [*path[path.index(n) :], n]
+            problems.append((("transforms", n, "inputs"), "transforms form a cycle: " + " -> ".join(cycle)))
+            return
+        state[n] = 1
+        for d in deps.get(n, ()):
+            visit(d, [*path, n])
+        state[n] = 2
+
+    for n in deps:
+        visit(n, [])
+    return problems
 
 
 class ConfigError(Exception):
-    """A configuration that cannot run; ``str()`` lists every problem with file and line."""
+    """A configuration that cannot run; ``str()`` lists every problem, one a line, each with the
+    file, the line and the key (``file:line: key: what``), in the order of the file."""
 
     def __init__(self, problems: list[str]) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
 
 
+@dataclass
+class _Found:
+    """Problems found while reading a document, before the schema is checked."""
+
+    filename: str
+    lines: dict[Loc, int] = field(default_factory=dict)
+    problems: list[tuple[int, str]] = field(default_factory=list)  # (line, "file:line: key: what")
+    unset: set[Loc] = field(default_factory=set)  # values whose ${VAR} was not set: no schema noise
+
+    def add(self, loc: Loc, line: int | None, msg: str) -> None:
+        key = _dotted(loc)
+        where = f"{self.filename}:{line}" if line else self.filename
+        self.problems.append((line or 0, f"{where}: {key + ': ' if key else ''}{msg}"))
+
+
+def _dotted(loc: Loc) -> str:
+    return ".".join(str(p) for p in loc)
+
+
 # -- YAML with line numbers ---------------------------------------------------------------------
+# A pipeline file has a few hundred values. An alias (``*name``) repeats what its anchor holds, so
+# a few hundred bytes can name billions of values ("billion laughs") or a value that contains
+# itself: both are refused with a ConfigError instead of exhausting memory or the stack.
+MAX_CONFIG_VALUES = 100_000  # values after aliases are expanded
+MAX_CONFIG_DEPTH = 64  # nesting of mappings and lists
+
+
 class _Loader(yaml.SafeLoader):
     pass
 
 
-def _load_with_lines(text: str, filename: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    lines: dict[tuple[Any, ...], int] = {}
+def _load_with_lines(text: str, found: _Found) -> Any:
+    lines = found.lines
     try:
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f"{filename}:{mark.line + 1}" if mark else filename
+        where = f"{found.filename}:{mark.line + 1}" if mark else found.filename
         raise ConfigError([f"{where}: not valid YAML: {getattr(e, 'problem', e)}"]) from None
+    except RecursionError:  # the composer recurses once per level
+        raise ConfigError([f"{found.filename}: nested deeper than {MAX_CONFIG_DEPTH} levels"]) from None
     if node is None:
-        raise ConfigError([f"{filename}: empty configuration"])
+        raise ConfigError([f"{found.filename}: empty configuration"])
     loader = _Loader("")
+    filename = found.filename
+    built = 0
+    open_nodes: set[int] = set()  # the nodes being built, outermost first: an alias to one is a loop
 
-    def build(n: yaml.Node, path: tuple[Any, ...]) -> Any:
-        lines[path] = n.start_mark.line + 1
-        if isinstance(n, yaml.MappingNode):
-            out: dict[Any, Any] = {}
-            for k, v in n.value:
-                key = loader.construct_object(k, deep=True)
-                if key in out:
-                    raise ConfigError([f"{filename}:{k.start_mark.line + 1}: duplicate key {key!r}"])
-                lines[(*path, key)] = k.start_mark.line + 1
-                out[key] = build(v, (*path, key))
-            return out
-        if isinstance(n, yaml.SequenceNode):
-            return [build(v, (*path, i)) for i, v in enumerate(n.value)]
-        value = loader.construct_object(n, deep=True)
+    def where(n: yaml.Node) -> str:
+        return f"{filename}:{n.start_mark.line + 1}"
+
+    def scalar(n: yaml.Node) -> Any:
+        try:
+            return loader.construct_object(n, deep=True)
+        except yaml.YAMLError as e:
+            raise ConfigError([f"{where(n)}: {getattr(e, 'problem', None) or e}"]) from None
+
+    def build(n: yaml.Node, path: Loc) -> Any:
+        nonlocal built
+        built += 1
+        if built > MAX_CONFIG_VALUES:
+            raise ConfigError(
+                [
+                    f"{where(n)}: the configuration expands to more than {MAX_CONFIG_VALUES} values "
+                    "(YAML aliases repeat what their anchor holds; write the values out)"
+                ]
+            )
+        if len(path) > MAX_CONFIG_DEPTH:
+            raise ConfigError([f"{where(n)}: nested deeper than {MAX_CONFIG_DEPTH} levels"])
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode | yaml.SequenceNode):
+            if id(n) in open_nodes:
+                raise ConfigError([f"{where(n)}: a YAML alias refers to a value that contains it"])
+            open_nodes.add(id(n))
+            try:
+                if isinstance(n, yaml.SequenceNode):
+                    return [build(v, (*path, i)) for i, v in enumerate(n.value)]
+                out: dict[Any, Any] = {}
+                for k, v in n.value:
+                    line = k.start_mark.line + 1
+                    if not isinstance(k, yaml.ScalarNode):
+                        found.add(path, line, "a key must be a plain value, not a list or mapping")
+                        continue
+                    key = scalar(k)
+                    if key in out:
+                        first = lines.get((*path, key))
+                        found.add((*path, key), line, f"duplicate key {key!r} (first at line {first})")
+                        continue
+                    lines[(*path, key)] = line
+                    out[key] = build(v, (*path, key))
+                return out
+            finally:
+                open_nodes.discard(id(n))
+        value = scalar(n)
         if isinstance(value, str) and "$" in value:
-            value = expand_env(value, f"{filename}:{n.start_mark.line + 1}")
+            try:
+                value = expand_env(value, "")
+            except ConfigError as e:
+                found.unset.add(path)
+                for problem in e.problems:
+                    found.add(path, n.start_mark.line + 1, problem.removeprefix(": "))
+        if isinstance(value, str) and "\0" in value:  # no path, address or pattern has one
+            found.unset.add(path)
+            found.add(path, n.start_mark.line + 1, "a NUL character in the value")
         return value
 
-    return build(node, ()), lines
+    return build(node, ())
 
 
 def expand_env(value: str, where: str) -> str:
@@ -210,8 +354,8 @@ def expand_env(value: str, where: str) -> str:
     return out
 
 
-def _line_of(loc: tuple[Any, ...], data: Any, lines: dict[tuple[Any, ...], int]) -> tuple[tuple[Any, ...], int]:
-    """Drop the discriminator tags pydantic puts in ``loc``; find the closest line."""
+def _clean_loc(loc: Loc, data: Any) -> Loc:
+    """``loc`` without the discriminator tags pydantic puts in it."""
     clean: list[Any] = []
     cur = data
     for part in loc:
@@ -223,46 +367,100 @@ def _line_of(loc: tuple[Any, ...], data: Any, lines: dict[tuple[Any, ...], int])
             if isinstance(cur, dict)
             else (cur[part] if isinstance(cur, list) and isinstance(part, int) and part < len(cur) else None)
         )
-    path = tuple(clean)
-    while path and path not in lines:
-        path = path[:-1]
-    return tuple(clean), lines.get(path, 1)
+    return tuple(clean)
 
 
-def _format_error(err: dict[str, Any], data: Any, lines: dict[tuple[Any, ...], int], filename: str) -> str:
-    loc, line = _line_of(tuple(err["loc"]), data, lines)
-    dotted = ".".join(str(p) for p in loc)
+def _line_of(loc: Loc, lines: dict[Loc, int]) -> int | None:
+    """The line of ``loc``, or of its closest parent that has one."""
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc)
+
+
+def _schema_problem(err: dict[str, Any], data: Any, found: _Found) -> None:
+    loc = _clean_loc(tuple(err["loc"]), data)
+    if any(loc[: len(u)] == u for u in found.unset):
+        return  # its ${VAR} is not set: said already
     typ = err["type"]
     msg = err["msg"]
     if typ == "extra_forbidden":
-        parent = ".".join(str(p) for p in loc[:-1])
+        parent = _dotted(loc[:-1])
         msg = f"unknown key {loc[-1]!r}" + (f" in {parent}" if parent else "")
-        return f"{filename}:{line}: {msg}"
+        line = _line_of(loc, found.lines)
+        found.problems.append((line or 0, f"{found.filename}:{line}: {msg}" if line else f"{found.filename}: {msg}"))
+        return
     if typ == "union_tag_invalid":
         msg = f"unknown type {err['input'].get('type')!r}; expected one of {err['ctx']['expected_tags']}"
     elif typ == "union_tag_not_found":
         msg = "missing `type`"
     elif typ == "value_error":
         msg = msg.removeprefix("Value error, ")
-    return f"{filename}:{line}: {dotted + ': ' if dotted else ''}{msg}"
+    found.add(loc, _line_of(loc, found.lines), msg)
 
 
 def parse_config(text: str, filename: str = "<config>") -> PipelineConfig:
-    data, lines = _load_with_lines(text, filename)
+    found = _Found(filename)
+    data = _load_with_lines(text, found)
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the configuration must be a mapping (sources, transforms, sinks)"])
-    return validate_config(data, filename, lines)
+    return _validate(data, found)
 
 
 def validate_config(
-    data: dict[str, Any], filename: str = "<config>", lines: dict[tuple[Any, ...], int] | None = None
+    data: dict[str, Any], filename: str = "<config>", lines: dict[Loc, int] | None = None
 ) -> PipelineConfig:
+    """A document (from YAML, or built by the command line) checked: every problem at once."""
+    return _validate(data, _Found(filename, dict(lines or {})))
+
+
+def _validate(data: dict[str, Any], found: _Found) -> PipelineConfig:
+    for loc, msg in graph_problems(data):
+        found.add(loc[:-1] if isinstance(loc[-1], int) else loc, _line_of(loc, found.lines), msg)
     try:
-        return PipelineConfig.model_validate(data)
+        cfg = PipelineConfig.model_validate(data, context={"graph_checked": True})
     except ValidationError as e:
-        raise ConfigError(
-            [_format_error(err, data, lines or {}, filename) for err in e.errors(include_url=False)]
-        ) from None
+        for err in e.errors(include_url=False):
+            _schema_problem(err, data, found)
+        cfg = None
+    if found.problems or cfg is None:
+        found.problems.sort(key=lambda p: p[0])  # in the order of the file (stable within a line)
+        raise ConfigError([text for _, text in found.problems])
+    cfg._lines = found.lines
+    return cfg
+
+
+def unreadable_files(cfg: PipelineConfig, filename: str = "<config>") -> list[str]:
+    """Files the pipeline names (every ``*_file`` key: certificates, keys, CA bundles) that this
+    host cannot read: checked before running (not by ``validate``, which checks the file, not the
+    host it will run on), so a missing certificate is a configuration error naming its key
+    instead of a component failing with the operating system's words."""
+    problems: list[str] = []
+
+    def walk(model: BaseModel, loc: Loc) -> None:
+        for name in type(model).model_fields:
+            value = getattr(model, name)
+            here = (*loc, name)
+            if isinstance(value, BaseModel):
+                walk(value, here)
+            elif isinstance(value, dict):
+                for k, v in value.items():
+                    if isinstance(v, BaseModel):
+                        walk(v, (*here, k))
+            elif isinstance(value, list):
+                for i, v in enumerate(value):
+                    if isinstance(v, BaseModel):
+                        walk(v, (*here, i))
+            elif name.endswith("_file") and isinstance(value, str):
+                try:
+                    with open(value, "rb"):
+                        pass
+                except OSError as e:
+                    line = _line_of(here, cfg._lines)
+                    where = f"{filename}:{line}" if line else filename
+                    problems.append(f"{where}: {_dotted(here)}: cannot read {value}: {e.strerror or e}")
+
+    walk(cfg, ())
+    return problems
 
 
 def load_config(path: str | Path) -> PipelineConfig:
@@ -271,4 +469,6 @@ def load_config(path: str | Path) -> PipelineConfig:
         text = p.read_text()
     except OSError as e:
         raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError as e:
+        raise ConfigError([f"{path}: not UTF-8 text ({e.reason} at byte {e.start})"]) from None
     return parse_config(text, str(path))

@@ -143,7 +143,9 @@ class Fields:
     def encoded(self) -> bytes:
         """``orjson.dumps(data)``, computed once."""
         if self._encoded is None:
-            self._encoded = orjson.dumps(self.data)
+            # a copy: orjson's result keeps its whole write buffer (4 KiB at least), and shared
+            # fields are kept for long (caches of containers, senders)
+            self._encoded = bytes(memoryview(orjson.dumps(self.data)))
         return self._encoded
 
     def merged(self, over: Mapping[str, Any]) -> Fields:

@@ -12,12 +12,15 @@ SOURCES: dict[str, tuple[str, str, str]] = {
     "docker_json_file": ("collector.sources.docker_json_file", "DockerJsonFileConfig", "DockerJsonFileSource"),
     "gelf": ("collector.sources.gelf", "GelfSourceConfig", "GelfSource"),
     "fluent_forward": ("collector.sources.fluent_forward", "FluentForwardConfig", "FluentForwardSource"),
+    "syslog": ("collector.sources.syslog", "SyslogSourceConfig", "SyslogSource"),
+    "journald": ("collector.sources.journald", "JournaldConfig", "JournaldSource"),
 }
 TRANSFORMS: dict[str, tuple[str, str, str]] = {
     "docker_metadata": ("collector.transforms.docker_metadata", "DockerMetadataConfig", "DockerMetadataTransform"),
     "filter": ("collector.transforms.filter", "FilterConfig", "FilterTransform"),
     "route": ("collector.transforms.route", "RouteConfig", "RouteTransform"),
     "parse": ("collector.transforms.parse", "ParseConfig", "ParseTransform"),
+    "multiline": ("collector.transforms.multiline", "MultilineConfig", "MultilineTransform"),
 }
 SINKS: dict[str, tuple[str, str, str]] = {
     "console": ("collector.sinks.console", "ConsoleConfig", "ConsoleSink"),

@@ -1,6 +1,7 @@
 """``collector setup``: install what the Elasticsearch sink needs, and the Kibana dashboards.
 
     collector setup --es http://127.0.0.1:9200 [--kibana http://127.0.0.1:5601] [--dry-run]
+    collector setup -c pipeline.yaml [--kibana ...]     # what each elasticsearch sink writes to
 
 Installs, idempotently (a second run changes nothing and says so):
 1. a lifecycle policy, when the cluster has ILM (Elasticsearch with x-pack) or ISM (OpenSearch
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -107,16 +109,69 @@ def import_dashboards(
     return out
 
 
-def run_setup(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class Target:
+    """One engine and one data stream (or dated index pattern) to prepare."""
+
+    hosts: list[str]
+    auth: AuthConfig
+    tls: TlsConfig
+    target: str
+    index_mode: bool
+
+
+def targets(args: argparse.Namespace) -> list[Target]:
+    """From ``-c pipeline.yaml`` (each elasticsearch sink: its hosts, credentials, TLS and target,
+    exactly what it will write to), or from ``--es`` and the flags."""
+    if getattr(args, "config", None):
+        from collector.config import ConfigError, load_config  # noqa: PLC0415
+
+        cfg = load_config(args.config)
+        out: dict[tuple[tuple[str, ...], str], Target] = {}
+        for sink in cfg.sinks.values():
+            if sink.type == "elasticsearch":
+                t = Target(list(sink.hosts), sink.auth, sink.tls, sink.target(), sink.mode == "index")
+                out.setdefault((tuple(t.hosts), t.target), t)
+        if not out:
+            raise ConfigError([f"{args.config}: no elasticsearch sink, so nothing to set up"])
+        return list(out.values())
     auth = AuthConfig(user=args.user, password=args.password, api_key=args.api_key)
     tls = TlsConfig(ca_file=args.ca_certs, verify=not args.insecure)
-    client = EngineClient([args.es], auth, tls, timeout=30)
-    index_mode = "%" in args.data_stream
+    return [Target([args.es], auth, tls, args.data_stream, "%" in args.data_stream)]
+
+
+def run_setup(args: argparse.Namespace) -> int:
+    found = targets(args)
+    for t in found:
+        rc = setup_engine(t, args)
+        if rc:
+            return rc
+    if args.kibana:
+        d = dashboards_dir()
+        if d is None:
+            print(
+                "collector setup: no dashboards found (set COLLECTOR_DASHBOARDS to the dashboards/ folder)",
+                file=sys.stderr,
+            )
+            return 1
+        files = sorted(d.glob("*.ndjson"))
+        if args.dry_run:
+            for f in files:
+                print(f"would POST {args.kibana.rstrip('/')}/api/saved_objects/_import?overwrite=true  file={f}")
+        else:
+            auth, tls = found[0].auth, found[0].tls
+            for line in import_dashboards(args.kibana, files, auth_headers(auth), tls.verify, tls.ca_file):
+                print(line)
+    return 0
+
+
+def setup_engine(t: Target, args: argparse.Namespace) -> int:
+    client = EngineClient(t.hosts, t.auth, t.tls, timeout=30)
     try:
         info = client.info()
         lifecycle = lifecycle_support(client)
         policy = POLICY if lifecycle == "ilm" else None
-        steps = plan(args.data_stream, args.replicas, policy, index_mode)
+        steps = plan(t.target, args.replicas, policy, t.index_mode)
         print(f"{client.hosts[0]}: {info}")
         if lifecycle is None:
             print(
@@ -140,28 +195,13 @@ def run_setup(args: argparse.Namespace) -> int:
                     print(f"ISM policy {POLICY}: delete after {args.retention_days} days")
                 else:
                     print(f"ISM policy {POLICY}: unchanged")
-            for what, outcome in ensure(client, args.data_stream, not index_mode, args.replicas, policy):
+            for what, outcome in ensure(client, t.target, not t.index_mode, args.replicas, policy):
                 print(f"{what}: {outcome}")
     except EngineUnavailableError as e:
         print(f"collector setup: {e}", file=sys.stderr)
         return 1
     finally:
         client.close()
-    if args.kibana:
-        d = dashboards_dir()
-        if d is None:
-            print(
-                "collector setup: no dashboards found (set COLLECTOR_DASHBOARDS to the dashboards/ folder)",
-                file=sys.stderr,
-            )
-            return 1
-        files = sorted(d.glob("*.ndjson"))
-        if args.dry_run:
-            for f in files:
-                print(f"would POST {args.kibana.rstrip('/')}/api/saved_objects/_import?overwrite=true  file={f}")
-        else:
-            for line in import_dashboards(args.kibana, files, auth_headers(auth), tls.verify, tls.ca_file):
-                print(line)
     return 0
 
 

@@ -7,6 +7,7 @@ Every component counts through this module, so one place names what is measured:
     collector_events_dropped_total{component,reason}   records deliberately not delivered
     collector_events_rejected_total{component,reason}  records dead-lettered (see deadletter.py)
     collector_errors_total{component,reason}       malformed input, failed requests, lost bytes
+    collector_dead_letter_dropped_total{component,reason}  dead-letter entries not kept (rate, rotation)
     collector_retries_total{component,reason}      delivery attempts that will be retried
     collector_buffer_events{component}             records waiting in a sink buffer
     collector_buffer_bytes{component}
@@ -51,6 +52,12 @@ class Telemetry:
         self.errors = Counter(
             "collector_errors",
             "Malformed input, failed requests, lost data",
+            ["component", "reason"],
+            registry=r,
+        )
+        self.dead_letter_dropped = Counter(
+            "collector_dead_letter_dropped",
+            "Dead-letter entries not kept: over the byte rate, deleted by rotation, too large",
             ["component", "reason"],
             registry=r,
         )

@@ -17,9 +17,10 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, SERVICES_DIR
+from tests.peers.graylog_peer import GraylogPeer
 
-SERVICES = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+SERVICES = SERVICES_DIR
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 
@@ -111,6 +112,17 @@ def docker(docker_engine: DockerEngine) -> Iterator[DockerEngine]:
     docker_engine.clean()
     yield docker_engine
     docker_engine.clean()
+
+
+@pytest.fixture(scope="session")
+def journal() -> Path:
+    """The directory of a real systemd journal that systemd-cat, logger --journald and Docker's
+    journald driver write to (tests/services/journald.sh starts systemd-journald when none runs)."""
+    script = REPO / "tests" / "services" / "journald.sh"
+    res = subprocess.run([str(script), "start"], capture_output=True, text=True, timeout=120, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"cannot start systemd-journald:\n{res.stdout}\n{res.stderr}", pytrace=False)
+    return Path(res.stdout.strip().splitlines()[-1].split("=", 1)[1])
 
 
 @pytest.fixture
@@ -261,3 +273,9 @@ def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
         yield SmallDisk(mnt, mnt / "filler")
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture(scope="session")
+def graylog_peer() -> GraylogPeer:
+    """Graylog 6.1's own GELF code and client (tests/peers/graylog), built once per session."""
+    return GraylogPeer.build()

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import http.server
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -26,6 +27,36 @@ from collector.app import run_pipeline
 from collector.config import validate_config
 
 REPO = Path(__file__).resolve().parent.parent
+SERVICES_DIR = Path(os.environ.get("COLLECTOR_SERVICES_DIR", "/tmp/collector-services"))
+_go_lock = threading.Lock()
+
+
+def go_binary(source_dir: Path, timeout: float = 900) -> Path:
+    """A Go test peer built into ``$COLLECTOR_SERVICES_DIR/bin`` (tests/prepare.d/50-go-peers.sh
+    builds them before pytest starts; this builds one again only when it is missing or older than
+    its sources, for a local run of a single test file)."""
+    import pytest
+
+    binary = SERVICES_DIR / "bin" / source_dir.name
+    with _go_lock:
+        newest = max(p.stat().st_mtime for p in source_dir.iterdir() if p.suffix in (".go", ".mod", ".sum"))
+        if binary.exists() and binary.stat().st_mtime >= newest:
+            return binary
+        go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+        if go is None:
+            pytest.fail(f"the Go toolchain (go) is needed to build {source_dir}", pytrace=False)
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        res = subprocess.run(
+            [go, "build", "-buildvcs=false", "-o", str(binary), "."],
+            cwd=source_dir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if res.returncode != 0:
+            pytest.fail(f"go build of {source_dir} failed:\n{res.stdout}\n{res.stderr}", pytrace=False)
+        return binary
 
 
 def docker_line(log: str, stream: str = "stdout", t: str = "2024-05-01T12:00:00.000000001Z") -> bytes:
@@ -57,6 +88,14 @@ def read_ndjson(path: str | Path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+
+
+def checkpoint_file(data_dir: str | Path) -> Path:
+    """The checkpoint document of the one pipeline that ran with ``data_dir`` (checkpoints are
+    kept per pipeline: ``<data_dir>/checkpoints/<outputs>-<hash>.json``)."""
+    found = sorted((Path(data_dir) / "checkpoints").glob("*.json"))
+    assert len(found) == 1, f"expected the checkpoints of one pipeline in {data_dir}, found {found}"
+    return found[0]
 
 
 def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:

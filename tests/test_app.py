@@ -16,7 +16,7 @@ import orjson
 import pytest
 import yaml
 
-from tests.helpers import BackgroundPipeline, Collector, docker_lines, read_ndjson, wait_until
+from tests.helpers import BackgroundPipeline, Collector, checkpoint_file, docker_lines, read_ndjson, wait_until
 
 
 def free_port() -> int:
@@ -130,7 +130,7 @@ def _kill_config(tmp_path, port):
         "api": {"listen": f"127.0.0.1:{port}"},
         "checkpoint_interval": 0.1,
         "shutdown_timeout": 5,
-        "restart": {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 1.0},
+        "restart": {"retry": {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 1.0}},
     }
 
 
@@ -249,8 +249,8 @@ def test_a_component_task_that_dies_is_loud_and_fatal(tmp_path, monkeypatch, cap
 
 def _checkpoint(tmp_path) -> int:
     try:
-        doc = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())
-    except (FileNotFoundError, orjson.JSONDecodeError):
+        doc = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())
+    except (AssertionError, FileNotFoundError, orjson.JSONDecodeError):
         return -1
     return sum(int(v["offset"]) for v in doc["sources"].get("files", {}).values())
 
@@ -262,7 +262,7 @@ def test_stopped_with_records_undelivered_exits_3(tmp_path, monkeypatch, caplog)
     armed.set()
     _inject(monkeypatch, "sink", armed)
     cfg = _kill_config(tmp_path, free_port())
-    cfg["restart"] = {"initial_backoff": 0.05, "max_backoff": 0.2}  # restarted for as long as it takes
+    cfg["restart"] = {"retry": {"initial_backoff": 0.05, "max_backoff": 0.2}}  # restarted for as long as it takes
     cfg["shutdown_timeout"] = 1
     (tmp_path / "logs" / "app-json.log").write_bytes(docker_lines([f"m{i}" for i in range(50)]))
     caplog.set_level(logging.INFO)

@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from collector.checkpoints import CheckpointStore, StateLockedError
+from collector.checkpoints import CheckpointStore, StateLockedError, pipeline_identity
+from collector.config import validate_config
 
 
 def test_saved_state_survives_a_reopen(tmp_path):
@@ -83,3 +84,58 @@ def test_a_save_cancelled_before_its_thread_started_is_made_at_close(tmp_path):
 
     asyncio.run(main())
     assert json.loads((tmp_path / "checkpoints.json").read_text())["sources"]["f"]["k"]["offset"] == 7
+
+
+# -- checkpoints belong to a pipeline (issue 17) ---------------------------------------------
+def _sinks(*sinks: dict) -> list:
+    cfg = validate_config(
+        {
+            "sources": {"s": {"type": "fluent_forward"}},
+            "sinks": {f"k{i}": {**k, "inputs": ["s"]} for i, k in enumerate(sinks)},
+        }
+    )
+    return list(cfg.sinks.values())
+
+
+def test_a_pipeline_is_identified_by_where_its_records_go(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    console = pipeline_identity(_sinks({"type": "console"}))
+    to_file = pipeline_identity(_sinks({"type": "file", "path": "out.ndjson"}))
+    assert console[0] != to_file[0]
+    assert console[0].startswith("console-") and to_file[0].startswith("file-")
+    assert to_file[1] == [{"type": "file", "path": str(tmp_path / "out.ndjson")}]
+    # names, tuning, buffers and order do not make another pipeline
+    tuned = pipeline_identity(_sinks({"type": "file", "path": str(tmp_path / "out.ndjson"), "fsync": False}))
+    assert tuned[0] == to_file[0]
+    both = pipeline_identity(_sinks({"type": "console"}, {"type": "file", "path": "out.ndjson"}))
+    assert both[0] == pipeline_identity(_sinks({"type": "file", "path": "out.ndjson"}, {"type": "console"}))[0]
+    assert both[0] not in (console[0], to_file[0])
+    # the same relative name from another directory is another file
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert pipeline_identity(_sinks({"type": "file", "path": "out.ndjson"}))[0] != to_file[0]
+
+
+def test_the_outputs_written_beside_the_checkpoints_never_hold_a_secret(tmp_path):
+    es = {"type": "elasticsearch", "hosts": ["http://es:9200"], "auth": {"user": "u", "password": "s3cret"}}
+    identity, outputs = pipeline_identity(_sinks(es))
+    with CheckpointStore(tmp_path, identity, outputs) as s:
+        s.namespace("files")["abc"] = {"offset": 1}
+        s.touch()
+    text = (tmp_path / "checkpoints" / f"{identity}.json").read_text()
+    assert "s3cret" not in text and '"data_stream": "logs-docker-default"' in text
+    other = pipeline_identity(_sinks({**es, "data_stream": "logs-docker-other"}))[0]
+    assert other != identity  # another data stream, another pipeline
+
+
+def test_two_pipelines_share_a_data_dir_without_sharing_checkpoints(tmp_path):
+    with CheckpointStore(tmp_path, "console-1", [{"type": "console"}]) as a:
+        a.namespace("files")["abc"] = {"offset": 42}
+        a.touch()
+    with CheckpointStore(tmp_path, "file-2", [{"type": "file"}]) as b:
+        assert b.namespace("files") == {} and b.resumed == 0 and b.nothing_new() is None
+    with CheckpointStore(tmp_path, "console-1", [{"type": "console"}]) as a:
+        assert a.namespace("files") == {"abc": {"offset": 42}} and a.resumed == 1
+        assert "nothing new since the last run of this pipeline (outputs: console): 1 file at its end" in (
+            a.nothing_new() or ""
+        )

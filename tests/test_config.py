@@ -4,7 +4,7 @@ import textwrap
 
 import pytest
 
-from collector.config import ConfigError, parse_config
+from collector.config import ConfigError, PipelineConfig, parse_config
 
 GOOD = """\
 data_dir: /tmp/x
@@ -73,7 +73,7 @@ def test_environment_variables_are_substituted(monkeypatch):
     assert cfg.sinks["out"].path == "/tmp/env.ndjson"
     cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE:-/tmp/d.ndjson}'"))
     assert cfg.sinks["out"].path == "/tmp/d.ndjson"
-    assert "p.yaml:7: environment variable NOT_SET_ANYWHERE is not set" in errors(
+    assert "p.yaml:7: sinks.out.path: environment variable NOT_SET_ANYWHERE is not set" in errors(
         GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE}'")
     )
     monkeypatch.setenv("MAX_BYTES", "4096")
@@ -83,3 +83,45 @@ def test_environment_variables_are_substituted(monkeypatch):
 
 def test_yaml_syntax_errors_have_a_line():
     assert errors("sources:\n  a: [\n").startswith("p.yaml:")
+
+
+def test_every_problem_of_a_file_is_reported_each_with_its_line_and_key():
+    """Issue 17: `validate` stopped at the first error (graph errors, unset variables and
+    duplicate keys each hid the rest)."""
+    msg = errors("""\
+        sources:
+          c:
+            type: docker_json_file
+            pahts: [x]
+            max_record_bytes: lots
+        transforms:
+          meta: {type: docker_metadata, inputs: [c, nowhere]}
+          loop1: {type: filter, inputs: [loop2]}
+          loop2: {type: filter, inputs: [loop1]}
+        sinks:
+          out: {type: file, inputs: [meta], path: "${NOT_SET_ANYWHERE}"}
+          es: {type: elasticsearch, inputs: [ghost], hosts: [http://x:9200], batch: {max_events: -1}}
+          out: {type: console, inputs: [meta]}
+        api: {listen: nowhere}
+        """)
+    assert msg.splitlines() == [
+        "p.yaml:4: unknown key 'pahts' in sources.c",
+        "p.yaml:5: sources.c.max_record_bytes: Input should be a valid integer, unable to parse string as an integer",
+        "p.yaml:7: transforms.meta.inputs: transform 'meta': input 'nowhere' is not a source or transform "
+        "(known: c, loop1, loop2, meta)",
+        "p.yaml:8: transforms.loop1.inputs: transforms form a cycle: loop1 -> loop2 -> loop1",
+        "p.yaml:11: sinks.out.path: environment variable NOT_SET_ANYWHERE is not set "
+        "(use ${NOT_SET_ANYWHERE:-default})",
+        "p.yaml:12: sinks.es.inputs: sink 'es': input 'ghost' is not a source or transform "
+        "(known: c, loop1, loop2, meta)",
+        "p.yaml:12: sinks.es.batch.max_events: Input should be greater than or equal to 1",
+        "p.yaml:13: sinks.out: duplicate key 'out' (first at line 11)",
+        "p.yaml:14: api.listen: expected host:port, got 'nowhere'",
+    ]
+
+
+def test_graph_problems_are_found_without_the_yaml_too():
+    with pytest.raises(ValueError, match="input 'nope' is not a source or transform"):
+        PipelineConfig.model_validate(
+            {"sources": {"a": {"type": "fluent_forward"}}, "sinks": {"o": {"type": "console", "inputs": ["nope"]}}}
+        )

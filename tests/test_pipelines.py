@@ -1,7 +1,8 @@
 """pipelines/ (and every collector config under deploy/): each one validates, and the ones whose
 parts run here run end to end: real containers on the real Docker engine, the real search engine.
 
-The fluentd/GELF pipelines are validated here and exercised by the forward and GELF e2e tests.
+The fluentd/GELF/syslog/journald/multiline pipelines are validated here and their parts exercised
+by the forward, GELF, syslog, journald and multiline tests (tests/e2e, tests/sources, tests/transforms).
 """
 
 from __future__ import annotations
@@ -32,7 +33,21 @@ def collector_configs() -> list[Path]:
 
 CONFIGS = collector_configs()
 # the variables the configs read, unset so that what is checked is each file's own defaults
-CONFIG_VARS = ("ES_URL", "ES_DATA_STREAM", "DOCKER_ROOT", "COLLECTOR_DATA_DIR", "COLLECTOR_API_LISTEN", "OUT_FILE")
+CONFIG_VARS = (
+    "ES_URL",
+    "ES_DATA_STREAM",
+    "DOCKER_ROOT",
+    "COLLECTOR_DATA_DIR",
+    "COLLECTOR_API_LISTEN",
+    "OUT_FILE",
+    "COLLECTOR_ES_URL",
+    "COLLECTOR_ES_DATA_STREAM",
+    "COLLECTOR_DOCKER_ROOT",
+    "COLLECTOR_SYSLOG_UDP",
+    "COLLECTOR_SYSLOG_TCP",
+    "COLLECTOR_SYSLOG_SOCKET",
+    "COLLECTOR_MULTILINE_MODE",
+)
 
 
 def validate(*paths: Path) -> tuple[int, str]:
@@ -109,7 +124,9 @@ def test_json_file_to_elasticsearch_end_to_end(docker, search_engine, es_target,
         assert all(d["container"]["id"] == c.id for d in mine)
         levels = {d["message"]: d["log"].get("level") for d in mine}
         assert levels['{"level":"error","msg":"db connection lost"}'] == "error"
-        assert levels['level=warn msg="disk 91% full"'] == "warn"
+        assert levels['level=warn msg="disk 91% full"'] == "warning"  # the regex's "warn", in the one vocabulary
+        codes = {d["message"]: d["log"].get("syslog", {}).get("severity", {}).get("code") for d in mine}
+        assert codes['level=warn msg="disk 91% full"'] == 4
         assert levels["line 7"] is None
         assert {d["tags"][0] for d in mine} == {c.name}  # tag "{{.Name}}"
     assert {d["container"]["compose"]["project"] for d in docs if d["container"]["name"] == b.name} == {"shop"}

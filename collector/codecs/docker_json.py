@@ -11,7 +11,9 @@ parts are rejoined per stream.
 * malformed lines (bad JSON, invalid UTF-8, wrong shape) out of the output, reported with
   their offset;
 * a per-stream partial line until its last part arrives, capped at ``max_record_bytes``
-  (beyond it the message is truncated and flagged ``log.flags: ["truncated"]``).
+  (beyond it the message is truncated and flagged ``log.flags: ["truncated"]``);
+* Docker's ``attrs`` (labels and env the log driver copies into each line), each value capped
+  at ``max_field_bytes`` and keys at 256 bytes (flagged ``log.flags: ["fields_truncated"]``).
 
 ``safe_offset`` is how far the file can be checkpointed: never past the first part of a line
 still being rejoined, so a restart rejoins it whole.
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 
 NEWLINE = b"\n"
+MAX_ATTR_KEY_BYTES = 256
 
 
 @dataclass(slots=True)
@@ -127,8 +130,9 @@ class DockerLines:
 class LineReader:
     """Stateful parser of one json-file (state: partial lines per stream)."""
 
-    def __init__(self, max_record_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_record_bytes: int = 1 << 20, max_field_bytes: int = 4096) -> None:
         self.max_record_bytes = max_record_bytes
+        self.max_field_bytes = max_field_bytes
         self.pending: dict[str, Partial] = {}
 
     def safe_offset(self, position: int) -> int:
@@ -198,7 +202,11 @@ class LineReader:
                     streams.append(stream)
                     offsets.append(here)
                     if "attrs" in d:
-                        out.attrs[len(messages) - 1] = d["attrs"]
+                        attrs = d["attrs"]
+                        if type(attrs) is dict and len(line) > self.max_field_bytes and not self._fits(attrs):
+                            attrs = _capped(attrs, self.max_field_bytes)
+                            out.flags[len(messages) - 1] = ["fields_truncated"]
+                        out.attrs[len(messages) - 1] = attrs
                 else:
                     self._add_part(p, log[:-1])
                     self._emit_partial(out, stream, p, final=True)
@@ -209,6 +217,16 @@ class LineReader:
                 p = pending[stream] = Partial(here, t)
             self._add_part(p, log)
         return out
+
+    def _fits(self, attrs: dict[str, Any]) -> bool:
+        """Whether no key or value of ``attrs`` is over the caps."""
+        limit = self.max_field_bytes
+        for k, v in attrs.items():
+            if len(k) * 4 > MAX_ATTR_KEY_BYTES and len(k.encode()) > MAX_ATTR_KEY_BYTES:
+                return False
+            if type(v) is str and len(v) * 4 > limit and len(v.encode()) > limit:
+                return False
+        return True
 
     def _add_part(self, p: Partial, text: str) -> None:
         if p.truncated:
@@ -223,6 +241,17 @@ class LineReader:
         p.parts.append(b.decode("utf-8", "ignore"))
         p.size = self.max_record_bytes
         p.truncated = True
+
+
+def _capped(attrs: dict[str, Any], limit: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in attrs.items():
+        if len(k.encode()) > MAX_ATTR_KEY_BYTES:
+            continue
+        if type(v) is str and len(v.encode()) > limit:
+            v = v.encode()[:limit].decode("utf-8", "ignore")  # noqa: PLW2901
+        out[k] = v
+    return out
 
 
 def _reason(e: orjson.JSONDecodeError, line: bytes) -> str:

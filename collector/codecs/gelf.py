@@ -32,31 +32,23 @@ from typing import Any, Literal
 
 import orjson
 
+from collector import levels
+
 CHUNK_MAGIC = b"\x1e\x0f"
 CHUNK_HEADER_BYTES = 12  # magic (2) + message id (8) + sequence number (1) + count (1)
 MAX_CHUNKS = 128
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CHUNK_SIZE = 1420  # bytes per datagram, header included: fits a 1500-byte MTU path (what Docker sends)
-MAX_CHUNK_SIZE = 8192  # the largest datagram Graylog reads
+MAX_CHUNK_SIZE = 8192  # GELF's largest chunk (Graylog 6.1 itself reads datagrams of up to 65,535 bytes)
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 20
 VERSION = "1.1"
 MAX_DEFLATE_RATIO = 1032  # the most a deflate stream can expand (zlib's technical notes: 1032:1)
 
 Compression = Literal["gzip", "zlib", "none"]
 
-# syslog severities, as GELF's ``level``; names as Filebeat's syslog input writes them
-LEVEL_NAMES = ("emergency", "alert", "critical", "error", "warning", "notice", "informational", "debug")
-LEVEL_CODES: dict[str, int] = {
-    **{n: i for i, n in enumerate(LEVEL_NAMES)},
-    "emerg": 0,
-    "panic": 0,
-    "fatal": 2,
-    "crit": 2,
-    "err": 3,
-    "warn": 4,
-    "info": 6,
-    "trace": 7,
-}
+# syslog severities, as GELF's ``level``: the one vocabulary of collector/levels.py
+LEVEL_NAMES = levels.NAMES
+LEVEL_CODES = levels.CODES
 DEFAULT_LEVEL = 6
 
 
@@ -369,6 +361,11 @@ class FrameSplitter:
             self._skipping = None
         return rest if rest.strip() else None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of a frame still arriving."""
+        return self._size
+
     def take_oversize(self) -> list[bytes]:
         out, self.oversize = self.oversize, []
         return out
@@ -381,7 +378,15 @@ def frame(message: bytes) -> bytes:
 
 # -- messages ------------------------------------------------------------------------------------
 def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
-    """A GELF message (a JSON object with ``host`` and ``short_message``) from a payload."""
+    """A GELF message (a JSON object with a ``short_message``) from a payload.
+
+    ``host`` is required by the GELF spec, but Fluent Bit (and others) leave it out when the
+    record has none: such a message is accepted, and the source names the sender instead."""
+    return decode_sized(payload, max_bytes)[0]
+
+
+def decode_sized(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> tuple[dict[str, Any], int]:
+    """:func:`decode`, and the size of the message once decompressed (what it costs in memory)."""
     first = payload[:1]
     if first == b"\x1f" or first == b"x":  # noqa: PLR1714 - gzip or zlib magic (compression_of decides)
         raw = decompress(payload, max_bytes)
@@ -395,34 +400,22 @@ def decode(payload: bytes, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[s
         raise GelfError("bad_json", str(e)) from None
     if type(msg) is not dict:
         raise GelfError("not_an_object", type(msg).__name__)
-    if type(msg.get("short_message")) is not str or type(msg.get("host")) is not str:
+    if type(msg.get("short_message")) is not str:
         check(msg)
-    return msg
+    return msg, len(raw)
 
 
 def check(msg: dict[str, Any]) -> None:
-    """GELF's required fields: ``host`` and ``short_message``, strings (``version`` is optional)."""
+    """GELF's one field we cannot do without: ``short_message``, a string."""
     if type(msg.get("short_message")) is not str:
         raise GelfError(
             "missing_field", "short_message" if "short_message" not in msg else "short_message: not a string"
         )
-    if type(msg.get("host")) is not str:
-        raise GelfError("missing_field", "host" if "host" not in msg else "host: not a string")
 
 
 def level_code(value: Any) -> int | None:
     """A syslog severity code from a GELF level or a level name; None when it is neither."""
-    t = type(value)
-    if t is int:
-        return value if 0 <= value <= 7 else None
-    if t is float and value.is_integer():
-        return level_code(int(value))
-    if t is str:
-        v = value.strip().lower()
-        if v.isdigit():
-            return level_code(int(v))
-        return LEVEL_CODES.get(v)
-    return None
+    return levels.code(value)
 
 
 # -- timestamps ----------------------------------------------------------------------------------
@@ -487,12 +480,32 @@ class TimeParser:
 
 
 # -- field names ---------------------------------------------------------------------------------
-_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.\-]")
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.@\-]")
+
+# GELF names Graylog 6.1 would not store under their own name: its GelfCodec strips the leading
+# "_", then skips a name already set (message, source, timestamp, level, full_message) or reserved
+# for Elasticsearch (_id, _source, _index ...); "streams" is overwritten when indexed and gl2_*
+# are Graylog's own fields.  These are sent with a trailing "_" (``_source`` -> ``_source_``).
+GRAYLOG_TAKEN = frozenset(
+    {"_message", "_source", "_timestamp", "_level", "_full_message", "_streams", "_failed_message_streams"}
+    | {"__id", "__ttl", "__source", "__all", "__index", "__type", "__score"}
+)
 
 
 def sanitize_key(key: str) -> str:
-    """A field name Graylog accepts (``^[\\w.\\-]*$``, ASCII): other characters become ``_``."""
+    """A field name Graylog accepts (Message.validKey: ``[A-Za-z0-9_.@-]``): other characters become ``_``."""
     return _BAD_KEY_CHARS.sub("_", key)
+
+
+def gelf_name(prefix: str, key: str) -> str:
+    """The GELF additional field for ``key`` under ``prefix``, one Graylog stores as it is named."""
+    name = prefix + "_" + sanitize_key(key)
+    if name in GRAYLOG_TAKEN or name.startswith("_gl2_"):
+        name += "_"
+    return name
+
+
+MAX_CACHED_NAMES = 10_000
 
 
 def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict[tuple[str, str], str]) -> None:
@@ -505,7 +518,9 @@ def flatten(value: dict[str, Any], prefix: str, out: dict[str, Any], names: dict
     for k, v in value.items():
         name = names.get((prefix, k))
         if name is None:
-            name = names[(prefix, k)] = prefix + "_" + sanitize_key(str(k))
+            if len(names) >= MAX_CACHED_NAMES:  # field names come from senders: keep the cache bounded
+                names.clear()
+            name = names[(prefix, k)] = gelf_name(prefix, str(k))
         t = type(v)
         if t is str or t is int:
             out[name] = v

@@ -1,8 +1,13 @@
 """Sink ``console``: records on standard output.
 
-On a terminal: one readable line per record, ``time  container  stream  message``, the
-container coloured (stable per name, like ``docker compose logs``) and stderr marked.
-Piped: NDJSON, the same documents as the file sink.
+On a terminal: one readable line per record, ``time  container  tag  stream  message``:
+
+    12:00:01.250 shop-web-1           A            stdout msg=ready
+    12:00:01.251 shop-db-1            app.db       stderr FATAL: disk full
+
+the container coloured (stable per name, like ``docker compose logs``), the tag dimmed (so
+``--tag`` or a fluentd tag can be checked by looking) and stderr in red.  Piped (or
+``format: json``): NDJSON, the same documents as the file sink.
 """
 
 from __future__ import annotations
@@ -10,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
-from typing import IO, Any, Literal
+from typing import IO, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -22,10 +27,13 @@ from collector.sinks.file import drain
 
 COLOURS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 RESET = "\x1b[0m"
+DIM = "\x1b[2m"
+WHO_WIDTH = 20
 
 
 class ConsoleConfig(SinkConfig):
     type: Literal["console"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ()
     format: Literal["auto", "text", "json"] = Field(
         "auto", description="`text` (readable), `json` (NDJSON), or `auto`: text on a terminal, else json."
     )
@@ -50,16 +58,17 @@ class ConsoleSink(Sink):
         for rec in batch.records():
             ts = str(rec.get("@timestamp", ""))
             ts = ts[11:23] if len(ts) > 23 else ts
-            who = str(get_path(rec, "container.name") or get_path(rec, "container.id") or batch.tag or "-")
-            who = who[:24]
-            stream = str(rec.get("stream", ""))
+            who = str(get_path(rec, "container.name") or get_path(rec, "container.id") or "-")[:WHO_WIDTH]
+            tags = rec.get("tags")
+            tag = batch.tag or (str(tags[0]) if isinstance(tags, list) and tags else "-")
+            stream = str(rec.get("stream") or "-")
             msg = str(rec.get("message", ""))
             if self.color:
                 c = COLOURS[zlib.crc32(who.encode()) % len(COLOURS)]
-                err = "\x1b[31m!" + RESET if stream == "stderr" else " "
-                lines.append(f"\x1b[2m{ts}{RESET} \x1b[{c}m{who:<24}{RESET} {err} {msg}")
+                st = f"\x1b[31m{stream:<6}{RESET}" if stream == "stderr" else f"{stream:<6}"
+                lines.append(f"{DIM}{ts}{RESET} \x1b[{c}m{who:<{WHO_WIDTH}}{RESET} {DIM}{tag:<12}{RESET} {st} {msg}")
             else:
-                lines.append(f"{ts} {who:<24} {'!' if stream == 'stderr' else ' '} {msg}")
+                lines.append(f"{ts} {who:<{WHO_WIDTH}} {tag:<12} {stream:<6} {msg}")
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
 
     async def run(self, inbox: Channel) -> None:

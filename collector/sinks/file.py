@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -19,24 +19,31 @@ from collector.component import Sink, SinkConfig
 from collector.event import Batch
 
 MAX_ROUND_EVENTS = 2048
+MAX_ROUND_BYTES = 8 << 20  # a round's records, encoded at once (large records: a few per round)
 
 
 class FileConfig(SinkConfig):
     type: Literal["file"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("path",)
     path: str = Field(description="File to append NDJSON records to (created with its directory).")
     fsync: bool = Field(True, description="fsync before acknowledging (what survives a power loss).")
 
 
-async def drain(inbox: Channel, first: Batch, limit: int = MAX_ROUND_EVENTS) -> list[Batch]:
-    """``first`` plus whatever else is already waiting, up to ``limit`` records."""
+async def drain(
+    inbox: Channel, first: Batch, limit: int = MAX_ROUND_EVENTS, limit_bytes: int = MAX_ROUND_BYTES
+) -> list[Batch]:
+    """``first`` plus whatever else is already waiting, up to ``limit`` records and about
+    ``limit_bytes``."""
     batches = [first]
     n = len(first)
-    while n < limit:
+    size = first.nbytes
+    while n < limit and size < limit_bytes:
         b = inbox.recv_nowait()
         if b is None:
             break
         batches.append(b)
         n += len(b)
+        size += b.nbytes
     return batches
 
 
@@ -62,7 +69,10 @@ class FileSink(Sink):
         try:
             while (first := await inbox.recv()) is not None:
                 batches = await drain(inbox, first)
-                data = b"".join(line + b"\n" for b in batches for line in b.encoded())
+                lines = [line for b in batches for line in b.encoded()]
+                lines.append(b"")
+                data = b"\n".join(lines)
+                del lines
                 await asyncio.to_thread(self._write, fd, data)
                 for b in batches:
                     self._sent.inc(len(b))

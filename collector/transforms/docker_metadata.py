@@ -4,6 +4,11 @@ Works on the batch, not the record: a json-file batch comes from one container, 
 shared fields are looked up and extended once per batch (and cached per container).  Batches
 whose records carry their own ``container.id`` (forward, GELF) are grouped by container.
 
+Container ids from peers are checked before any lookup (see docker_api.py); a record that goes
+out with no metadata but its ``container.id`` is counted (``collector_errors_total{reason=
+"metadata_missing"}``, or ``"bad_container_id"`` when the id is not a Docker id) and said in a
+warning (one per interval), never silently.
+
 Also renders the tag (Docker's log tag template, e.g. ``{{.Name}}``): it becomes the batch's
 routing tag and is added to ``tags``.  Without a template the batch keeps the tag its source
 gave it (the fluentd tag, or Docker's default ``{{.ID}}`` for files) and that is added.
@@ -11,15 +16,22 @@ gave it (the fluentd tag, or Docker's default ``{{.ID}}`` for files) and that is
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cachetools import LRUCache
 from pydantic import Field, field_validator
 
 from collector.component import Transform, TransformConfig
-from collector.docker_api import ContainerInfo, DockerMetadata
+from collector.docker_api import ContainerInfo, DockerMetadata, MetadataOptions, is_container_ref
 from collector.event import Batch, Fields, deep_merge, get_path
+from collector.ratelog import RateLimitedLog
+from collector.retry import RetryConfig
 from collector.tags import TagTemplate, template_info
+
+log = logging.getLogger("collector.transforms.docker_metadata")
 
 
 class DockerMetadataConfig(TransformConfig):
@@ -39,6 +51,48 @@ class DockerMetadataConfig(TransformConfig):
         "`{{.FullID}}`, `{{.ImageName}}`, `{{.ImageID}}`, or literal text.",
     )
     labels: bool = Field(True, description="Add `container.labels` (dots in keys become `_`).")
+    api_timeout: float = Field(
+        5.0,
+        gt=0,
+        description="Seconds any Docker API call may take; an API that does not answer in time is "
+        "reported, files are used meanwhile and it is reconnected with `retry`.",
+    )
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Backoff between Docker API reconnects (capped, full jitter). `max_elapsed` does not "
+        "apply: the API is retried for as long as the collector runs, with files meanwhile.",
+    )
+    max_file_bytes: int = Field(
+        4 << 20,
+        ge=4096,
+        description="A config.v2.json larger than this is not read (reported; its container gets no "
+        "metadata from files). Docker writes a few KB.",
+    )
+    max_field_bytes: int = Field(
+        4096,
+        ge=64,
+        description="A label value, name or image longer than this is cut to it in records, which then "
+        "carry `container.metadata_truncated: true`.",
+    )
+    max_labels_bytes: int = Field(
+        64 << 10,
+        ge=1024,
+        description="Labels (keys and values) copied into each record, in all; compose labels first, "
+        "the rest are left out (flagged as above).",
+    )
+    cache_max_bytes: int = Field(
+        16 << 20,
+        ge=1 << 20,
+        description="Approximate memory for each metadata cache (API answers, config.v2.json files, "
+        "enriched fields): least recently used containers are dropped (and looked up again if needed).",
+    )
+
+    @field_validator("retry")
+    @classmethod
+    def _forever(cls, v: RetryConfig) -> RetryConfig:
+        if v.max_elapsed is not None:
+            raise ValueError("max_elapsed does not apply: the Docker API is retried for as long as the collector runs")
+        return v
 
     @field_validator("tag")
     @classmethod
@@ -55,12 +109,47 @@ class DockerMetadataTransform(Transform):
         super().__init__(name, config, ctx)
         self.template = TagTemplate(config.tag) if config.tag else None
         self.docker: DockerMetadata | None = None
-        # (shared fields in, container) -> (shared fields out, tag)
-        self._cache: dict[tuple[bytes, int, str], tuple[Fields, str, ContainerInfo]] = {}
+        # (shared fields in, container id, tag, the record's own container fields) -> enriched:
+        # keyed by the container, so batches of one container share one entry
+        self._cache: LRUCache[tuple[bytes, str, str, str], _Enriched] = LRUCache(
+            config.cache_max_bytes, getsizeof=_Enriched.nbytes
+        )
+        self._errors = ctx.telemetry.errors
+        self._warn = RateLimitedLog(log)
 
     async def start(self) -> None:
         c = self.config
-        self.docker = await self.ctx.docker(c.source, c.docker_host, c.docker_root)
+        options = MetadataOptions(
+            api_timeout=c.api_timeout,
+            retry=c.retry,
+            max_file_bytes=c.max_file_bytes,
+            max_field_bytes=c.max_field_bytes,
+            max_labels_bytes=c.max_labels_bytes,
+            cache_max_bytes=c.cache_max_bytes,
+        )
+        self.docker = await self.ctx.docker(c.source, c.docker_host, c.docker_root, options)
+
+    async def _lookup(self, cid: Any, n: int, container_dir: Path | None = None) -> ContainerInfo:
+        """The container's metadata; records going out without any are counted and said."""
+        assert self.docker is not None
+        cid = cid if type(cid) is str else str(cid)
+        info = await self.docker.lookup(cid, container_dir)
+        if info.source == "none":
+            if is_container_ref(cid):
+                reason, what = "metadata_missing", f"container {cid[:12]}"
+            else:
+                reason, what = "bad_container_id", f"container id {cid[:80]!r} (not looked up)"
+            self._errors.labels(self.name, reason).inc(n)
+            why, wrong = self.docker.why_unknown(cid)
+            self._warn(
+                f"{reason}:{wrong}",
+                "%s: records of %s go out with only container.id: %s",
+                self.name,
+                what,
+                why,
+                level=logging.WARNING if wrong else logging.INFO,
+            )
+        return info
 
     def _container_fields(self, info: ContainerInfo) -> dict[str, Any]:
         ecs = info.ecs()
@@ -69,10 +158,10 @@ class DockerMetadataTransform(Transform):
         return ecs
 
     def _enrich(self, meta: Fields, info: ContainerInfo, tag: str, own: dict[str, Any] | None) -> tuple[Fields, str]:
-        key = (meta.encoded, id(info), tag if own is None else tag + repr(own))
+        key = (meta.encoded, info.id, tag, "" if own is None else repr(own))
         hit = self._cache.get(key)
-        if hit is not None and hit[2] is info:
-            return hit[0], hit[1]
+        if hit is not None and (hit.info is info or (info.source == "none" and hit.info.source == "none")):
+            return hit.fields, hit.tag
         fields = self._container_fields(info)
         if own:  # what the record itself said (e.g. the name at logging time) wins
             fields = deep_merge(fields, {"container": own})
@@ -86,9 +175,7 @@ class DockerMetadataTransform(Transform):
         if tags:
             fields["tags"] = tags
         out = meta.merged(fields)
-        if len(self._cache) > 50_000:
-            self._cache.clear()
-        self._cache[key] = (out, tag, info)
+        self._cache[key] = _Enriched(out, tag, info, len(key[0]) + len(key[3]))
         return out, tag
 
     async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
@@ -98,8 +185,9 @@ class DockerMetadataTransform(Transform):
             path = getattr(batch.columns, "path", None)  # a file source's columns know their file
             if path is None and batch.events:
                 path = get_path(batch.events[0], "log.file.path")
-            cdir = Path(path).parent if path else None
-            info = await self.docker.lookup(cid, cdir)
+            # only Docker's own layout (<dir>/<id>/<id>-json.log*) says where the container's files are
+            cdir = Path(path).parent if type(path) is str and Path(path).name.startswith(f"{cid}-json.log") else None
+            info = await self._lookup(cid, len(batch), cdir)
             batch.meta, batch.tag = self._enrich(batch.meta, info, batch.tag, None)
             return [(None, batch)]
         # records carry their own container: group them
@@ -120,7 +208,7 @@ class DockerMetadataTransform(Transform):
             if not gid:
                 out.append((None, batch.derive(events, ids)))
                 continue
-            info = await self.docker.lookup(gid)
+            info = await self._lookup(gid, len(events))
             own = events[0].get("container") or {}
             own = {k: v for k, v in own.items() if k != "id"}
             stripped = [{k: v for k, v in ev.items() if k != "container"} for ev in events]
@@ -135,3 +223,14 @@ class DockerMetadataTransform(Transform):
         if tag in tags:
             return meta, tag
         return meta.merged({"tags": [*tags, tag]}), tag
+
+
+@dataclass(slots=True)
+class _Enriched:
+    fields: Fields
+    tag: str
+    info: ContainerInfo
+    key_bytes: int
+
+    def nbytes(self) -> int:
+        return 1000 + self.key_bytes + 3 * len(self.fields.encoded)

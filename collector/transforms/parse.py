@@ -5,9 +5,11 @@
             pattern: '^(?P<time>\\S+ \\S+) (?P<log__level>[A-Z]+) '}
 
 ``json``: a message that is a JSON object is decoded into ``target`` (default ``json``); its
-level (``level``, ``severity``, ``lvl``, ``log.level``) becomes ``log.level`` (lowercase), and
-with ``message_key`` that key replaces ``message``.  ``regex``: named groups become fields,
-``__`` in a group name standing for a dot (``log__level`` -> ``log.level``).
+level (``level``, ``severity``, ``lvl``, ``loglevel``, ``log.level``) becomes ``log.level`` and
+``log.syslog.severity`` in the one vocabulary of collector/levels.py (``WARN`` -> ``warning``,
+pino's 30 -> ``info``; a level it does not know is kept, lowercase, in ``log.level``), and with
+``message_key`` that key replaces ``message``.  ``regex``: named groups become fields, ``__`` in
+a group name standing for a dot (``log__level`` -> ``log.level``, mapped the same way).
 A message that does not parse is left as it is (counted: ``collector_errors_total
 {reason="parse_failed"}``): parsing is best effort, it never loses a record.
 """
@@ -20,6 +22,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, model_validator
 
+from collector import levels
 from collector.component import Transform, TransformConfig
 from collector.event import Batch, get_path, with_path
 
@@ -68,8 +71,8 @@ class ParseTransform(Transform):
         c = self.config
         for k in LEVEL_KEYS:
             v = obj.get(k)
-            if isinstance(v, str) and v:
-                ev = with_path(ev, "log.level", v.lower())
+            if (isinstance(v, str) and v) or type(v) is int:
+                ev = with_level(ev, v)
                 break
         if c.message_key and isinstance(obj.get(c.message_key), str):
             ev = with_path(ev, "message", obj[c.message_key])
@@ -82,7 +85,7 @@ class ParseTransform(Transform):
             return None
         for k, v in m.groupdict().items():
             if v is not None:
-                ev = with_path(ev, k.replace("__", "."), v.lower() if k == "log__level" else v)
+                ev = with_level(ev, v) if k == "log__level" else with_path(ev, k.replace("__", "."), v)
         return ev
 
     async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
@@ -99,3 +102,12 @@ class ParseTransform(Transform):
         if failed:
             self._failed.inc(failed)
         return [(None, batch.derive(events, batch.ids))]
+
+
+def with_level(ev: dict[str, Any], value: str | int) -> dict[str, Any]:
+    """``ev`` with ``log.level`` (and ``log.syslog.severity`` when the level is a known one)."""
+    c = levels.code(value)
+    if c is None:
+        return with_path(ev, "log.level", str(value).lower())
+    f = levels.fields(c)
+    return with_path(with_path(ev, "log.level", f["level"]), "log.syslog", f["syslog"])

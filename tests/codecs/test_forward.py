@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import struct
-from datetime import UTC, datetime
 
 import msgpack
 import orjson
@@ -83,18 +82,25 @@ def test_what_is_not_a_time_is_refused(bad):
     ],
 )
 def test_malformed_event_time(ext):
+    (bad,) = decode(msgpack.packb(ext))  # decoding goes on (the rest of the message is good) ...
     with pytest.raises(ForwardError) as e:
-        decode(msgpack.packb(ext))
+        TimeFormatter().any(bad)  # ... and only the entry whose time it is is refused
     assert e.value.reason == "bad EventTime"
 
 
 def test_other_ext_types_and_msgpack_timestamps_become_plain_values():
-    obj = decode(msgpack.packb({"x": msgpack.ExtType(5, b"\x01\x02"), "ts": msgpack.Timestamp(T0, 0)}, datetime=False))
-    assert obj == [{"x": {"ext_type": 5, "hex": "0102"}, "ts": datetime(2024, 5, 1, 12, tzinfo=UTC)}]
+    huge = msgpack.Timestamp(2**63 - 1, 0)
+    obj = decode(msgpack.packb({"x": msgpack.ExtType(5, b"\x01\x02"), "ts": msgpack.Timestamp(T0, 7), "huge": huge}))
+    assert obj == [{"x": {"ext_type": 5, "hex": "0102"}, "ts": msgpack.Timestamp(T0, 7), "huge": huge}]
     assert orjson.loads(orjson.dumps(clean(obj[0]))) == {
         "x": {"ext_type": 5, "hex": "0102"},
-        "ts": "2024-05-01T12:00:00Z",
+        "ts": "2024-05-01T12:00:00.000000007Z",
+        "huge": "9223372036854775807.000000000",  # no OverflowError: out of any calendar, kept as a number
     }
+    assert TimeFormatter().any(msgpack.Timestamp(T0, 7)) == "2024-05-01T12:00:00.000000007Z"
+    with pytest.raises(ForwardError) as e:
+        TimeFormatter().any(huge)
+    assert e.value.reason == "bad time"
 
 
 # -- modes ---------------------------------------------------------------------------------------
@@ -277,3 +283,45 @@ def test_handshake_refusals():
     assert list(unpack_all(pong(False, "shared_key mismatch", salt, nonce, "s", "k"))) == [
         ["PONG", False, "shared_key mismatch", "", ""]
     ]
+
+
+# -- the framer: nothing decoded before it is whole ------------------------------------------------
+def test_the_framer_yields_every_message_whole_however_the_stream_is_cut():
+    """Small and large messages (past SMALL_OBJECT: decoded part by part), packed payloads of
+    1 to 3,000 entries, cut at every size from 1 byte to more than a message."""
+    import random
+
+    from collector.codecs.forward import SMALL_OBJECT, Entries, Framer
+
+    rnd = random.Random(13)
+    recs = [(event_time(T0, i), {"log": f"line {i} " + "x" * rnd.randint(10, 400)}) for i in range(6000)]
+    msgs: list = [
+        ["p", pack_entries(recs[i : i + n]), {"size": n}]
+        for i, n in ((i, rnd.choice([1, 3, 1000])) for i in range(0, 6000, 500))
+    ]
+    msgs += [["m", T0, {"log": "x" * rnd.choice([10, SMALL_OBJECT + 10])}] for _ in range(8)]
+    msgs += [["f", [[T0, {"n": i}] for i in range(30_000)]]]  # a large Forward-mode message
+    rnd.shuffle(msgs)
+    wire = b"".join(msgpack.packb(m, use_bin_type=True) for m in msgs)
+    for cut in (1, 7, 4096, 65536, 300_000):
+        f = Framer(16 << 20, TimeFormatter())
+        got = []
+        for i in range(0, len(wire), cut):
+            f.feed(wire[i : i + cut])
+            got.extend(f)
+        assert f.buffered == 0 and f.held == 0
+        assert [m[0] for m in got] == [m[0] for m in msgs]
+        big = next(m for m in got if m[0] == "f")
+        assert isinstance(big[1], Entries) and list(big[1]) == [[T0, {"n": i}] for i in range(30_000)]
+
+
+def test_a_declared_length_costs_only_the_bytes_that_came():
+    from collector.codecs.forward import Framer
+
+    f = Framer(1 << 20, TimeFormatter())
+    bomb = (b"\xdd" + struct.pack(">I", 1 << 24)) * 1023  # 1,023 nested arrays of 2^24 items
+    f.feed(bomb)
+    assert list(f) == []
+    assert f.buffered == len(bomb)
+    with pytest.raises(ForwardError, match="message too large"):
+        f.feed(b"\x00" * (1 << 20))

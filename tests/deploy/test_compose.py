@@ -12,7 +12,6 @@ are set up as deploy/README.md says.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -21,22 +20,16 @@ import orjson
 import pytest
 import yaml
 
-from tests.helpers import REPO
+from tests.helpers import REPO, go_binary
 
 COMPOSE_FILES = sorted(REPO.glob("deploy/**/compose.yaml"))
 CHECKER = REPO / "tests" / "deploy" / "composecheck"
 
 
-def go() -> str:
-    exe = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    assert exe, "the Go toolchain is needed to run the Compose reference loader (tests/deploy/composecheck)"
-    return exe
-
-
 def compose_config(*files: Path | str) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STACK_", "GRAYLOG_", "ES_"))}
     return subprocess.run(
-        [go(), "run", ".", *map(str, files)], cwd=CHECKER, capture_output=True, timeout=600, env=env, check=False
+        [str(go_binary(CHECKER)), *map(str, files)], cwd=CHECKER, capture_output=True, timeout=600, env=env, check=False
     )
 
 

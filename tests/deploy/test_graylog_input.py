@@ -1,10 +1,13 @@
-"""deploy/graylog/create_gelf_input.py against a stand-in for Graylog's REST API.
+"""deploy/graylog/create_gelf_input.py against Graylog's REST contract, read by Graylog's own classes.
 
-Graylog cannot run here (no registry to pull it from). This server implements the documented
-contract the script relies on, strictly: Basic auth on every call, the `X-Requested-By` header
-on writes (Graylog answers 400 without it), GET /api/system/inputs -> {"inputs": [...], "total": N},
-POST /api/system/inputs with {title, type, global, configuration} -> 201 {"id": ...}. It is a
-stand-in for Graylog, not Graylog: the real stack is covered by the compose checks and the README.
+A whole Graylog server cannot run here (its OpenSearch storage module is not published where we
+can reach it, and no MongoDB is: see the README).  This small HTTP server does what the script
+relies on (Basic auth on every call, the `X-Requested-By` header on writes, which Graylog answers
+400 without), and hands every POST /api/system/inputs body to Graylog 6.1.4's own code
+(tests/peers/graylog, InputRequest): Graylog's ObjectMapper binds it to its InputCreateRequest,
+the input type's configuration fields check it (MessageInput.checkConfiguration), and the answers
+(201 with InputCreated, the InputSummary a later GET lists, or Graylog's 400/404) are Graylog's
+classes serialised by Graylog's ObjectMapper.  So the contract is Graylog's, not ours.
 """
 
 from __future__ import annotations
@@ -17,17 +20,19 @@ import uuid
 from typing import Any
 
 from tests.helpers import REPO, QuietHandler, StandInServer
+from tests.peers.graylog_peer import GraylogPeer
 
 SCRIPT = REPO / "deploy" / "graylog" / "create_gelf_input.py"
 GELF_UDP = "org.graylog2.inputs.gelf.udp.GELFUDPInput"
 
 
 class FakeGraylog(StandInServer):
-    def __init__(self, password: str = "admin", refuse_post: bool = False) -> None:
+    def __init__(self, peer: GraylogPeer, password: str = "admin", refuse_post: bool = False) -> None:
         self.password = password
         self.refuse_post = refuse_post
         self.inputs: list[dict[str, Any]] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.checked: list[dict[str, Any]] = []  # Graylog's reading of each POST body
         fake = self
 
         class Handler(QuietHandler):
@@ -55,19 +60,14 @@ class FakeGraylog(StandInServer):
                     return self.answer(400, {"type": "ApiError", "message": "CSRF protection: X-Requested-By"})
                 if self.path != "/api/system/inputs" or self.headers.get("Content-Type") != "application/json":
                     return self.answer(415, {"message": "expected application/json on /api/system/inputs"})
-                req = json.loads(body)
-                cfg = req.get("configuration") or {}
-                if fake.refuse_post or req.get("type") != GELF_UDP or not isinstance(cfg.get("port"), int):
+                if fake.refuse_post:  # as Graylog answers a ConfigurationException
                     return self.answer(400, {"type": "ApiError", "message": "Missing or invalid input configuration."})
-                new = {
-                    "id": uuid.uuid4().hex[:24],
-                    "title": req["title"],
-                    "type": req["type"],
-                    "global": req["global"],
-                    "attributes": cfg,
-                }
-                fake.inputs.append(new)
-                self.answer(201, {"id": new["id"]})
+                graylog = peer.input_request(body, uuid.uuid4().hex[:24])
+                fake.checked.append(graylog)
+                if graylog["status"] != 201:
+                    return self.answer(graylog["status"], {"type": "ApiError", "message": graylog["message"]})
+                fake.inputs.append(graylog["summary"])
+                self.answer(201, graylog["created"])
 
         super().__init__(Handler)
 
@@ -79,8 +79,8 @@ def run_script(url: str, password: str = "admin") -> subprocess.CompletedProcess
     )
 
 
-def test_creates_the_global_gelf_udp_input_once():
-    g = FakeGraylog()
+def test_creates_the_global_gelf_udp_input_once(graylog_peer):
+    g = FakeGraylog(graylog_peer)
     try:
         r = run_script(g.url)
         assert r.returncode == 0, r.stderr
@@ -88,6 +88,11 @@ def test_creates_the_global_gelf_udp_input_once():
         (inp,) = g.inputs
         assert inp["type"] == GELF_UDP and inp["global"] is True
         assert inp["attributes"]["port"] == 12201 and inp["attributes"]["bind_address"] == "0.0.0.0"
+        (graylog,) = g.checked
+        assert graylog["request"]["title"] == "GELF UDP (collector)" and graylog["request"]["node"] is None
+        # every configuration key is one Graylog's GELF UDP input has, with a value of its type
+        assert graylog["unknown_keys"] == [] and graylog["wrong_type"] == []
+        assert set(graylog["request"]["configuration"]) <= set(graylog["fields"])
         posts = [h for m, _, h in g.requests if m == "POST"]
         assert posts and posts[0]["X-Requested-By"]
         # a second run (the stack restarted) finds it and creates nothing
@@ -99,8 +104,8 @@ def test_creates_the_global_gelf_udp_input_once():
         g.close()
 
 
-def test_a_refusal_fails_the_one_shot_loudly():
-    g = FakeGraylog(refuse_post=True)
+def test_a_refusal_fails_the_one_shot_loudly(graylog_peer):
+    g = FakeGraylog(graylog_peer, refuse_post=True)
     try:
         r = run_script(g.url)
         assert r.returncode == 1
@@ -109,8 +114,8 @@ def test_a_refusal_fails_the_one_shot_loudly():
         g.close()
 
 
-def test_wrong_credentials_fail_at_once():
-    g = FakeGraylog(password="secret")
+def test_wrong_credentials_fail_at_once(graylog_peer):
+    g = FakeGraylog(graylog_peer, password="secret")
     try:
         r = run_script(g.url, password="admin")
         assert r.returncode == 1
@@ -126,3 +131,20 @@ def test_an_unreachable_graylog_fails_after_the_wait():
     r = run_script(f"http://127.0.0.1:{port}")
     assert r.returncode == 1
     assert "did not answer in time" in r.stderr
+
+
+def test_graylogs_own_check_refuses_what_it_cannot_read(graylog_peer):
+    """The checker is Graylog's: a port given as a string, a missing field, an unknown type are refused."""
+    base = {"title": "t", "type": GELF_UDP, "global": True, "configuration": {"bind_address": "0.0.0.0", "port": 12201}}
+    assert graylog_peer.input_request(json.dumps(base).encode())["status"] == 201
+    as_string = {**base, "configuration": {"bind_address": "0.0.0.0", "port": "12201"}}
+    refused = graylog_peer.input_request(json.dumps(as_string).encode())
+    assert refused["status"] == 400 and refused["message"] == "Missing or invalid input configuration."
+    assert '"port"' in refused["cause"]
+    no_bind = {**base, "configuration": {"port": 12201}}
+    assert graylog_peer.input_request(json.dumps(no_bind).encode())["status"] == 400
+    typo = {**base, "configuration": {"bind_address": "0.0.0.0", "port": 12201, "recv_bufer_size": 1}}
+    assert graylog_peer.input_request(json.dumps(typo).encode())["unknown_keys"] == ["recv_bufer_size"]
+    other = {**base, "type": "org.graylog2.inputs.gelf.udp.GELFUDPInputs"}
+    assert graylog_peer.input_request(json.dumps(other).encode())["status"] == 404
+    assert graylog_peer.input_request(b'{"title": 1, "global": "maybe"}')["status"] == 400

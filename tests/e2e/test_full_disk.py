@@ -11,7 +11,7 @@ from collections import Counter
 
 import orjson
 
-from tests.helpers import Collector, read_ndjson, run_cli, wait_until
+from tests.helpers import Collector, checkpoint_file, read_ndjson, run_cli, wait_until
 
 GOOD = 6_002
 
@@ -24,6 +24,8 @@ def write_containers(root, containers: int = 6) -> int:
         cid = f"{c:02d}" * 32
         d = root / "containers" / cid
         d.mkdir(parents=True)
+        config = {"ID": cid, "Name": f"/app-{c}", "Config": {"Image": "app:1", "Labels": {}}}
+        (d / "config.v2.json").write_bytes(orjson.dumps(config))
         lines = []
         for i in range(GOOD // containers + (GOOD % containers if c == 0 else 0)):
             t = f"2024-05-01T12:00:{i // 1000:02d}.{i % 1000:03d}000000Z"
@@ -55,7 +57,7 @@ def test_tail_once_on_a_full_data_dir_delivers_every_good_line(tmp_path, small_d
     assert "Traceback" not in err and "failed" not in err
     assert err.count("DISK FULL: cannot write dead letters") == 1  # loud, once, not once per line
     assert "disk space is back: writing checkpoints again" in err
-    assert f"errors={corrupt * 2}" in err  # each corrupt line: counted as bad input, and as not set aside
+    assert f"errors={corrupt} dead_letters_dropped={corrupt}" in err  # counted as bad input, and as not set aside
     got = Counter(d["message"] for d in read_ndjson(out))
     assert len(got) == GOOD and set(got.values()) == {1}
     # the place was saved once space came back: a second run delivers nothing again
@@ -82,7 +84,7 @@ def _append(log, first: int, n: int, corrupt: int = 0) -> None:
 
 
 def _offset(state) -> int:
-    doc = orjson.loads((state / "checkpoints.json").read_bytes())  # always a whole, valid document
+    doc = orjson.loads(checkpoint_file(state).read_bytes())  # always a whole, valid document
     return sum(int(v["offset"]) for v in doc["sources"]["files"].values())
 
 
@@ -97,14 +99,14 @@ def test_following_through_a_full_disk_resumes_by_itself(tmp_path, small_disk, c
     caplog.set_level("INFO")
     with BackgroundPipeline(_pipeline(tmp_path, state)) as bg:
         _append(log, 0, 100)
-        wait_until(lambda: (state / "checkpoints.json").exists() and _offset(state) == log.stat().st_size)
+        wait_until(lambda: list(state.glob("checkpoints/*.json")) and _offset(state) == log.stat().st_size)
         before = _offset(state)
         small_disk.fill()
         _append(log, 100, 100, corrupt=10)
         wait_until(lambda: len(read_ndjson(tmp_path / "out.ndjson")) == 200, what="records while the disk is full")
         wait_until(lambda: "DISK FULL: cannot write checkpoints" in caplog.text)
         assert _offset(state) == before  # the old checkpoint, still whole and valid
-        assert bg.telemetry.value("collector_errors_total", reason="dead_letter_disk_full") == 10
+        assert bg.telemetry.value("collector_dead_letter_dropped_total", reason="disk_full") == 10
         small_disk.free()
         wait_until(lambda: _offset(state) == log.stat().st_size, what="the checkpoint catching up")
         _append(log, 200, 10, corrupt=3)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from collections import defaultdict
 
+from tests.conftest import SERVICES
 from tests.helpers import Collector, read_ndjson, run_cli, wait_until
 
 IMAGE = "collector-test/busybox:latest"
@@ -183,6 +187,43 @@ def test_metadata_from_config_v2_json_when_the_socket_is_absent(docker, tmp_path
     assert rec["container"]["image"]["name"] == IMAGE
     assert rec["container"]["labels"]["app"] == "demo"
     assert rec["tags"] == [c.id[:12]]  # Docker's default tag, {{.ID}}
+
+
+def test_a_wedged_engine_with_metadata_api_still_gives_metadata_and_says_so(docker, tmp_path):
+    """Issue 14, as measured: ``--metadata api`` against a daemon that accepts and never answers
+    stalled ~12 s, then shipped every record with only container.id and logged nothing. The
+    real engine is wedged with SIGSTOP (its socket still accepts: the kernel's backlog)."""
+    c = docker.run('echo "while wedged"', name="wedged-case", labels={"app": "demo"})
+    out = tmp_path / "out.ndjson"
+    pid = int((SERVICES / "dockerd" / "dockerd.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        r = run_cli(
+            "tail",
+            "--docker-root",
+            str(docker.root),
+            "--docker-host",
+            docker.host,
+            "--metadata",
+            "api",
+            "--output",
+            f"file:{out}",
+            "--data-dir",
+            str(tmp_path / "s"),
+            "--once",
+            timeout=120,
+        )
+        took = time.monotonic() - t0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert r.returncode == 0, r.stderr
+    (rec,) = [r for r in read_ndjson(out) if r["container"]["id"] == c.id]
+    assert rec["container"]["name"] == "wedged-case" and rec["container"]["labels"]["app"] == "demo"
+    warned = [line for line in r.stderr.splitlines() if "WARNING" in line and docker.host in line]
+    assert warned and "accepts connections but did not answer within api_timeout (5.0s)" in warned[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert took < 30, took  # the 5 s api_timeout once, not a stall per call
 
 
 def test_removed_containers_keep_their_metadata_and_release_their_files(docker, tmp_path):

@@ -4,14 +4,12 @@
         ... send to peer.udp / peer.tcp ...
         msgs = peer.wait_for(100)
 
-``go build`` runs when the binary is missing or older than its sources (the build directory
-is git-ignored); the Go toolchain fetches go-gelf through the module proxy the first time.
+Built before pytest starts by tests/prepare.d/50-go-peers.sh into ``$COLLECTOR_SERVICES_DIR/bin``
+(again by the first test when missing or older than its sources).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import threading
 import time
@@ -19,37 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
+
+from tests.helpers import go_binary
 
 PEER_DIR = Path(__file__).resolve().parent / "gelf-reader"
-BINARY = PEER_DIR / "build" / "gelf-reader"
-_lock = threading.Lock()
-
-
-def go() -> str:
-    found = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
-    if found is None:
-        pytest.fail("the Go toolchain (go) is needed to build tests/peers/gelf-reader", pytrace=False)
-    return found
 
 
 def build() -> Path:
-    with _lock:
-        sources = [PEER_DIR / n for n in ("main.go", "go.mod", "go.sum")]
-        newest = max(p.stat().st_mtime for p in sources)
-        if BINARY.exists() and BINARY.stat().st_mtime >= newest:
-            return BINARY
-        res = subprocess.run(
-            [go(), "build", "-buildvcs=false", "-o", str(BINARY), "."],
-            cwd=PEER_DIR,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        if res.returncode != 0:
-            pytest.fail(f"go build of the GELF peer failed:\n{res.stdout}\n{res.stderr}", pytrace=False)
-        return BINARY
+    return go_binary(PEER_DIR)
 
 
 class GelfReader:

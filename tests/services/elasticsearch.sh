@@ -105,11 +105,30 @@ find_java_home() { # $1 = wanted major: 17 means exactly 17 (what es8/os2 are te
     return 1
 }
 
+apt_install() { # install Debian packages when we can (root, apt); false otherwise
+    [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 || return 1
+    log "installing $* (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2 \
+        || { DEBIAN_FRONTEND=noninteractive apt-get update -q >&2 || true
+             DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2; }
+}
+
+apt_has() { apt-cache show "$1" >/dev/null 2>&1; }
+
 resolve_java() { # sets JAVA_HOME_FOR_ENGINE / JAVA_RUNTIME_MAJOR (needed to build and to start only)
     [ -z "${JAVA_HOME_FOR_ENGINE:-}" ] || return 0
-    JAVA_HOME_FOR_ENGINE="$(find_java_home "$JAVA_MAJOR")" \
-        || die "no Java $JAVA_MAJOR$([ "$JAVA_MAJOR" = 17 ] || echo +) JDK found (set JAVA${JAVA_MAJOR}_HOME)"
+    if ! JAVA_HOME_FOR_ENGINE="$(find_java_home "$JAVA_MAJOR")"; then
+        # Debian has Java 17 (bookworm) and 21 (trixie); Elasticsearch 9 needs 21 or later
+        local pkg
+        for pkg in "openjdk-$JAVA_MAJOR-jdk-headless" $([ "$JAVA_MAJOR" = 17 ] || echo openjdk-25-jdk-headless); do
+            if apt_has "$pkg" && apt_install "$pkg"; then break; fi
+        done
+        JAVA_HOME_FOR_ENGINE="$(find_java_home "$JAVA_MAJOR")" || die "$ENGINE needs a Java $JAVA_MAJOR$([ "$JAVA_MAJOR" = 17 ] \
+            && echo ' JDK: looked in $JAVA17_HOME and /usr/lib/jvm/*17*; Debian: apt-get install openjdk-17-jdk-headless' \
+            || echo '+ JDK, which this Debian does not package: looked in $JAVA21_HOME and /usr/lib/jvm/*; install one (e.g. Temurin 21+ under /usr/lib/jvm) or set JAVA21_HOME')"
+    fi
     JAVA_RUNTIME_MAJOR="$(java_version_of "$JAVA_HOME_FOR_ENGINE")"
+    command -v "${MVN:-mvn}" >/dev/null 2>&1 || apt_install maven || die "Maven 3.8+ is needed to build $ENGINE (apt-get install maven)"
 }
 
 is_ours() { # pid $1 is this engine's node (its command line carries the marker)

@@ -121,7 +121,7 @@ build_collector() {
   # the build context holds what deploy/Dockerfile copies (as deploy/Dockerfile.dockerignore keeps it
   # for BuildKit users; the classic builder reads only a .dockerignore at the context root)
   tar -C "$REPO" --exclude='__pycache__' --exclude='*.pyc' --exclude='*.egg-info' \
-    -cf "$ctx/context.tar" pyproject.toml README.md collector pipelines dashboards deploy
+    -cf "$ctx/context.tar" pyproject.toml README.md requirements collector pipelines dashboards deploy
   say "building $COLLECTOR_IMAGE from deploy/Dockerfile on $base"
   # the build stage is tagged too, so that pruning dangling images (each a full copy of the tree
   # on the engine's vfs storage) keeps the layer cache of the current build and drops older ones

@@ -8,7 +8,16 @@ import orjson
 import pytest
 
 from tests.conftest import all_docs
-from tests.helpers import BackgroundPipeline, EngineProxy, docker_lines, read_ndjson, run_cli, run_once, wait_until
+from tests.helpers import (
+    BackgroundPipeline,
+    EngineProxy,
+    checkpoint_file,
+    docker_lines,
+    read_ndjson,
+    run_cli,
+    run_once,
+    wait_until,
+)
 
 CID = "ef" * 32
 
@@ -49,7 +58,7 @@ def test_records_land_once_with_stable_ids_and_a_replay_adds_nothing(search_engi
     assert run_once(cfg) == 0
     assert search_engine.count(es_target) == 500
     # replay everything (as after losing the checkpoints): same ids, 409s, no duplicates
-    (tmp_path / "state" / "checkpoints.json").unlink()
+    checkpoint_file(tmp_path / "state").unlink()
     assert run_once(cfg) == 0
     assert search_engine.count(es_target) == 500
     docs = search_engine.search(es_target)
@@ -171,7 +180,7 @@ def test_unreachable_engine_message_names_the_host_and_never_the_password(tmp_pa
     assert rc == 3  # stopped with records undelivered: they will be read again
     assert "http://127.0.0.1:1" in err and "connection refused" in err
     assert "hunter2" not in err
-    cp = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())["sources"]["files"]
+    cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["files"]
     assert all(v["offset"] == 0 for v in cp.values())  # the place is kept
 
 
@@ -277,5 +286,5 @@ def test_max_elapsed_gives_up_on_records_into_the_dead_letter(es8, es_target, tm
     dl = read_ndjson(tmp_path / "state" / "dead-letter" / "es.ndjson")
     assert sorted(d["record"]["message"] for d in dl) == sorted(f"unsent {i}" for i in range(20))
     assert all(d["reason"].startswith("retries_exhausted") and "503" in d["reason"] for d in dl)
-    cp = orjson.loads((tmp_path / "state" / "checkpoints.json").read_bytes())["sources"]["files"]
+    cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["files"]
     assert [v["offset"] for v in cp.values()] == [log.stat().st_size]  # finalized: never tried again

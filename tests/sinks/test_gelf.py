@@ -99,6 +99,23 @@ class Harness:
 
 
 # -- the mapping ---------------------------------------------------------------------------------
+def test_shared_fields_too_large_to_cache_are_converted_per_batch_not_kept():
+    """Each (shared fields, tag) was cached, 10,000 of them: a document of 1,000 labels each."""
+    import tracemalloc
+
+    labels = {f"l{i}": "v" * 40 for i in range(1000)}
+    meta = Fields({"host": {"name": "node-1"}, "container": {"id": CID, "labels": labels}})
+    enc = GelfEncoder("collector-host")
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for i in range(2000):  # a sender choosing a new tag each time
+        (doc,) = enc.documents(batch([event(i)], meta, tag=f"t{i}")[0])
+        assert doc["_container_labels_l0"] == "v" * 40 and doc["_tag"] == f"t{i}"
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert grown < 4 << 20, grown
+
+
 def test_record_to_gelf_fields():
     enc = GelfEncoder("collector-host")
     b, _ = batch(
@@ -132,7 +149,7 @@ def test_record_to_gelf_fields():
         "_tag": "web",
     }
     assert d1["timestamp"] == 1714564801.000001 and d1["level"] == 6 and d1["_stream"] == "stdout"
-    assert d1["_id_"] == "x" and "_id" not in d1  # Graylog would drop _id
+    assert d1["_id"] == "x"  # Graylog 6.1 stores it as "id" (tests/sinks/test_gelf_graylog.py)
     assert d1["_weird_key__"] == 1 and d1["_ok"] == "true" and d1["_list"] == "1,a" and d1["_nested"] == '[{"a":1}]'
     assert d2["short_message"] == "(empty)"  # Graylog refuses a blank short_message
     assert d2["level"] == 4 and "_log_level" not in d2 and d2["_log_offset"] == 5

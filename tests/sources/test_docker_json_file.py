@@ -14,10 +14,12 @@ import pytest
 
 from tests.helpers import (
     BackgroundPipeline,
+    checkpoint_file,
     docker_line,
     docker_lines,
     file_pipeline,
     read_ndjson,
+    run_cli,
     run_once,
     split_like_docker,
     wait_until,
@@ -210,7 +212,7 @@ def test_files_deleted_before_they_were_read_are_reported_as_lost(tmp_path, data
     cfg = file_pipeline([str(log)], out, data_dir)
     run_once(cfg)
     # as after a kill -9 with the last records not yet acknowledged: the checkpoint lags
-    cp_path = data_dir / "checkpoints.json"
+    cp_path = checkpoint_file(data_dir)
     cp = orjson.loads(cp_path.read_bytes())
     (entry,) = cp["sources"]["files"].values()
     size = entry["size"]
@@ -322,7 +324,7 @@ def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
     log.write_bytes(docker_lines([f"l{i}" for i in range(20)]))
     out = tmp_path / "out.ndjson"
     run_once(file_pipeline([str(log)], out, data_dir))
-    cp = orjson.loads((data_dir / "checkpoints.json").read_bytes())["sources"]["files"]
+    cp = orjson.loads(checkpoint_file(data_dir).read_bytes())["sources"]["files"]
     (entry,) = cp.values()
     assert entry["offset"] == log.stat().st_size == out.stat().st_size * 0 + entry["offset"]
     assert entry["live"] == str(log)
@@ -416,3 +418,31 @@ def test_a_wall_clock_step_changes_no_timestamp_and_no_decision(tmp_path, data_d
         "2024-05-01T12:00:00.000000002Z",
         "2024-05-01T12:00:00.000000010Z",
     ]
+
+
+def test_copytruncate_past_the_last_copy_is_reported(tmp_path, data_dir):
+    """A collector stopped while the file is copied and truncated more times than copies are kept:
+    what was only in the copies that are gone is lost, said with the file and the byte range, and
+    everything still on disk is delivered once."""
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    log = plain / "app.log"
+    log.write_bytes(docker_lines([f"a{i}" for i in range(10)]))
+    out = tmp_path / "out.ndjson"
+    cfg = file_pipeline([str(plain / "*.log")], out, data_dir)
+    assert run_once(cfg) == 0
+    for rnd in range(3):  # three copytruncates, and logrotate keeps one copy (`rotate 1`)
+        with open(log, "ab") as f:
+            f.write(docker_lines([f"r{rnd} {i}" for i in range(5)], start_ns=100 * (rnd + 1)))
+        copytruncate(log)
+        for old in plain.glob("app.log.[2-9]"):
+            old.unlink()
+    with open(log, "ab") as f:
+        f.write(docker_lines(["live"], start_ns=900))
+    (tmp_path / "p.yaml").write_bytes(orjson.dumps(cfg))  # JSON is YAML
+    r = run_cli("run", "-c", str(tmp_path / "p.yaml"), "--once")
+    assert r.returncode == 0, r.stderr
+    # the copy left (.1) holds round 2; rounds 0 and 1 were in copies logrotate deleted
+    assert messages(out) == [f"a{i}" for i in range(10)] + [f"r2 {i}" for i in range(5)] + ["live"]
+    said = [x for x in r.stderr.splitlines() if "WARNING" in x or "ERROR" in x]
+    assert any("app.log" in x and "lost" in x.lower() for x in said), r.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import signal
 import socket
@@ -26,6 +27,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgpack import ExtType
 
 from collector.codecs.forward import digest, event_time, pack_entries, pack_message, ping
 from collector.deadletter import DeadLetter
@@ -183,22 +185,25 @@ def test_every_mode_lands_as_the_same_ecs_records(tmp_path):
         "@timestamp": "2024-05-01T12:00:00.123456789Z",
         "message": "from docker",
         "stream": "stdout",
-        "host": {"name": host},
+        "host": {"name": host},  # a client on this host: this host
+        "observer": {"hostname": host},  # the collector that received it
         "tags": ["docker.web"],
         "container": {"id": CID, "name": "web"},  # Docker's leading slash removed
     }
     labelled = recs["with labels"]
     assert labelled["stream"] == "stderr"
-    assert labelled["team"] == "core"  # the driver's labels/env extras, top level...
-    assert labelled["fluent"] == {"host": "h1"}  # ...except names we own, set aside
+    assert labelled["team"] == "core"  # the driver's labels/env extras, top level
+    assert labelled["host"] == {"name": "h1"}  # a record that names its host
+    assert labelled["observer"] == {"hostname": host}
     assert labelled["container"] == {"id": CID, "name": "web"}
     assert recs["generic"] == {
         "@timestamp": "2024-05-01T12:00:00.500000000Z",
         "message": "generic",
-        "level": "info",
+        "log": {"level": "info", "syslog": {"severity": {"code": 6, "name": "info"}}},
         "meta": 1,
-        "fluent": {"tags": ["x"]},
+        "fluent": {"tags": ["x"]},  # names we own, set aside
         "host": {"name": host},
+        "observer": {"hostname": host},
         "tags": ["app"],
     }
     assert recs["log key"]["stream"] == "stdout"
@@ -446,7 +451,8 @@ def test_fluent_logger_sender_handler_and_async_sender(tmp_path):
     assert recs["float time"]["@timestamp"] == "2024-05-01T12:00:00.500000000Z"
     assert [recs[f"async {i}"]["tags"] for i in (0, 99)] == [["async.q"], ["async.q"]]
     logged = recs["from logging"]
-    assert (logged["level"], logged["user"], logged["where"]) == ("WARNING", 7, "test_fluent_forward")
+    assert (logged["log"]["level"], logged["user"], logged["where"]) == ("warning", 7, "test_fluent_forward")
+    assert logged["log"]["syslog"]["severity"]["code"] == 4  # Python's WARNING, in the one vocabulary
     assert logged["tags"] == ["logging"]
 
 
@@ -601,7 +607,7 @@ def test_garbage_closes_that_connection_only(tmp_path):
         for name, payload in GARBAGE.items():
             with Client(run.port) as bad:
                 bad.send(payload)
-                if name in ("truncated", "huge string header"):  # both wait for the rest: hang up
+                if name in ("truncated", "huge string header", "huge map header"):  # they wait for the rest: hang up
                     bad.sock.shutdown(socket.SHUT_WR)
                 assert bad.closed_by_server(5), name
             good.send(message("good", T0, {"message": f"after {name}"}, {"chunk": name}))
@@ -614,7 +620,7 @@ def test_garbage_closes_that_connection_only(tmp_path):
     assert letters[0]["reason"].startswith("not msgpack")
     assert letters[0]["raw_base64"]  # the raw bytes, kept exactly
     reasons = {e["reason"].split(":")[0] for e in letters}
-    assert {"not a forward message", "bad tag", "too deeply nested", "message too large", "bad gzip"} <= reasons
+    assert {"not a forward message", "bad tag", "too deeply nested", "bad gzip"} <= reasons
     assert {"bad EventTime", "bad option", "bad map key", "truncated message"} <= reasons
 
 
@@ -634,10 +640,143 @@ def test_bad_entries_are_set_aside_and_the_rest_is_accepted(tmp_path):
         assert run.errors("bad time") == 1 and run.errors("bad record") == 1 and run.errors("bad entry") == 1
     assert [r["message"] for r in recs] == ["ok 1", "ok 2", "still connected"]
     (letter,) = read_ndjson(tmp_path / "state" / "dead-letter" / "fwd.ndjson")
-    assert letter["reason"].startswith("bad time: 3 event(s) set aside")
+    assert letter["reason"] == "bad time: bad entries set aside; the other entries of their message were delivered"
+    assert (letter["origin"]["entries"], letter["origin"]["of"]) == (3, 5)
     assert letter["origin"]["tag"] == "t"
     bad = msgpack.unpackb(__import__("base64").b64decode(letter["raw_base64"]), raw=False)
     assert bad == [["yesterday", {"message": "bad time"}], [T0, "not a map"], [T0]]
+
+
+def ext(code: int, data: bytes) -> bytes:
+    """A msgpack ext object, byte for byte (msgpack.ExtType cannot make type -1)."""
+    fixed = {1: b"\xd4", 2: b"\xd5", 4: b"\xd6", 8: b"\xd7", 16: b"\xd8"}.get(len(data))
+    head = fixed if fixed else b"\xc7" + bytes([len(data)])
+    return head + code.to_bytes(1, "big", signed=True) + data
+
+
+def forward_raw(tag: str, raw_entries: list[bytes], option: dict[str, Any]) -> bytes:
+    """``[tag, [entries...], option]`` with each entry given as its msgpack bytes."""
+    return (
+        b"\x93"
+        + msgpack.packb(tag)
+        + b"\xdd"
+        + len(raw_entries).to_bytes(4, "big")
+        + b"".join(raw_entries)
+        + (msgpack.packb(option))
+    )
+
+
+def entry_raw(time_bytes: bytes, record: dict[str, Any]) -> bytes:
+    return b"\x92" + time_bytes + msgpack.packb(record)
+
+
+TS_96 = ext(-1, (123).to_bytes(4, "big") + T0.to_bytes(8, "big"))  # msgpack timestamp 96: ns + seconds
+TS_32 = ext(-1, T0.to_bytes(4, "big"))
+TS_HUGE = ext(-1, (0).to_bytes(4, "big") + (2**63 - 1).to_bytes(8, "big"))  # year 292 billion
+BAD_EVENT_TIME = ext(0, b"123")  # 3 bytes instead of 8
+BAD_NANOS = ext(0, T0.to_bytes(4, "big") + (2_000_000_000).to_bytes(4, "big"))
+
+
+def test_every_time_encoding_and_one_bad_time_costs_only_its_entry(tmp_path, caplog):
+    """Issue 13 row 9: one malformed EventTime, a msgpack timestamp with huge seconds."""
+    entries = [
+        entry_raw(msgpack.packb(T0), {"message": "int"}),
+        entry_raw(msgpack.packb(T0 + 0.25), {"message": "float"}),
+        entry_raw(ext(0, T0.to_bytes(4, "big") + (5).to_bytes(4, "big")), {"message": "EventTime"}),
+        entry_raw(TS_96, {"message": "timestamp 96"}),
+        entry_raw(TS_32, {"message": "timestamp 32"}),
+        entry_raw(TS_HUGE, {"message": "huge seconds"}),
+        entry_raw(BAD_EVENT_TIME, {"message": "3-byte EventTime"}),
+        entry_raw(BAD_NANOS, {"message": "2e9 nanoseconds"}),
+        entry_raw(msgpack.packb(T0), {"message": "last"}),
+    ]
+    with forward_pipeline(tmp_path) as run, Client(run.port) as c:
+        c.send(forward_raw("t", entries, {"chunk": "times", "size": len(entries)}))
+        assert c.recv() == {"ack": "times"}  # the good ones delivered, the bad set aside: acknowledged
+        c.send(message("t", T0, {"message": "still connected"}, {"chunk": "after"}))
+        assert c.recv() == {"ack": "after"}
+        recs = by(run.wait_records(6))
+        assert run.errors("bad time") == 1 and run.errors("bad EventTime") == 2
+    assert {k: v["@timestamp"] for k, v in recs.items()} == {
+        "int": "2024-05-01T12:00:00.000000000Z",
+        "float": "2024-05-01T12:00:00.250000000Z",
+        "EventTime": "2024-05-01T12:00:00.000000005Z",
+        "timestamp 96": "2024-05-01T12:00:00.000000123Z",
+        "timestamp 32": "2024-05-01T12:00:00.000000000Z",
+        "last": "2024-05-01T12:00:00.000000000Z",
+        "still connected": "2024-05-01T12:00:00.000000000Z",
+    }
+    (letter,) = read_ndjson(tmp_path / "state" / "dead-letter" / "fwd.ndjson")
+    assert (letter["origin"]["entries"], letter["origin"]["of"]) == (3, 9)
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for bad input"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_a_malformed_timestamp_in_a_packed_stream_costs_only_its_entry(tmp_path):
+    """msgpack itself refuses a timestamp with 2e9 nanoseconds: the stream goes on after it."""
+    bad96 = ext(-1, (2_000_000_000).to_bytes(4, "big") + T0.to_bytes(8, "big"))
+    packed = b"".join(
+        [
+            entry_raw(msgpack.packb(T0), {"message": "before"}),
+            entry_raw(bad96, {"message": "bad nanoseconds"}),
+            entry_raw(ext(-1, b"abc"), {"message": "bad length"}),
+            entry_raw(msgpack.packb(T0), {"message": "after"}),
+        ]
+    )
+    with forward_pipeline(tmp_path) as run, Client(run.port) as c:
+        c.send(pack_message("t", packed, {"chunk": "pk"}))
+        assert c.recv() == {"ack": "pk"}
+        c.send(pack_message("t", gzip.compress(packed), {"chunk": "gz", "compressed": "gzip"}))
+        assert c.recv() == {"ack": "gz"}
+        recs = run.wait_records(4)
+        assert run.errors("bad time") == 4
+    assert [r["message"] for r in recs] == ["before", "after", "before", "after"]
+
+
+def test_a_message_none_of_whose_entries_can_be_read_is_never_acknowledged(tmp_path, caplog):
+    """Issue 15: the collector acked chunks whose every entry it had dead-lettered, so the client
+    counted them as delivered. Now: no ack, the connection is closed, an ERROR says why."""
+    unreadable = [["yesterday", {"message": f"m{i}"}] for i in range(3)]
+    with forward_pipeline(tmp_path) as run:
+        with Client(run.port) as c:
+            c.send(message("t", T0, {"message": "good before"}, {"chunk": "good"}))
+            c.send(pack_message("t", unreadable, {"chunk": "bad-chunk", "size": 3}))
+            assert c.recv() == {"ack": "good"}  # what came before is delivered and acknowledged
+            with pytest.raises(EOFError):
+                c.recv(timeout=10)  # then the connection ends: no ack for the unreadable chunk
+        with Client(run.port) as c:  # no chunk either: refused all the same
+            c.send(pack_message("t", pack_entries([("yesterday", {"message": "x"})])))
+            assert c.closed_by_server(10)
+        with Client(run.port) as c:  # other clients are not affected
+            c.send(message("t", T0, {"message": "other client"}, {"chunk": "other"}))
+            assert c.recv() == {"ack": "other"}
+        recs = run.wait_records(2)
+        assert run.errors("unreadable_message") == 2
+    assert [r["message"] for r in recs] == ["good before", "other client"]
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1, errors  # one line per reason per minute, the rest counted
+    assert "127.0.0.1:" in errors[0] and "forward message" in errors[0] and "bad-chunk" in errors[0]
+    assert "[str 'yesterday', map]" in errors[0]  # the shape of what it could not read
+    letters = read_ndjson(tmp_path / "state" / "dead-letter" / "fwd.ndjson")
+    assert [x["reason"] for x in letters] == [
+        "bad time: no entry of the message could be read; not acknowledged, connection closed"
+    ] * 2
+
+
+def test_the_dead_letter_warning_is_true_and_said_once(tmp_path, caplog):
+    """It said "(the rest of the message was accepted)" when nothing was, once per batch size."""
+    with forward_pipeline(tmp_path) as run, Client(run.port) as c:
+        for n in (1, 2, 3):
+            entries = [[T0, {"message": f"ok {n}"}]] + [["bad", {"message": "x"}]] * n
+            c.send(pack_message("t", entries, {"chunk": f"c{n}"}))
+            assert c.recv() == {"ack": f"c{n}"}
+        run.wait_records(3)
+    warnings = [
+        r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "set aside" in r.getMessage()
+    ]
+    assert len(warnings) == 1, warnings
+    assert "the other entries of their message were delivered" in warnings[0]
+    assert "rest of the message was accepted" not in warnings[0]
 
 
 def test_size_mismatch_is_counted_not_refused(tmp_path):
@@ -865,7 +1004,7 @@ sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {
         with Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log") as col:
             wait_until(lambda: _can_connect(port), 30, what="the collector to listen")
             with Client(port) as c:
-                for i in range(50):
+                for i in range(20):  # (backpressure: what the blocked pipeline holds, and the kernel, no more)
                     c.send(message("t", T0, {"message": f"{i}" + "q" * 100_000}, {"chunk": str(i)}))
                 time.sleep(1)
                 col.proc.send_signal(signal.SIGTERM)
@@ -1000,6 +1139,7 @@ def test_batches_share_fields_per_tag_and_container(decoder):
     assert again[0].meta is batches[0].meta  # one Fields per (tag, container): encoded once
     assert batches[0].meta.data == {
         "host": {"name": "h"},
+        "observer": {"hostname": "h"},
         "tags": ["a"],
         "container": {"id": "c1" * 32, "name": "c1c1"},
     }
@@ -1110,3 +1250,77 @@ def test_a_closed_connection_and_its_records_are_freed_without_waiting_for_a_ful
         finally:
             gc.enable()
         assert len(run.records()) == 30
+
+
+def test_fluent_bit_entries_with_metadata_and_groups(decoder):
+    """``[[time, metadata], record]``: Fluent Bit's forward output since 4.x, by default."""
+    group_start = [[ExtType(0, b"\xff\xff\xff\xff\0\0\0\0"), {"schema": "otlp"}], {"resource": {"a": 1}}]
+    group_end = [[ExtType(0, b"\xff\xff\xff\xfe\0\0\0\0"), {}], {}]
+    otlp = {
+        "otlp": {
+            "severity_number": 17,
+            "severity_text": "ERROR",
+            "trace_id": bytes(range(16)),
+            "span_id": b"\x01" * 8,
+            "attributes": {"http.method": "GET"},
+            "trace_flags": 1,
+        }
+    }
+    entries = [
+        [[event_time(T0, 5), {}], {"log": "plain"}],
+        group_start,
+        [[event_time(T0, 6), otlp], {"log": "from otel"}],
+        group_end,
+        [[event_time(T0, 7), {"k": "v"}], docker_rec("from docker", hostname="web-host")],
+    ]
+    batches = decode_all(decoder, pack_message("fb", entries, {"chunk": "c", "size": 5}))
+    recs = {r["message"]: r for b in batches for r in b.records()}
+    assert list(recs) == ["plain", "from otel", "from docker"]  # group markers carry no record
+    assert recs["plain"]["@timestamp"] == "2024-05-01T12:00:00.000000005Z"
+    assert "fluent" not in recs["plain"]  # empty metadata: nothing to keep
+    otel = recs["from otel"]
+    assert otel["trace"] == {"id": bytes(range(16)).hex()} and otel["span"] == {"id": "01" * 8}
+    assert otel["log"] == {"level": "error", "syslog": {"severity": {"code": 3, "name": "error"}}}
+    assert otel["fluent"] == {"metadata": {"otlp": {"attributes": {"http.method": "GET"}, "trace_flags": 1}}}
+    d = recs["from docker"]
+    assert d["fluent"] == {"metadata": {"k": "v"}} and d["container"]["id"] == CID
+    assert d["host"] == {"name": "web-host"}  # the record says which host it came from
+    ids = [i for b in batches for i in b.ids]
+    assert ids == ["c-0", "c-2", "c-4"]  # indexes in the message, markers included: stable on resend
+
+
+def test_host_name_is_the_sender(tmp_path):
+    telemetry = Telemetry()
+    dl = DeadLetter(tmp_path, telemetry)
+    ctx = types.SimpleNamespace(hostname="collector-host", telemetry=telemetry, deadletter=dl)
+    intake = Intake("fwd", FluentForwardConfig(type="fluent_forward"), ctx)
+    rec = message("t", T0, {"message": "m"})
+    hosts = {}
+    for peer in ("127.0.0.1:5000", "[::1]:5000", "unix", "10.1.2.3:5000", "[2001:db8::7]:1"):
+        (b,) = decode_all(Decoder(intake, peer, lambda chunk: None), rec)
+        hosts[peer] = (b.meta.get("host.name"), b.meta.get("observer.hostname"))
+    assert hosts == {
+        "127.0.0.1:5000": ("collector-host", "collector-host"),  # a local client: this host
+        "[::1]:5000": ("collector-host", "collector-host"),
+        "unix": ("collector-host", "collector-host"),
+        "10.1.2.3:5000": ("10.1.2.3", "collector-host"),  # a remote one that does not say: its address
+        "[2001:db8::7]:1": ("2001:db8::7", "collector-host"),
+    }
+    dec = Decoder(intake, "10.1.2.3:5000", lambda chunk: None)
+    dec.client_host("localhost")  # Fluent Bit's default self_hostname says nothing
+    assert decode_all(dec, rec)[0].meta.get("host.name") == "10.1.2.3"
+    dec.client_host("edge-7")
+    assert decode_all(dec, rec)[0].meta.get("host.name") == "edge-7"
+    (b,) = decode_all(dec, message("t", T0, {"message": "m", "host": "said"}))
+    assert b.meta.get("host.name") == "said" and "host" not in b.events[0]
+    dl.close()
+
+
+def test_the_handshake_hostname_becomes_host_name(tmp_path):
+    with forward_pipeline(tmp_path, shared_key="k") as run, Client(run.port) as c:
+        c.handshake("k", hostname="fluent-bit-node-3")
+        c.send(message("t", T0, {"message": "m"}, {"chunk": "a"}))
+        assert c.recv() == {"ack": "a"}
+        (rec,) = run.records()
+    assert rec["host"] == {"name": "fluent-bit-node-3"}
+    assert rec["observer"] == {"hostname": socket.gethostname()}

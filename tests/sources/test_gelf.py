@@ -135,7 +135,7 @@ def test_graypy_udp_and_tcp_including_chunked_messages(tmp_path):
     for kind, rs in by_kind.items():
         hello, bigr, exc, end = sorted(rs, key=lambda r: r["@timestamp"])
         assert hello["message"] == f"hello from {kind}"
-        assert hello["log"] == {"level": "informational", "syslog": {"severity": {"code": 6, "name": "informational"}}}
+        assert hello["log"] == {"level": "info", "syslog": {"severity": {"code": 6, "name": "info"}}}
         assert hello["user"] == "bob" and hello["request_id"] == 42
         assert hello["gelf"]["container"] == "not ours"  # a client's field named like ours goes aside
         assert hello["host"]["name"]
@@ -160,14 +160,17 @@ def test_docker_driver_messages_become_container_records(tmp_path):
         )
         recs = c.wait(6)
         # the batches: shared fields per container, which docker_metadata's fast path reads
-        batches = c.source._to_batches([(orjson.dumps(m), ("127.0.0.1", 1)) for m in [*msgs, other, msgs[0]]], udp=True)
+        items = [(orjson.dumps(m), ("127.0.0.1", 1)) for m in [*msgs, other, msgs[0]]]
+        batches, done = c.source._to_batches(items, udp=True)
+        assert done == len(items)
     r0 = next(r for r in recs if r["message"] == "line 0")
     assert r0 == {
         "@timestamp": "2024-05-01T12:00:00.123000Z",
         "message": "line 0",
-        "log": {"level": "informational", "syslog": {"severity": {"code": 6, "name": "informational"}}},
+        "log": {"level": "info", "syslog": {"severity": {"code": 6, "name": "info"}}},
         "stream": "stdout",
         "host": {"name": "docker-host"},
+        "observer": {"hostname": socket.gethostname()},
         "tags": [CID[:12]],
         "container": {
             "id": CID,
@@ -263,6 +266,20 @@ def make_cert(d: Path) -> tuple[str, str]:
     return str(cert), str(key)
 
 
+def test_a_tls_client_that_never_says_hello_is_cut_after_handshake_timeout(tmp_path):
+    """The handshake was asyncio's (60 s, not configurable, not counted): a client holding a
+    TLS connection open without a ClientHello held its slot a minute."""
+    cert, key = make_cert(tmp_path)
+    tls = {"cert_file": cert, "key_file": key}
+    with gelf_collector(tmp_path, listen=("tls",), tls=tls, handshake_timeout=1) as c:
+        with socket.create_connection(("127.0.0.1", c.ports["tls"])) as s:
+            s.settimeout(15)
+            t0 = time.monotonic()
+            assert s.recv(1) == b""  # closed by the server
+            assert time.monotonic() - t0 < 10
+        wait_until(lambda: c.errors().get("tls_failed") == 1, 5, what="the failure counted")
+
+
 def test_tls_listener(tmp_path):
     cert, key = make_cert(tmp_path)
     with gelf_collector(tmp_path, listen=("tls",), tls={"cert_file": cert, "key_file": key}) as c:
@@ -301,6 +318,33 @@ def test_config_errors():
     assert one.sources["g"].listen == ["udp://127.0.0.1:12201"]
 
 
+def test_a_message_without_host_is_kept_under_the_senders_address(tmp_path, caplog):
+    """Fluent Bit's gelf output sends no `host` when the record has none: all were refused."""
+    with gelf_collector(tmp_path) as c:
+        c.udp(*(compress(orjson.dumps({"short_message": f"udp {i}", "level": 6}), "gzip") for i in range(3)))
+        with socket.create_connection(("127.0.0.1", c.ports["tcp"])) as s:
+            s.sendall(b"".join(orjson.dumps({"version": "1.1", "short_message": f"tcp {i}"}) + b"\0" for i in range(3)))
+            s.sendall(orjson.dumps({"short_message": "host is a number", "host": 42}) + b"\0")
+            s.sendall(orjson.dumps({"short_message": "named", "host": "web-7"}) + b"\0")
+        recs = by_message(c.wait(8))
+        errors = c.errors()
+    assert errors == {"missing_host": 7}  # counted, not refused: nothing dead-lettered
+    assert not c.deadletters()
+    for m in ["udp 0", "udp 2", "tcp 0", "tcp 2", "host is a number"]:
+        assert recs[m]["host"] == {"name": "127.0.0.1"}, m  # the sender's address
+        assert recs[m]["log"]["flags"] == ["host_from_peer"], m
+        assert recs[m]["observer"] == {"hostname": socket.gethostname()}
+    assert recs["host is a number"]["gelf"]["host"] == 42  # what it said is kept
+    assert recs["named"]["host"] == {"name": "web-7"} and "log" not in recs["named"]
+    assert recs["udp 1"]["log"]["level"] == "info"
+    said = [r.getMessage() for r in caplog.records if "have no `host`" in r.getMessage()]
+    assert len(said) == 1 and "127.0.0.1" in said[0]
+
+
+def by_message(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {r["message"]: r for r in records}
+
+
 # -- hostility and overload ------------------------------------------------------------------------
 def hostile_datagrams(rnd: random.Random) -> list[tuple[str, bytes]]:
     """(expected error reason, datagram): everything a hostile or broken sender may send."""
@@ -311,8 +355,8 @@ def hostile_datagrams(rnd: random.Random) -> list[tuple[str, bytes]]:
         ("bad_json", b'{"host": "h", "short_message": "unterminated'),
         ("not_an_object", b"[1, 2, 3]"),
         ("missing_field", orjson.dumps({"host": "h"})),
-        ("missing_field", orjson.dumps({"short_message": "no host"})),
-        ("missing_field", orjson.dumps({"host": "", "short_message": "empty host"})),
+        ("missing_host", orjson.dumps({"short_message": "no host"})),  # accepted, counted (Fluent Bit sends these)
+        ("missing_host", orjson.dumps({"host": "", "short_message": "empty host"})),
         ("bad_compression", compress(good, "gzip")[:-8]),
         ("bad_compression", b"\x1f\x8b" + rnd.randbytes(200)),
         ("too_large", compress(b"{" + b" " * (8 << 20) + b"}", "gzip", 9)),  # a bomb: 8 MiB in ~8 KB

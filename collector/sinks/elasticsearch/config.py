@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -55,6 +55,7 @@ class BatchConfig(BaseModel):
 
 class ElasticsearchConfig(SinkConfig):
     type: Literal["elasticsearch"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("hosts", "mode", "data_stream", "index")
     hosts: list[str] = Field(
         min_length=1,
         description="Engine URLs (http(s)://host:9200[/prefix]); several = failover and load spreading.",

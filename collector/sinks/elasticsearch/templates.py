@@ -38,6 +38,8 @@ def mappings() -> dict[str, Any]:
         "dynamic_templates": [
             {"labels": {"path_match": "container.labels.*", "mapping": KW}},
             {"docker_attrs": {"path_match": "docker.attrs.*", "mapping": KW}},
+            {"syslog_sd": {"path_match": "log.syslog.structured_data.*", "mapping": KW}},
+            {"journald_custom": {"path_match": "journald.custom.*", "mapping": KW}},
             {"strings_as_keyword": {"match_mapping_type": "string", "mapping": KW}},
         ],
         "properties": {
@@ -63,7 +65,14 @@ def mappings() -> dict[str, Any]:
                     "level": {"type": "keyword"},
                     "syslog": {
                         "properties": {
-                            "severity": {"properties": {"code": {"type": "long"}, "name": {"type": "keyword"}}}
+                            "severity": {"properties": {"code": {"type": "long"}, "name": {"type": "keyword"}}},
+                            "facility": {"properties": {"code": {"type": "long"}, "name": {"type": "keyword"}}},
+                            "priority": {"type": "long"},
+                            "appname": {"type": "keyword"},
+                            "procid": {"type": "keyword"},
+                            "msgid": {"type": "keyword"},
+                            "version": {"type": "keyword"},
+                            "structured_data": {"type": "object", "dynamic": True},
                         }
                     },
                 }

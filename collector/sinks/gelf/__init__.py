@@ -5,22 +5,26 @@
 A record becomes one GELF message:
 
 * ``version`` "1.1"; ``host`` from ``host.name`` (this machine's name when absent);
-  ``short_message`` from ``message`` (``(empty)`` for an empty line: Graylog refuses a blank
-  one); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
-  seconds with microseconds;
-* ``level``: ``log.syslog.severity.code``, else ``log.level`` by name (``error``, ``warn``,
-  ``info``, ...), else 3 (error) for ``stream: stderr`` and 6 (informational) otherwise, which is
-  what Docker's gelf driver sends;
+  ``short_message`` from ``message`` (``(empty)`` for a line Graylog would refuse as blank or
+  trim to nothing); ``full_message`` from ``gelf.full_message``; ``timestamp`` from ``@timestamp``, epoch
+  seconds with microseconds (Graylog 6.1 keeps milliseconds, rounded);
+* ``level``: ``log.syslog.severity.code``, else ``log.level`` read with the vocabulary the
+  sources use (collector/levels.py: ``error``, ``warn``, ``info``, ``fatal``, ...), else 3
+  (error) for ``stream: stderr`` and 6 (info) otherwise, which is what Docker's gelf driver
+  sends; a ``log.level`` that is no syslog level is kept as ``_log_level``;
 * every other field flattened with ``_``: ``_container_name``, ``_container_image_name``,
   ``_stream``, ``_container_labels_com_docker_compose_project``, ``_log_file_path``; fields a GELF
   source set aside under ``gelf.`` go back to ``_name``; the batch's tag is ``_tag``.  Names keep
-  only ``[A-Za-z0-9_.-]`` (Graylog's rule), ``_id`` becomes ``_id_`` (Graylog drops ``_id``);
-  values are strings and numbers: lists of scalars joined with ``,``, other lists JSON, booleans
-  ``"true"``/``"false"``.
+  only ``[A-Za-z0-9_.@-]`` (Graylog's rule); a name Graylog would not store as such gets a
+  trailing ``_`` (a record's own ``source``, ``timestamp``, ``level``, ``streams``, ``_index``,
+  ``gl2_*`` ...: see ``GRAYLOG_TAKEN``); ``_id`` is sent as it is (Graylog 6.1 stores it as
+  ``id``).  Values are strings and numbers: lists of scalars joined with ``,``, other lists JSON,
+  booleans ``"true"``/``"false"`` (Graylog skips JSON booleans).  Graylog itself then trims every
+  string, skips empty ones and turns dots in names into ``_``.
 
 UDP: each message is compressed (``compression``, gzip by default like Docker's driver) and
 sent in one datagram, or in chunks of ``chunk_size`` bytes (1420 fits a 1500-byte MTU path;
-Graylog reads up to 8192).  A message that needs more than 128 chunks is truncated
+8192 is GELF's largest chunk).  A message that needs more than 128 chunks is truncated
 (``full_message``, then ``short_message``; ``_gelf_truncated_from`` holds the original JSON size)
 or, with ``oversize: dead_letter`` (or when cutting the message text is not enough),
 dead-lettered.  Records are encoded and compressed on the event loop; the datagrams of a round are
@@ -29,12 +33,14 @@ compressing a log line, and it releases the GIL).  UDP has no acknowledgement: a
 once its datagrams are handed to the kernel; send errors (``ECONNREFUSED`` when nothing
 listens) are counted and the records counted as dropped (``send_failed``).
 
-TCP/TLS: uncompressed, null-terminated.  A batch is finalized only once Graylog's TCP stack has
+TCP/TLS: uncompressed, null-terminated; a message longer than ``max_message_bytes`` (Graylog's
+GELF TCP input drops frames over its ``max_message_size``, 2 MiB by default) is truncated or
+dead-lettered like an oversize UDP message.  A batch is finalized only once Graylog's TCP stack has
 acknowledged its bytes (not merely once they reached our kernel: see tcp.py);
 while Graylog is unreachable the sink reconnects as the one retry policy says (``retry``, see
 collector/retry.py), keeping its place (the buffer in front fills, then the sources are paused);
-with ``retry.max_elapsed`` a round still unwritten after that long is dead-lettered.  A connection lost mid-round
-writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
+with ``retry.max_elapsed`` a round still unwritten after that long is dead-lettered.  A
+connection lost mid-round writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
 Graylog's kernel accepted but Graylog itself never read (it crashed) cannot be known, nor resent.
 """
 
@@ -46,7 +52,7 @@ import logging
 import select
 import socket
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
@@ -64,6 +70,7 @@ from collector.codecs.gelf import (
 )
 from collector.component import ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
+from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
 from collector.sinks.gelf.tcp import GaveUpError, TcpConnection
@@ -88,6 +95,7 @@ class GelfSinkTlsConfig(ComponentConfig):
 
 class GelfSinkConfig(SinkConfig):
     type: Literal["gelf"]
+    destination_keys: ClassVar[tuple[str, ...] | None] = ("address",)
     address: str = Field(
         description="`gelf+udp://HOST:PORT`, `gelf+tcp://HOST:PORT` or `gelf+tls://HOST:PORT` (Graylog's GELF input)."
     )
@@ -100,12 +108,18 @@ class GelfSinkConfig(SinkConfig):
         ge=256,
         le=MAX_CHUNK_SIZE,
         description="(UDP) largest datagram, chunk header included: 1420 fits a 1500-byte MTU path; "
-        "Graylog reads up to 8192.",
+        "8192 is GELF's largest chunk.",
     )
     oversize: Literal["truncate", "dead_letter"] = Field(
         "truncate",
-        description="(UDP) a message needing more than 128 chunks: cut its text to fit (flagged "
-        "`_gelf_truncated_from`), or set it aside in the dead-letter file.",
+        description="A message needing more than 128 chunks (UDP) or longer than `max_message_bytes` (TCP): "
+        "cut its text to fit (flagged `_gelf_truncated_from`), or set it aside in the dead-letter file.",
+    )
+    max_message_bytes: int = Field(
+        2 << 20,
+        ge=1024,
+        description="(TCP) longest message sent: Graylog's GELF TCP input drops longer frames (its "
+        "`max_message_size`, 2 MiB by default); raise both together.",
     )
     tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
@@ -184,7 +198,7 @@ class GelfSink(Sink):
         self._udp_state = "nothing sent yet"
         self._udp_failed_at = -1e9
         self._udp_last_error = ""
-        self._warned: set[str] = set()
+        self._say = RateLimitedLog(log)  # one line per reason per minute
 
     @property
     def where(self) -> str:
@@ -201,10 +215,8 @@ class GelfSink(Sink):
     def _error(self, reason: str, n: int = 1) -> None:
         self._errors.labels(self.name, reason).inc(n)
 
-    def _warn_once(self, reason: str, msg: str, *args: Any) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            log.warning(msg + " (further ones are only counted)", *args)
+    def _warn(self, reason: str, msg: str, *args: Any) -> None:
+        self._say.warning(reason, msg, *args)
 
     async def run(self, inbox: Channel) -> None:
         try:
@@ -251,7 +263,7 @@ class GelfSink(Sink):
             self._send_failed.inc(n)
             self._udp_failed_at = time.monotonic()
             self._udp_last_error = f"cannot resolve {self.host}: {e}"
-            self._warn_once("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
+            self._warn("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
             for b in batches:
                 release(b.ack)
             return
@@ -323,7 +335,7 @@ class GelfSink(Sink):
         self._error(reason)
         self._udp_failed_at = time.monotonic()
         self._udp_last_error = str(e)
-        self._warn_once(reason, "%s: sending to %s failed: %s", self.name, self.where, e)
+        self._warn(reason, "%s: sending to %s failed: %s", self.name, self.where, e)
 
     def _chunk(self, doc: bytes, payload: bytes, oversize: list[tuple[str, bytes]]) -> list[bytes]:
         limit = self._limit
@@ -336,7 +348,7 @@ class GelfSink(Sink):
                 oversize.append((reason, doc))
                 return []
             self._error("truncated")
-            self._warn_once(
+            self._warn(
                 "truncated",
                 "%s: a message of %d bytes needs more than 128 chunks: its text was cut",
                 self.name,
@@ -348,17 +360,48 @@ class GelfSink(Sink):
     # -- TCP ------------------------------------------------------------------------------------------
     async def _deliver_tcp(self, batches: list[Batch]) -> None:
         encode = self.encoder.encode
-        data = b"".join(frame(doc) for b in batches for doc in encode(b))
-        n = sum(len(b) for b in batches)
+        limit = self.config.max_message_bytes
+        frames = []
+        fitted = []
+        for b in batches:
+            docs = encode(b)
+            if any(len(doc) > limit for doc in docs):
+                docs = self._fit_tcp(b, docs, limit)
+            fitted.append(docs)
+            frames.extend(frame(doc) for doc in docs)
+        data = b"".join(frames)
+        n = len(frames)
         try:
             await self._tcp.write(data, n, self._retries.inc)
         except GaveUpError as e:
             reason = f"retries_exhausted: {e}"
-            for b in batches:
+            for b, docs in zip(batches, fitted, strict=True):
                 origin = {"tag": b.tag, "source": b.source}
-                self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in encode(b)])
+                self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
                 release(b.ack)
             return
         self._sent.inc(n)
         for b in batches:
             release(b.ack)
+
+    def _fit_tcp(self, batch: Batch, docs: list[bytes], limit: int) -> list[bytes]:
+        """Documents longer than Graylog's TCP frame limit: cut to fit, or dead-lettered."""
+        out = []
+        for doc in docs:
+            if len(doc) <= limit:
+                out.append(doc)
+                continue
+            fitted = None if self.config.oversize == "dead_letter" else truncate_to_fit(doc, bytes, limit)
+            if fitted is None:
+                reason = f"too_large: {len(doc)} bytes > max_message_bytes {limit}"
+                self.ctx.deadletter.records(self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source})])
+                continue
+            self._error("truncated")
+            self._warn_once(
+                "truncated",
+                "%s: a message of %d bytes is longer than max_message_bytes: its text was cut",
+                self.name,
+                len(doc),
+            )
+            out.append(fitted[0])
+        return out

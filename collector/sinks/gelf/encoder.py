@@ -10,6 +10,12 @@ from collector.codecs.gelf import DEFAULT_LEVEL, VERSION, TimeParser, flatten, l
 from collector.event import Batch, Fields
 
 EMPTY_MESSAGE = "(empty)"
+# Graylog trims what Java's String.trim() trims (every character up to U+0020) and drops a message
+# left empty; it refuses a blank one (whitespace only): both are sent as EMPTY_MESSAGE
+_JAVA_TRIM = "".join(chr(c) for c in range(0x21))
+
+
+MAX_CACHED_META_BYTES = 16 << 10  # 10,000 cached entries of at most this: bounded memory
 
 
 class GelfEncoder:
@@ -75,11 +81,11 @@ class GelfEncoder:
                 out["_tag"] = tag
             for k, v in aside.items():
                 out.setdefault(k, v)
-            _fix_id(out)
             hit = {"doc": out, "level": level}
-            if len(self._meta) > 10_000:
-                self._meta.clear()
-            self._meta[key] = hit
+            if len(key[0]) <= MAX_CACHED_META_BYTES:  # large shared fields are converted per batch
+                if len(self._meta) > 10_000:
+                    self._meta.clear()
+                self._meta[key] = hit
         return hit["doc"], hit["level"]
 
     def documents(self, batch: Batch) -> list[dict[str, Any]]:
@@ -93,15 +99,15 @@ class GelfEncoder:
             if aside:
                 for k, v in aside.items():
                     doc.setdefault(k, v)
-            if "_id" in doc:
-                _fix_id(doc)
             if level is None:
                 level = base_level
             if level is None:
                 level = 3 if doc.get("_stream") == "stderr" else DEFAULT_LEVEL
             doc["level"] = level
             short = doc.get("short_message")
-            if not short or (type(short) is str and short.isspace()):
+            if not short or (
+                type(short) is str and (short.isspace() or (short[0] <= " " and not short.strip(_JAVA_TRIM)))
+            ):
                 doc["short_message"] = EMPTY_MESSAGE
             docs.append(doc)
         return docs
@@ -123,11 +129,6 @@ def _level_of(log_: dict[str, Any]) -> int | None:
                 return code
     lvl = log_.get("level")
     return level_code(lvl) if lvl is not None else None
-
-
-def _fix_id(doc: dict[str, Any]) -> None:
-    if "_id" in doc:
-        doc["_id_"] = doc.pop("_id")
 
 
 def truncate_to_fit(doc_json: bytes, compress: Any, limit: int) -> tuple[bytes, bytes] | None:

@@ -11,6 +11,10 @@ Follows every file matching ``paths`` (default: every container under
   through the descriptor we hold, rotated files we never saw are read oldest first, then the
   new live file; deleting a file we hold open loses nothing;
 * truncation (``copytruncate``): reading restarts at 0 and the event is reported;
+* only regular files are read: a FIFO, device or socket matching the globs (or named like a
+  rotated file) is skipped with a warning and never opened blocking; a symlink leading out of
+  the glob's directory (its part without wildcards) is skipped too, unless
+  ``follow_symlinks_outside_root`` is set;
 * restarts: reading resumes at the acknowledged offset of each file (by fingerprint, whatever
   its current name); rotated files created while we were down are read; files that vanished
   before they were finished are reported with the byte range lost.
@@ -26,6 +30,7 @@ import contextlib
 import glob
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +40,10 @@ from pydantic import Field, field_validator
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import DockerLines, LineReader, Parsed
 from collector.component import ComponentConfig, Emitter, Source
+from collector.docker_api import api_socket_missing
 from collector.event import Batch, Fields
+from collector.ratelog import RateLimitedLog
+from collector.safefiles import UnsafeFile, check_regular, open_regular
 from collector.sources.docker_json_file.files import (
     OpenFile,
     container_id_of,
@@ -84,6 +92,17 @@ class DockerJsonFileConfig(ComponentConfig):
     min_poll_interval: float = Field(0.05, gt=0, description="Seconds between looks at a busy file.")
     max_poll_interval: float = Field(0.5, gt=0, description="Seconds between looks at an idle file.")
     rescan_interval: float = Field(10.0, gt=0, description="Seconds between full rescans of the globs.")
+    follow_symlinks_outside_root: bool = Field(
+        False,
+        description="Read files whose path leads, through symlinks, out of the directory the glob "
+        "watches (its part without wildcards). Off: such files are skipped with a warning.",
+    )
+    max_field_bytes: int = Field(
+        4096,
+        ge=64,
+        description="A value of Docker's `attrs` (labels and env the log driver copies into every "
+        'line) longer than this is cut to it; the record gets `log.flags: ["fields_truncated"]`.',
+    )
 
     @field_validator("paths")
     @classmethod
@@ -148,6 +167,14 @@ class DockerJsonFileSource(Source):
         self._errors = t.errors
         self.lost_bytes = 0
         self._fully_read: set[str] = set()  # fingerprints of files read to their end
+        # each glob with its watched directory, resolved (None: symlinks may lead anywhere)
+        self._globs = [
+            (g, None if config.follow_symlinks_outside_root else os.path.realpath(_static_root(g)))
+            for g in config.globs()
+        ]
+        self._root: dict[str, str | None] = {}  # live path -> the directory it must stay in
+        self._skipped: dict[str, tuple[int, int]] = {}  # path -> (dev, ino) of what was refused
+        self._warn = RateLimitedLog(log)
 
     # -- helpers --------------------------------------------------------------------------
     def _meta_for(self, live: str) -> tuple[Fields, str]:
@@ -161,6 +188,41 @@ class DockerJsonFileSource(Source):
 
     def _error(self, reason: str, n: float = 1) -> None:
         self._errors.labels(self.name, reason).inc(n)
+
+    def _refuse(self, path: str, e: UnsafeFile, st: os.stat_result | None = None) -> None:
+        """Skip ``path`` for good (until it changes): counted, and said once per path (at most
+        one line per reason per minute)."""
+        key = (st.st_dev, st.st_ino) if st is not None else (0, 0)
+        if self._skipped.get(path) == key:
+            return
+        if len(self._skipped) >= 10_000:
+            self._skipped.clear()
+        self._skipped[path] = key
+        self._error(e.reason)
+        self._warn(e.reason, "%s: skipping %s", self.name, e.strerror)
+
+    def _vet(self, path: str, root: str | None) -> bool:
+        """Whether ``path`` may be read: a regular file within ``root`` (checked with stat, which
+        never blocks; the open checks the descriptor again)."""
+        try:
+            st = os.stat(path)
+        except OSError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            return False
+        if self._skipped.get(path) == (st.st_dev, st.st_ino):
+            return False
+        try:
+            check_regular(path, st, root)
+        except UnsafeFile as e:
+            self._refuse(path, e, st)
+            return False
+        return True
+
+    def _siblings(self, live: str) -> list[tuple[int, str]]:
+        """The rotated files of ``live`` that may be read (see :meth:`_vet`)."""
+        root = self._root.get(live)
+        return [(n, p) for n, p in rotated_siblings(live) if self._vet(p, root)]
 
     def _checkpoint(self, of: OpenFile, committed: int) -> None:
         if of.fp is not None:
@@ -186,7 +248,12 @@ class DockerJsonFileSource(Source):
     def _open(self, path: str, live: str, offset: int | None) -> OpenFile | None:
         """Open ``path``; resume at its checkpoint when its fingerprint is known."""
         try:
-            of = OpenFile.open(path, live, 0, self.config.max_record_bytes)
+            of = OpenFile.open(
+                path, live, 0, self.config.max_record_bytes, self._root.get(live), self.config.max_field_bytes
+            )
+        except UnsafeFile as e:
+            self._refuse(path, e)
+            return None
         except OSError as e:
             if not isinstance(e, FileNotFoundError):
                 log.error("%s: cannot open %s: %s", self.name, path, e)
@@ -210,12 +277,16 @@ class DockerJsonFileSource(Source):
         return of
 
     # -- discovery --------------------------------------------------------------------------
-    def _glob(self) -> set[str]:
-        found: set[str] = set()
-        for pattern in self.config.globs():
+    def _glob(self) -> dict[str, str | None]:
+        """Live files matching the globs, each with the directory it must stay in; new ones are
+        vetted (regular files within it), those already followed are not looked at again."""
+        found: dict[str, str | None] = {}
+        for pattern, root in self._globs:
             for p in glob.glob(pattern):
-                if os.path.isfile(p):
-                    found.add(p)
+                if p in found:
+                    continue
+                if p in self.streams or self._vet(p, root):
+                    found[p] = root
         return found
 
     def _known_stream(self, live: str) -> bool:
@@ -226,7 +297,7 @@ class DockerJsonFileSource(Source):
         s = LogStream(live, meta, tag)
         known = self._known_stream(live)
         # rotated files: finish the ones we were reading, read the ones created meanwhile
-        siblings = rotated_siblings(live)
+        siblings = self._siblings(live)
         fps = {path: self._fp_of(path, live) for _, path in siblings}
         # known: the files rotated after the oldest one we know were created while we were down;
         # older ones were history when we first saw the container, and still are
@@ -243,7 +314,7 @@ class DockerJsonFileSource(Source):
                     continue
                 if not known and not self._born_while_running(path, first_scan):
                     continue
-            if st is not None and (st.get("done") or int(st.get("offset", 0)) >= log_size(path)):
+            if st is not None and (st.get("done") or int(st.get("offset", 0)) >= self._log_size(path, live)):
                 continue  # finished before
             of = self._open(path, live, 0)
             if of is not None:
@@ -257,7 +328,7 @@ class DockerJsonFileSource(Source):
         if not known and self.config.read_from == "end" and not first_scan:
             start = 0  # a file born while we run is read from its start
         elif not known and self.config.read_from == "end":
-            start = _line_aligned_end(live)
+            start = _line_aligned_end(live, self._root.get(live))
         s.current = self._open(live, live, start)
         self.streams[live] = s
 
@@ -275,7 +346,13 @@ class DockerJsonFileSource(Source):
             return False
 
     def _fp_of(self, path: str, live: str) -> str | None:
-        return fingerprint_path(path, salt_of(live))
+        return fingerprint_path(path, salt_of(live), self._root.get(live))
+
+    def _log_size(self, path: str, live: str) -> int:
+        try:
+            return log_size(path, self._root.get(live))
+        except OSError:
+            return 0
 
     def _report_vanished(self, live: str, present: set[str | None], oldest: str | None = None) -> None:
         """Files of ``live`` in the checkpoints that no longer exist: report what was lost.
@@ -295,7 +372,7 @@ class DockerJsonFileSource(Source):
                 continue
             cid = container_id_of(live)[:12] or "-"
             since = st.get("last_time") or "?"
-            until = (first_line_time(oldest) if oldest else None) or "?"
+            until = (first_line_time(oldest, self._root.get(live)) if oldest else None) or "?"
             if offset < size:
                 lost = size - offset
                 self.lost_bytes += lost
@@ -328,7 +405,9 @@ class DockerJsonFileSource(Source):
             self.ctx.checkpoints.touch()
 
     def rescan(self, first: bool = False) -> None:
-        for live in sorted(self._glob() - self.streams.keys()):
+        found = self._glob()
+        for live in sorted(found.keys() - self.streams.keys()):
+            self._root[live] = found[live]
             if not first:
                 log.info("%s: following %s", self.name, live)
             self._add_stream(live, first)
@@ -353,6 +432,18 @@ class DockerJsonFileSource(Source):
                     os.geteuid(),
                 )
                 return
+        roots = [_static_root(p) for p in self.config.globs()]
+        if not any(os.path.isdir(r) for r in roots):
+            # the first command on a host without Docker (or with its data root elsewhere)
+            socket = api_socket_missing(None)
+            log.warning(
+                "%s: no Docker data root here (%s does not exist)%s. Give --docker-root DIR (Docker's data root), "
+                "--path GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
+                self.name,
+                " ".join(roots),
+                f" and no Docker socket at {socket}" if socket else "",
+            )
+            return
         log.warning("%s: no file matches %s yet; waiting for containers", self.name, " ".join(self.config.globs()))
 
     def _start_watching(self) -> None:
@@ -421,7 +512,7 @@ class DockerJsonFileSource(Source):
         # truncation is seen, its rest is read from the copy (``_truncated``)
         with contextlib.suppress(OSError):
             open_fps.add(fingerprint(cur.fd, cur.salt()))
-        for _, path in rotated_siblings(s.live):
+        for _, path in self._siblings(s.live):
             try:
                 if os.stat(path).st_mtime < s.since:
                     continue
@@ -493,11 +584,12 @@ class DockerJsonFileSource(Source):
     def _truncated(self, s: LogStream, of: OpenFile, size: int) -> None:
         """``of`` was emptied in place (copytruncate). What we had not read yet may still be in
         the copy (``x.log.1``, same first line): read its rest first, then the file from 0."""
+        cfg = self.config
         old_fp, read_to, old_acks = of.fp, of.offset, of.acks
         if old_fp is not None:  # in-flight batches of the old content still commit its entry
             old_acks.on_commit = lambda pos, fp=old_fp, live=of.live, path=of.path: self._commit(fp, live, path, pos)
         copy = next(
-            (p for _, p in rotated_siblings(s.live) if old_fp is not None and self._fp_of(p, s.live) == old_fp), None
+            (p for _, p in self._siblings(s.live) if old_fp is not None and self._fp_of(p, s.live) == old_fp), None
         )
         self._error("truncated")
         if copy is not None:
@@ -509,7 +601,9 @@ class DockerJsonFileSource(Source):
                 read_to,
             )
             try:
-                cf = OpenFile.open(copy, s.live, read_to, self.config.max_record_bytes)
+                cf = OpenFile.open(
+                    copy, s.live, read_to, cfg.max_record_bytes, self._root.get(s.live), cfg.max_field_bytes
+                )
             except OSError:
                 cf = None
             if cf is not None:
@@ -524,7 +618,7 @@ class DockerJsonFileSource(Source):
                 size,
                 read_to,
             )
-        of.reader = LineReader(self.config.max_record_bytes)
+        of.reader = LineReader(self.config.max_record_bytes, self.config.max_field_bytes)
         of.offset = 0
         of.fp = fingerprint(of.fd, of.salt())
         of.acks = OrderedAcks(0)
@@ -589,7 +683,7 @@ class DockerJsonFileSource(Source):
 
     def _catch_up_rotations(self, s: LogStream, finished: OpenFile) -> None:
         """Rotated files we never opened that are newer than ``finished``: read them next."""
-        siblings = rotated_siblings(s.live)
+        siblings = self._siblings(s.live)
         mine = None
         fps: dict[str, str | None] = {}
         for num, path in siblings:
@@ -610,7 +704,7 @@ class DockerJsonFileSource(Source):
                 self.name,
                 s.live,
                 finished.last_time or "?",
-                first_line_time(siblings[0][1]) or "?",
+                first_line_time(siblings[0][1], self._root.get(s.live)) or "?",
                 siblings[0][1],
             )
         for num, path in siblings:  # oldest first
@@ -679,6 +773,7 @@ class DockerJsonFileSource(Source):
         for live, s in list(self.streams.items()):
             if s.current is None and not s.queue and not os.path.exists(live):
                 del self.streams[live]
+                self._root.pop(live, None)
                 if not os.path.isdir(os.path.dirname(live)):
                     # container removed: its checkpoints are finished business
                     for fp, st in list(self.state.items()):
@@ -698,10 +793,10 @@ def _static_root(pattern: str) -> str:
     return str(Path(*root)) if root else "."
 
 
-def _line_aligned_end(path: str) -> int | None:
+def _line_aligned_end(path: str, root: str | None) -> int | None:
     """The offset just after the last complete line of ``path`` (for ``read_from: end``)."""
     try:
-        with open(path, "rb") as f:
+        with open(open_regular(path, root), "rb") as f:
             size = f.seek(0, os.SEEK_END)
             back = min(size, 1 << 20)
             f.seek(size - back)

@@ -22,6 +22,7 @@ import orjson
 
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import LineReader, Parsed
+from collector.safefiles import open_regular
 
 FINGERPRINT_MAX = 256 << 10  # a first line longer than this is hashed on its first 256 KiB
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}\Z")
@@ -58,20 +59,21 @@ def _fingerprint(head_of: Callable[[int], bytes], salt: str) -> str | None:
     return hashlib.blake2b(salt.encode() + b"\0" + first, digest_size=8).hexdigest()
 
 
-def _gz_head(path: str, n: int) -> bytes:
-    with gzip.open(path, "rb") as f:
+def _gz_head(path: str, n: int, root: str | None) -> bytes:
+    with open(open_regular(path, root), "rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as f:
         return f.read(n)
 
 
-def fingerprint_path(path: str, salt: str) -> str | None:
-    """The fingerprint of the file at ``path`` (inflated first when gzip'ed); None if unreadable."""
+def fingerprint_path(path: str, salt: str, root: str | None = None) -> str | None:
+    """The fingerprint of the file at ``path`` (inflated first when gzip'ed); None if unreadable
+    (or not a regular file within ``root``)."""
     if is_compressed(path):
         try:
-            return _fingerprint(lambda n: _gz_head(path, n), salt)
+            return _fingerprint(lambda n: _gz_head(path, n, root), salt)
         except (OSError, EOFError, zlib.error):
             return None
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = open_regular(path, root)
     except OSError:
         return None
     try:
@@ -84,29 +86,32 @@ def is_compressed(path: str) -> bool:
     return path.endswith(".gz")
 
 
-def open_log(path: str) -> int:
-    """A descriptor to read ``path`` with ``pread``. A gzip'ed rotation (Docker's
-    ``compress=true``) is inflated into an anonymous in-memory file, held only while it is read
-    (its uncompressed size, at most the container's ``max-size``)."""
+def open_log(path: str, root: str | None = None) -> int:
+    """A descriptor to read ``path`` with ``pread`` (see :func:`open_regular`). A gzip'ed
+    rotation (Docker's ``compress=true``) is inflated into an anonymous in-memory file, held
+    only while it is read (its uncompressed size, at most the container's ``max-size``)."""
     if not is_compressed(path):
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return open_regular(path, root)
+    src_fd = open_regular(path, root)
     fd = os.memfd_create("collector-rotated", os.MFD_CLOEXEC)
     try:
-        with gzip.open(path, "rb") as src, open(fd, "wb", closefd=False) as dst:
+        with (
+            open(src_fd, "rb") as raw,
+            gzip.GzipFile(fileobj=raw, mode="rb") as src,
+            open(fd, "wb", closefd=False) as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
     except (OSError, EOFError, zlib.error) as e:
         os.close(fd)
-        if isinstance(e, FileNotFoundError):
-            raise
         raise OSError(f"{path}: unreadable gzip ({e})") from e
     return fd
 
 
-def log_size(path: str) -> int:
+def log_size(path: str, root: str | None = None) -> int:
     """Bytes of log in ``path``: a gzip'ed file's uncompressed size (its trailer, modulo 4 GiB)."""
     if not is_compressed(path):
         return os.path.getsize(path)
-    with open(path, "rb") as f:
+    with open(open_regular(path, root), "rb") as f:
         f.seek(-4, os.SEEK_END)
         return int.from_bytes(f.read(4), "little")
 
@@ -151,8 +156,16 @@ class OpenFile:
     long_line: int = 0  # bytes of a line longer than the read size being skipped
 
     @classmethod
-    def open(cls, path: str, live: str, offset: int, max_record_bytes: int) -> OpenFile:
-        fd = open_log(path)
+    def open(
+        cls,
+        path: str,
+        live: str,
+        offset: int,
+        max_record_bytes: int,
+        root: str | None = None,
+        max_field_bytes: int = 4096,
+    ) -> OpenFile:
+        fd = open_log(path, root)
         try:
             st = os.fstat(fd)
             cid = container_id_of(live)
@@ -169,7 +182,7 @@ class OpenFile:
             offset=offset,
             fp=fp,
             container_id=cid,
-            reader=LineReader(max_record_bytes),
+            reader=LineReader(max_record_bytes, max_field_bytes),
             acks=OrderedAcks(offset),
             size=st.st_size,
         )
@@ -222,10 +235,11 @@ class OpenFile:
             pos += len(more)
 
 
-def first_line_time(path: str) -> str | None:
+def first_line_time(path: str, root: str | None = None) -> str | None:
     """The ``time`` of a json-file's first line (when it is readable)."""
     try:
-        with gzip.open(path, "rb") if is_compressed(path) else open(path, "rb") as f:
+        with open(open_regular(path, root), "rb") as raw:
+            f = gzip.GzipFile(fileobj=raw, mode="rb") if is_compressed(path) else raw
             line = f.readline(FINGERPRINT_MAX)
         return str(orjson.loads(line)["time"])
     except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):

@@ -15,7 +15,10 @@ Fluent Bit, Fluentd, fluent-logger clients).
 * ``shared_key`` (HELO/PING/PONG, with optional ``users``) and ``tls``; a client that fails
   authentication gets a PONG with the reason and is disconnected;
 * a UDP heartbeat on the same port (answered with one 0x00 byte);
-* ``listen: unix:///path`` for a Unix socket (Docker's ``fluentd-address=unix://...``).
+* ``listen: unix:///path`` for a Unix socket (Docker's ``fluentd-address=unix://...``);
+* the limits every listener states (collector/listeners.py): connections in all and per
+  address, handshake, read and idle timeouts, bytes held for messages still arriving; and
+  a decoder that builds nothing before a message is whole (codecs/forward.py).
 
 Records and split lines: records.py.  Batches, shared fields and acks: intake.py.  Connections,
 the handshakes, backpressure and bad input: connection.py.
@@ -35,10 +38,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source, split_hostport
+from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
 from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
 from collector.sources.fluent_forward.intake import Intake
 
 log = logging.getLogger("collector.sources.fluent_forward")
+
+STREAM_LIMIT = 32 << 10
 
 
 class ForwardUser(ComponentConfig):
@@ -46,7 +52,7 @@ class ForwardUser(ComponentConfig):
     password: str = Field(min_length=1, description="That user's password (`${ENV_VAR}` keeps it out of the file).")
 
 
-class FluentForwardConfig(ComponentConfig):
+class FluentForwardConfig(ListenerLimits):
     type: Literal["fluent_forward"]
     listen: str = Field(
         "127.0.0.1:24224",
@@ -63,7 +69,6 @@ class FluentForwardConfig(ComponentConfig):
     )
     tls: ServerTls | None = Field(None, description="Serve TLS with this certificate (off when absent).")
     heartbeat: bool = Field(True, description="Answer UDP heartbeats on the same port.")
-    max_connections: int = Field(1024, ge=1, description="Connections beyond this are closed at once (counted).")
     max_message_bytes: int = Field(
         16 << 20,
         ge=1 << 16,
@@ -76,12 +81,13 @@ class FluentForwardConfig(ComponentConfig):
         1 << 20, ge=1024, description="A message (or rejoined split line) longer than this is truncated and flagged."
     )
     max_batch_events: int = Field(4096, ge=1, description="Records per batch at most.")
-    read_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from a socket at a time.")
+    read_bytes: int = Field(
+        128 << 10,
+        ge=4096,
+        description="Bytes read from a socket at a time (a connection buffers this plus 64 KiB at most).",
+    )
     partial_timeout: float = Field(
         5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
-    )
-    handshake_timeout: float = Field(
-        10.0, gt=0, description="Seconds a client has to complete the TLS handshake, and to answer HELO."
     )
 
     @field_validator("listen")
@@ -112,7 +118,7 @@ class FluentForwardSource(Source):
         self.listening = asyncio.Event()
         self._out: Emitter | None = None
         self._sslctx: ssl.SSLContext | None = None
-        self._refused_logged = False
+        self.table = ConnectionTable(name, config, self.intake.error, self.intake.say)
 
     # -- setup ----------------------------------------------------------------------------------
     def _tls(self) -> ssl.SSLContext | None:
@@ -121,7 +127,9 @@ class FluentForwardSource(Source):
     async def _serve(self) -> asyncio.Server:
         cfg = self.config
         self._sslctx = self._tls()  # the handshake is per connection (connection.py): failures are counted
-        kw: dict[str, Any] = {"limit": cfg.read_bytes}
+        # a stream pauses its socket past twice its limit: what a fast client costs is bounded by
+        # that and one read (cap_reads), while reads of read_bytes keep batches large
+        kw: dict[str, Any] = {"limit": min(STREAM_LIMIT, cfg.read_bytes)}
         if cfg.listen.startswith("unix://"):
             path = cfg.listen[7:]
             _remove_stale_socket(path)
@@ -151,18 +159,21 @@ class FluentForwardSource(Source):
         if self._out is None or self.stopping:
             writer.close()
             return
-        if len(self.connections) >= self.config.max_connections:
-            self.intake.error("too_many_connections")
-            self.intake.warn_once(
-                "max_connections", "refused %s: %d connections already open", peer, len(self.connections)
-            )
+        host = peer_host(writer.get_extra_info("peername"))
+        if not self.table.admit(peer, host):
             writer.close()
             return
         set_nodelay(writer)
-        conn = Connection(self.intake, reader, writer, peer)
-        conn.on_close = self.connections.discard  # (it may outlive serve(): acks still owed)
+        cap_reads(writer, self.config.read_bytes)
+        conn = Connection(self.intake, reader, writer, peer, self.table)
+        conn.on_close = self._closed  # (it may outlive serve(): acks still owed)
         self.connections.add(conn)
+        self.table.add(conn)
         await conn.serve(self._out, self._sslctx)
+
+    def _closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.table.discard(conn)
 
     # -- running --------------------------------------------------------------------------------
     async def run(self, out: Emitter) -> None:
@@ -181,10 +192,14 @@ class FluentForwardSource(Source):
         )
         self.ctx._closers.append(self._close_all)
         self.listening.set()
+        self.table.listening()
+        watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._stop.wait()
         finally:
+            watch.cancel()
             server.close()
+            self.table.stopped_listening()
             if udp is not None:
                 udp.close()
             conns = list(self.connections)

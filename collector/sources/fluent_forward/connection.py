@@ -6,10 +6,16 @@ stream reader holds at most ``2 * read_bytes``; the rest stays in kernel buffers
 
 A connection that breaks the protocol (not msgpack, wrong shapes, too large, failed
 authentication) is closed; the reason is counted (``collector_errors_total{reason}``), logged
-once per reason, and the offending bytes go to the dead-letter file with the peer's address.
+once per reason and minute, and the offending bytes go to the dead-letter file with the peer's
+address.  The listener's table (collector/listeners.py) sees each read: it closes a connection
+whose message takes longer than ``read_timeout`` to arrive (our own time spent emitting does
+not count), that holds more than the listener's share of memory, or that is idle when a new
+one needs its slot.
 Bad *entries* inside a well-formed message are set aside the same way but the rest of the
 message is accepted (and acknowledged): closing would make an at-least-once client resend the
-same bad chunk forever.
+same bad chunk forever.  A message none of whose entries can be read is not acknowledged at
+all (records.py raises :class:`Unreadable`): reading stops, the acks still owed are sent, the
+connection closes, and the client keeps the data.
 """
 
 from __future__ import annotations
@@ -26,26 +32,44 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from collector.codecs.forward import ForwardError, ack_response, check_ping, helo, pong
+from collector.codecs.forward import ForwardError, check_ping, helo, pong
 from collector.sources.fluent_forward.intake import Intake, Unit
-from collector.sources.fluent_forward.records import Decoder
+from collector.sources.fluent_forward.records import Decoder, Unreadable
 
 if TYPE_CHECKING:
     from collector.component import Emitter
+    from collector.listeners import ConnectionTable
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
 MAX_UNREAD_ACKS = 4 << 20  # bytes of acks a client leaves unread before we give up on it
+GATHER_RECORDS = 1024  # records gathered over reads into one batch, while more bytes are already here
+GATHER_READS = 16
 
 
 class Connection:
-    def __init__(self, intake: Intake, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: str) -> None:
+    def __init__(
+        self,
+        intake: Intake,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+        table: ConnectionTable | None = None,
+    ) -> None:
         self.intake = intake
         self.config = intake.config
         self.reader = reader
         self.writer = writer
         self.peer = peer
+        self.table = table
         self.loop = asyncio.get_running_loop()
+        # what the listener's table watches (listeners.Tracked)
+        p = writer.get_extra_info("peername")
+        self.peer_host = str(p[0]) if isinstance(p, tuple) and p else ""
+        self.last_active = self.loop.time()
+        self.message_since: float | None = None
+        self.held = 0
+        self.killed: str | None = None
         # the decoder calls back through a weak reference: a Connection <-> Decoder cycle kept
         # each closed connection (its buffers, ~65 kB) until a rare full GC (app.tune_gc)
         self.decoder = Decoder(intake, peer, _weakly(self._chunk_done))
@@ -67,7 +91,7 @@ class Connection:
         # one write per ack, as soon as it is due: nothing held back to be coalesced
         w = self.writer
         if not w.is_closing():
-            w.write(ack_response(chunk))
+            w.write(self.decoder.ack(chunk))
             if w.transport.get_write_buffer_size() > MAX_UNREAD_ACKS:
                 self._refuse(ForwardError("acks not read", "the client does not read its acks"))
         if (self.stopping or self.ended) and self.open_chunks <= 0:
@@ -92,6 +116,17 @@ class Connection:
         if self.on_close is not None:
             self.on_close(self)
             self.on_close = None
+        # no reference cycles left behind: a closed connection is freed at once, not by a
+        # (rare, see app.tune_gc) full collection
+        self.decoder.send_ack = _no_ack
+        self.task = None
+
+    def kill(self, reason: str) -> None:
+        """Closed by the listener (a timeout, an idle slot given to a new client, memory):
+        counted and logged there; acks still owed are not sent (the client resends)."""
+        self.killed = reason
+        self.writer.transport.abort()
+        self.close()
 
     async def serve(self, out: Emitter, tls: ssl.SSLContext | None = None) -> None:
         self.task = asyncio.current_task()
@@ -102,6 +137,8 @@ class Connection:
             if self.config.shared_key is not None:
                 await self._handshake()
             await self._read_loop(out)
+        except Unreadable:
+            pass  # logged and set aside by records.py; no ack: the client keeps it
         except ForwardError as e:
             self._refuse(e)
         except _Refused:
@@ -114,7 +151,7 @@ class Connection:
                 raise
             self.task.uncancel()  # our own stop(): the read was interrupted, not the task
         except Exception:  # a bug must cost one connection, never the source
-            log.exception("%s: %s: unexpected error; connection closed", self.intake.name, self.peer)
+            self.intake.say.error("internal", "%s: unexpected error; connection closed", self.peer, exc_info=True)
             self.intake.error("internal")
         finally:
             self.ended = True
@@ -139,7 +176,7 @@ class Connection:
         except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
             reason = getattr(e, "reason", None) or type(e).__name__
             self.intake.error("tls_failed")
-            self.intake.warn_once(f"tls:{reason}", "TLS handshake with %s failed: %s", self.peer, reason)
+            self.intake.warn("tls_failed", "TLS handshake with %s failed: %s", self.peer, reason)
             self.writer.transport.abort()
             return False
         return True
@@ -156,7 +193,7 @@ class Connection:
             msg = await asyncio.wait_for(self._read_object(), cfg.handshake_timeout)
         except TimeoutError:
             self.intake.error("handshake_timeout")
-            self.intake.warn_once("handshake_timeout", "%s did not answer HELO in time", self.peer)
+            self.intake.warn("handshake_timeout", "%s did not answer HELO in time", self.peer)
             self.close()
             raise _Refused from None
         ok, reason, salt, host = check_ping(msg, nonce, key, auth_salt, users or None)
@@ -164,12 +201,13 @@ class Connection:
         self.writer.write(pong(ok, reason, salt, nonce, hostname, key))
         if not ok:
             self.intake.error("auth_failed")
-            self.intake.warn_once(f"auth:{reason}", "refused %s (hostname %r): %s", self.peer, host or "?", reason)
+            self.intake.warn("auth_failed", "refused %s (hostname %r): %s", self.peer, host or "?", reason)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.writer.drain(), 5)
             self.close()
             raise _Refused
         log.debug("%s: %s (%s) authenticated", self.intake.name, self.peer, host)
+        self.decoder.client_host(host)
 
     async def _read_object(self) -> Any:
         dec = self.decoder
@@ -198,16 +236,33 @@ class Connection:
         read = self.reader.read
         size = self.config.read_bytes
         wait = self.config.partial_timeout
+        table = self.table
+        loop = self.loop
+        gathered = 0
         while True:
+            # our own time (decoding, waiting for room downstream) does not count against the client
+            t0 = loop.time()
+            since, self.message_since = self.message_since, None
             # decode what is buffered (first time round: what came along with the PING)
             for unit in _decoded(dec):
                 await self._emit(out, unit)
                 await asyncio.sleep(0)  # a huge message must not starve the other connections
             if dec.partials:  # split lines waiting too long for their next part
                 dec.flush_partials(wait)
-            await self._emit(out, dec.take())
-            if self.stopping:
+            if dec.unit.count < GATHER_RECORDS and gathered < GATHER_READS and _more_ready(self.reader):
+                gathered += 1  # more bytes are already here: read them into the same batch first
+            else:
+                await self._emit(out, dec.take())
+                gathered = 0
+            if self.stopping or self.killed:
                 break
+            if table is not None:
+                now = loop.time()
+                if since is not None:
+                    self.message_since = since + (now - t0)
+                if not table.active(self, now, dec.buffered, dec.held):
+                    self.killed = "memory_budget"
+                    raise _Refused
             self._in_read = True
             try:
                 if dec.partials:
@@ -222,7 +277,7 @@ class Connection:
                 break
             self._last = data
             dec.feed(data)
-        if dec.buffered and not self.stopping:
+        if dec.buffered and not self.stopping and not self.killed:
             self.intake.ctx.deadletter.raw(
                 self.intake.name,
                 f"truncated message: the connection ended {dec.buffered} bytes into a message",
@@ -258,6 +313,12 @@ def _weakly(method: Callable[[str], None]) -> Callable[[str], None]:
     return call
 
 
+def _more_ready(reader: asyncio.StreamReader) -> bool:
+    """Bytes are waiting in the stream already (the next read will not wait).  Reads are small
+    (read_bytes) to bound memory; batches need not be."""
+    return bool(getattr(reader, "_buffer", None))
+
+
 def undecodable(e: Exception) -> ForwardError:
     if isinstance(e, msgpack.StackError):
         return ForwardError("too deeply nested", "msgpack nesting beyond what we decode")
@@ -267,6 +328,10 @@ def undecodable(e: Exception) -> ForwardError:
     if isinstance(e, TypeError):
         return ForwardError("bad map key", text)
     return ForwardError("not msgpack", text or type(e).__name__)
+
+
+def _no_ack(chunk: str) -> None:
+    """Where an ack goes once its connection is closed."""
 
 
 class _Refused(Exception):

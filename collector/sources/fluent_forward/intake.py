@@ -1,7 +1,7 @@
 """Batches out of decoded records, and the chunk acknowledgements that wait for them.
 
 A :class:`Unit` holds the records decoded from a stretch of one connection's input, grouped by
-``(tag, container id, container name)`` as the client sent them; each group shares one cached
+``(tag, container id, container name, sender host)`` as the client sent them; each group shares one cached
 :class:`~collector.event.Fields` (``host``, ``tags``, ``container``), so Docker metadata is
 looked up and encoded once per container, and the ``docker_metadata`` transform takes its fast
 path (``batch.meta.get("container.id")``).  :meth:`Intake.batches` turns a unit into one batch
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from collector.acks import Ack
 from collector.codecs.forward import text
 from collector.event import Batch, Fields
+from collector.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
     import asyncio
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
-GroupKey = tuple[str, str | None, str | None]
+GroupKey = tuple[str, str | None, str | None, str]  # tag, container id, container name, sender host
 
 
 class ChunkAck:
@@ -94,17 +95,18 @@ class Intake:
         self.static_tags = list(config.tags)
         self._fields: dict[GroupKey, Fields] = {}
         self.received = ctx.telemetry.received.labels(name)
-        self._warned: set[str] = set()
+        self.say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
 
     def fields(self, key: GroupKey) -> Fields:
-        """The shared fields of ``(tag, container_id, container_name)`` as the client sent them."""
+        """The shared fields of ``(tag, container_id, container_name, host)`` as the client sent
+        them; ``host`` is the sender's (records.py), this collector is ``observer.hostname``."""
         f = self._fields.get(key)
         if f is None:
             cacheable = sum(len(k) for k in key if k) <= 4096  # a hostile client cannot fill memory
-            tag, cid, cname = key
+            tag, cid, cname, host = key
             tags = [tag] if tag else []
             tags.extend(t for t in self.static_tags if t not in tags)
-            data: dict[str, Any] = {"host": {"name": self.ctx.hostname}}
+            data: dict[str, Any] = {"host": {"name": text(host)}, "observer": {"hostname": self.ctx.hostname}}
             if tags:
                 data["tags"] = tags
             if cid is not None:
@@ -121,10 +123,9 @@ class Intake:
     def error(self, reason: str, n: float = 1) -> None:
         self.ctx.telemetry.errors.labels(self.name, reason).inc(n)
 
-    def warn_once(self, reason: str, msg: str, *args: Any) -> None:
-        if reason not in self._warned:
-            self._warned.add(reason)
-            log.warning("%s: " + msg + " (further ones are only counted)", self.name, *args)
+    def warn(self, reason: str, msg: str, *args: Any) -> None:
+        """A warning about the input, logged once per ``reason`` (a short stable word) per minute."""
+        self.say.warning(reason, msg, *args)
 
     def batches(self, unit: Unit, loop: asyncio.AbstractEventLoop) -> list[Batch]:
         """One batch per group; their acks release the unit's chunks once all are finalized."""

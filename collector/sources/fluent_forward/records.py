@@ -6,8 +6,26 @@ One :class:`Decoder` per connection turns the msgpack stream into units of recor
     Docker's fluentd driver   container_id, container_name (/name), source, log, partial_*
                               -> container.id, container.name, stream, message
     any other client          message (or log) -> message, stream -> stream
+                              level (severity, lvl, loglevel) -> log.level, log.syslog.severity
+                              (collector/levels.py; a level it does not know stays as it was)
+                              host or hostname (a string) -> host.name
+    Fluent Bit's metadata     ``[[time, metadata], record]`` (or option ``metadata`` in Message
+                              mode): OpenTelemetry's trace_id, span_id -> trace.id, span.id,
+                              severity_number/_text -> log.level ...; the rest -> fluent.metadata
     every other key           top level, or under ``fluent.`` when it is one of ours
                               (``event.place_extra``)
+
+``host.name`` is the sender: the record's ``host``/``hostname``, else the hostname the client
+gave in the shared-key handshake (Fluent Bit's ``self_hostname``), else this host for a local
+client (loopback, Unix socket) and the peer's address for a remote one.  This collector is
+``observer.hostname``.
+
+Entries: ``[time, record]`` with an integer, float, EventTime or msgpack-timestamp time, and
+Fluent Bit's ``[[time, metadata], record]``; its group markers (OpenTelemetry groups) carry no
+record and are skipped.  A bad entry is set aside (dead letter) and the rest of its message is
+delivered and acknowledged.  A message none of whose entries can be read is not acknowledged:
+the connection is closed with an ERROR naming the peer and the entries' shape, so the client
+keeps the data (and retries) and a person sees why.
 
 Docker splits lines longer than 16 KB; the parts (``partial_message``, ``partial_id``,
 ``partial_ordinal``, ``partial_last``) are rejoined per container and stream, capped at
@@ -24,6 +42,8 @@ prefix and a counter.
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import time
 import uuid
 from collections import Counter
@@ -31,12 +51,19 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgpack
+import orjson
 
+from collector import levels
 from collector.codecs.forward import (
+    GROUP_END,
+    GROUP_START,
     ForwardError,
+    Framer,
+    Stamp,
     TimeFormatter,
+    Undecodable,
+    ack_response,
     clean,
-    new_unpacker,
     packed_entries,
     split_message,
     text,
@@ -44,9 +71,21 @@ from collector.codecs.forward import (
 from collector.event import place_extra
 from collector.sources.fluent_forward.intake import ChunkAck, Group, GroupKey, Intake, Unit
 
+log = logging.getLogger("collector.sources.fluent_forward")
+
 DOCKER_KEYS = frozenset({"container_id", "container_name", "source", "log"})
 DOCKER_OWN = DOCKER_KEYS | {"partial_message", "partial_id", "partial_ordinal", "partial_last"}
 MAX_PENDING_PARTIALS = 256  # split lines being rejoined on one connection (Docker: 2, stdout and stderr)
+YIELD_EVERY = 4096  # entries (good or bad) decoded before the event loop gets a turn
+MAX_BAD_KEPT = 100  # bad entries of one message kept for the dead letter (the rest only counted)
+MAX_BAD_ENTRIES = 10_000  # a message with more bad than good entries past this is refused as a whole
+LEVEL_KEYS = ("level", "severity", "lvl", "loglevel", "log_level")
+HOST_KEYS = ("host", "hostname")
+NO_NAME = frozenset({"", "localhost", "localhost.localdomain"})  # Fluent Bit's default self_hostname
+
+
+class Unreadable(ForwardError):
+    """A message none of whose entries could be read: not acknowledged, connection closed."""
 
 
 class Partial:
@@ -78,14 +117,20 @@ class Decoder:
         self.max_decompressed = cfg.max_decompressed_bytes
         self.max_record = cfg.max_record_bytes
         self.max_events = cfg.max_batch_events
-        self.unpacker = new_unpacker(self.max_bytes, self.times)
+        self.framer = Framer(self.max_bytes, self.times)  # decodes nothing before it is whole
         self.fed = 0
-        self.done_at = 0
         self.unit = Unit()
         self.partials: dict[tuple[str, str], Partial] = {}
         self._prefix = uuid.uuid4().hex[:20] + "-"
         self._seq = 0
         self.open_chunks = 0  # chunks whose ack is not sent yet
+        self.host = _sender(peer, intake.ctx.hostname)  # host.name of records that do not say theirs
+        self.json: JsonStream | None = None  # a client speaking JSON instead of msgpack
+
+    def client_host(self, hostname: str) -> None:
+        """The hostname the client gave in its PING (Fluent Bit's ``self_hostname``)."""
+        if hostname.strip().lower() not in NO_NAME:
+            self.host = hostname
 
     def _chunk_done(self, chunk: str) -> None:
         self.open_chunks -= 1
@@ -93,22 +138,33 @@ class Decoder:
 
     # -- input ----------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
-        try:
-            self.unpacker.feed(data)
-        except msgpack.BufferFull:
-            raise ForwardError("message too large", f"a message is larger than {self.max_bytes} bytes") from None
+        if self.json is None and self.fed == 0 and data[:1] == b"[":
+            self.json = JsonStream(self.max_bytes)  # fluent-logger-golang's MarshalAsJSON, as Fluentd reads it
         self.fed += len(data)
+        if self.json is not None:
+            self.json.feed(data)
+            return
+        self.framer.feed(data)
+
+    def ack(self, chunk: str) -> bytes:
+        """The ack for ``chunk``, in the encoding the client speaks."""
+        if self.json is not None:
+            return orjson.dumps({"ack": chunk})
+        return ack_response(chunk)
 
     @property
     def buffered(self) -> int:
         """Bytes received after the last complete message (one still arriving)."""
-        return self.fed - self.done_at
+        return self.json.pending if self.json is not None else self.framer.buffered
+
+    @property
+    def held(self) -> int:
+        """Bytes held in memory for the message still arriving (what the listener charges)."""
+        return self.json.pending if self.json is not None else self.framer.held
 
     def next_object(self) -> Any:
         """One decoded object, or StopIteration (the handshake reads PING this way)."""
-        obj = next(self.unpacker)
-        self.done_at = self.unpacker.tell()
-        return obj
+        return next(self.framer)
 
     def take(self) -> Unit:
         u, self.unit = self.unit, Unit()
@@ -120,9 +176,7 @@ class Decoder:
         What is left in ``self.unit`` afterwards is for the caller to :meth:`take`.
         """
         limit = self.max_events
-        u = self.unpacker
-        for msg in u:
-            self.done_at = u.tell()  # (tell() also counts the part of an unfinished message)
+        for msg in self.framer if self.json is None else self.json:
             tag, mode, payload, options = split_message(msg)
             tag = text(tag)
             chunk = options.get("chunk")
@@ -133,40 +187,51 @@ class Decoder:
                 waiter = ChunkAck(chunk, self._chunk_done)
                 self.open_chunks += 1
                 self.unit.hold(waiter)
-            bad: list[tuple[str, Any]] = []
+            bad = Bad()
             if mode == "message":
-                self._message(tag, payload, chunk, bad)
+                self._message(tag, payload, chunk, options, bad)
                 n = 1
             else:
                 entries = payload
                 if mode == "packed":
                     entries = packed_entries(payload, options, self.times, self.max_decompressed)
                 n = yield from self._entries(tag, entries, chunk, waiter, bad)
+            if bad.count and bad.count == n:  # nothing of it could be read: refuse it, never ack it
+                if waiter is not None:
+                    self.unit.waiters.remove(waiter)
+                    self.open_chunks -= 1
+                if self.unit.count or self.unit.waiters:
+                    yield self.take()  # what came before it is delivered (and acknowledged) first
+                self._unreadable(tag, mode, bad, chunk)
             if bad:
-                self._dead_letter(tag, bad)
+                self._dead_letter(tag, bad, n)
             size = options.get("size")
             if size is not None and size != n:
                 self.intake.error("size_mismatch")
-                self.intake.warn_once("size", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
+                self.intake.warn("size_mismatch", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
             if waiter is not None:
                 waiter.release()
             if self.unit.count >= limit:
                 yield self.take()
 
     # -- messages --------------------------------------------------------------------------------
-    def _message(self, tag: str, entry: tuple[Any, Any], chunk: str | None, bad: list[tuple[str, Any]]) -> None:
+    def _message(self, tag: str, entry: tuple[Any, Any], chunk: str | None, options: Any, bad: Bad) -> None:
         t, rec = entry
         try:
+            meta = options.get("metadata")  # Fluent Bit's Message mode carries the metadata here
+            if type(t) is list:
+                t, meta = _header(t)
+            if t is GROUP_START or t is GROUP_END:
+                return
             ts = self.times.any(t)
-            self._record(tag, ts, rec, f"{text(chunk)}-0" if chunk is not None else self._next_id())
+            self._record(tag, ts, rec, f"{text(chunk)}-0" if chunk is not None else self._next_id(), meta)
         except ForwardError as e:
-            bad.append((e.reason, [t, rec]))
+            bad.append((e.reason, [entry[0], rec]))
 
-    def _entries(
-        self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: list[tuple[str, Any]]
-    ) -> Iterator[Unit]:
+    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: Bad) -> Iterator[Unit]:
         """Add every ``[time, record]`` of a Forward/PackedForward message; yields the current
-        unit whenever it is full; returns the number of entries."""
+        unit whenever it is full, or every YIELD_EVERY entries (the loop gets a turn); returns
+        the number of entries."""
         limit = self.max_events
         unit = self.unit
         any_time = self.times.any
@@ -176,13 +241,24 @@ class Decoder:
         for entry in entries:
             try:
                 if type(entry) is not list or len(entry) != 2:
+                    if type(entry) is Undecodable:
+                        raise ForwardError(entry.reason, entry.detail)
                     raise ForwardError("bad entry", "an entry must be [time, record]")
+                t = entry[0]
+                meta = None
+                if type(t) is list:  # Fluent Bit: [[time, metadata], record]
+                    t, meta = _header(t)
+                    if t is GROUP_START or t is GROUP_END:  # an OpenTelemetry group opens or closes
+                        i += 1
+                        continue
                 rid = f"{cid}-{i}" if cid is not None else self._next_id()
-                record(tag, any_time(entry[0]), entry[1], rid)
+                record(tag, any_time(t), entry[1], rid, meta)
             except ForwardError as e:
                 bad.append((e.reason, entry))
+                if bad.count > MAX_BAD_ENTRIES and bad.count > i - bad.count:
+                    raise ForwardError("too many bad entries", f"{bad.count} of the first {i + 1}") from None
             i += 1
-            if unit.count >= limit:
+            if unit.count >= limit or not i % YIELD_EVERY:
                 yield self.take()
                 unit = self.unit
                 if waiter is not None:
@@ -194,11 +270,14 @@ class Decoder:
         return f"{self._prefix}{self._seq:x}"
 
     # -- records -------------------------------------------------------------------------------
-    def _record(self, tag: str, ts: str, rec: Any, rid: str) -> None:
+    def _record(self, tag: str, ts: str, rec: Any, rid: str, meta: Any = None) -> None:
         if type(rec) is not dict:
             raise ForwardError("bad record", f"a record must be a map, not {type(rec).__name__}")
         unit = self.unit
-        if rec.keys() == DOCKER_KEYS:  # Docker's fluentd driver, a whole line: the fast path
+        if meta:
+            if type(meta) is not dict:
+                raise ForwardError("bad metadata", f"metadata must be a map, not {type(meta).__name__}")
+        elif rec.keys() == DOCKER_KEYS:  # Docker's fluentd driver, a whole line: the fast path
             cid = rec["container_id"]
             name = rec["container_name"]
             msg = rec["log"]
@@ -207,29 +286,50 @@ class Decoder:
                 ev: dict[str, Any] = {"@timestamp": ts, "message": text(msg), "stream": text(src)}
                 if len(msg) * 4 > self.max_record:
                     self._cap(ev)
-                self._add(unit, (tag, cid, name), ev, rid, len(msg))
+                self._add(unit, (tag, cid, name, self.host), ev, rid, len(msg))
                 return
         cid = rec.get("container_id")
         if type(cid) is str and cid:
-            self._docker(tag, ts, rec, rid, cid)
+            self._docker(tag, ts, rec, rid, cid, meta)
             return
         msg_key = "message" if "message" in rec else "log"
         msg = rec.get(msg_key)
         ev = {"@timestamp": ts}
-        used: tuple[str, ...] = ()
+        used: list[str] = []
         if type(msg) is str:
             ev["message"] = text(msg)
-            used = (msg_key,)
+            used.append(msg_key)
         stream = rec.get("stream")
         if type(stream) is str:
             ev["stream"] = text(stream)
-            used = (*used, "stream")
+            used.append("stream")
+        host = self._said(rec, ev, used)
         extra = {k: v for k, v in rec.items() if k not in used} if used else rec
         if extra:
             place_extra(ev, clean(extra), "fluent")
+        if meta:
+            _metadata(ev, meta)
         if type(msg) is str and len(msg) * 4 > self.max_record:
             self._cap(ev)
-        self._add(unit, (tag, None, None), ev, rid, len(msg) if type(msg) is str else 64)
+        self._add(unit, (tag, None, None, host), ev, rid, len(msg) if type(msg) is str else 64)
+
+    def _said(self, rec: dict[str, Any], ev: dict[str, Any], used: list[str]) -> str:
+        """What the record says of its level and host: into ``ev`` (level), the host returned,
+        their keys added to ``used``."""
+        for k in LEVEL_KEYS:
+            v = rec.get(k)
+            if v is not None:
+                c = levels.code(v) if type(v) is not bool else None
+                if c is not None:
+                    _set_log(ev, levels.fields(c))
+                    used.append(k)
+                break
+        for k in HOST_KEYS:
+            v = rec.get(k)
+            if type(v) is str and v.strip():
+                used.append(k)
+                return v
+        return self.host
 
     def _add(self, unit: Unit, key: GroupKey, ev: dict[str, Any], rid: str, size: int) -> None:
         g = unit.groups.get(key)
@@ -247,7 +347,7 @@ class Decoder:
             ev["message"] = raw[: self.max_record].decode("utf-8", "ignore")
             _flag(ev, "truncated")
 
-    def _docker(self, tag: str, ts: str, rec: dict[str, Any], rid: str, cid: str) -> None:
+    def _docker(self, tag: str, ts: str, rec: dict[str, Any], rid: str, cid: str, meta: Any = None) -> None:
         """A Docker record with extra fields (labels, env) and/or split-line fields."""
         name = rec.get("container_name")
         if type(name) is not str:
@@ -258,14 +358,18 @@ class Decoder:
         stream = text(src) if type(src) is str else ""
         if stream:
             ev["stream"] = stream
-        extra = {k: v for k, v in rec.items() if k not in DOCKER_OWN}
+        used: list[str] = []
+        host = self._said(rec, ev, used)
+        extra = {k: v for k, v in rec.items() if k not in DOCKER_OWN and k not in used}
         if type(msg) is not str:
             if msg is not None:
                 extra["log"] = msg
             msg = ""
         if extra:
             place_extra(ev, clean(extra), "fluent")
-        key = (tag, cid, name)  # the same group as the fast path's: one batch, stream order kept
+        if meta:
+            _metadata(ev, meta)
+        key = (tag, cid, name, host)  # the same group as the fast path's: one batch, stream order kept
         if rec.get("partial_message") in ("true", True):
             self._partial(key, stream, ev, text(msg), rid, rec)
             return
@@ -341,8 +445,12 @@ class Decoder:
         return n
 
     # -- bad input -------------------------------------------------------------------------------
-    def _dead_letter(self, tag: str, bad: list[tuple[str, Any]]) -> None:
-        """One dead-letter entry for the bad entries of a message; each is counted by its reason."""
+    def _dead_letter(self, tag: str, bad: Bad, n: int, refused: bool = False) -> None:
+        """One dead-letter entry for the bad entries of a message (the first MAX_BAD_KEPT of
+        them); each is counted by its reason.
+
+        The reason text has no numbers in it (the dead letter warns once per reason); how many
+        entries, of how many, is in the entry's origin."""
         reason = bad[0][0]
         try:
             raw = msgpack.packb([e for _, e in bad], default=str, unicode_errors="surrogateescape")
@@ -351,17 +459,203 @@ class Decoder:
                 raw = repr(bad)[: 1 << 16].encode("utf-8", "replace")
             except Exception:
                 raw = b"(entries too deeply nested to be shown)"
+        what = (
+            "no entry of the message could be read; not acknowledged, connection closed"
+            if refused
+            else "bad entries set aside; the other entries of their message were delivered"
+        )
         self.intake.ctx.deadletter.raw(  # counts one error for ``reason``
             self.intake.name,
-            f"{reason}: {len(bad)} event(s) set aside (the rest of the message was accepted)",
+            f"{reason}: {what}",
             raw,
             peer=self.peer,
             tag=tag,
+            entries=bad.count,
+            of=n,
             format="msgpack array of the bad [time, record] entries",
         )
-        counts = Counter(r for r, _ in bad[1:])
-        for r, n in counts.items():
-            self.intake.error(r, n)
+        reasons = Counter(bad.reasons)
+        reasons[reason] -= 1  # (counted by the dead letter)
+        for r, k in reasons.items():
+            if k:
+                self.intake.error(r, k)
+
+    def _unreadable(self, tag: str, mode: str, bad: Bad, chunk: str | None) -> None:
+        """Refuse a message none of whose entries could be read (raises :class:`Unreadable`)."""
+        reason = bad[0][0]
+        self._dead_letter(tag, bad, bad.count, refused=True)
+        self.intake.error("unreadable_message")
+        shape = _shape(bad[0][1])
+        self.intake.say.error(  # (an ERROR: a client keeps resending it)
+            f"unreadable:{reason}",
+            "refused a %s message from %s (tag %r, %d entr%s%s): no entry could be read (%s), e.g. %s; "
+            "the connection is closed without an ack, so the client keeps the data",
+            mode,
+            self.peer,
+            tag,
+            bad.count,
+            "y" if bad.count == 1 else "ies",
+            f", chunk {chunk!r}" if chunk is not None else "",
+            reason,
+            shape,
+        )
+        raise Unreadable(reason, f"no entry of a {mode} message could be read: {shape}")
+
+
+class JsonStream:
+    """Forward messages written as JSON (``["tag",1714564800,{...},{"chunk":"..."}]`` back to
+    back), which Fluentd's in_forward accepts when a connection starts with ``[`` and which
+    fluent-logger-golang sends with ``MarshalAsJSON``; acks go back as JSON too."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.buf = bytearray()
+        self.max_bytes = max_bytes
+        self.scan = 0  # where the scan for the end of the current value goes on
+        self.depth = 0
+        self.in_str = False
+        self.esc = False
+
+    @property
+    def pending(self) -> int:
+        return len(self.buf)
+
+    def feed(self, data: bytes) -> None:
+        self.buf += data  # (bounded: iterating refuses a value still open past max_bytes)
+
+    def __iter__(self) -> Iterator[Any]:
+        while True:
+            end = self._end()
+            if end is None:
+                if len(self.buf) > self.max_bytes:
+                    raise ForwardError("message too large", f"a JSON message is larger than {self.max_bytes} bytes")
+                return
+            raw = bytes(self.buf[:end])
+            del self.buf[:end]
+            self.scan = 0
+            try:
+                msg = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                raise ForwardError("not JSON", str(e)) from None
+            yield msg
+
+    def _end(self) -> int | None:
+        """The end of the first complete JSON value in the buffer (None: not there yet)."""
+        buf = self.buf
+        i = self.scan
+        n = len(buf)
+        while i < n and self.depth == 0 and buf[i] in b" \t\r\n":  # between messages
+            i += 1
+        if self.depth == 0 and i:
+            del buf[:i]
+            n -= i
+            i = 0
+        depth, in_str, esc = self.depth, self.in_str, self.esc
+        while i < n:
+            c = buf[i]
+            i += 1
+            if in_str:
+                if esc:
+                    esc = False
+                elif c == 0x5C:  # backslash
+                    esc = True
+                elif c == 0x22:
+                    in_str = False
+            elif c == 0x22:
+                in_str = True
+            elif c in (0x5B, 0x7B):
+                depth += 1
+            elif c in (0x5D, 0x7D):
+                depth -= 1
+                if depth <= 0:
+                    self.depth, self.in_str, self.esc = 0, False, False
+                    return i
+            elif depth == 0:
+                raise ForwardError("not JSON", f"unexpected {bytes([c])!r} between JSON messages")
+        self.depth, self.in_str, self.esc, self.scan = depth, in_str, esc, i
+        return None
+
+
+def _header(h: list[Any]) -> tuple[Any, Any]:
+    """Fluent Bit's entry header ``[time, metadata]``."""
+    if len(h) != 2:
+        raise ForwardError("bad entry", "an entry header must be [time, metadata]")
+    return h[0], h[1]
+
+
+def _set_log(ev: dict[str, Any], fields: dict[str, Any]) -> None:
+    lg = ev.get("log")
+    if type(lg) is dict:
+        lg.update(fields)
+    else:
+        ev["log"] = fields
+
+
+def _metadata(ev: dict[str, Any], meta: dict[Any, Any]) -> None:
+    """Fluent Bit's record metadata: what has an ECS meaning mapped, the rest under
+    ``fluent.metadata``.  Its OpenTelemetry input keeps ``otlp: {trace_id, span_id,
+    severity_number, severity_text, attributes, ...}`` there."""
+    rest = dict(meta)
+    otlp = rest.get("otlp")
+    if type(otlp) is dict:
+        otlp = dict(otlp)
+        for key, field in (("trace_id", "trace"), ("span_id", "span")):
+            v = otlp.get(key)
+            if type(v) is bytes and v:
+                ev.setdefault(field, {"id": v.hex()})
+                del otlp[key]
+            elif type(v) is str and v:
+                ev.setdefault(field, {"id": text(v)})
+                del otlp[key]
+        c = levels.from_otel(otlp.get("severity_number"))
+        if c is None:
+            c = levels.code(otlp.get("severity_text"))
+        if c is not None:
+            _set_log(ev, levels.fields(c))
+            otlp.pop("severity_number", None)
+            otlp.pop("severity_text", None)
+        if otlp:
+            rest["otlp"] = otlp
+        else:
+            del rest["otlp"]
+    if rest:
+        f = ev.get("fluent")
+        if type(f) is not dict:
+            f = ev["fluent"] = {}
+        f["metadata"] = clean(rest)
+
+
+def _sender(peer: str, own: str) -> str:
+    """host.name for a client that does not say its own: this host for a local one, else its address."""
+    addr = peer[1 : peer.find("]")] if peer.startswith("[") else peer.rsplit(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return own  # a Unix socket: a client on this host
+    return own if ip.is_loopback else str(ip)
+
+
+def _shape(v: Any, depth: int = 0) -> str:
+    """The wire types of an entry, e.g. ``[[ext 0 (EventTime), map], map]`` (what a person needs
+    to see to know which client setting sends it)."""
+    t = type(v)
+    if t is list:
+        if depth >= 3:
+            return "[...]"
+        inner = ", ".join(_shape(x, depth + 1) for x in v[:4])
+        return f"[{inner}{', ...' if len(v) > 4 else ''}]"
+    if t is dict:
+        return "map"
+    if t is Stamp:
+        return "ext 0 (EventTime)"
+    if t is msgpack.Timestamp:
+        return f"ext -1 (timestamp, {v.seconds} s)"
+    if t is Undecodable:
+        return f"undecodable ({v.detail})"
+    if t is str:
+        return f"str {v[:20]!r}"
+    if t in (int, float):
+        return f"{t.__name__} {v!r}"
+    return t.__name__.lower()
 
 
 def _flag(ev: dict[str, Any], flag: str) -> None:
@@ -371,3 +665,19 @@ def _flag(ev: dict[str, Any], flag: str) -> None:
     flags = logf.setdefault("flags", [])
     if flag not in flags:
         flags.append(flag)
+
+
+class Bad(list[tuple[str, Any]]):
+    """The bad entries of one message: the first MAX_BAD_KEPT kept, every one counted (made
+    for every message: nothing is done before the first bad entry)."""
+
+    count = 0
+    reasons: Counter[str] | None = None
+
+    def append(self, item: tuple[str, Any]) -> None:
+        self.count += 1
+        if self.reasons is None:
+            self.reasons = Counter()
+        self.reasons[item[0]] += 1
+        if len(self) < MAX_BAD_KEPT:
+            super().append(item)

@@ -9,17 +9,25 @@ as ``batch_max_events`` datagrams wait, the list is decoded in one go and emitte
 has no room the datagrams are dropped and counted (``collector_events_dropped_total{reason=
 "pipeline_full"}``), and so are the ones the kernel dropped because the socket's receive
 buffer overflowed (``reason="receive_buffer_full"``, read from /proc/net/udp).  Set
-``receive_buffer_bytes`` for the bursts you expect (see the README).
+``receive_buffer_bytes`` for the bursts you expect (see the README).  What is read and not
+decoded yet is bounded (``batch_max_events`` datagrams, UDP_QUEUE_BYTES), and messages are
+decoded DECODE_BYTES (decompressed) at a time before they are emitted, so a flood of
+compressed messages costs bounded memory.
 
 TCP (``tcp://``, ``tls://`` with ``tls``) is null-byte framed JSON; a full pipeline stops the
-reading, so the senders slow down: nothing is dropped.
+reading, so the senders slow down: nothing is dropped.  Its connections follow the limits every
+listener states (collector/listeners.py: connections in all and per address, TLS handshake,
+read and idle timeouts, bytes held for frames still arriving), refusals counted and logged.
 
-Bad input never stops the server: malformed messages (bad JSON or compression, missing
-``host``/``short_message``, too large) go to the dead-letter file with the peer's address (at
-most ``deadletter_per_second`` per second, the rest only counted); chunk-level trouble
-(expired, evicted, duplicated, too many chunks) is only counted, in
-``collector_errors_total{component,reason}``.  GELF has no delivery identity: record ids are
-random and batches carry no acknowledgement.
+Bad input never stops the server: malformed messages (bad JSON or compression, no
+``short_message``, too large) go to the dead-letter file with the peer's address (at
+most ``deadletter_per_second`` per second and the dead letter's byte rate, the rest only
+counted); chunk-level trouble (expired, evicted, duplicated, too many chunks) is only counted,
+in ``collector_errors_total{component,reason}``, and logged once per reason per minute.  GELF
+has no delivery identity: record ids are random and batches carry no acknowledgement.  A
+message without ``host`` (GELF requires one; Fluent Bit's ``gelf`` output leaves it out when
+the record has none) is accepted: its ``host.name`` is the sender's address, flagged
+``log.flags: [host_from_peer]`` and counted (``reason="missing_host"``).
 """
 
 from __future__ import annotations
@@ -34,21 +42,33 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from collector.codecs.gelf import CHUNK_MAGIC, DEFAULT_MAX_MESSAGE_BYTES, FrameSplitter, GelfError, Reassembler, decode
-from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.codecs.gelf import (
+    CHUNK_MAGIC,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FrameSplitter,
+    GelfError,
+    Reassembler,
+    decode_sized,
+)
+from collector.component import Emitter, ServerTls, Source
 from collector.event import Batch, Fields
+from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
+from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
 from collector.sources.gelf.udp import UdpListener, parse_listen
 
 log = logging.getLogger("collector.sources.gelf")
 
-TCP_READ_BYTES = 256 << 10
+TCP_READ_BYTES = 64 << 10  # per read (the socket is paused past twice STREAM_LIMIT: 128 KiB a connection at most)
+STREAM_LIMIT = 32 << 10
+UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
+DECODE_BYTES = 4 << 20  # messages (decompressed) decoded at once before they are emitted
 TCP_DRAIN_SECONDS = 10.0
 HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
 
 
-class GelfSourceConfig(ComponentConfig):
+class GelfSourceConfig(ListenerLimits):
     type: Literal["gelf"]
     listen: list[str] = Field(
         min_length=1,
@@ -82,7 +102,6 @@ class GelfSourceConfig(ComponentConfig):
     batch_timeout: float = Field(
         0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
     )
-    max_connections: int = Field(1024, ge=1, description="TCP/TLS connections served at once; more are refused.")
     deadletter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
@@ -111,7 +130,7 @@ class GelfSource(Source):
 
     def __init__(self, name: str, config: GelfSourceConfig, ctx: Any) -> None:
         super().__init__(name, config, ctx)
-        self.mapper = Mapper(config.tags)
+        self.mapper = Mapper(config.tags, ctx.hostname)
         self.reassembler = Reassembler(
             config.chunk_timeout, config.max_pending_messages, config.max_pending_bytes, config.max_message_bytes
         )
@@ -125,7 +144,10 @@ class GelfSource(Source):
         self._servers: list[asyncio.Server] = []
         self._conns: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
+        self.table = ConnectionTable(name, config, self._error, self._say)
         self._pending: list[tuple[bytes, Any]] = []
+        self._pending_bytes = 0
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._paused = False
@@ -133,7 +155,6 @@ class GelfSource(Source):
         self._dl_left = 0
         self._drops_unlogged = {"pipeline_full": 0, "receive_buffer_full": 0}
         self._drops_logged_at = 0.0
-        self._warned: set[str] = set()
 
     # -- counting -------------------------------------------------------------------------------
     def _error(self, reason: str, n: int = 1) -> None:
@@ -153,6 +174,16 @@ class GelfSource(Source):
             self.ctx.deadletter.raw(self.name, e.reason, data, peer=_peer(peer), transport=transport, detail=e.detail)
         else:
             self._error(e.reason)
+
+    def _missing_host(self, peer: Any) -> None:
+        """A message without ``host``: accepted under the sender's address, flagged, counted."""
+        self._error("missing_host")
+        self._say.warning(
+            "missing_host",
+            "GELF messages from %s have no `host`; host.name is set to the sender's address and "
+            'log.flags to host_from_peer (all counted: collector_errors_total{reason="missing_host"})',
+            _peer(peer),
+        )
 
     def _drop(self, reason: str, n: int) -> None:
         if n <= 0:
@@ -183,19 +214,24 @@ class GelfSource(Source):
             return
         for reason, n in counts.items():
             self._error(reason, n)
-            if reason not in self._warned and reason != "duplicate_chunk":
-                self._warned.add(reason)
-                log.warning("%s: chunked UDP messages discarded: %s (further ones are only counted)", self.name, reason)
+            if reason != "duplicate_chunk":
+                self._say.warning(reason, "chunked UDP messages discarded: %s (%d)", reason, n)
         counts.clear()
 
     # -- decoding -------------------------------------------------------------------------------
-    def _to_batches(self, items: list[tuple[bytes, Any]], udp: bool) -> list[Batch]:
+    def _to_batches(self, items: list[tuple[bytes, Any]], udp: bool, start: int = 0) -> tuple[list[Batch], int]:
+        """Batches of the messages in ``items[start:]``, up to DECODE_BYTES of them once
+        decompressed; returns them and where to go on."""
         reasm = self.reassembler
         mapper = self.mapper
         limit = self.config.max_message_bytes
         now = time.monotonic()
         groups: dict[int, tuple[Fields, str, list[dict[str, Any]], list[int]]] = {}
-        for data, peer in items:
+        decoded = 0
+        i = start
+        while i < len(items) and decoded < DECODE_BYTES:
+            data, peer = items[i]
+            i += 1
             try:
                 if udp and data[:2] == CHUNK_MAGIC:
                     payload = reasm.add(data, peer, now)
@@ -203,35 +239,39 @@ class GelfSource(Source):
                         continue
                 else:
                     payload = data
-                meta, tag, ev = mapper(decode(payload, limit))
+                msg, size = decode_sized(payload, limit)
+                decoded += size
+                host = msg.get("host")
+                if type(host) is not str or not host:  # GELF requires it; Fluent Bit may leave it out
+                    self._missing_host(peer)
+                meta, tag, ev = mapper(msg, _sender(peer))
             except GelfError as e:
                 self._bad(e, payload, peer, "udp" if udp else "tcp")
                 continue
             except Exception as e:  # a bug must not stop the server: set the message aside
-                if "unexpected" not in self._warned:
-                    self._warned.add("unexpected")
-                    log.exception("%s: cannot map a GELF message (dead-lettered, further ones counted)", self.name)
+                self._say.error("unexpected", "cannot map a GELF message (dead-lettered): %r", e)
                 self._bad(GelfError("unexpected", repr(e)), payload, peer, "udp" if udp else "tcp")
                 continue
             g = groups.get(id(meta))
             if g is None:
                 g = groups[id(meta)] = (meta, tag, [], [0])
             g[2].append(ev)
-            g[3][0] += len(payload)
+            g[3][0] += size
         batches = []
         for meta, tag, events, size in groups.values():
             n = len(events)
             rnd = os.urandom(16 * n).hex()
             ids = [rnd[i : i + 32] for i in range(0, 32 * n, 32)]
             batches.append(Batch(events, meta, ids=ids, tag=tag, source=self.name, nbytes=size[0] + 64 * n))
-        return batches
+        return batches, i
 
     # -- UDP -------------------------------------------------------------------------------------
-    def _on_datagrams(self, n: int) -> None:
+    def _on_datagrams(self, n: int, nbytes: int) -> None:
         """Called by the UDP listeners after they appended to ``_pending``."""
-        if n >= self.config.batch_max_events:
+        self._pending_bytes += nbytes
+        if n >= self.config.batch_max_events or self._pending_bytes >= UDP_QUEUE_BYTES:
             self._full.set()
-            if n >= 4 * self.config.batch_max_events and not self._paused:
+            if (n >= 4 * self.config.batch_max_events or self._pending_bytes >= UDP_QUEUE_BYTES) and not self._paused:
                 self._paused = True  # decoding lags: let the kernel buffer hold the rest
                 for u in self._udp:
                     u.pause()
@@ -252,38 +292,55 @@ class GelfSource(Source):
                     async with asyncio.timeout(cfg.batch_timeout):
                         await self._full.wait()
             items, self._pending = self._pending, []
+            self._pending_bytes = 0
             self._wake.clear()
             if self._paused and not self.stopping:
                 self._paused = False
                 for u in self._udp:
                     u.resume()
-            if not out.has_room():
-                # decoding what cannot be delivered would only slow the pipeline down further
-                self._drop("pipeline_full", sum(1 for d, _ in items if d[:2] != CHUNK_MAGIC or d[10:11] == b"\0"))
-                continue
-            for b in self._to_batches(items, udp=True):
-                if out.has_room():
-                    self._received.inc(len(b))
-                    await out.emit(b)
-                else:
-                    self._drop("pipeline_full", len(b))
+            i = 0
+            while i < len(items):
+                if not out.has_room():
+                    # decoding what cannot be delivered would only slow the pipeline down further
+                    self._drop(
+                        "pipeline_full", sum(1 for d, _ in items[i:] if d[:2] != CHUNK_MAGIC or d[10:11] == b"\0")
+                    )
+                    break
+                batches, i = self._to_batches(items, True, i)
+                for b in batches:
+                    if out.has_room():
+                        self._received.inc(len(b))
+                        await out.emit(b)
+                    else:
+                        self._drop("pipeline_full", len(b))
+                await asyncio.sleep(0)  # DECODE_BYTES at a time: the other sources and sinks get their turn
 
     # -- TCP -------------------------------------------------------------------------------------
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str) -> None:
+    async def _serve_tcp(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str, tls: ssl.SSLContext | None
+    ) -> None:
         peer = writer.get_extra_info("peername")
-        if len(self._conns) >= self.config.max_connections:
-            self._error("too_many_connections")
+        conn = _TcpConn(writer, peer)
+        if not self.table.admit(_peer(peer), conn.peer_host):
             writer.close()
             return
+        self.table.add(conn)
+        cap_reads(writer, TCP_READ_BYTES)
         self._conns.add(writer)
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
         out = self._out
         splitter = FrameSplitter(self.config.max_message_bytes)
+        table = self.table
+        loop = asyncio.get_running_loop()
         try:
-            while True:
+            if tls is not None and not await self._start_tls(writer, tls, peer):
+                return
+            while not conn.killed:
                 data = await reader.read(TCP_READ_BYTES)
+                t0 = loop.time()
+                since, conn.message_since = conn.message_since, None
                 frames = splitter.feed(data) if data else []
                 if not data:
                     last = splitter.flush()
@@ -293,21 +350,44 @@ class GelfSource(Source):
                     self._bad(
                         GelfError("too_large", f"frame longer than {splitter.max_bytes} bytes"), head, peer, transport
                     )
-                if frames:
-                    for b in self._to_batches([(f, peer) for f in frames], udp=False):
+                items = [(f, peer) for f in frames]
+                i = 0
+                while i < len(items):
+                    batches, i = self._to_batches(items, False, i)
+                    for b in batches:
                         self._received.inc(len(b))
                         await out.emit(b)  # waits while the pipeline is full: TCP pushes back
-                if not data:
+                if not data or conn.killed:
+                    break
+                now = loop.time()
+                if since is not None:  # our own time (decoding, waiting for room) does not count
+                    conn.message_since = since + (now - t0)
+                if not table.active(conn, now, splitter.buffered):
                     break
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("%s: %s connection from %s ended: %s", self.name, transport, _peer(peer), e)
         finally:
+            splitter = None  # type: ignore[assignment]  # what it held goes now, not once the close is done
+            table.discard(conn)
             self._conns.discard(writer)
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _start_tls(self, writer: asyncio.StreamWriter, tls: ssl.SSLContext, peer: Any) -> bool:
+        """The TLS handshake, here (not by the server) so that it counts against the limits
+        and its failures are counted and said."""
+        try:
+            await writer.start_tls(tls, ssl_handshake_timeout=self.config.handshake_timeout)
+        except (ssl.SSLError, ConnectionError, TimeoutError, OSError) as e:
+            reason = getattr(e, "reason", None) or type(e).__name__
+            self._error("tls_failed")
+            self._say.warning("tls_failed", "TLS handshake with %s failed: %s", _peer(peer), reason)
+            writer.transport.abort()
+            return False
+        return True
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def _open(self) -> None:
@@ -316,12 +396,11 @@ class GelfSource(Source):
             if scheme == "udp":
                 u = UdpListener(host, port, self._pending_ref, self._on_datagrams, self.config.receive_buffer_bytes)
                 u.open(asyncio.get_running_loop())
-                if u.rcvbuf < self.config.receive_buffer_bytes and "rcvbuf" not in self._warned:
-                    self._warned.add("rcvbuf")
-                    log.warning(
-                        "%s: UDP receive buffer is %d bytes, not the %d asked for (net.core.rmem_max limits it "
+                if u.rcvbuf < self.config.receive_buffer_bytes:
+                    self._say.warning(
+                        "rcvbuf",
+                        "UDP receive buffer is %d bytes, not the %d asked for (net.core.rmem_max limits it "
                         "without CAP_NET_ADMIN): bursts may be dropped by the kernel (counted)",
-                        self.name,
                         u.rcvbuf,
                         self.config.receive_buffer_bytes,
                     )
@@ -330,10 +409,15 @@ class GelfSource(Source):
                 continue
             tls = self.config.tls.context() if scheme == "tls" and self.config.tls else None
 
-            async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter, scheme: str = scheme) -> None:
-                await self._serve_tcp(r, w, scheme)
+            async def handle(
+                r: asyncio.StreamReader,
+                w: asyncio.StreamWriter,
+                scheme: str = scheme,
+                tls: ssl.SSLContext | None = tls,
+            ) -> None:
+                await self._serve_tcp(r, w, scheme, tls)
 
-            server = await asyncio.start_server(handle, host, port, ssl=tls, limit=TCP_READ_BYTES)
+            server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
             self._servers.append(server)
             self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
         log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
@@ -370,12 +454,21 @@ class GelfSource(Source):
             self.stop()
             raise
         keeper = asyncio.create_task(self._housekeeping(), name=f"source:{self.name}:housekeeping")
+        watch = None
+        if self._servers:
+            self.table.listening(len(self._servers))
+            watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._udp_loop(out)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
+                self.table.stopped_listening()
             if not self.stopping:
                 self.stop()
             # connections end with their writers closed; one waiting for room delivers first
@@ -389,6 +482,31 @@ class GelfSource(Source):
             self._flush_chunk_counts()
             self._drops_logged_at = 0.0
             self._log_drops(time.monotonic() + DROP_LOG_INTERVAL)
+
+
+class _TcpConn:
+    """One TCP/TLS connection, as the listener's table sees it (listeners.Tracked)."""
+
+    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter, peer: Any) -> None:
+        self.writer = writer
+        self.peer_host = peer_host(peer)
+        self.last_active = asyncio.get_running_loop().time()
+        self.message_since: float | None = None
+        self.held = 0
+        self.killed: str | None = None
+
+    def kill(self, reason: str) -> None:
+        self.killed = reason
+        self.writer.transport.abort()
+
+
+def _sender(peer: Any) -> str:
+    """The sender's address without its port (ports change from message to message)."""
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer or "")
 
 
 def _peer(peer: Any) -> str:

@@ -3,8 +3,11 @@
     short_message        -> message
     full_message         -> gelf.full_message          (the gelf sink sends it back as full_message)
     host                 -> host.name                                         (shared)
+                            (missing: the sender's address, flagged ``log.flags: [host_from_peer]``)
+    (this collector)     -> observer.hostname                                 (shared)
     timestamp            -> @timestamp, RFC 3339 UTC with microseconds (receive time when absent)
-    level                -> log.syslog.severity.{code,name}, log.level (syslog names)
+    level                -> log.level, log.syslog.severity.{code,name} (collector/levels.py; other values
+                            are kept as gelf.level)
     _container_id        -> container.id                                       (shared)
     _container_name      -> container.name                                     (shared)
     _image_name          -> container.image.name (+ container.image.tag)       (shared)
@@ -25,18 +28,33 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from collector.codecs.gelf import LEVEL_NAMES, GelfError, TimeFormatter, level_code
+from collector import levels
+from collector.codecs.gelf import TimeFormatter
 from collector.docker_api import split_image
 from collector.event import Event, Fields, place_extra
 
 MAX_CACHED = 10_000
+MAX_CACHED_KEY_BYTES = 4096  # shared fields with longer values are built per message, not cached
+
+
+def _size(key: tuple[Any, ...]) -> int:
+    n = 0
+    for v in key:
+        if type(v) is tuple:
+            n += _size(v)
+        elif type(v) is str:
+            n += len(v)
+        else:
+            n += 16
+    return n
 
 
 class Mapper:
     """Turns decoded GELF messages into (shared fields, tag, event)."""
 
-    def __init__(self, static_tags: list[str] | None = None) -> None:
+    def __init__(self, static_tags: list[str] | None = None, observer: str | None = None) -> None:
         self.static_tags = list(static_tags or [])
+        self.observer = observer
         self._meta: dict[tuple[Any, ...], tuple[Fields, str]] = {}
         self._fmt = TimeFormatter()
 
@@ -55,11 +73,18 @@ class Mapper:
         return self._fmt(time.time())
 
     def shared(self, host: str, tag: str | None, docker: tuple[Any, ...] | None) -> tuple[Fields, str]:
-        key = (host, tag, docker)
-        hit = self._meta.get(key)
+        key: tuple[Any, ...] | None = (host, tag, docker)
+        try:
+            hit = self._meta.get(key)  # type: ignore[arg-type]
+        except TypeError:  # a list or map where Docker's driver sends text: fine, but not cached
+            hit = key = None
         if hit is not None:
             return hit
+        if key is not None and _size(key) > MAX_CACHED_KEY_BYTES:
+            key = None  # a hostile sender cannot fill memory with huge one-off values
         data: dict[str, Any] = {"host": {"name": host}}
+        if self.observer:
+            data["observer"] = {"hostname": self.observer}
         tags = list(self.static_tags)
         if type(tag) is str and tag and tag not in tags:
             tags.append(tag)
@@ -86,18 +111,24 @@ class Mapper:
         # no _tag (graypy and most libraries): route by sender, as gelf.<host>, so sink `match:`
         # patterns such as "gelf.**" can select it (not added to `tags`: nobody gave that tag)
         hit = (Fields(data), tag if type(tag) is str and tag else f"gelf.{host}")
-        if len(self._meta) >= MAX_CACHED:
-            self._meta.clear()
-        self._meta[key] = hit
+        if key is not None:
+            if len(self._meta) >= MAX_CACHED:
+                self._meta.clear()
+            self._meta[key] = hit
         return hit
 
-    def __call__(self, msg: dict[str, Any]) -> tuple[Fields, str, Event]:
-        """Consumes ``msg`` (a decoded GELF message with ``host`` and ``short_message``)."""
+    def __call__(self, msg: dict[str, Any], sender: str = "") -> tuple[Fields, str, Event]:
+        """Consumes ``msg`` (a decoded GELF message with ``short_message``); ``sender`` is the
+        peer's address, the host of a message that does not name its own."""
         pop = msg.pop
         short = pop("short_message")
-        host = pop("host")
-        if not host:
-            raise GelfError("missing_field", "host: empty")
+        host = pop("host", None)
+        flagged = False
+        if type(host) is not str or not host:
+            if host is not None and host != "":
+                msg["host"] = host  # not a name: kept as written (gelf.host)
+            host = sender or "unknown"
+            flagged = True
         pop("version", None)
         ts = pop("timestamp", None)
         level = pop("level", None)
@@ -125,14 +156,13 @@ class Mapper:
         if type(level) is int and 0 <= level <= 7:
             code: int | None = level
         else:
-            code = level_code(level) if level is not None else None
+            code = levels.code(level) if level is not None else None
         if code is not None:
-            name = LEVEL_NAMES[code]
-            ev["log"] = {"level": name, "syslog": {"severity": {"code": code, "name": name}}}
+            ev["log"] = levels.fields(code)
         elif level is not None:
             msg["level"] = level  # not a syslog severity: kept as gelf.level
         stream = pop("_stream", None)
-        if stream in {"stdout", "stderr"}:
+        if stream == "stdout" or stream == "stderr":  # noqa: PLR1714 - (a set would refuse a list: a client's value)
             ev["stream"] = stream
         elif stream is not None:
             msg["_stream"] = stream
@@ -161,4 +191,9 @@ class Mapper:
                 g.update(proto)
             else:
                 ev["gelf"] = proto
+        if flagged:
+            lg = ev.get("log")
+            if type(lg) is not dict:
+                lg = ev["log"] = {}
+            lg["flags"] = ["host_from_peer"]
         return meta, tag, ev

@@ -2,7 +2,7 @@
 
 One wake-up of the loop reads up to READ_BURST datagrams (one ``recvfrom`` each, no
 per-datagram callback or await), appends them to the source's pending list and tells the
-source how many wait.  The kernel's drops (receive buffer full) are read from
+source how many wait and how many bytes they were.  The kernel's drops (receive buffer full) are read from
 /proc/net/udp{,6} by the socket's inode, so they can be counted.
 """
 
@@ -45,7 +45,7 @@ class UdpListener:
         host: str,
         port: int,
         pending: Callable[[], list[tuple[bytes, Any]]],
-        on_data: Callable[[int], None],
+        on_data: Callable[[int, int], None],
         rcvbuf: int,
     ) -> None:
         self.host = host
@@ -90,16 +90,19 @@ class UdpListener:
         pend = self._pending()
         ap = pend.append
         recv = sock.recvfrom
+        nbytes = 0
         try:
             for _ in range(READ_BURST):
-                ap(recv(MAX_DATAGRAM))
+                d = recv(MAX_DATAGRAM)
+                ap(d)
+                nbytes += len(d[0])
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:  # e.g. ECONNREFUSED surfacing from an ICMP error: not ours to stop on
             self.receive_errors += 1
             if e.errno not in (errno.ECONNREFUSED, errno.EAGAIN):
                 log.debug("UDP receive on %s failed: %s", self.address, e)
-        self._on_data(len(pend))
+        self._on_data(len(pend), nbytes)
 
     def pause(self) -> None:
         if self._reading and self._loop is not None and self.sock is not None:

@@ -1,0 +1,321 @@
+"""The sockets of the syslog source: listen URLs, datagram readers, unix socket files, limits.
+
+Datagram sockets (``udp://``, ``unixgram://``) are drained by an event-loop reader (up to
+``READ_BURST`` datagrams per wake-up, one ``recvfrom`` each) into the source's pending list.
+Stream sockets (``tcp://``, ``tls://``, ``unix://``) are served by asyncio's servers; the source
+applies the limits (``ConnectionTable``): a connection cap, a per-peer cap (the address; the
+uid for a unix socket), and when a cap is reached, the connection idle for longest is closed
+to make room if it has been idle for ``idle_timeout``, otherwise the new one is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import resource
+import socket
+import stat
+import struct
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("collector.sources.syslog")
+
+READ_BURST = 256
+MAX_DATAGRAM = 65535
+SCHEMES = ("udp", "tcp", "tls", "unix", "unixgram")
+FD_RESERVE = 64  # descriptors kept for files, the API, checkpoints ... when capping connections
+
+
+@dataclass(frozen=True)
+class Listen:
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def stream(self) -> bool:
+        return self.scheme in ("tcp", "tls", "unix")
+
+
+def parse_listen(url: str) -> Listen:
+    """``udp://127.0.0.1:5514``, ``tcp://[::1]:5514``, ``tls://0.0.0.0:6514``, ``unix:///run/x.sock``
+    (stream) or ``unixgram:///dev/log`` (datagram)."""
+    u = urlsplit(url)
+    if u.scheme not in SCHEMES:
+        raise ValueError(f"{url!r}: listen on udp://, tcp://, tls:// HOST:PORT or unix://, unixgram:// /PATH")
+    if u.scheme in ("unix", "unixgram"):
+        path = (u.netloc + u.path) if u.netloc else u.path
+        if not path.startswith("/"):
+            raise ValueError(f"{url!r}: expected {u.scheme}:///absolute/path")
+        return Listen(u.scheme, path=path)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if port is None or not u.hostname or u.path not in ("", "/"):
+        raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
+    return Listen(u.scheme, u.hostname, port)
+
+
+def hostport(addr: Any) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def unix_socket(path: str, kind: int, mode: int) -> socket.socket:
+    """A bound unix socket at ``path`` with ``mode``; a stale socket there is replaced, anything
+    else is left alone (an error)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if not stat.S_ISSOCK(st.st_mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket; not replacing it")
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, kind)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def remove_unix_socket(path: str, sock: socket.socket | None) -> None:
+    """Remove the socket file we created (only when it still is one)."""
+    with contextlib.suppress(OSError):
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.close()
+
+
+def peer_uid(sock: Any) -> int | None:
+    """The uid of a unix stream peer (SO_PEERCRED)."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):
+        return None
+    return uid
+
+
+def set_rcvbuf(sock: socket.socket, size: int) -> None:
+    """SO_RCVBUFFORCE (with CAP_NET_ADMIN: past net.core.rmem_max) when allowed, else SO_RCVBUF."""
+    force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
+    if force is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            return
+        except OSError:
+            pass
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
+def connection_cap(wanted: int) -> int:
+    """``wanted``, lowered to fit the process's descriptor limit (raised to its hard limit first)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft - FD_RESERVE))
+
+
+class DatagramListener:
+    """A UDP or unix datagram socket read by the event loop into ``pending``."""
+
+    def __init__(
+        self,
+        listen: Listen,
+        pending: Callable[[], list[tuple[bytes, Any]]],
+        on_data: Callable[[int], None],
+        rcvbuf: int,
+        socket_mode: int,
+    ) -> None:
+        self.listen = listen
+        self._pending = pending
+        self._on_data = on_data
+        self.want_rcvbuf = rcvbuf
+        self.socket_mode = socket_mode
+        self.rcvbuf = 0
+        self.sock: socket.socket | None = None
+        self.url = ""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reading = False
+        self._inode = 0
+        self._family = 0
+        self._drops_seen = 0
+
+    def open(self, loop: asyncio.AbstractEventLoop) -> None:
+        li = self.listen
+        if li.scheme == "unixgram":
+            sock = unix_socket(li.path, socket.SOCK_DGRAM, self.socket_mode)
+            self.url = f"unixgram://{li.path}"
+        else:
+            family, _, _, _, addr = socket.getaddrinfo(
+                li.host, li.port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
+            )[0]
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                if self.want_rcvbuf:
+                    set_rcvbuf(sock, self.want_rcvbuf)
+                sock.bind(addr)
+            except BaseException:
+                sock.close()
+                raise
+            self.url = f"udp://{hostport(sock.getsockname())}"
+            self._inode, self._family = os.fstat(sock.fileno()).st_ino, family
+            self._drops_seen = _proc_drops(self._inode, family)
+        sock.setblocking(False)
+        if li.scheme == "unixgram" and self.want_rcvbuf:
+            set_rcvbuf(sock, self.want_rcvbuf)
+        self.rcvbuf = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2  # Linux reports it doubled
+        self.sock = sock
+        self._loop = loop
+        self.resume()
+
+    def _readable(self) -> None:
+        sock = self.sock
+        if sock is None:
+            return
+        pend = self._pending()
+        ap = pend.append
+        recv = sock.recvfrom
+        peer = self.listen.path if self.listen.scheme == "unixgram" else None
+        try:
+            for _ in range(READ_BURST):
+                data, addr = recv(MAX_DATAGRAM)
+                ap((data, addr if peer is None else peer))
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError as e:  # e.g. ECONNREFUSED surfacing from an ICMP error: not ours to stop on
+            log.debug("datagram receive on %s failed: %s", self.url, e)
+        self._on_data(len(pend))
+
+    def pause(self) -> None:
+        if self._reading and self._loop is not None and self.sock is not None:
+            self._loop.remove_reader(self.sock.fileno())
+            self._reading = False
+
+    def resume(self) -> None:
+        if not self._reading and self._loop is not None and self.sock is not None:
+            self._loop.add_reader(self.sock.fileno(), self._readable)
+            self._reading = True
+
+    def kernel_drops(self) -> int:
+        """UDP datagrams the kernel dropped for this socket (receive buffer full) since the last call."""
+        if self.sock is None or not self._inode:
+            return 0
+        total = _proc_drops(self._inode, self._family)
+        delta, self._drops_seen = total - self._drops_seen, total
+        return max(0, delta)
+
+    def close(self) -> None:
+        self.pause()
+        if self.listen.scheme == "unixgram":
+            remove_unix_socket(self.listen.path, self.sock)
+        elif self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.close()
+        self.sock = None
+
+
+def _proc_drops(inode: int, family: int) -> int:
+    """The kernel's drop count of a UDP socket, from /proc/net/udp{,6} (0 when unreadable)."""
+    path = "/proc/net/udp6" if family == socket.AF_INET6 else "/proc/net/udp"
+    want = str(inode).encode()
+    try:
+        with open(path, "rb") as f:
+            next(f, None)
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 13 and parts[9] == want:
+                    return int(parts[-1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+@dataclass(eq=False)
+class Conn:
+    writer: asyncio.StreamWriter
+    peer: str  # for messages: address:port, or unix:<path> (uid N)
+    key: str  # what the per-peer cap counts: the address, or the uid
+    last: float = field(default_factory=time.monotonic)
+
+
+class ConnectionTable:
+    """The stream connections of one source and their caps (see the module docstring)."""
+
+    def __init__(self, cap: int, per_peer: int, idle_timeout: float) -> None:
+        self.cap = cap
+        self.per_peer = per_peer
+        self.idle_timeout = idle_timeout
+        self.conns: set[Conn] = set()
+        self._by_key: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.conns)
+
+    def admit(self, conn: Conn) -> str | None:
+        """Add ``conn``; None, or why it is refused. May close an idle connection to make room."""
+        if self._by_key.get(conn.key, 0) >= self.per_peer and not self._evict(lambda c: c.key == conn.key):
+            return "too_many_connections_per_peer"
+        if len(self.conns) >= self.cap and not self._evict(lambda c: True):
+            return "too_many_connections"
+        self.conns.add(conn)
+        self._by_key[conn.key] = self._by_key.get(conn.key, 0) + 1
+        return None
+
+    def _evict(self, which: Callable[[Conn], bool]) -> bool:
+        now = time.monotonic()
+        oldest = min((c for c in self.conns if which(c)), key=lambda c: c.last, default=None)
+        if oldest is None or now - oldest.last < self.idle_timeout:
+            return False
+        self.discard(oldest)
+        with contextlib.suppress(Exception):
+            oldest.writer.transport.abort()
+        return True
+
+    def discard(self, conn: Conn) -> None:
+        if conn in self.conns:
+            self.conns.discard(conn)
+            n = self._by_key.get(conn.key, 1) - 1
+            if n:
+                self._by_key[conn.key] = n
+            else:
+                self._by_key.pop(conn.key, None)
+
+
+class RateLimitedWarnings:
+    """One log line per reason per ``interval`` seconds, with how many happened meanwhile."""
+
+    def __init__(self, name: str, interval: float = 60.0) -> None:
+        self.name = name
+        self.interval = interval
+        self._state: dict[str, tuple[float, int]] = {}  # reason -> (last logged, suppressed since)
+
+    def __call__(self, reason: str, detail: str) -> None:
+        now = time.monotonic()
+        last, n = self._state.get(reason, (-1e18, 0))
+        if now - last < self.interval:
+            self._state[reason] = (last, n + 1)
+            return
+        more = f" ({n} more since the last report)" if n else ""
+        log.warning("%s: %s: %s%s", self.name, reason, detail, more)
+        self._state[reason] = (now, 0)
