@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector.acks import release
+from collector.acks import InFlight, release
 from collector.buffers import BufferConfig
 from collector.buffers.memory import Channel
 from collector.checkpoints import CheckpointStore
@@ -138,11 +138,14 @@ class Emitter:
     record in place, see ``event.with_path``) and retains its Ack once per extra consumer.
     """
 
-    def __init__(self, name: str, channels: Sequence[Channel] = ()) -> None:
+    def __init__(self, name: str, channels: Sequence[Channel] = (), inflight: InFlight | None = None) -> None:
         self.name = name
         self.channels = list(channels)
+        self.inflight = inflight  # a source's output: what it emits is counted until finalized
 
     async def emit(self, batch: Batch) -> None:
+        if self.inflight is not None:
+            self.inflight.track(batch)
         chans = self.channels
         if not chans:
             release(batch.ack)  # nothing downstream: finalized by definition

@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,10 +276,13 @@ class SeenRequest:
 class EngineProxy(StandInServer):
     """A small HTTP(S) proxy in front of a real engine that records what arrives on the wire
     (method, path, credentials, content encoding). With ``authorization`` it answers 401 like
-    Elasticsearch to any other credentials (the test engines run without security)."""
+    Elasticsearch to any other credentials (the test engines run without security).
+    :meth:`refuse_bulk` makes it refuse the next ``_bulk`` requests as an overloaded engine does."""
 
     def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None, authorization: str | None = None) -> None:
         self.seen: list[SeenRequest] = []
+        self.refusals: deque[str] = deque()
+        self.refused = 0
         proxy = self
 
         class Handler(QuietHandler):
@@ -290,6 +294,8 @@ class EngineProxy(StandInServer):
                 if authorization is not None and got != authorization:
                     reason = {"type": "security_exception", "reason": "unable to authenticate user"}
                     self.answer(401, {"error": reason, "status": 401})
+                    return
+                if "_bulk" in self.path and proxy._refuse(self, body):
                     return
                 req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
                 for name in ("content-type", "content-encoding"):
@@ -304,3 +310,23 @@ class EngineProxy(StandInServer):
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
 
         super().__init__(Handler, tls)
+
+    def refuse_bulk(self, n: int, kinds: tuple[str, ...] = ("503",)) -> None:
+        """Refuse the next ``n`` bulk requests, cycling through ``kinds``: ``503`` (unavailable),
+        ``429`` (the whole request rejected: queue full) or ``item-429`` (200, every item 429)."""
+        self.refusals.extend(kinds[i % len(kinds)] for i in range(n))
+
+    def _refuse(self, h: QuietHandler, body: bytes) -> bool:
+        try:
+            kind = self.refusals.popleft()
+        except IndexError:
+            return False
+        self.refused += 1
+        if kind == "item-429":
+            item = {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "full"}}}
+            h.answer(200, {"errors": True, "items": [item] * (len(body.splitlines()) // 2)})
+        elif kind == "429":
+            h.answer(429, {"error": {"type": "es_rejected_execution_exception", "reason": "queue full"}, "status": 429})
+        else:
+            h.answer(503, {"error": {"type": "unavailable_shards_exception", "reason": "no shards"}, "status": 503})
+        return True

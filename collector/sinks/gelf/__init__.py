@@ -37,9 +37,10 @@ TCP/TLS: uncompressed, null-terminated; a message longer than ``max_message_byte
 GELF TCP input drops frames over its ``max_message_size``, 2 MiB by default) is truncated or
 dead-lettered like an oversize UDP message.  A batch is finalized only once Graylog's TCP stack has
 acknowledged its bytes (not merely once they reached our kernel: see tcp.py);
-while Graylog is unreachable the sink reconnects with exponential backoff and jitter, keeping its
-place (the buffer in front fills, then the sources are paused).  A connection lost mid-round
-writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
+while Graylog is unreachable the sink reconnects as the one retry policy says (``retry``, see
+collector/retry.py), keeping its place (the buffer in front fills, then the sources are paused);
+with ``retry.max_elapsed`` a round still unwritten after that long is dead-lettered.  A
+connection lost mid-round writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
 Graylog's kernel accepted but Graylog itself never read (it crashed) cannot be known, nor resent.
 """
 
@@ -54,7 +55,7 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from collector.acks import release
 from collector.buffers.memory import Channel
@@ -70,8 +71,9 @@ from collector.codecs.gelf import (
 from collector.component import ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
+from collector.retry import RetryConfig
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
-from collector.sinks.gelf.tcp import TcpConnection
+from collector.sinks.gelf.tcp import GaveUpError, TcpConnection
 
 __all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "GelfSinkTlsConfig", "truncate_to_fit"]
 
@@ -121,8 +123,16 @@ class GelfSinkConfig(SinkConfig):
     )
     tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
-    backoff_initial: float = Field(0.5, gt=0, description="(TCP) first wait before reconnecting, in seconds.")
-    backoff_max: float = Field(30.0, gt=0, description="(TCP) longest wait between reconnection attempts.")
+    retry: RetryConfig | None = Field(
+        None,
+        description="(TCP) backoff between connection and write attempts (collector/retry.py); default "
+        "`{initial_backoff: 0.5, max_backoff: 30}`. `max_elapsed`: records still not written after that long go "
+        "to the dead letter; unset: retried until Graylog takes them.",
+    )
+    backoff_initial: float = Field(
+        0.5, gt=0, description="(TCP) older spelling of `retry.initial_backoff` (use one or the other)."
+    )
+    backoff_max: float = Field(30.0, gt=0, description="(TCP) older spelling of `retry.max_backoff`.")
     max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
     ack_timeout: float = Field(
         30.0,
@@ -136,6 +146,21 @@ class GelfSinkConfig(SinkConfig):
     def _address(cls, v: str) -> str:
         parse_address(v)
         return v
+
+    @model_validator(mode="after")
+    def _one_retry(self) -> GelfSinkConfig:
+        old = {"backoff_initial", "backoff_max"} & self.model_fields_set
+        if self.retry is not None and old:
+            raise ValueError(f"give `retry:` or {' and '.join(sorted(old))}, not both")
+        if self.retry is None:
+            policy = RetryConfig(initial_backoff=self.backoff_initial, max_backoff=self.backoff_max)
+            object.__setattr__(self, "retry", policy)
+        return self
+
+    @property
+    def policy(self) -> RetryConfig:
+        assert self.retry is not None
+        return self.retry
 
 
 def parse_address(address: str) -> tuple[str, str, int]:
@@ -337,14 +362,24 @@ class GelfSink(Sink):
         encode = self.encoder.encode
         limit = self.config.max_message_bytes
         frames = []
+        fitted = []
         for b in batches:
             docs = encode(b)
             if any(len(doc) > limit for doc in docs):
                 docs = self._fit_tcp(b, docs, limit)
+            fitted.append(docs)
             frames.extend(frame(doc) for doc in docs)
         data = b"".join(frames)
         n = len(frames)
-        await self._tcp.write(data, n, self._retries.inc)
+        try:
+            await self._tcp.write(data, n, self._retries.inc)
+        except GaveUpError as e:
+            reason = f"retries_exhausted: {e}"
+            for b, docs in zip(batches, fitted, strict=True):
+                origin = {"tag": b.tag, "source": b.source}
+                self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
+                release(b.ack)
+            return
         self._sent.inc(n)
         for b in batches:
             release(b.ack)

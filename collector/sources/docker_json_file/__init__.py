@@ -161,7 +161,7 @@ class DockerJsonFileSource(Source):
         self._wake = asyncio.Event()
         self._rescan_due = 0.0
         self._observer: Any = None
-        self._started = time.time()
+        self._started = time.monotonic()
         t = ctx.telemetry
         self._received = t.received.labels(name)
         self._errors = t.errors
@@ -337,8 +337,11 @@ class DockerJsonFileSource(Source):
         written since we started are not history, they are its first lines."""
         if first_scan:
             return False
+        # when we started, on the wall clock as it reads now: a step of the clock (NTP) since the
+        # start moves both, so a file written after the start is never taken for history
+        started = time.time() - (time.monotonic() - self._started)
         try:
-            return os.stat(path).st_mtime >= self._started
+            return os.stat(path).st_mtime >= started
         except OSError:
             return False
 
