@@ -7,6 +7,8 @@
     collector validate -c pipeline.yaml...
     collector setup --es URL | -c pipeline.yaml [--kibana URL] [--dry-run]
     collector health [--url http://127.0.0.1:8686]
+    collector top [--url http://127.0.0.1:8686] [--once]
+    collector status [--data-dir DIR]
     collector schema [--format json|markdown] [--write DIR]
 
 Exit codes (every command's ``--help`` says which apply): 0 done, 1 a component failed, 2 bad
@@ -401,6 +403,42 @@ def parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
+    tp = _sub(
+        sub,
+        "top",
+        "watch what flows through a running collector",
+        "Per component of a running collector (its API: api.listen, or tail/receive --api): records per\n"
+        "second in and out, totals, errors, records dead-lettered, retries, how full each sink's buffer is,\n"
+        "and each source's checkpoint lag (bytes in its files not yet delivered); then the lag of each\n"
+        "container. Redrawn in place on a terminal until Ctrl-C; --once prints one snapshot.",
+        epilog="exit codes:\n  0  printed (or stopped with Ctrl-C)\n  1  the collector's API cannot be reached\n"
+        "  2  bad usage",
+    )
+    tp.add_argument(
+        "--url", default=None, help="its API (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+    )
+    tp.add_argument("--once", action="store_true", help="print one snapshot and exit (rates over --interval)")
+    tp.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (and over which rates are measured)"
+    )
+
+    st = _sub(
+        sub,
+        "status",
+        "what a data directory holds: checkpoints, buffers, dead letters",
+        "Read a data directory, whether or not a collector runs on it (nothing is locked or written):\n"
+        "per pipeline, each tracked file with its container's name, the offset delivered, the file's size\n"
+        "and the lag; each disk buffer's bytes and records; each dead-letter file's entries and reasons;\n"
+        "and, when a collector runs on it with its API on, the last delivery of each sink.",
+        epilog="exit codes:\n  0  printed\n  2  bad usage, or no such data directory",
+    )
+    st.add_argument("--data-dir", metavar="DIR", help=f"the data directory (default: {default_data_dir()})")
+    st.add_argument(
+        "--url",
+        default=None,
+        help="the running collector's API (default: the one it wrote in DIR/api.json, if it runs with one)",
+    )
+
     sc = _sub(
         sub,
         "schema",
@@ -509,6 +547,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run(command_config(receive_config(args), "receive"), False)
         if args.command == "health":
             return health(args.url, args.timeout)
+        if args.command == "top":
+            from collector.top import run_top  # noqa: PLC0415
+
+            if args.interval <= 0:
+                ap.error("--interval must be more than 0")
+            return run_top(args.url, args.once, args.interval)
+        if args.command == "status":
+            from collector.status import run_status  # noqa: PLC0415
+
+            return run_status(Path(args.data_dir or default_data_dir()), args.url)
         if args.command == "schema":
             return schema(args.format, args.write)
         if args.command == "setup":
