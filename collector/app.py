@@ -27,12 +27,13 @@ from typing import Any
 from collector import registry
 from collector.acks import release
 from collector.buffers.memory import Channel
-from collector.checkpoints import CheckpointStore, pipeline_identity
+from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
 from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
 from collector.listeners import raise_fd_limit
+from collector.progress import ProgressBar, summarize
 from collector.ratelog import RateLimitedLog
 from collector.tags import tag_pattern
 from collector.telemetry import Telemetry
@@ -47,16 +48,19 @@ EXIT_FAILED = 1
 EXIT_UNDELIVERED = 3
 
 
-class MatchingChannel:
-    """A sink's input restricted to a tag pattern: other batches are finalized and counted."""
+class Inlet:
+    """An edge into a transform or sink: counts what arrives (collector_events_in_total) and, for
+    a sink with ``match``, lets only matching tags through (the others are finalized and counted)."""
 
-    def __init__(self, inner: Channel, pattern: str, dropped: Any) -> None:
+    def __init__(self, inner: Channel, counted: Any, pattern: str | None = None, dropped: Any = None) -> None:
         self.inner = inner
-        self.match = tag_pattern(pattern)
+        self.counted = counted
+        self.match = tag_pattern(pattern) if pattern else None
         self.dropped = dropped
 
     async def send(self, batch: Batch) -> bool:
-        if self.match(batch.tag):
+        if self.match is None or self.match(batch.tag):
+            self.counted.inc(len(batch))
             return await self.inner.send(batch)
         self.dropped.inc(len(batch))
         release(batch.ack)
@@ -84,6 +88,7 @@ class Pipeline:
     buffers: dict[str, Any] = field(default_factory=dict)  # sink name -> buffer (memory Channel or disk)
     failed: list[str] = field(default_factory=list)
     stop_requested: bool = False
+    duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
 
     # -- construction -----------------------------------------------------------------------
@@ -101,20 +106,20 @@ class Pipeline:
             p.inboxes[n] = p.buffers[n].inbox
             ctx.telemetry.register_health(f"sink[{n}]", sink.health)
         # outputs
+        out = ctx.telemetry.events_out
         for n in config.sources:
-            p.emitters[n] = Emitter(n)
+            p.emitters[n] = Emitter(n, counter=out.labels(n))
         for n, t in p.transforms.items():
-            p.emitters[n] = Emitter(n)
+            p.emitters[n] = Emitter(n, counter=out.labels(n))
             for port in t.output_ports():
-                p.emitters[f"{n}.{port}"] = Emitter(f"{n}.{port}")
+                p.emitters[f"{n}.{port}"] = Emitter(f"{n}.{port}", counter=out.labels(n))
         # edges
         for n, c in {**config.transforms, **config.sinks}.items():
             inbox = p.inboxes[n]
             for i in c.inputs:
-                target: Any = inbox
                 match = getattr(c, "match", None)
-                if match:
-                    target = MatchingChannel(inbox, match, ctx.telemetry.dropped.labels(n, "unmatched"))
+                dropped = ctx.telemetry.dropped.labels(n, "unmatched") if match else None
+                target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
                 p.emitters[i].channels.append(target)
                 inbox.add_producer()
                 if "." in i and hasattr(p.transforms.get(i.split(".")[0]), "connected"):
@@ -122,7 +127,31 @@ class Pipeline:
         for n in config.sources:
             if not p.emitters[n].channels:
                 log.warning("source %r feeds nothing: its records are read and discarded", n)
+        p._instrument()
         return p
+
+    def _instrument(self) -> None:
+        """What the API reports about the components: their kind and type, buffer limits, and
+        readiness (GET /ready: sources listening, sinks that reached their destination)."""
+        t = self.ctx.telemetry
+        for kind, table in (("source", self.config.sources), ("transform", self.config.transforms)):
+            for n, c in table.items():
+                t.component_info.labels(n, kind, c.type).set(1)
+                t.events_out.labels(n)
+        for n, c in self.config.sinks.items():
+            t.component_info.labels(n, "sink", c.type).set(1)
+            if c.buffer.type == "memory":
+                t.buffer_max_events.labels(n).set(c.buffer.max_events)
+            t.buffer_max_bytes.labels(n).set(c.buffer.limit_bytes)
+            t.last_delivery.labels(n)
+            t.request_duration.labels(n)
+            t.requests_in_flight.labels(n)
+        for n in [*self.config.transforms, *self.config.sinks]:
+            t.events_in.labels(n)
+        for n, src in self.sources.items():
+            t.register_ready(f"source[{n}]", src.ready)
+        for n, sink in self.sinks.items():
+            t.register_ready(f"sink[{n}]", sink.ready)
 
     def _make_buffer(self, name: str, bcfg: Any) -> Any:
         if bcfg.type == "disk":
@@ -199,6 +228,7 @@ class Pipeline:
                 backoff = min(backoff * 2, 60)
 
     def request_stop(self, why: str = "stopping: no new input") -> None:
+        self.ctx.telemetry.draining = True
         if not self.stop_requested:
             self.stop_requested = True
             log.info("%s; delivering what is in flight", why)
@@ -208,14 +238,11 @@ class Pipeline:
     async def run(self) -> int:
         cfg = self.config
         ctx = self.ctx
+        server = await start_api(cfg, ctx)
         for t in self.transforms.values():
             await t.start()
         for b in self.buffers.values():
             await b.open()
-        server = None
-        if cfg.api is not None:
-            host, port = split_hostport(cfg.api.listen)
-            server = await ctx.telemetry.serve(host, port)
         saver = asyncio.create_task(ctx.checkpoints.run(cfg.checkpoint_interval), name="checkpoints")
         t0 = time.monotonic()
         upstream: list[asyncio.Task[None]] = []
@@ -264,10 +291,48 @@ class Pipeline:
                 await b.close()
             if server is not None:
                 server.close()
-        log.info("pipeline ended after %.1fs: %s", time.monotonic() - t0, summary(ctx.telemetry))
+                announce_api(ctx.data_dir, None)
+        self.duration = time.monotonic() - t0
         if "drain" in self.failed or self.forced:
             return EXIT_UNDELIVERED
         return EXIT_FAILED if self.failed else EXIT_OK
+
+
+def report_end(pipeline: Pipeline, checkpoints: CheckpointStore, once: bool) -> None:
+    """The summary line of a run (progress.summarize); a ``--once`` run that found nothing new says
+    so, and how to start over."""
+    hint = checkpoints.nothing_new() if once else None
+    text, fields = summarize(pipeline.ctx.telemetry, pipeline.duration, pipeline, once, hint)
+    log.info("%s", text, extra={"fields": fields})
+
+
+class ApiError(DataDirError):
+    """The API cannot listen where asked (a configuration problem: exit code 2)."""
+
+
+async def start_api(cfg: PipelineConfig, ctx: Context) -> asyncio.Server | None:
+    """Serve /health, /ready and /metrics when ``api.listen`` is set, and say where in the data
+    directory (``collector status`` finds a running collector's API there)."""
+    if cfg.api is None:
+        return None
+    host, port = split_hostport(cfg.api.listen)
+    try:
+        server = await ctx.telemetry.serve(host, port)
+    except OSError as e:
+        raise ApiError(f"the API cannot listen on {cfg.api.listen}: {e.strerror or e} (api.listen, --api)") from None
+    bound = server.sockets[0].getsockname()
+    where = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
+    url = f"http://[{where}]:{bound[1]}" if ":" in where else f"http://{where}:{bound[1]}"
+    log.info("API on %s (GET /health, /ready, /metrics)", url)
+    announce_api(ctx.data_dir, url)
+    return server
+
+
+def announce_api(data_dir: Path, url: str | None) -> None:
+    """Write (or, with None, remove) ``<data_dir>/api.json``: where the running collector's API is."""
+    from collector.status import write_api_file  # noqa: PLC0415
+
+    write_api_file(data_dir, url)
 
 
 class MemoryBuffer:
@@ -311,21 +376,6 @@ class MemoryBuffer:
 
     async def close(self) -> None:
         self._flush_drops()
-
-
-def summary(t: Telemetry) -> str:
-    parts = []
-    for label, metric in (
-        ("received", "collector_events_received_total"),
-        ("sent", "collector_events_sent_total"),
-        ("dropped", "collector_events_dropped_total"),
-        ("rejected", "collector_events_rejected_total"),
-        ("errors", "collector_errors_total"),
-    ):
-        v = t.value(metric)
-        if v or label in ("received", "sent"):
-            parts.append(f"{label}={int(v)}")
-    return " ".join(parts)
 
 
 def tune_gc() -> None:
@@ -389,11 +439,13 @@ async def run_pipeline(
         if on_ready is not None:
             on_ready(pipeline)
         tune_gc()
-        rc = await pipeline.run()
-        if once and rc == EXIT_OK and not telemetry.value("collector_events_received_total"):
-            hint = checkpoints.nothing_new()
-            if hint:
-                log.info("%s", hint)
+        bar = ProgressBar.start(pipeline) if once else None
+        try:
+            rc = await pipeline.run()
+        finally:
+            if bar is not None:
+                await bar.stop()
+        report_end(pipeline, checkpoints, once and rc == EXIT_OK)
         return rc
     finally:
         loop.set_exception_handler(None)

@@ -96,6 +96,8 @@ def tail_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
     if args.tag is None:
         del cfg["transforms"]["meta"]["tag"]
+    if args.api:
+        cfg["api"] = {"listen": api_listen(args.api)}
     return cfg
 
 
@@ -123,7 +125,20 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.docker_host:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
+    if args.api:
+        cfg["api"] = {"listen": api_listen(args.api)}
     return cfg
+
+
+def api_listen(value: str) -> str:
+    """``--api``: ``HOST:PORT`` as given; a bare ``PORT`` or ``:PORT`` is loopback only (the API
+    says what flows through the collector: it is opened to others only when asked)."""
+    v = value.strip()
+    if v.isdigit():
+        v = f":{v}"
+    if v.startswith(":"):
+        v = "127.0.0.1" + v
+    return v
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -192,6 +207,7 @@ FLAG_OF_KEY = (
     (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
     (r"sinks\.out(\.[\w.]+)?", "--output"),
     (r"data_dir", "--data-dir"),
+    (r"api(\.listen)?", "--api"),
 )
 
 
@@ -239,6 +255,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--docker-host", metavar="URL", help="Docker API address (default: $DOCKER_HOST or the local socket)"
+    )
+    p.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        help="serve GET /health, /ready and /metrics there (for `collector top`, `status`, Prometheus); "
+        "a bare PORT listens on 127.0.0.1 only (default: off)",
     )
 
 
