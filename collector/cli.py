@@ -42,6 +42,7 @@ from collector.config import (
     unreadable_files,
     validate_config,
 )
+from collector.ownlogs import FORMATS
 
 log = logging.getLogger("collector")
 
@@ -153,6 +154,7 @@ exit codes:
 ENVIRONMENT = """\
 environment:
   COLLECTOR_LOG_LEVEL  default of --log-level
+  COLLECTOR_LOG_FORMAT default of --log-format
   DOCKER_HOST          the Docker API (default unix:///var/run/docker.sock)"""
 
 
@@ -191,6 +193,14 @@ def _sub(
         choices=LOG_LEVELS,
         default=argparse.SUPPRESS,
         help="how much to log on stderr (default: $COLLECTOR_LOG_LEVEL or info)",
+    )
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        default=argparse.SUPPRESS,
+        help="the log on stderr as text or as JSON lines (default: $COLLECTOR_LOG_FORMAT, else text on a "
+        "terminal and JSON otherwise)",
     )
     return p
 
@@ -278,6 +288,14 @@ def parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         default=None,
         help="how much to log on stderr, before or after the command (default: $COLLECTOR_LOG_LEVEL or info)",
+    )
+    ap.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        default=None,
+        help="the log on stderr as text or as JSON lines, before or after the command (default: "
+        "$COLLECTOR_LOG_FORMAT, else text on a terminal and JSON otherwise)",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -537,14 +555,22 @@ def log_level(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return env
 
 
+def log_format(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """--log-format (before or after the command), else $COLLECTOR_LOG_FORMAT, else by stderr."""
+    if args.log_format is not None:
+        return str(args.log_format)
+    env = os.environ.get("COLLECTOR_LOG_FORMAT", "").strip().lower()
+    if env and env not in FORMATS:
+        ap.error(f"COLLECTOR_LOG_FORMAT={env!r}: use one of {', '.join(FORMATS)}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from collector import ownlogs  # noqa: PLC0415
+
     ap = parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=log_level(ap, args).upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    ownlogs.setup(log_level(ap, args), log_format(ap, args))
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)  # we report engine trouble ourselves
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     try:
