@@ -160,7 +160,7 @@ def summarize(
     if dropped:
         extra.append(f"{dropped:,} dropped")
     if errors:
-        extra.append(f"{errors:,} errors")
+        extra.append(f"{errors:,} error" + ("s" if errors != 1 else ""))
     p = _progress(pipeline) if pipeline is not None and once else None
     if p is not None:
         fields["bytes_read"] = p[0]
@@ -171,7 +171,7 @@ def summarize(
         ends = [n for n, c in pipeline.config.sources.items() if getattr(c, "read_from", None) == "end"]
         if ends:
             text += (
-                f"; nothing to read: {', '.join(ends)} start(s) at the end of files seen for the first time "
-                "(--from beginning, or read_from: beginning, reads them whole)"
+                f"; nothing to read: --from end (read_from: end, source {', '.join(ends)}) starts at the end of "
+                "files seen for the first time; --from beginning reads them whole"
             )
     return text, fields
