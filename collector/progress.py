@@ -79,7 +79,6 @@ class ProgressBar:
             Progress,
             TextColumn,
             TimeElapsedColumn,
-            TimeRemainingColumn,
         )
 
         progress = Progress(
@@ -88,15 +87,14 @@ class ProgressBar:
             DownloadColumn(binary_units=True),
             TextColumn("{task.fields[records]:>12,} records  {task.fields[rate]:>9,.0f}/s"),
             TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
             console=Console(file=sys.stderr),
             transient=False,
             refresh_per_second=8,
         )
         self._progress = progress
         t0 = time.monotonic()
-        task = progress.add_task("reading", total=None, records=0, rate=0.0)
+        task = progress.add_task("reading", total=None, records=0, rate=0.0, eta="-:--:--")
         with progress:
             self._log_above()
             try:
@@ -113,7 +111,11 @@ class ProgressBar:
         records = int(self.pipeline.ctx.telemetry.value("collector_events_received_total"))
         elapsed = max(time.monotonic() - t0, 1e-6)
         if p is not None:
-            progress.update(task, completed=p[0], total=max(p[1], p[0], 1), records=records, rate=records / elapsed)
+            # the time left at the average rate so far (rich's own estimate restarts whenever the
+            # total changes, and files being written make it change all the time)
+            done, present = p[0], max(p[1], p[0], 1)
+            eta = _clock((present - done) / (done / elapsed)) if done else "-:--:--"
+            progress.update(task, completed=done, total=present, records=records, rate=records / elapsed, eta=eta)
 
     def _log_above(self) -> None:
         """Our log handler writes to the stderr it was given: while the bar is drawn, to the
@@ -132,6 +134,11 @@ class ProgressBar:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 # -- the summary line -----------------------------------------------------------------------------------
