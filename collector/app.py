@@ -34,12 +34,13 @@ from typing import Any
 from collector import registry
 from collector.acks import Ack, InFlight, release
 from collector.buffers.memory import Channel
-from collector.checkpoints import CheckpointStore, pipeline_identity
+from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
 from collector.config import PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
 from collector.listeners import raise_fd_limit
+from collector.progress import ProgressBar, summarize
 from collector.ratelog import RateLimitedLog
 from collector.retry import Backoff
 from collector.tags import tag_pattern
@@ -55,16 +56,19 @@ EXIT_FAILED = 1
 EXIT_UNDELIVERED = 3
 
 
-class MatchingChannel:
-    """A sink's input restricted to a tag pattern: other batches are finalized and counted."""
+class Inlet:
+    """An edge into a transform or sink: counts what arrives (collector_events_in_total) and, for
+    a sink with ``match``, lets only matching tags through (the others are finalized and counted)."""
 
-    def __init__(self, inner: Channel, pattern: str, dropped: Any) -> None:
+    def __init__(self, inner: Channel, counted: Any, pattern: str | None = None, dropped: Any = None) -> None:
         self.inner = inner
-        self.match = tag_pattern(pattern)
+        self.counted = counted
+        self.match = tag_pattern(pattern) if pattern else None
         self.dropped = dropped
 
     async def send(self, batch: Batch) -> bool:
-        if self.match(batch.tag):
+        if self.match is None or self.match(batch.tag):
+            self.counted.inc(len(batch))
             return await self.inner.send(batch)
         self.dropped.inc(len(batch))
         release(batch.ack)
@@ -94,6 +98,7 @@ class Pipeline:
     fatal: str | None = None  # the first component task that ended unexpectedly, and why
     restarting: dict[str, str] = field(default_factory=dict)  # sink name -> why it is down
     stop_requested: bool = False
+    duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
     closing: bool = False  # tasks are being cancelled on purpose from here on
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -114,20 +119,20 @@ class Pipeline:
             ctx.telemetry.register_health(f"sink[{n}]", lambda n=n: p._sink_health(n))
         ctx.telemetry.register_health("pipeline", lambda: (p.fatal is None, p.fatal or "running"))
         # outputs
+        out = ctx.telemetry.events_out
         for n in config.sources:
-            p.emitters[n] = Emitter(n, inflight=p.inflight)
+            p.emitters[n] = Emitter(n, inflight=p.inflight, counter=out.labels(n))
         for n, t in p.transforms.items():
-            p.emitters[n] = Emitter(n)
+            p.emitters[n] = Emitter(n, counter=out.labels(n))
             for port in t.output_ports():
-                p.emitters[f"{n}.{port}"] = Emitter(f"{n}.{port}")
+                p.emitters[f"{n}.{port}"] = Emitter(f"{n}.{port}", counter=out.labels(n))
         # edges
         for n, c in {**config.transforms, **config.sinks}.items():
             inbox = p.inboxes[n]
             for i in c.inputs:
-                target: Any = inbox
                 match = getattr(c, "match", None)
-                if match:
-                    target = MatchingChannel(inbox, match, ctx.telemetry.dropped.labels(n, "unmatched"))
+                dropped = ctx.telemetry.dropped.labels(n, "unmatched") if match else None
+                target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
                 p.emitters[i].channels.append(target)
                 inbox.add_producer()
                 if "." in i and hasattr(p.transforms.get(i.split(".")[0]), "connected"):
@@ -135,7 +140,31 @@ class Pipeline:
         for n in config.sources:
             if not p.emitters[n].channels:
                 log.warning("source %r feeds nothing: its records are read and discarded", n)
+        p._instrument()
         return p
+
+    def _instrument(self) -> None:
+        """What the API reports about the components: their kind and type, buffer limits, and
+        readiness (GET /ready: sources listening, sinks that reached their destination)."""
+        t = self.ctx.telemetry
+        for kind, table in (("source", self.config.sources), ("transform", self.config.transforms)):
+            for n, c in table.items():
+                t.component_info.labels(n, kind, c.type).set(1)
+                t.events_out.labels(n)
+        for n, c in self.config.sinks.items():
+            t.component_info.labels(n, "sink", c.type).set(1)
+            if c.buffer.type == "memory":
+                t.buffer_max_events.labels(n).set(c.buffer.max_events)
+            t.buffer_max_bytes.labels(n).set(c.buffer.limit_bytes)
+            t.last_delivery.labels(n)
+            t.request_duration.labels(n)
+            t.requests_in_flight.labels(n)
+        for n in [*self.config.transforms, *self.config.sinks]:
+            t.events_in.labels(n)
+        for n, src in self.sources.items():
+            t.register_ready(f"source[{n}]", src.ready)
+        for n in self.sinks:
+            t.register_ready(f"sink[{n}]", lambda n=n: self.sinks[n].ready())  # a restarted sink is a new one
 
     def _new_sink(self, name: str) -> Sink:
         c = self.config.sinks[name]
@@ -284,6 +313,7 @@ class Pipeline:
             task.cancel()
 
     def request_stop(self, why: str = "stopping: no new input") -> None:
+        self.ctx.telemetry.draining = True
         if not self.stop_requested:
             self.stop_requested = True
             log.info("%s; delivering what is in flight", why)
@@ -293,14 +323,13 @@ class Pipeline:
     async def run(self) -> int:
         cfg = self.config
         ctx = self.ctx
+        server = await start_api(cfg, ctx)
         for t in self.transforms.values():
             await t.start()
         for b in self.buffers.values():
             await b.open()
         services: list[asyncio.Task[Any]] = []
-        if cfg.api is not None:
-            host, port = split_hostport(cfg.api.listen)
-            server = await ctx.telemetry.serve(host, port)
+        if server is not None:
             services.append(self._start(_serve(server), "api", "api server", service=True))
         saver = ctx.checkpoints.run(cfg.checkpoint_interval)
         services.append(self._start(saver, "checkpoints", "checkpoint saver", service=True))
@@ -339,9 +368,11 @@ class Pipeline:
                     await b.close()
                 except Exception as e:
                     self._fail(f"buffer of {n!r}", e, "failed to close")
+            if server is not None:
+                announce_api(ctx.data_dir, None)
+        self.duration = time.monotonic() - t0
         left = self.inflight.records
         stored = sum(b.stored_records() for b in self.buffers.values())
-        log.info("pipeline ended after %.1fs: %s", time.monotonic() - t0, summary(ctx.telemetry))
         if left or stored:
             log.warning(
                 "%d record(s) not delivered%s: read again at the next start",
@@ -410,6 +441,43 @@ class SinkFeed:
         return None if b is None else self._track(b)
 
 
+def report_end(pipeline: Pipeline, checkpoints: CheckpointStore, once: bool) -> None:
+    """The summary line of a run (progress.summarize); a ``--once`` run that found nothing new says
+    so, and how to start over."""
+    hint = checkpoints.nothing_new() if once else None
+    text, fields = summarize(pipeline.ctx.telemetry, pipeline.duration, pipeline, once, hint)
+    log.info("%s", text, extra={"fields": fields})
+
+
+class ApiError(DataDirError):
+    """The API cannot listen where asked (a configuration problem: exit code 2)."""
+
+
+async def start_api(cfg: PipelineConfig, ctx: Context) -> asyncio.Server | None:
+    """Serve /health, /ready and /metrics when ``api.listen`` is set, and say where in the data
+    directory (``collector status`` finds a running collector's API there)."""
+    if cfg.api is None:
+        return None
+    host, port = split_hostport(cfg.api.listen)
+    try:
+        server = await ctx.telemetry.serve(host, port)
+    except OSError as e:
+        raise ApiError(f"the API cannot listen on {cfg.api.listen}: {e.strerror or e} (api.listen, --api)") from None
+    bound = server.sockets[0].getsockname()
+    where = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
+    url = f"http://[{where}]:{bound[1]}" if ":" in where else f"http://{where}:{bound[1]}"
+    log.info("API on %s (GET /health, /ready, /metrics)", url)
+    announce_api(ctx.data_dir, url)
+    return server
+
+
+def announce_api(data_dir: Path, url: str | None) -> None:
+    """Write (or, with None, remove) ``<data_dir>/api.json``: where the running collector's API is."""
+    from collector.status import write_api_file  # noqa: PLC0415
+
+    write_api_file(data_dir, url)
+
+
 class MemoryBuffer:
     """The in-memory buffer of a sink: one bounded channel (producers write, the sink reads)."""
 
@@ -455,22 +523,6 @@ class MemoryBuffer:
 
     async def close(self) -> None:
         self._flush_drops()
-
-
-def summary(t: Telemetry) -> str:
-    parts = []
-    for label, metric in (
-        ("received", "collector_events_received_total"),
-        ("sent", "collector_events_sent_total"),
-        ("dropped", "collector_events_dropped_total"),
-        ("rejected", "collector_events_rejected_total"),
-        ("errors", "collector_errors_total"),
-        ("dead_letters_dropped", "collector_dead_letter_dropped_total"),
-    ):
-        v = t.value(metric)
-        if v or label in ("received", "sent"):
-            parts.append(f"{label}={int(v)}")
-    return " ".join(parts)
 
 
 def tune_gc() -> None:
@@ -559,13 +611,15 @@ async def run_pipeline(
         if on_ready is not None:
             on_ready(pipeline)
         tune_gc()
-        rc = await pipeline.run()
+        bar = ProgressBar.start(pipeline) if once else None
+        try:
+            rc = await pipeline.run()
+        finally:
+            if bar is not None:
+                await bar.stop()
         if not await checkpoints.save_final(within=config.shutdown_timeout):
             rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
-        if once and rc == EXIT_OK and not telemetry.value("collector_events_received_total"):
-            hint = checkpoints.nothing_new()
-            if hint:
-                log.info("%s", hint)
+        report_end(pipeline, checkpoints, once and rc == EXIT_OK)
         return rc
     finally:
         loop.set_exception_handler(None)

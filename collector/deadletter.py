@@ -6,8 +6,9 @@ One NDJSON file per component under ``<data_dir>/dead-letter/<component>.ndjson`
 
 ``origin`` says where the data came from (file path and offset, peer address, ...); ``raw``
 keeps the input as text (``raw_base64`` as well when the bytes were not UTF-8), so nothing is
-lost and a line can be replayed by hand once fixed.  Every entry is also counted
-(``collector_events_rejected_total`` for records, ``collector_errors_total`` for raw input).
+lost and a line can be replayed by hand once fixed.  Every entry is counted
+(``collector_dead_letters_total``), and also as ``collector_events_rejected_total`` (records) or
+``collector_errors_total`` (raw input).
 
 Bad input is what an attacker sends most cheaply, so the disk it may take is bounded
 (``dead_letter:`` in the pipeline config, :class:`DeadLetterConfig`), per component:
@@ -267,6 +268,7 @@ class DeadLetter:
             entry["raw_base64"] = base64.b64encode(clipped).decode()
         written = self._write(component, [entry])
         self.telemetry.errors.labels(component, reason.split(":", maxsplit=1)[0]).inc()
+        self.telemetry.dead_letters.labels(component, _short(reason)).inc()
         self._note(component, reason, ", ".join(f"{k}={v}" for k, v in origin.items()), written)
 
     def records(self, component: str, items: list[tuple[str, dict[str, Any] | bytes, dict[str, Any]]]) -> None:
@@ -281,6 +283,7 @@ class DeadLetter:
             e["record"] = orjson.Fragment(rec) if isinstance(rec, bytes) else rec
             entries.append(e)
             self.telemetry.rejected.labels(component, _short(reason)).inc()
+            self.telemetry.dead_letters.labels(component, _short(reason)).inc()
         written = self._write(component, entries)
         self._note(component, _short(reason), f"{len(items)} record(s)", written)
 

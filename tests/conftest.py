@@ -21,6 +21,9 @@ from tests.helpers import REPO, SERVICES_DIR
 from tests.peers.graylog_peer import GraylogPeer
 
 SERVICES = SERVICES_DIR
+# the tests read the collector's log as text (tests/test_ownlogs.py checks JSON, the default when
+# stderr is not a terminal): every collector they start inherits this unless a test says otherwise
+os.environ.setdefault("COLLECTOR_LOG_FORMAT", "text")
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 

@@ -330,3 +330,58 @@ class EngineProxy(StandInServer):
         else:
             h.answer(503, {"error": {"type": "unavailable_shards_exception", "reason": "no shards"}, "status": 503})
         return True
+
+
+class Terminal:
+    """A real terminal: a tmux session on a server of its own (its socket in ``directory``)
+    running one command; ``screen()`` is what a person would see (tmux capture-pane)."""
+
+    def __init__(self, directory: Path, width: int = 200, height: int = 40) -> None:
+        tmux = shutil.which("tmux")
+        if tmux is None:
+            import pytest
+
+            pytest.fail("tmux is needed (tests/prepare.d/65-tmux.sh installs it)", pytrace=False)
+        self.tmux = tmux
+        self.socket = directory / "tmux.sock"
+        self.width, self.height = width, height
+
+    def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.tmux, "-S", str(self.socket), *args], capture_output=True, text=True, check=False)
+
+    def run(self, *argv: str) -> Terminal:
+        """Start ``argv``; when it ends the pane says ``EXIT=<code>`` and stays."""
+        import shlex
+
+        # as in a person's terminal: the size comes from the terminal, not from a COLUMNS the test
+        # runner may have exported; Ctrl-C (keys("C-c")) interrupts the command, not the shell that
+        # reports its exit code (a trap, unlike an ignored signal, is not inherited)
+        cmd = "env -u COLUMNS -u LINES " + " ".join(shlex.quote(a) for a in argv)
+        line = f'trap true INT; {cmd}; echo "EXIT=$?"; sleep 3600'
+        res = self._tmux("new-session", "-d", "-x", str(self.width), "-y", str(self.height), "sh", "-c", line)
+        assert res.returncode == 0, res.stderr
+        return self
+
+    def screen(self) -> str:
+        res = self._tmux("capture-pane", "-p", "-J")
+        return res.stdout
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def exit_code(self, timeout: float = 120) -> int:
+        found = wait_until(
+            lambda: [ln for ln in self.screen().splitlines() if ln.startswith("EXIT=")],
+            timeout,
+            what="the command to end",
+        )
+        return int(found[0][5:])
+
+    def close(self) -> None:
+        self._tmux("kill-server")
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -353,3 +353,29 @@ def test_made_up_ids_do_not_turn_into_calls_to_the_engine(docker):
             await meta.close()
 
     asyncio.run(main())
+
+
+def test_a_container_knows_its_own_id_from_what_docker_mounts_into_it(docker, tmp_path):
+    """own_container_id, on the /proc/self/mountinfo and cgroup a real container sees (the
+    collector in a container must not tail itself). cgroup v2 gives a container "0::/" (a private
+    cgroup namespace): the mounts are what tell, and alone suffice."""
+    from collector.docker_api import own_container_id
+
+    c = docker.run("cat /proc/self/mountinfo; echo ==== ; cat /proc/self/cgroup")
+    mountinfo, cgroup = c.logs(stdout=True, stderr=False).decode().split("====\n")
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "mountinfo").write_text(mountinfo)
+    assert own_container_id(docker.root, proc) == c.id
+    (proc / "cgroup").write_text(cgroup)
+    assert own_container_id(docker.root, proc) == c.id
+    (proc / "mountinfo").write_text("")
+    assert own_container_id(docker.root, proc) in ("", c.id)  # cgroup v1 names it, v2 does not
+    # the host's own mounts of a container's files (its shm, its directory) do not make it "us"
+    host = [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines() if "/containers/" in ln]
+    theirs = [
+        ln for ln in mountinfo.splitlines() if ln.split()[4] not in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+    ]
+    (proc / "mountinfo").write_text("\n".join([*host, *theirs]))
+    (proc / "cgroup").write_text("0::/\n")
+    assert own_container_id(docker.root, proc) == ""

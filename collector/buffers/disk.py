@@ -476,3 +476,42 @@ class _Release(Ack):
     def _fire(self) -> None:
         self._buf.released(self._bytes, self._events)
         self._inner.done()
+
+
+def inspect(directory: Path) -> tuple[int, int, int]:
+    """(bytes, records, segment files) a disk buffer's directory holds after its ledger, read
+    without opening it as a buffer (``collector status``, also while a collector writes it: a
+    frame still being written ends the count)."""
+    segs: list[int] = []
+    for p in directory.glob("*.seg"):
+        with contextlib.suppress(ValueError):
+            segs.append(int(p.stem))
+    segs.sort()
+    try:
+        d = orjson.loads((directory / "ledger.json").read_bytes())
+        ledger = int(d["segment"]), int(d["offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        ledger = (segs[0] if segs else 1), 0
+    nbytes = records = files = 0
+    for n in segs:
+        if n < ledger[0]:
+            continue  # delivered, not yet deleted
+        files += 1
+        pos = ledger[1] if n == ledger[0] else 0
+        try:
+            f = open(directory / _seg_name(n), "rb")  # noqa: SIM115
+        except OSError:
+            continue
+        with f:
+            f.seek(pos)
+            while len(head := f.read(HEADER.size)) == HEADER.size:
+                size, crc = HEADER.unpack(head)
+                payload = f.read(size)
+                if len(payload) < size or zlib.crc32(payload) != crc:
+                    break
+                try:
+                    records += int(orjson.loads(payload.partition(b"\n")[0])["n"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                nbytes += HEADER.size + size
+    return nbytes, records, files

@@ -116,7 +116,6 @@ class ElasticsearchSink(Sink):
         self.client = EngineClient.from_config(config)
         self.encoder = BulkEncoder(config)
         t = ctx.telemetry
-        self._sent = t.sent.labels(name)
         self._retries = t.retries
         self._errors = t.errors
         self.engine: EngineInfo | None = None
@@ -195,6 +194,7 @@ class ElasticsearchSink(Sink):
             try:
                 self.engine = await self._call(self._prepare_sync)
                 self._recovered()
+                self.mark_reached(f"{self.engine} at {', '.join(self.client.hosts)}")
                 log.info("%s: connected to %s at %s", self.name, self.engine, ", ".join(self.client.hosts))
             except EngineUnavailableError as e:
                 delay = backoff.delay()
@@ -226,7 +226,7 @@ class ElasticsearchSink(Sink):
             if o.remaining == 0:
                 release(o.ack)
         if ok:
-            self._sent.inc(len(ok))
+            self.meter.delivered(len(ok))
 
     def _dead_letter_index(self, req: Request, rejected: list[tuple[int, str]]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -256,9 +256,10 @@ class ElasticsearchSink(Sink):
         while len(req):
             body = req.body
             try:
-                resp: Response = await self._call(
-                    self.client.request, "POST", self._path(req), body, "application/x-ndjson"
-                )
+                with self.meter.request():
+                    resp: Response = await self._call(
+                        self.client.request, "POST", self._path(req), body, "application/x-ndjson"
+                    )
             except EngineUnavailableError as e:
                 self._errors.labels(self.name, "unavailable").inc()
                 self._retries.labels(self.name, "unavailable").inc(len(req))

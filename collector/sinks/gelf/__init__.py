@@ -47,6 +47,7 @@ Graylog's kernel accepted but Graylog itself never read (it crashed) cannot be k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import select
@@ -185,7 +186,6 @@ class GelfSink(Sink):
         self.transport, self.host, self.port = parse_address(config.address)
         self.encoder = GelfEncoder(ctx.hostname)
         t = ctx.telemetry
-        self._sent = t.sent.labels(name)
         self._send_failed = t.dropped.labels(name, "send_failed")
         self._errors = t.errors
         self._retries = t.retries.labels(name, "connection")
@@ -218,9 +218,23 @@ class GelfSink(Sink):
     def _warn(self, reason: str, msg: str, *args: Any) -> None:
         self._say.warning(reason, msg, *args)
 
+    async def _reach(self) -> None:
+        """Reach Graylog before the first record (GET /ready says when): TCP connects (retrying
+        as a write would; the first write waits for it), UDP resolves the address (a datagram is
+        never answered)."""
+        if self.transport == "udp":
+            with contextlib.suppress(OSError):  # said, and counted, when records come
+                await self._udp_socket()
+            return
+        await self._tcp.connect()
+        self.mark_reached(f"{self.where}: {self._tcp.state}")
+
     async def run(self, inbox: Channel) -> None:
+        reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:
+                if not reaching.done():  # the first connection, made at start
+                    await reaching
                 batches = [first]
                 n = len(first)
                 while n < self.config.max_round_events and (b := inbox.recv_nowait()) is not None:
@@ -232,6 +246,9 @@ class GelfSink(Sink):
                     await self._deliver_tcp(batches)
             await self._udp_flush()
         finally:
+            reaching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaching
             if self._inflight is not None and not self._inflight.done():
                 self._inflight.cancel()  # stopped at the drain deadline: those records are not acknowledged
             self._tcp.close()
@@ -250,6 +267,7 @@ class GelfSink(Sink):
             sock.connect(addr)  # connected: ICMP errors (nothing listening) are reported to us
             self._sock = sock
             self._udp_state = f"sending to {addr[0]}:{addr[1]}"
+            self.mark_reached(f"{self.where}: {self._udp_state} (UDP: nothing answers)")
         return self._sock
 
     async def _deliver_udp(self, batches: list[Batch]) -> None:
@@ -280,14 +298,15 @@ class GelfSink(Sink):
     async def _send_and_ack(
         self, sock: socket.socket, batches: list[Batch], docs: list[list[tuple[bytes, bytes]]]
     ) -> None:
-        results = await asyncio.to_thread(self._send_round, sock, docs)
+        with self.meter.request():
+            results = await asyncio.to_thread(self._send_round, sock, docs)
         for batch, (sent, failed, oversize) in zip(batches, results, strict=True):
             if oversize:
                 self.ctx.deadletter.records(
                     self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source}) for reason, doc in oversize]
                 )
             if sent:
-                self._sent.inc(sent)
+                self.meter.delivered(sent)
             if failed:
                 self._send_failed.inc(failed)
             release(batch.ack)
@@ -372,7 +391,8 @@ class GelfSink(Sink):
         data = b"".join(frames)
         n = len(frames)
         try:
-            await self._tcp.write(data, n, self._retries.inc)
+            with self.meter.request():
+                await self._tcp.write(data, n, self._retries.inc)
         except GaveUpError as e:
             reason = f"retries_exhausted: {e}"
             for b, docs in zip(batches, fitted, strict=True):
@@ -380,7 +400,7 @@ class GelfSink(Sink):
                 self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
                 release(b.ack)
             return
-        self._sent.inc(n)
+        self.meter.delivered(n)
         for b in batches:
             release(b.ack)
 

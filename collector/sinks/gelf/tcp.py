@@ -143,6 +143,12 @@ class TcpConnection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    async def connect(self) -> None:
+        """Connect now (retrying with backoff) unless connected: before the first record."""
+        if self._writer is None or self._writer.is_closing():
+            self.close()
+            await self._connect()
+
     async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
         """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed
         (GaveUpError when ``retry.max_elapsed`` passes first)."""

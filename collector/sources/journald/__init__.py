@@ -207,6 +207,7 @@ class JournaldSource(Source):
             except OSError as e:
                 raise RuntimeError(f"cannot run {cmd[0]}: {e.strerror}") from None
             log.info("%s: reading the journal: %s", self.name, " ".join(cmd))
+            self.mark_ready("reading the journal")
             err_task = asyncio.create_task(self._stderr(proc))
             try:
                 await self._read(proc, out)
