@@ -112,7 +112,8 @@ class Pipeline:
             inbox = p.inboxes[n]
             for i in c.inputs:
                 target: Any = inbox
-                match = getattr(c, "match", None)
+                # a sink's `match` (the filter transform has a `match` of its own, counted as filtered)
+                match = getattr(c, "match", None) if n in config.sinks else None
                 if match:
                     target = MatchingChannel(inbox, match, ctx.telemetry.dropped.labels(n, "unmatched"))
                 p.emitters[i].channels.append(target)
