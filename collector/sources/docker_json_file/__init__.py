@@ -722,9 +722,9 @@ class DockerJsonFileSource(Source):
     # -- main loop ----------------------------------------------------------------------------
     async def run(self, out: Emitter) -> None:
         cfg = self.config
-        self.rescan(first=True)
-        if not self.ctx.once:
+        if not self.ctx.once:  # watching first: what appears during the first scan is not missed
             self._start_watching()
+        self.rescan(first=True)
         self._rescan_due = time.monotonic() + cfg.rescan_interval
         try:
             while not self.stopping:
