@@ -362,7 +362,7 @@ class GelfSink(Sink):
                 self.ctx.deadletter.records(self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source})])
                 continue
             self._error("truncated")
-            self._warn_once(
+            self._warn(
                 "truncated",
                 "%s: a message of %d bytes is longer than max_message_bytes: its text was cut",
                 self.name,
