@@ -166,6 +166,20 @@ def metric(api: str, name: str, **labels: str) -> float | None:
     return total
 
 
+def wait_progressing(value: Callable[[], float], goal: float, stall: float = 60.0, what: str = "") -> float:
+    """Wait until ``value()`` reaches ``goal`` for as long as it keeps moving: fails only after
+    ``stall`` seconds without progress (a loaded machine is slow, a loss stops the count)."""
+    last, moved = value(), time.monotonic()
+    while last < goal:
+        time.sleep(0.5)
+        now = value()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(f"{what or 'the count'} stopped at {last} of {goal} ({stall:.0f}s without progress)")
+    return last
+
+
 def run_once(config: dict[str, Any]) -> int:
     """Run a pipeline in-process with ``--once`` semantics; returns the exit code."""
     cfg = validate_config(config)
