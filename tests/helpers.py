@@ -280,8 +280,16 @@ class BackgroundPipeline:
             self._ready.set()
 
     def __enter__(self) -> BackgroundPipeline:
+        """Returns once every source is ready (listening, or done with its first scan), as GET
+        /ready would say: what the test writes next is then new to the pipeline, not history."""
         self.thread.start()
         self._ready.wait(30)
+        sources = self.pipeline.sources.values() if self.pipeline is not None else ()
+        wait_until(
+            lambda: not self.thread.is_alive() or all(s.ready()[0] for s in sources),
+            60,
+            what="the sources to be ready",
+        )
         return self
 
     def stop(self, timeout: float = 60) -> int | None:

@@ -351,11 +351,19 @@ def test_checkpoint_only_covers_delivered_records(tmp_path, data_dir):
             wait_until(lambda: bg.telemetry.value("collector_events_received_total") == 13, what="all 13 read")
             assert bg.stop() == 3  # stopped with records undelivered
         assert _offset(data_dir) == delivered_size  # read, not delivered: not in the checkpoint
-        _read_pipe(rfd, bytearray())  # (the sink's thread is still inside write(2): let it return)
+        # in-process, the stopped sink's thread is still inside write(2) (a real process is gone):
+        # let it finish what it was writing, and set that aside
+        stale = bytearray()
+        wait_until(lambda: _read_pipe(rfd, stale).endswith(b"\n"), what="the stopped sink's last write(2)")
+        time.sleep(1)  # (nothing observable says that thread has returned: a second look after a pause)
+        assert _read_pipe(rfd, stale).endswith(b"\n")
         got.clear()
         with BackgroundPipeline(cfg) as bg:
             wait_until(lambda: _read_pipe(rfd, got).count(b"\n") >= 3, what="the 3 undelivered records")
-            wait_until(lambda: _offset(data_dir) == log.stat().st_size, what="the checkpoint at the end")
+            wait_until(
+                lambda: _read_pipe(rfd, got) is not None and _offset(data_dir) == log.stat().st_size,
+                what="the checkpoint at the end",
+            )
             assert bg.stop() == 0
     finally:
         os.close(rfd)
@@ -455,12 +463,14 @@ def test_a_wall_clock_step_changes_no_timestamp_and_no_decision(tmp_path, data_d
         d = container_dir(tmp_path)
         log = d / f"{CID}-json.log"
         log.write_bytes(docker_lines(["first 0", "first 1"], start_ns=1))
+        rotated_size = log.stat().st_size
         rotate(log)  # rotated before we saw it: its first lines
         log.write_bytes(docker_lines(["live 0"], start_ns=10))
-        wait_until(lambda: len(messages(out)) >= 1, what="the live line")
         saves = store.saves
-        wait_until(lambda: store.saves > saves, what="a checkpoint save after the step")
-        wait_until(lambda: messages(out) == ["first 0", "first 1", "live 0"], timeout=10, what="the rotated file")
+        wait_until(lambda: messages(out) == ["first 0", "first 1", "live 0"], what=f"the rotated file: {messages(out)}")
+        # saved on the monotonic clock after the step: both files' ends in the checkpoint file
+        wait_until(lambda: _offset(data_dir) == rotated_size + log.stat().st_size, what="the checkpoint saved")
+        assert store.saves > saves
         assert bg.stop() == 0
     stamps = [r["@timestamp"] for r in read_ndjson(out)]
     assert stamps == [

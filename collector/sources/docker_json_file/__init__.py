@@ -775,6 +775,7 @@ class DockerJsonFileSource(Source):
         if not self.ctx.once:  # watching first: what appears during the first scan is not missed
             self._start_watching()
         self.rescan(first=True)
+        self.mark_ready("following")
         self._rescan_due = time.monotonic() + cfg.rescan_interval
         try:
             while not self.stopping:
