@@ -56,6 +56,19 @@ class Ack:
         elif self._pending < 0:
             raise RuntimeError("Ack.done() called more often than retained")
 
+    def then(self, fn: Callable[[], Any]) -> None:
+        """Also run ``fn`` when the last holder is done (after the callback given at creation)."""
+        cb = self._callback
+        if cb is None:
+            self._callback = fn
+        else:
+
+            def both() -> None:
+                cb()
+                fn()
+
+            self._callback = both
+
 
 def release(ack: Ack | None) -> None:
     if ack is not None:
@@ -107,3 +120,28 @@ class OrderedAcks:
             entry[1] = True  # late completions become no-ops on an emptied queue
         self._queue = deque()
         self.committed = committed
+
+
+class InFlight:
+    """Records the sources emitted that are not finalized yet: what exit code 3 is about.
+
+    Every batch leaving a source is counted here (given an Ack when it has none), and uncounted
+    when its last holder finalizes it; what is left when the process stops was not delivered.
+    """
+
+    __slots__ = ("records",)
+
+    def __init__(self) -> None:
+        self.records = 0
+
+    def track(self, batch: Any) -> None:
+        n = len(batch)
+        self.records += n
+
+        def finalized() -> None:
+            self.records -= n
+
+        if batch.ack is None:
+            batch.ack = Ack(finalized)
+        else:
+            batch.ack.then(finalized)

@@ -22,6 +22,10 @@ pipeline has acknowledged (see acks.py), so the store never claims more than was
 
 The data directory is locked (``flock`` on ``<data_dir>/lock``) for the life of the process:
 two collectors sharing one state would each deliver the other's records again.
+
+A write that fails (a full disk) leaves the last checkpoint file as it was, valid, removes its
+temporary file and is tried again at the next interval; the warning is rate-limited.  Saves are
+paced by the event loop's monotonic clock: a wall-clock step neither delays nor hurries them.
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from pathlib import Path
 from typing import IO, Any
 
 import orjson
+
+from collector.diskfull import DiskFull, is_disk_full
+from collector.retry import Backoff, RetryConfig, Throttle
 
 log = logging.getLogger("collector.checkpoints")
 
@@ -103,6 +110,8 @@ class CheckpointStore:
         self._write_lock = threading.Lock()
         self._generation = 0  # snapshots are numbered; an older one never overwrites a newer
         self._written = 0
+        self._full = DiskFull("checkpoints", "records keep flowing; the last saved checkpoint stays valid")
+        self._failing = Throttle(30.0)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -134,7 +143,10 @@ class CheckpointStore:
             )
 
     def close(self) -> None:
-        self.save()
+        try:
+            self.save()
+        except OSError as e:
+            log.error("cannot write checkpoints to %s: %s; the last saved ones stay valid", self.path, e)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
@@ -209,10 +221,15 @@ class CheckpointStore:
 
     def _write_locked(self, data: bytes) -> None:
         tmp = self.path.with_suffix(".json.tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()  # give back what it took; the old checkpoint file is untouched
+            raise
         os.replace(tmp, self.path)
         dfd = os.open(self.path.parent, os.O_RDONLY)
         try:
@@ -235,13 +252,47 @@ class CheckpointStore:
             raise
 
     async def run(self, interval: float = 1.0) -> None:
-        """Save changes every ``interval`` seconds until cancelled."""
+        """Save changes every ``interval`` seconds until cancelled; a failed write is retried."""
         while True:
             await asyncio.sleep(interval)
+            await self.try_save()
+
+    async def try_save(self) -> bool:
+        """Save if anything changed; False (said, rate-limited) when the write failed."""
+        try:
+            await self.save_async()
+        except OSError as e:
+            if is_disk_full(e):
+                self._full.failed(self.path, e)
+            elif self._failing.ready():
+                log.error(
+                    "cannot write checkpoints to %s: %s (will retry; the last saved ones stay valid)", self.path, e
+                )
+            return False
+        self._full.ok()
+        self._failing.reset()
+        return True
+
+    async def save_final(self, within: float) -> bool:
+        """The last save, at exit: retried for up to ``within`` seconds (space may come back)."""
+        backoff = Backoff(RetryConfig(initial_backoff=0.05, max_backoff=1.0, max_elapsed=within))
+        while True:
             try:
-                await self.save_async()
-            except OSError as e:
-                log.error("cannot write checkpoints to %s: %s (will retry)", self.path, e)
+                if await self.try_save():
+                    return True
+            except Exception as e:  # the saver's own failure, already said (fatal): not again with a traceback
+                log.error("checkpoints could not be saved to %s at exit: %r", self.path, e)
+                return False
+            delay = backoff.delay()
+            if backoff.expired:
+                log.error(
+                    "checkpoints could not be saved to %s at exit (%s): records delivered since the last save "
+                    "will be read again at the next start",
+                    self.path,
+                    "disk full" if self._full.active else "write failed",
+                )
+                return False
+            await asyncio.sleep(delay)
 
     def __enter__(self) -> CheckpointStore:
         self.open()

@@ -7,6 +7,8 @@
     collector validate -c pipeline.yaml...
     collector setup --es URL | -c pipeline.yaml [--kibana URL] [--dry-run]
     collector health [--url http://127.0.0.1:8686]
+    collector top [--url http://127.0.0.1:8686] [--once]
+    collector status [--data-dir DIR]
     collector schema [--format json|markdown] [--write DIR]
 
 Exit codes (every command's ``--help`` says which apply): 0 done, 1 a component failed, 2 bad
@@ -40,6 +42,7 @@ from collector.config import (
     unreadable_files,
     validate_config,
 )
+from collector.ownlogs import FORMATS
 
 log = logging.getLogger("collector")
 
@@ -94,6 +97,8 @@ def tail_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
     if args.tag is None:
         del cfg["transforms"]["meta"]["tag"]
+    if args.api:
+        cfg["api"] = {"listen": api_listen(args.api)}
     return cfg
 
 
@@ -121,7 +126,20 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.docker_host:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
+    if args.api:
+        cfg["api"] = {"listen": api_listen(args.api)}
     return cfg
+
+
+def api_listen(value: str) -> str:
+    """``--api``: ``HOST:PORT`` as given; a bare ``PORT`` or ``:PORT`` is loopback only (the API
+    says what flows through the collector: it is opened to others only when asked)."""
+    v = value.strip()
+    if v.isdigit():
+        v = f":{v}"
+    if v.startswith(":"):
+        v = "127.0.0.1" + v
+    return v
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -136,6 +154,7 @@ exit codes:
 ENVIRONMENT = """\
 environment:
   COLLECTOR_LOG_LEVEL  default of --log-level
+  COLLECTOR_LOG_FORMAT default of --log-format
   DOCKER_HOST          the Docker API (default unix:///var/run/docker.sock)"""
 
 
@@ -175,6 +194,14 @@ def _sub(
         default=argparse.SUPPRESS,
         help="how much to log on stderr (default: $COLLECTOR_LOG_LEVEL or info)",
     )
+    p.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        default=argparse.SUPPRESS,
+        help="the log on stderr as text or as JSON lines (default: $COLLECTOR_LOG_FORMAT, else text on a "
+        "terminal and JSON otherwise)",
+    )
     return p
 
 
@@ -190,6 +217,7 @@ FLAG_OF_KEY = (
     (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
     (r"sinks\.out(\.[\w.]+)?", "--output"),
     (r"data_dir", "--data-dir"),
+    (r"api(\.listen)?", "--api"),
 )
 
 
@@ -238,6 +266,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--docker-host", metavar="URL", help="Docker API address (default: $DOCKER_HOST or the local socket)"
     )
+    p.add_argument(
+        "--api",
+        metavar="HOST:PORT",
+        help="serve GET /health, /ready and /metrics there (for `collector top`, `status`, Prometheus); "
+        "a bare PORT listens on 127.0.0.1 only (default: off)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -254,6 +288,14 @@ def parser() -> argparse.ArgumentParser:
         choices=LOG_LEVELS,
         default=None,
         help="how much to log on stderr, before or after the command (default: $COLLECTOR_LOG_LEVEL or info)",
+    )
+    ap.add_argument(
+        "--log-format",
+        type=str.lower,
+        choices=FORMATS,
+        default=None,
+        help="the log on stderr as text or as JSON lines, before or after the command (default: "
+        "$COLLECTOR_LOG_FORMAT, else text on a terminal and JSON otherwise)",
     )
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -401,6 +443,42 @@ def parser() -> argparse.ArgumentParser:
     )
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
+    tp = _sub(
+        sub,
+        "top",
+        "watch what flows through a running collector",
+        "Per component of a running collector (its API: api.listen, or tail/receive --api): records per\n"
+        "second in and out, totals, errors, records dead-lettered, retries, how full each sink's buffer is,\n"
+        "and each source's checkpoint lag (bytes in its files not yet delivered); then the lag of each\n"
+        "container. Redrawn in place on a terminal until Ctrl-C; --once prints one snapshot.",
+        epilog="exit codes:\n  0  printed (or stopped with Ctrl-C)\n  1  the collector's API cannot be reached\n"
+        "  2  bad usage",
+    )
+    tp.add_argument(
+        "--url", default=None, help="its API (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+    )
+    tp.add_argument("--once", action="store_true", help="print one snapshot and exit (rates over --interval)")
+    tp.add_argument(
+        "--interval", type=float, default=2.0, help="seconds between refreshes (and over which rates are measured)"
+    )
+
+    st = _sub(
+        sub,
+        "status",
+        "what a data directory holds: checkpoints, buffers, dead letters",
+        "Read a data directory, whether or not a collector runs on it (nothing is locked or written):\n"
+        "per pipeline, each tracked file with its container's name, the offset delivered, the file's size\n"
+        "and the lag; each disk buffer's bytes and records; each dead-letter file's entries and reasons;\n"
+        "and, when a collector runs on it with its API on, the last delivery of each sink.",
+        epilog="exit codes:\n  0  printed\n  2  bad usage, or no such data directory",
+    )
+    st.add_argument("--data-dir", metavar="DIR", help=f"the data directory (default: {default_data_dir()})")
+    st.add_argument(
+        "--url",
+        default=None,
+        help="the running collector's API (default: the one it wrote in DIR/api.json, if it runs with one)",
+    )
+
     sc = _sub(
         sub,
         "schema",
@@ -477,14 +555,22 @@ def log_level(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str:
     return env
 
 
+def log_format(ap: argparse.ArgumentParser, args: argparse.Namespace) -> str | None:
+    """--log-format (before or after the command), else $COLLECTOR_LOG_FORMAT, else by stderr."""
+    if args.log_format is not None:
+        return str(args.log_format)
+    env = os.environ.get("COLLECTOR_LOG_FORMAT", "").strip().lower()
+    if env and env not in FORMATS:
+        ap.error(f"COLLECTOR_LOG_FORMAT={env!r}: use one of {', '.join(FORMATS)}")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    from collector import ownlogs  # noqa: PLC0415
+
     ap = parser()
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        level=log_level(ap, args).upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    ownlogs.setup(log_level(ap, args), log_format(ap, args))
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)  # we report engine trouble ourselves
     logging.getLogger("watchdog").setLevel(logging.WARNING)
     try:
@@ -509,6 +595,16 @@ def main(argv: list[str] | None = None) -> int:
             return _run(command_config(receive_config(args), "receive"), False)
         if args.command == "health":
             return health(args.url, args.timeout)
+        if args.command == "top":
+            from collector.top import run_top  # noqa: PLC0415
+
+            if args.interval <= 0:
+                ap.error("--interval must be more than 0")
+            return run_top(args.url, args.once, args.interval)
+        if args.command == "status":
+            from collector.status import run_status  # noqa: PLC0415
+
+            return run_status(Path(args.data_dir or default_data_dir()), args.url)
         if args.command == "schema":
             return schema(args.format, args.write)
         if args.command == "setup":

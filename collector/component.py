@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from collector.acks import release
+from collector.acks import InFlight, release
 from collector.buffers import BufferConfig
 from collector.buffers.memory import Channel
 from collector.checkpoints import CheckpointStore
@@ -115,6 +115,7 @@ class Context:
             await meta.start()
             self._closers.append(meta.close)
             self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)
+            self.telemetry.register_docker(meta)
         return meta
 
     async def pipeline_docker(self) -> DockerMetadata:
@@ -123,6 +124,14 @@ class Context:
         if self._docker:
             return next(iter(self._docker.values()))
         return await self.docker()
+
+    def container_name(self, cid: str) -> str:
+        """A container's name if the pipeline's Docker metadata knows it already ("" otherwise)."""
+        for meta in list(self._docker.values()):
+            name = meta.known_name(cid)
+            if name:
+                return name
+        return ""
 
     async def aclose(self) -> None:
         for close in reversed(self._closers):
@@ -138,11 +147,19 @@ class Emitter:
     record in place, see ``event.with_path``) and retains its Ack once per extra consumer.
     """
 
-    def __init__(self, name: str, channels: Sequence[Channel] = ()) -> None:
+    def __init__(
+        self, name: str, channels: Sequence[Channel] = (), inflight: InFlight | None = None, counter: Any = None
+    ) -> None:
         self.name = name
         self.channels = list(channels)
+        self.inflight = inflight  # a source's output: what it emits is counted until finalized
+        self.counter = counter  # collector_events_out_total of the component (None: not counted)
 
     async def emit(self, batch: Batch) -> None:
+        if self.inflight is not None:
+            self.inflight.track(batch)
+        if self.counter is not None:
+            self.counter.inc(len(batch))
         chans = self.channels
         if not chans:
             release(batch.ack)  # nothing downstream: finalized by definition
@@ -176,9 +193,22 @@ class Source:
         self.config = config
         self.ctx = ctx
         self._stop = asyncio.Event()
+        self.is_ready = False  # set once it listens (or has found its files): GET /ready
+        self.ready_detail = "starting"
 
     async def run(self, out: Emitter) -> None:
         raise NotImplementedError
+
+    def mark_ready(self, detail: str) -> None:
+        self.is_ready = True
+        self.ready_detail = detail
+
+    def ready(self) -> tuple[bool, str]:
+        return self.is_ready, self.ready_detail
+
+    def progress(self) -> tuple[int, int] | None:
+        """(bytes read, bytes present) for a progress bar of a ``--once`` run; None: not known."""
+        return None
 
     def stop(self) -> None:
         """Stop producing soon; ``run`` returns after its current batch."""
@@ -233,9 +263,19 @@ class Sink:
         self.name = name
         self.config = config
         self.ctx = ctx
+        self.meter = ctx.telemetry.sink(name)
+        self.reached = False  # its destination answered once (connected, opened): GET /ready
+        self.ready_detail = "destination not reached yet"
 
     async def run(self, inbox: Channel) -> None:
         raise NotImplementedError
 
     def health(self) -> tuple[bool, str]:
         return True, "ok"
+
+    def mark_reached(self, detail: str) -> None:
+        self.reached = True
+        self.ready_detail = detail
+
+    def ready(self) -> tuple[bool, str]:
+        return self.reached, self.ready_detail

@@ -38,6 +38,7 @@ from pydantic import (
 from collector import registry
 from collector.component import split_hostport
 from collector.deadletter import DeadLetterConfig
+from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
@@ -76,6 +77,17 @@ class ApiConfig(BaseModel):
         return v
 
 
+class RestartConfig(BaseModel):
+    """How a crashed sink is restarted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    retry: RetryConfig = Field(
+        default_factory=lambda: RetryConfig(initial_backoff=1.0, max_backoff=60.0, max_elapsed=300.0),
+        description="Backoff between restarts; when the sink keeps crashing without delivering anything for "
+        "`max_elapsed` seconds, the collector stops with exit code 1.",
+    )
+
+
 class PipelineConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -97,6 +109,11 @@ class PipelineConfig(BaseModel):
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")
+    restart: RestartConfig = Field(
+        default_factory=RestartConfig,
+        description="A sink that crashed (an unexpected error; an unreachable destination is retried inside "
+        "the sink) is restarted and handed again what it held.",
+    )
     dead_letter: DeadLetterConfig = Field(
         default_factory=DeadLetterConfig, description="The disk dead letters may take, per component."
     )

@@ -6,8 +6,9 @@ One NDJSON file per component under ``<data_dir>/dead-letter/<component>.ndjson`
 
 ``origin`` says where the data came from (file path and offset, peer address, ...); ``raw``
 keeps the input as text (``raw_base64`` as well when the bytes were not UTF-8), so nothing is
-lost and a line can be replayed by hand once fixed.  Every entry is also counted
-(``collector_events_rejected_total`` for records, ``collector_errors_total`` for raw input).
+lost and a line can be replayed by hand once fixed.  Every entry is counted
+(``collector_dead_letters_total``), and also as ``collector_events_rejected_total`` (records) or
+``collector_errors_total`` (raw input).
 
 Bad input is what an attacker sends most cheaply, so the disk it may take is bounded
 (``dead_letter:`` in the pipeline config, :class:`DeadLetterConfig`), per component:
@@ -21,6 +22,10 @@ Bad input is what an attacker sends most cheaply, so the disk it may take is bou
   comes faster is counted (``reason="rate_limited"``), not written.
 
 Warnings say one line per component and reason per minute (ratelog.py).
+
+A full disk never stops good records: while the data directory is full, entries are dropped
+and counted (``reason="disk_full"``), a partly written line is cut off again, a warning says so
+(at once, then every 30 s: diskfull.py), and writing resumes by itself.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from typing import IO, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from collector.diskfull import DiskFull, is_disk_full
 from collector.ratelog import RateLimitedLog
 from collector.telemetry import Telemetry
 
@@ -111,6 +117,7 @@ class DeadLetter:
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         self._say = RateLimitedLog(log)
+        self._full = DiskFull("dead letters", "bad input and rejected records are dropped (counted)")
         self.file_bytes = self.config.max_bytes // self.config.files  # one file at most
         self.max_raw = min(MAX_RAW, self.file_bytes // 5)  # an entry (text, base64, JSON escapes) fits a file
 
@@ -118,17 +125,38 @@ class DeadLetter:
         """The current file of ``component`` (``n`` = 0) or its ``n``-th rotated one."""
         return self.dir / (f"{component}.ndjson" if n == 0 else f"{component}.ndjson.{n}")
 
-    def _write(self, component: str, entries: list[dict[str, Any]]) -> None:
+    def _write(self, component: str, entries: list[dict[str, Any]]) -> bool:
+        """True when written; False when dropped (rate, size, full disk: each counted)."""
         data = b"".join(orjson.dumps(e, default=str) + b"\n" for e in entries)
         with self._lock:
             if not self._within_rate(component, len(data), len(entries)):
-                return
+                return False
             f = self._room_for(component, len(data), len(entries))
             if f is None:
-                return
-            f.write(data)
-            f.flush()
+                return False
+            try:
+                f.write(data)
+                f.flush()
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                self._disk_full(component, len(entries), e)
+                return False
             self._files[component].current += len(data)
+            self._full.ok()
+        return True
+
+    def _disk_full(self, component: str, entries: int, error: OSError) -> None:
+        """No room for dead letters: drop them (counted), cut off what was half written, say it."""
+        st = self._files[component]
+        if st.f is not None:
+            with contextlib.suppress(OSError):
+                st.f.close()  # what its buffer still held is dropped with the rest
+            st.f = None
+        with contextlib.suppress(OSError):
+            os.truncate(self.path(component), st.current)
+        self._dropped(component, "disk_full", entries)
+        self._full.failed(self.path(component), error, entries)
 
     # -- limits (bytes per second, bytes on disk) -------------------------------------------------
     def _dropped(self, component: str, reason: str, n: int) -> None:
@@ -211,13 +239,14 @@ class DeadLetter:
             entries,
         )
 
-    def _note(self, component: str, reason: str, where: str) -> None:
+    def _note(self, component: str, reason: str, where: str, written: bool = True) -> None:
         self._say.warning(
             f"{component}:{_short(reason)}",
-            "%s: %s (%s); set aside in %s",
+            "%s: %s (%s); %s %s",
             component,
             reason[:300],
             where[:300],
+            "set aside in" if written else "not set aside (see the count of dropped dead letters) in",
             self.path(component),
         )
 
@@ -237,9 +266,10 @@ class DeadLetter:
             clipped.decode("utf-8")
         except UnicodeDecodeError:
             entry["raw_base64"] = base64.b64encode(clipped).decode()
-        self._write(component, [entry])
+        written = self._write(component, [entry])
         self.telemetry.errors.labels(component, reason.split(":", maxsplit=1)[0]).inc()
-        self._note(component, reason, ", ".join(f"{k}={v}" for k, v in origin.items()))
+        self.telemetry.dead_letters.labels(component, _short(reason)).inc()
+        self._note(component, reason, ", ".join(f"{k}={v}" for k, v in origin.items()), written)
 
     def records(self, component: str, items: list[tuple[str, dict[str, Any] | bytes, dict[str, Any]]]) -> None:
         """Records a sink could not deliver: (reason, record or its JSON bytes, origin)."""
@@ -253,8 +283,9 @@ class DeadLetter:
             e["record"] = orjson.Fragment(rec) if isinstance(rec, bytes) else rec
             entries.append(e)
             self.telemetry.rejected.labels(component, _short(reason)).inc()
-        self._write(component, entries)
-        self._note(component, _short(reason), f"{len(items)} record(s)")
+            self.telemetry.dead_letters.labels(component, _short(reason)).inc()
+        written = self._write(component, entries)
+        self._note(component, _short(reason), f"{len(items)} record(s)", written)
 
     def close(self) -> None:
         with self._lock:

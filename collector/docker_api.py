@@ -304,7 +304,10 @@ class DockerMetadata:
         self._down_since: float | None = None
         self.api_ok = False
         self.api_ever_ok = False
-        self.api_calls = 0  # inspect/list calls made (observable: never per record)
+        # counted for collector_docker_api_calls_total / _cache_hits_total / _cache_misses_total
+        self.calls = {"list": 0, "inspect": 0, "events": 0}
+        self.cache_hits = {"api": 0, "files": 0}
+        self.cache_misses = {"api": 0, "files": 0}
         self.reconnect_attempts = 0  # failed (re)connections since the start
         self.last_error = ""
         self.last_error_hung = False  # the last failure was a timeout: the API accepts but does not answer
@@ -350,7 +353,7 @@ class DockerMetadata:
 
             if self._client is None:
                 self._client = docker.DockerClient(base_url=self.docker_host, timeout=self.options.api_timeout)
-            self.api_calls += 1
+            self.calls["list"] += 1
             summaries = self._client.api.containers(all=True)
             infos = [self._admit(_from_summary(s)) for s in summaries if isinstance(s, dict)]
             with self._lock:
@@ -451,6 +454,7 @@ class DockerMetadata:
         from docker.utils import convert_filters  # noqa: PLC0415
 
         api = self._client.api
+        self.calls["events"] += 1
         resp = api._get(
             api._url("/events"),
             params={"filters": convert_filters({"type": "container"})},
@@ -493,7 +497,7 @@ class DockerMetadata:
         if client is None:
             return None
         try:
-            self.api_calls += 1
+            self.calls["inspect"] += 1
             d = client.api.inspect_container(ref)
         except Exception as e:
             if getattr(getattr(e, "response", None), "status_code", None) == 404:
@@ -539,6 +543,14 @@ class DockerMetadata:
         with self._lock:
             return self._cache.get(self._alias.get(cid, cid))
 
+    def known_name(self, cid: str) -> str:
+        """The container's name if a cache knows it (no lookup, no I/O: for reports)."""
+        info = self.cached(cid)
+        if info is None:
+            entry = self._files.get(cid)
+            info = entry.info if entry is not None else None
+        return info.name if info is not None else ""
+
     async def lookup(self, cid: str, container_dir: Path | None = None) -> ContainerInfo:
         """Metadata for ``cid``; an id-only ContainerInfo (source ``none``) when nothing knows
         it, or when ``cid`` is not a container id at all (then nothing was looked up).
@@ -550,7 +562,9 @@ class DockerMetadata:
         if self.mode != "files":
             info = self.cached(cid)
             if info is not None:
+                self.cache_hits["api"] += 1
                 return info
+            self.cache_misses["api"] += 1
             if self.api_ok:
                 now = time.monotonic()
                 if now - self._misses.get(cid, -1e18) > self.options.miss_ttl and self._inspect_budget(now):
@@ -615,7 +629,9 @@ class DockerMetadata:
         now = time.monotonic()
         hit = self._files.get(cid)
         if hit is not None and now - hit.checked < self.options.file_ttl:
+            self.cache_hits["files"] += 1
             return hit.info
+        self.cache_misses["files"] += 1
         path = d / "config.v2.json"
         try:  # a stat never blocks (nor opens a FIFO): on the loop; a read goes to a thread
             mtime = os.lstat(path).st_mtime
@@ -668,6 +684,11 @@ class DockerMetadata:
             else:
                 parts.append(f"no readable {where}")
         return "; ".join(parts), wrong
+
+    @property
+    def api_calls(self) -> int:
+        """Inspect and list calls made (observable: never per record)."""
+        return self.calls["list"] + self.calls["inspect"]
 
     def health(self) -> tuple[bool, str]:
         if self.mode == "files" or (self.mode == "auto" and not self.api_ok and self._thread is None):
@@ -731,3 +752,49 @@ def api_socket_missing(docker_host: str | None) -> str | None:
         path = host[len("unix://") :]
         return None if os.path.exists(path) else path
     return None
+
+
+# -- which container am I? ------------------------------------------------------------------------
+# Docker bind-mounts three files of <data-root>/containers/<id>/ into every container
+_OWN_MOUNT = re.compile(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)\Z")
+_OWN_CGROUP = re.compile(r"(?:/docker/|/docker-|:docker-)([0-9a-f]{64})(?:\.scope)?(?:/|\Z)")
+_SHORT_ID = re.compile(r"[0-9a-f]{12}\Z")
+
+
+def own_container_id(docker_root: str | Path = DEFAULT_DOCKER_ROOT, proc: str | Path = "/proc/self") -> str:
+    """The id of the Docker container this process runs in ("" when it is not in one): a
+    collector that tails the host's containers must not tail its own log, or every line it
+    logs about a record becomes a record (a feedback loop).
+
+    Found, in order, from ``mountinfo`` (the ``hostname``, ``hosts`` and ``resolv.conf`` files
+    Docker mounts from the container's directory), ``cgroup`` (cgroup v1, or v2 without a private
+    cgroup namespace) and the hostname (Docker's default is the id's first 12 characters) when one
+    directory under ``<docker_root>/containers`` starts with it and this is a container
+    (``/.dockerenv``)."""
+    proc = Path(proc)
+    try:
+        for line in (proc / "mountinfo").read_text(errors="replace").splitlines():
+            f = line.split()
+            if len(f) > 4 and f[4] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+                m = _OWN_MOUNT.search(f[3])
+                if m:
+                    return m.group(1)
+    except OSError:
+        pass
+    try:
+        for line in (proc / "cgroup").read_text(errors="replace").splitlines():
+            m = _OWN_CGROUP.search(line)
+            if m:
+                return m.group(1)
+    except OSError:
+        pass
+    host = socket.gethostname()
+    if _SHORT_ID.match(host) and os.path.exists("/.dockerenv"):
+        try:
+            with os.scandir(Path(docker_root) / "containers") as it:
+                found = [e.name for e in it if e.name.startswith(host) and is_container_id(e.name)]
+        except OSError:
+            found = []
+        if len(found) == 1:
+            return found[0]
+    return ""

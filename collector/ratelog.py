@@ -130,3 +130,41 @@ def _format(msg: str, args: tuple[Any, ...]) -> str:
 
 def _seconds(s: float) -> str:
     return f"{s:.0f}s" if s < 120 else f"{s / 60:.0f} min"
+
+
+class RepeatFilter(logging.Filter):
+    """On the collector's own log handler: a line identical to one written less than ``interval``
+    seconds ago (same logger, level and text) is held back and counted; the next one written
+    says how many were (``(N more like it in the last 60s)``). Lines that differ are never held."""
+
+    def __init__(self, interval: float = INTERVAL, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.interval = interval
+        self.clock = clock
+        self._entries: dict[tuple[str, int, str], _Entry] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string: let logging report it
+            return True
+        key = (record.name, record.levelno, text)
+        now = self.clock()
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None:
+                if len(self._entries) >= MAX_KEYS * 4:
+                    self._entries = {k: v for k, v in self._entries.items() if now - v.logged_at < self.interval}
+                if len(self._entries) < MAX_KEYS * 4:
+                    self._entries[key] = _Entry(now)
+                return True
+            if now - e.logged_at < self.interval:
+                e.suppressed += 1
+                return False
+            suppressed, elapsed = e.suppressed, now - e.logged_at
+            e.logged_at, e.suppressed = now, 0
+        if suppressed:
+            record.msg = f"{text} ({suppressed} more like it in the last {_seconds(elapsed)})"
+            record.args = ()
+        return True

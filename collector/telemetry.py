@@ -7,12 +7,27 @@ Every component counts through this module, so one place names what is measured:
     collector_events_dropped_total{component,reason}   records deliberately not delivered
     collector_events_rejected_total{component,reason}  records dead-lettered (see deadletter.py)
     collector_errors_total{component,reason}       malformed input, failed requests, lost bytes
+    collector_dead_letters_total{component,reason}  entries set aside in the dead letter (bad input, rejected records)
     collector_dead_letter_dropped_total{component,reason}  dead-letter entries not kept (rate, rotation)
     collector_retries_total{component,reason}      delivery attempts that will be retried
     collector_buffer_events{component}             records waiting in a sink buffer
     collector_buffer_bytes{component}
+    collector_buffer_max_events{component}         a buffer's limits: fill = waiting / max
+    collector_buffer_max_bytes{component}
+    collector_events_in_total{component}           records that reached a transform or a sink
+    collector_events_out_total{component}          records a source or transform passed on
+    collector_component_info{component,kind,type}  1 per component (kind: source, transform, sink)
+    collector_sink_request_duration_seconds{component}  histogram of one request to a destination
+    collector_sink_requests_in_flight{component}
+    collector_sink_last_delivery_timestamp_seconds{component}
+    collector_checkpoint_lag_bytes{component,container,container_id}  bytes present, not yet acknowledged
+    collector_docker_api_calls_total{call}         calls to the Docker API (list, inspect, events)
+    collector_docker_cache_hits_total{cache}       metadata lookups answered by a cache (api, files)
+    collector_docker_cache_misses_total{cache}
 
-Counters are incremented per batch, never per record on the hot path.
+Counters are incremented per batch, never per record on the hot path.  ``GET /ready`` answers
+200 once every source listens (or has made its first scan) and every sink has reached its
+destination once, and 503 again while the pipeline drains at a stop.
 """
 
 from __future__ import annotations
@@ -21,14 +36,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol
 
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 log = logging.getLogger("collector.telemetry")
+
+# seconds: a bulk request of a few MB takes 10-500 ms; a GELF UDP round a few ms; past 10 s it is trouble
+REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+Check = Callable[[], tuple[bool, str]]
+# (container, container_id, bytes): a source's checkpoint lag per container, computed when scraped
+LagReport = Callable[[], Iterable[tuple[str, str, int]]]
+
+
+class DockerCounts(Protocol):
+    """What a Docker metadata cache counts (docker_api.DockerMetadata)."""
+
+    calls: dict[str, int]
+    cache_hits: dict[str, int]
+    cache_misses: dict[str, int]
 
 
 class Telemetry:
@@ -55,6 +86,13 @@ class Telemetry:
             ["component", "reason"],
             registry=r,
         )
+        self.dead_letters = Counter(
+            "collector_dead_letters",
+            "Entries set aside in the dead letter: bad input (also in collector_errors_total) and rejected records "
+            "(also in collector_events_rejected_total)",
+            ["component", "reason"],
+            registry=r,
+        )
         self.dead_letter_dropped = Counter(
             "collector_dead_letter_dropped",
             "Dead-letter entries not kept: over the byte rate, deleted by rotation, too large",
@@ -70,8 +108,56 @@ class Telemetry:
         self.buffer_bytes = Gauge(
             "collector_buffer_bytes", "Bytes waiting in a sink's buffer", ["component"], registry=r
         )
+        self.buffer_max_events = Gauge(
+            "collector_buffer_max_events",
+            "Records a sink's memory buffer holds before it is full",
+            ["component"],
+            registry=r,
+        )
+        self.buffer_max_bytes = Gauge(
+            "collector_buffer_max_bytes", "Bytes a sink's buffer holds before it is full", ["component"], registry=r
+        )
+        self.events_in = Counter(
+            "collector_events_in", "Records that reached a transform or a sink", ["component"], registry=r
+        )
+        self.events_out = Counter(
+            "collector_events_out",
+            "Records a source or a transform passed on (once, whatever the number of consumers)",
+            ["component"],
+            registry=r,
+        )
+        self.component_info = Gauge(
+            "collector_component_info",
+            "Each component of the pipeline (value 1)",
+            ["component", "kind", "type"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "collector_sink_request_duration_seconds",
+            "Time of one request to a sink's destination (a bulk request, a GELF write, a file write)",
+            ["component"],
+            buckets=REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.requests_in_flight = Gauge(
+            "collector_sink_requests_in_flight",
+            "Requests a sink has sent and not yet seen answered",
+            ["component"],
+            registry=r,
+        )
+        self.last_delivery = Gauge(
+            "collector_sink_last_delivery_timestamp_seconds",
+            "Unix time of a sink's last delivery (0: none yet)",
+            ["component"],
+            registry=r,
+        )
         self.started = time.time()
-        self._health: dict[str, Callable[[], tuple[bool, str]]] = {}
+        self._health: dict[str, Check] = {}
+        self._ready: dict[str, Check] = {}
+        self.draining = False  # a stop was requested: not ready any more
+        self._lag: dict[str, LagReport] = {}
+        self._docker: list[DockerCounts] = []
+        r.register(_Dynamic(self))
 
     # -- convenience -----------------------------------------------------------------
     def value(self, metric: str, **labels: str) -> float:
@@ -97,24 +183,35 @@ class Telemetry:
                 out[key] = s.value
         return out
 
-    def register_health(self, name: str, check: Callable[[], tuple[bool, str]]) -> None:
+    def register_health(self, name: str, check: Check) -> None:
         self._health[name] = check
 
     def health(self) -> tuple[bool, dict[str, str]]:
-        ok = True
-        detail: dict[str, str] = {}
-        for name, check in self._health.items():
-            try:
-                good, why = check()
-            except Exception as e:  # a failing check is itself unhealthy
-                good, why = False, f"health check failed: {e}"
-            ok = ok and good
-            detail[name] = ("ok: " if good else "failing: ") + why
+        return _run_checks(self._health, "ok: ", "failing: ")
+
+    def register_ready(self, name: str, check: Check) -> None:
+        self._ready[name] = check
+
+    def ready(self) -> tuple[bool, dict[str, str]]:
+        ok, detail = _run_checks(self._ready, "ready: ", "not ready: ")
+        if self.draining:
+            detail["pipeline"] = "not ready: stopping (delivering what is in flight)"
+            ok = False
         return ok, detail
+
+    def register_lag(self, component: str, report: LagReport) -> None:
+        """``report()`` gives a source's checkpoint lag per container when /metrics is scraped."""
+        self._lag[component] = report
+
+    def register_docker(self, counts: DockerCounts) -> None:
+        self._docker.append(counts)
+
+    def sink(self, component: str) -> SinkMeter:
+        return SinkMeter(self, component)
 
     # -- HTTP endpoint -----------------------------------------------------------------
     async def serve(self, host: str, port: int) -> asyncio.Server:
-        """GET /metrics (Prometheus text), GET /health (200 or 503, JSON detail)."""
+        """GET /metrics (Prometheus text), GET /health and GET /ready (200 or 503, JSON detail)."""
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
@@ -126,6 +223,10 @@ class Telemetry:
                     ok, detail = self.health()
                     status, ctype = (200 if ok else 503), "application/json"
                     body = orjson.dumps({"status": "ok" if ok else "failing", "checks": detail})
+                elif path.startswith("/ready"):
+                    ok, detail = self.ready()
+                    status, ctype = (200 if ok else 503), "application/json"
+                    body = orjson.dumps({"status": "ready" if ok else "not ready", "checks": detail})
                 else:
                     status, ctype, body = 404, "text/plain", b"not found\n"
                 reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
@@ -143,3 +244,89 @@ class Telemetry:
                     await writer.wait_closed()
 
         return await asyncio.start_server(handle, host, port)
+
+
+def _run_checks(checks: dict[str, Check], good_prefix: str, bad_prefix: str) -> tuple[bool, dict[str, str]]:
+    ok = True
+    detail: dict[str, str] = {}
+    for name, check in list(checks.items()):
+        try:
+            good, why = check()
+        except Exception as e:  # a failing check is itself a failure
+            good, why = False, f"check failed: {e}"
+        ok = ok and good
+        detail[name] = (good_prefix if good else bad_prefix) + why
+    return ok, detail
+
+
+class SinkMeter:
+    """What a sink reports besides its outcomes: each request's time, the requests in flight,
+    the last delivery.  ``delivered(n)`` counts ``collector_events_sent_total`` too."""
+
+    def __init__(self, telemetry: Telemetry, component: str) -> None:
+        self._sent = telemetry.sent.labels(component)
+        self._latency = telemetry.request_duration.labels(component)
+        self._in_flight = telemetry.requests_in_flight.labels(component)
+        self._last = telemetry.last_delivery.labels(component)
+
+    def delivered(self, n: int) -> None:
+        if n:
+            self._sent.inc(n)
+            self._last.set(time.time())
+
+    @contextlib.contextmanager
+    def request(self) -> Iterator[None]:
+        """Around one request: in flight meanwhile, its time observed whatever the outcome."""
+        self._in_flight.inc()
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._latency.observe(time.perf_counter() - t0)
+            self._in_flight.dec()
+
+
+class _Dynamic:
+    """Metrics computed when scraped: checkpoint lag per container, the Docker API's counts."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.t = telemetry
+
+    def collect(self) -> Iterator[Metric]:
+        lag = GaugeMetricFamily(
+            "collector_checkpoint_lag_bytes",
+            "Bytes of a container's log present on disk and not yet acknowledged (delivered) by the pipeline",
+            labels=["component", "container", "container_id"],
+        )
+        for component, report in list(self.t._lag.items()):
+            try:
+                rows = list(report())
+            except Exception as e:  # a report must never break a scrape
+                log.debug("checkpoint lag of %s: %r", component, e)
+                continue
+            for container, cid, nbytes in rows:
+                lag.add_metric([component, container, cid], nbytes)
+        yield lag
+        calls = CounterMetricFamily(
+            "collector_docker_api_calls", "Calls to the Docker Engine API (list, inspect, events)", labels=["call"]
+        )
+        hits = CounterMetricFamily(
+            "collector_docker_cache_hits", "Container metadata lookups answered from a cache", labels=["cache"]
+        )
+        misses = CounterMetricFamily(
+            "collector_docker_cache_misses",
+            "Container metadata lookups the cache could not answer (asked the API or read a file)",
+            labels=["cache"],
+        )
+        for family, attr, keys in (
+            (calls, "calls", ("list", "inspect", "events")),
+            (hits, "cache_hits", ("api", "files")),
+            (misses, "cache_misses", ("api", "files")),
+        ):
+            totals = dict.fromkeys(keys, 0)
+            for d in list(self.t._docker):
+                for k, v in list(getattr(d, attr).items()):
+                    totals[k] = totals.get(k, 0) + v
+            for k, v in totals.items():
+                family.add_metric([k], v)
+            yield family

@@ -21,6 +21,9 @@ from tests.helpers import REPO, SERVICES_DIR
 from tests.peers.graylog_peer import GraylogPeer
 
 SERVICES = SERVICES_DIR
+# the tests read the collector's log as text (tests/test_ownlogs.py checks JSON, the default when
+# stderr is not a terminal): every collector they start inherits this unless a test says otherwise
+os.environ.setdefault("COLLECTOR_LOG_FORMAT", "text")
 IMAGE = "collector-test/busybox:latest"
 SESSION = uuid.uuid4().hex[:12]
 
@@ -237,6 +240,42 @@ def all_docs(engine: SearchEngine, index: str, fields: list[str]) -> list[dict[s
         assert r.status == 200, r.body
     engine.request("DELETE", "/_search/scroll", {"scroll_id": r.body.get("_scroll_id")})
     return out
+
+
+@dataclass
+class SmallDisk:
+    """A tmpfs of its own (we run as root), to fill to the last byte and give space back."""
+
+    path: Path
+    filler: Path
+
+    def fill(self) -> None:
+        """Take every free byte: the next write anywhere on it fails with ENOSPC."""
+        with open(self.filler, "ab", buffering=0) as f:
+            chunk = b"\0" * 65536
+            while True:
+                try:
+                    f.write(chunk)  # the last one writes what fits, the next one fails
+                except OSError:
+                    break
+        assert os.statvfs(self.path).f_bavail == 0
+
+    def free(self) -> None:
+        self.filler.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[SmallDisk]:
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    cmd = ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs (the tests run as root): {res.stderr}", pytrace=False)
+    try:
+        yield SmallDisk(mnt, mnt / "filler")
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture(scope="session")

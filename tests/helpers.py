@@ -15,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,20 @@ def metric(api: str, name: str, **labels: str) -> float | None:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
+
+
+def wait_progressing(value: Callable[[], float], goal: float, stall: float = 60.0, what: str = "") -> float:
+    """Wait until ``value()`` reaches ``goal`` for as long as it keeps moving: fails only after
+    ``stall`` seconds without progress (a loaded machine is slow, a loss stops the count)."""
+    last, moved = value(), time.monotonic()
+    while last < goal:
+        time.sleep(0.5)
+        now = value()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(f"{what or 'the count'} stopped at {last} of {goal} ({stall:.0f}s without progress)")
+    return last
 
 
 def run_once(config: dict[str, Any]) -> int:
@@ -341,10 +356,13 @@ class SeenRequest:
 class EngineProxy(StandInServer):
     """A small HTTP(S) proxy in front of a real engine that records what arrives on the wire
     (method, path, credentials, content encoding). With ``authorization`` it answers 401 like
-    Elasticsearch to any other credentials (the test engines run without security)."""
+    Elasticsearch to any other credentials (the test engines run without security).
+    :meth:`refuse_bulk` makes it refuse the next ``_bulk`` requests as an overloaded engine does."""
 
     def __init__(self, upstream: str, tls: tuple[Path, Path] | None = None, authorization: str | None = None) -> None:
         self.seen: list[SeenRequest] = []
+        self.refusals: deque[str] = deque()
+        self.refused = 0
         proxy = self
 
         class Handler(QuietHandler):
@@ -356,6 +374,8 @@ class EngineProxy(StandInServer):
                 if authorization is not None and got != authorization:
                     reason = {"type": "security_exception", "reason": "unable to authenticate user"}
                     self.answer(401, {"error": reason, "status": 401})
+                    return
+                if "_bulk" in self.path and proxy._refuse(self, body):
                     return
                 req = urllib.request.Request(upstream + self.path, data=body or None, method=self.command)
                 for name in ("content-type", "content-encoding"):
@@ -370,3 +390,78 @@ class EngineProxy(StandInServer):
             do_GET = do_POST = do_PUT = do_HEAD = do_DELETE = _any
 
         super().__init__(Handler, tls)
+
+    def refuse_bulk(self, n: int, kinds: tuple[str, ...] = ("503",)) -> None:
+        """Refuse the next ``n`` bulk requests, cycling through ``kinds``: ``503`` (unavailable),
+        ``429`` (the whole request rejected: queue full) or ``item-429`` (200, every item 429)."""
+        self.refusals.extend(kinds[i % len(kinds)] for i in range(n))
+
+    def _refuse(self, h: QuietHandler, body: bytes) -> bool:
+        try:
+            kind = self.refusals.popleft()
+        except IndexError:
+            return False
+        self.refused += 1
+        if kind == "item-429":
+            item = {"create": {"status": 429, "error": {"type": "es_rejected_execution_exception", "reason": "full"}}}
+            h.answer(200, {"errors": True, "items": [item] * (len(body.splitlines()) // 2)})
+        elif kind == "429":
+            h.answer(429, {"error": {"type": "es_rejected_execution_exception", "reason": "queue full"}, "status": 429})
+        else:
+            h.answer(503, {"error": {"type": "unavailable_shards_exception", "reason": "no shards"}, "status": 503})
+        return True
+
+
+class Terminal:
+    """A real terminal: a tmux session on a server of its own (its socket in ``directory``)
+    running one command; ``screen()`` is what a person would see (tmux capture-pane)."""
+
+    def __init__(self, directory: Path, width: int = 200, height: int = 40) -> None:
+        tmux = shutil.which("tmux")
+        if tmux is None:
+            import pytest
+
+            pytest.fail("tmux is needed (tests/prepare.d/65-tmux.sh installs it)", pytrace=False)
+        self.tmux = tmux
+        self.socket = directory / "tmux.sock"
+        self.width, self.height = width, height
+
+    def _tmux(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([self.tmux, "-S", str(self.socket), *args], capture_output=True, text=True, check=False)
+
+    def run(self, *argv: str) -> Terminal:
+        """Start ``argv``; when it ends the pane says ``EXIT=<code>`` and stays."""
+        import shlex
+
+        # as in a person's terminal: the size comes from the terminal, not from a COLUMNS the test
+        # runner may have exported; Ctrl-C (keys("C-c")) interrupts the command, not the shell that
+        # reports its exit code (a trap, unlike an ignored signal, is not inherited)
+        cmd = "env -u COLUMNS -u LINES " + " ".join(shlex.quote(a) for a in argv)
+        line = f'trap true INT; {cmd}; echo "EXIT=$?"; sleep 3600'
+        res = self._tmux("new-session", "-d", "-x", str(self.width), "-y", str(self.height), "sh", "-c", line)
+        assert res.returncode == 0, res.stderr
+        return self
+
+    def screen(self) -> str:
+        res = self._tmux("capture-pane", "-p", "-J")
+        return res.stdout
+
+    def keys(self, *keys: str) -> None:
+        self._tmux("send-keys", *keys)
+
+    def exit_code(self, timeout: float = 120) -> int:
+        found = wait_until(
+            lambda: [ln for ln in self.screen().splitlines() if ln.startswith("EXIT=")],
+            timeout,
+            what="the command to end",
+        )
+        return int(found[0][5:])
+
+    def close(self) -> None:
+        self._tmux("kill-server")
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

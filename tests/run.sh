@@ -33,6 +33,8 @@ tests/services/journald.sh status >/dev/null 2>&1 && was_running+=(journald)
 for e in ${engines//,/ }; do
   tests/services/elasticsearch.sh status --engine "$e" >/dev/null 2>&1 && was_running+=("$e")
 done
+# processes of the services directory that were there before us (a kept engine and its children)
+before_pids=" $( (pgrep -f -- "$COLLECTOR_SERVICES_DIR/" 2>/dev/null || true) | tr '\n' ' ') "
 
 cleanup() {
   local rc=$?
@@ -47,6 +49,7 @@ cleanup() {
     while p=$(awk '{print $4}' "/proc/$p/stat" 2>/dev/null) && [ "${p:-0}" -gt 1 ]; do mine+="$p "; done
     for pid in $(pgrep -f -- "$COLLECTOR_SERVICES_DIR/" 2>/dev/null || true); do
       [[ "$mine" != *" $pid "* ]] || continue  # this script and whoever called it
+      [[ "$before_pids" != *" $pid "* ]] || continue  # not ours: it ran before this run
       echo "tests/run.sh: stopping a leftover process: $(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | cut -c1-120)" >&2
       kill "$pid" 2>/dev/null || true
     done

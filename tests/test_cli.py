@@ -48,6 +48,8 @@ COMMANDS = {  # subcommand -> the exit codes its --help must explain (the README
     "validate": "02",
     "setup": "012",
     "health": "012",
+    "top": "012",
+    "status": "02",
     "schema": "02",
 }
 

@@ -47,3 +47,35 @@ def test_a_traceback_goes_with_a_written_line_only(caplog):
             say.error("internal", "unexpected error", exc_info=True)
     assert len(caplog.records) == 1
     assert caplog.records[0].exc_info is not None
+
+
+def test_identical_lines_of_the_collector_s_own_log_are_held_back_and_counted():
+    """ratelog.RepeatFilter on the handler: the same line (logger, level, text) at most once per
+    interval; the next one written says how many were held back; other lines are never held."""
+    import io
+
+    from collector.ratelog import RepeatFilter
+
+    now = [0.0]
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(RepeatFilter(interval=60, clock=lambda: now[0]))
+    own = logging.getLogger("tests.ratelog.own")
+    own.addHandler(handler)
+    own.propagate = False
+    try:
+        for _ in range(500):
+            own.warning("cannot write to %s", "/data/out")
+        own.warning("cannot write to %s", "/data/other")  # another text: written
+        own.error("cannot write to %s", "/data/out")  # another level: written
+        now[0] = 61.0
+        own.warning("cannot write to %s", "/data/out")
+        own.warning("cannot write to %s", "/data/out")
+    finally:
+        own.removeHandler(handler)
+    assert stream.getvalue().splitlines() == [
+        "cannot write to /data/out",
+        "cannot write to /data/other",
+        "cannot write to /data/out",
+        "cannot write to /data/out (499 more like it in the last 61s)",
+    ]

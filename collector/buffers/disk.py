@@ -14,6 +14,11 @@ On start everything after the ledger is replayed (ids are stable, so replays are
 A torn frame at the end of a segment (a crash mid-write) or a frame whose checksum does not
 match is reported with its segment, offset and size, the rest of that segment is skipped, and
 reading continues with the next segment: corruption costs what it touched, never the buffer.
+
+A full disk is the buffer being full: a frame that does not fit is cut off again (the segment
+stays readable), then ``when_full`` decides: ``drop_newest`` drops the batch (counted as
+``disk_full``), ``block`` waits (sources pause) until delivered segments are deleted or space
+comes back from elsewhere.  A ledger write that fails keeps the last ledger and is retried.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import orjson
 from collector.acks import Ack, OrderedAcks, release
 from collector.buffers import BufferConfig
 from collector.buffers.memory import Channel
+from collector.diskfull import DiskFull, is_disk_full
 from collector.event import Batch, Fields
+from collector.retry import Backoff, RetryConfig
 from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector.buffers.disk")
@@ -41,6 +48,8 @@ log = logging.getLogger("collector.buffers.disk")
 HEADER = struct.Struct("<II")
 INBOX_EVENTS = 8_000
 INBOX_BYTES = 16 << 20
+# waiting for space that comes back from elsewhere (delivered segments wake the writer at once)
+DISK_FULL_RETRY = RetryConfig(initial_backoff=0.1, max_backoff=5.0)
 
 
 class EncodedDocs:
@@ -111,7 +120,13 @@ class DiskBuffer:
         self._room = asyncio.Event()
         self._room.set()
         self._dropped = telemetry.dropped.labels(name, "buffer_full")
+        self._dropped_disk_full = telemetry.dropped.labels(name, "disk_full")
         self._errors = telemetry.errors
+        self._full = DiskFull(
+            f"the disk buffer of {name!r}",
+            "new records are dropped (counted)" if cfg.when_full == "drop_newest" else "the sources wait",
+        )
+        self._ledger_full = DiskFull(f"the disk buffer ledger of {name!r}", "the last ledger stays valid")
         telemetry.buffer_bytes.labels(name).set_function(lambda: self.bytes_on_disk)
         telemetry.buffer_events.labels(name).set_function(lambda: self.events_waiting + self.inbox.events)
 
@@ -149,6 +164,11 @@ class DiskBuffer:
     def pending_events(self) -> int:
         return self.events_waiting + self.inbox.events
 
+    def stored_records(self) -> int:
+        """Records written here and not delivered yet, replayed at the next start (at least 1
+        when bytes from an earlier run are left: their count is not known)."""
+        return self.events_waiting or (1 if self.bytes_on_disk > 0 else 0)
+
     def segments(self) -> list[int]:
         out = []
         for p in self.dir.glob("*.seg"):
@@ -184,8 +204,18 @@ class DiskBuffer:
             return
         self._ledger_dirty = False
         tmp = self.dir / "ledger.json.tmp"
-        tmp.write_bytes(orjson.dumps({"segment": self._ledger[0], "offset": self._ledger[1]}))
+        try:
+            tmp.write_bytes(orjson.dumps({"segment": self._ledger[0], "offset": self._ledger[1]}))
+        except OSError as e:
+            self._ledger_dirty = True  # the last ledger stays, valid: it only replays more
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            if not is_disk_full(e):
+                raise
+            self._ledger_full.failed(self.dir / "ledger.json", e)
+            return
         os.replace(tmp, self.dir / "ledger.json")
+        self._ledger_full.ok()
 
     async def _ledger_loop(self) -> None:
         while not (self.writer_done and self.reader.finished):
@@ -202,7 +232,8 @@ class DiskBuffer:
     # -- writer --------------------------------------------------------------------------
     def _open_segment(self) -> BinaryIO:
         if self._wfile is None:
-            self._wfile = open(self.dir / _seg_name(self._wseg), "ab")  # noqa: SIM115
+            # unbuffered: a frame reaches the file or fails now (then it is cut off), never later
+            self._wfile = open(self.dir / _seg_name(self._wseg), "ab", buffering=0)  # noqa: SIM115
             self._wpos = self._wfile.tell()
         return self._wfile
 
@@ -230,7 +261,7 @@ class DiskBuffer:
                         self._room.clear()
                         await self._sync()  # what is written so far may be acknowledged meanwhile
                         await self._room.wait()
-                    self._append(b)
+                    await self._append_or_full(b)
                 if cfg.fsync != "interval" or time.monotonic() - self._last_sync >= cfg.fsync_interval:
                     await self._sync()
                 elif self._unsynced:
@@ -240,10 +271,42 @@ class DiskBuffer:
             self.writer_done = True
             self.reader.wake()
 
+    async def _append_or_full(self, b: Batch) -> None:
+        """Append ``b``; on a full disk apply ``when_full`` (drop it, or wait for room and retry)."""
+        backoff = Backoff(DISK_FULL_RETRY)
+        while True:
+            try:
+                self._append(b)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                if self.cfg.when_full == "drop_newest":
+                    self._dropped_disk_full.inc(len(b))
+                    self._full.failed(self.dir, e, len(b))
+                    release(b.ack)
+                    return
+                self._full.failed(self.dir, e)
+                await self._sync()  # what is written so far may be acknowledged, delivered, deleted
+                if self._wfile is not None and self._wpos:  # close it: once delivered it is deleted: room
+                    self._roll()
+                    self.reader.writer_at(self._wseg, 0)
+                self._room.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._room.wait(), backoff.delay())
+                continue
+            self._full.ok()
+            return
+
     def _append(self, b: Batch) -> None:
         payload = encode_batch(b)
         f = self._open_segment()
-        f.write(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        frame = memoryview(HEADER.pack(len(payload), zlib.crc32(payload)) + payload)
+        try:
+            while frame:
+                frame = frame[f.write(frame) or 0 :]
+        except OSError:
+            os.ftruncate(f.fileno(), self._wpos)  # no torn frame left behind
+            raise
         self._wpos += HEADER.size + len(payload)
         self.bytes_on_disk += HEADER.size + len(payload)
         self.events_waiting += len(b)
@@ -316,6 +379,12 @@ class _Reader:
         self.seg += 1
         self.pos = 0
 
+    def _finish_segment(self) -> None:
+        """Read to its end: once its frames are delivered the ledger passes it and it is deleted
+        (not only when a frame of the next one is: on a full disk there may never be one)."""
+        self.buf.acks.track((self.seg + 1, 0)).done()
+        self._next_segment()
+
     def _skip(self, why: str, size: int) -> None:
         self.buf._errors.labels(self.buf.name, "buffer_corrupt").inc()
         log.error(
@@ -342,7 +411,7 @@ class _Reader:
                     self.file = open(path, "rb")  # noqa: SIM115
                 except FileNotFoundError:
                     if self.seg < self.limit[0]:
-                        self._next_segment()
+                        self._finish_segment()
                         continue
                     return None
                 self.file.seek(self.pos)
@@ -350,7 +419,7 @@ class _Reader:
             end = size if self.seg < self.limit[0] or self.seg < self.replay_until else self.limit[1]
             if self.pos >= end:
                 if self.seg < self.limit[0]:
-                    self._next_segment()
+                    self._finish_segment()
                     continue
                 return None
             head = self.file.read(HEADER.size)
@@ -407,3 +476,42 @@ class _Release(Ack):
     def _fire(self) -> None:
         self._buf.released(self._bytes, self._events)
         self._inner.done()
+
+
+def inspect(directory: Path) -> tuple[int, int, int]:
+    """(bytes, records, segment files) a disk buffer's directory holds after its ledger, read
+    without opening it as a buffer (``collector status``, also while a collector writes it: a
+    frame still being written ends the count)."""
+    segs: list[int] = []
+    for p in directory.glob("*.seg"):
+        with contextlib.suppress(ValueError):
+            segs.append(int(p.stem))
+    segs.sort()
+    try:
+        d = orjson.loads((directory / "ledger.json").read_bytes())
+        ledger = int(d["segment"]), int(d["offset"])
+    except (OSError, ValueError, KeyError, TypeError):
+        ledger = (segs[0] if segs else 1), 0
+    nbytes = records = files = 0
+    for n in segs:
+        if n < ledger[0]:
+            continue  # delivered, not yet deleted
+        files += 1
+        pos = ledger[1] if n == ledger[0] else 0
+        try:
+            f = open(directory / _seg_name(n), "rb")  # noqa: SIM115
+        except OSError:
+            continue
+        with f:
+            f.seek(pos)
+            while len(head := f.read(HEADER.size)) == HEADER.size:
+                size, crc = HEADER.unpack(head)
+                payload = f.read(size)
+                if len(payload) < size or zlib.crc32(payload) != crc:
+                    break
+                try:
+                    records += int(orjson.loads(payload.partition(b"\n")[0])["n"])
+                except (ValueError, KeyError, TypeError):
+                    break
+                nbytes += HEADER.size + size
+    return nbytes, records, files

@@ -49,7 +49,6 @@ class ConsoleSink(Sink):
         tty = _isatty(self.out)
         self.text = config.format == "text" or (config.format == "auto" and tty)
         self.color = tty if config.color is None else config.color
-        self._sent = ctx.telemetry.sent.labels(name)
 
     def render(self, batch: Batch) -> bytes:
         if not self.text:
@@ -72,18 +71,20 @@ class ConsoleSink(Sink):
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
 
     async def run(self, inbox: Channel) -> None:
+        self.mark_reached("writing to " + ("the terminal" if _isatty(self.out) else "standard output"))
         while (first := await inbox.recv()) is not None:
             batches = await drain(inbox, first, 5000)
             data = b"".join(self.render(b) for b in batches)
             try:
-                self.out.write(data)
-                self.out.flush()
+                with self.meter.request():
+                    self.out.write(data)
+                    self.out.flush()
             except BrokenPipeError:
                 # the reader went away (``| head``): nothing more can be delivered here
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 raise
+            self.meter.delivered(sum(len(b) for b in batches))
             for b in batches:
-                self._sent.inc(len(b))
                 release(b.ack)
 
 

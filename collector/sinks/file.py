@@ -52,7 +52,6 @@ class FileSink(Sink):
 
     def __init__(self, name: str, config: FileConfig, ctx: Any) -> None:
         super().__init__(name, config, ctx)
-        self._sent = ctx.telemetry.sent.labels(name)
 
     def _write(self, fd: int, data: bytes) -> None:
         view = memoryview(data)
@@ -66,6 +65,7 @@ class FileSink(Sink):
         path = os.path.expanduser(self.config.path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self.mark_reached(f"appending to {path}")
         try:
             while (first := await inbox.recv()) is not None:
                 batches = await drain(inbox, first)
@@ -73,9 +73,10 @@ class FileSink(Sink):
                 lines.append(b"")
                 data = b"\n".join(lines)
                 del lines
-                await asyncio.to_thread(self._write, fd, data)
+                with self.meter.request():
+                    await asyncio.to_thread(self._write, fd, data)
+                self.meter.delivered(sum(len(b) for b in batches))
                 for b in batches:
-                    self._sent.inc(len(b))
                     release(b.ack)
         finally:
             os.close(fd)

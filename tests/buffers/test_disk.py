@@ -255,3 +255,73 @@ def test_when_full_drop_newest_counts_what_it_drops(tmp_path):
     assert dropped > 0
     assert dropped + sum(len(b) for b in got) == 40 * 100
     assert len(acked) == 40  # dropped batches are finalized too: a file source does not stall
+
+
+# -- a full disk ----------------------------------------------------------------------------------
+def test_a_full_disk_blocks_then_delivered_segments_make_room(small_disk, caplog):
+    """Less room on the disk than the data: the writer waits (sources pause), segments already
+    delivered are deleted and writing resumes; no torn frame, nothing lost, in order. It died
+    with OSError [Errno 28] and everything behind it stalled."""
+    small_disk.fill()
+    os.truncate(small_disk.filler, small_disk.filler.stat().st_size - 200_000)  # 200 kB left
+    tel = Telemetry()
+    cfg = BufferConfig(type="disk", segment_bytes=1 << 16, fsync="never")
+    buf = DiskBuffer("sink", small_disk.path / "buf", cfg, tel)
+
+    async def main():
+        await buf.open()
+        buf.inbox.add_producer()
+        tasks = [asyncio.create_task(c) for c in buf.tasks()]
+        acked: list[int] = []
+
+        async def produce():
+            for i in range(300):
+                await buf.inbox.send(batch(i, 50, acked))
+            buf.inbox.close()
+
+        producer = asyncio.create_task(produce())
+        while os.statvfs(small_disk.path).f_bavail > 0 and not tasks[0].done():  # full, nothing delivered yet
+            await asyncio.sleep(0.01)
+        got = await drain(buf)
+        await asyncio.gather(producer, *tasks)
+        await buf.close()
+        return got, acked
+
+    caplog.set_level("INFO")
+    got, acked = run(main())
+    assert [b.events[0]["message"] for b in got] == [f"b{i} r0" for i in range(300)]
+    assert acked == list(range(300))
+    assert tel.value("collector_errors_total", reason="buffer_corrupt") == 0
+    assert caplog.text.count("DISK FULL: cannot write the disk buffer of 'sink'") == 1
+    assert "disk space is back: writing the disk buffer of 'sink' again" in caplog.text
+
+
+def test_a_full_disk_with_drop_newest_drops_and_counts_then_resumes(small_disk):
+    small_disk.fill()
+    tel = Telemetry()
+    cfg = BufferConfig(type="disk", when_full="drop_newest", fsync="never")
+    buf = DiskBuffer("sink", small_disk.path / "buf", cfg, tel)
+
+    async def main():
+        await buf.open()
+        buf.inbox.add_producer()
+        tasks = [asyncio.create_task(c) for c in buf.tasks()]
+        acked: list[int] = []
+        for i in range(10):
+            await buf.inbox.send(batch(i, 50, acked))
+        while len(acked) < 10:
+            await asyncio.sleep(0.01)
+        dropped = tel.value("collector_events_dropped_total", reason="disk_full")
+        small_disk.free()
+        for i in range(10, 20):
+            await buf.inbox.send(batch(i, 50, acked))
+        buf.inbox.close()
+        got = await drain(buf)
+        await asyncio.gather(*tasks)
+        await buf.close()
+        return dropped, got, acked
+
+    dropped, got, acked = run(main())
+    assert dropped == 500
+    assert [b.events[0]["message"] for b in got] == [f"b{i} r0" for i in range(10, 20)]
+    assert acked == list(range(20))  # dropped batches are finalized: a file source does not stall

@@ -48,6 +48,8 @@ def test_there_are_the_three_paths(projects):
     assert elk["collector-forward"]["profiles"] == ["fluentd"]  # the fluentd log-driver path
     graylog = projects["deploy/graylog/compose.yaml"]["services"]
     assert {"mongodb", "opensearch", "graylog", "graylog-input", "collector"} <= set(graylog)
+    for stack in (elk, graylog):  # Prometheus and Grafana: optional (tests/deploy/test_monitoring.py)
+        assert stack["prometheus"]["profiles"] == stack["grafana"]["profiles"] == ["monitoring"]
 
 
 def test_the_checker_rejects_what_docker_compose_rejects(tmp_path):

@@ -154,6 +154,11 @@ def test_sidecar_ships_every_container_and_resumes_from_its_named_volume(
             what=f"every line of {first} in {es_target} (sidecar logs: {a.logs(tail=20)!r})",
         )
         shipped_in = time.monotonic() - t0
+        # it never tails itself (no feedback loop): its own log, which Docker keeps beside the others
+        # it reads, is not shipped, and it says so
+        assert f"not reading the log of the container the collector runs in ({a.id[:12]}" in a.logs().decode()
+        assert (docker.containers_dir / a.id / f"{a.id}-json.log").stat().st_size > 0
+        assert lines_of(search_engine, es_target, [a.name]) == {a.name: []}
         # the HEALTHCHECK: `collector health` inside the container, and Docker's verdict on it
         code, out = a.exec_run(["collector", "health"])
         assert code == 0, out

@@ -48,8 +48,8 @@ class GraylogPeer:
     def command(self, tool: str, *args: str) -> list[str]:
         return [self.java, *JVM, "-cp", self.classpath, f"collector.peers.graylog.{tool}", *args]
 
-    def decoder(self, transport: str, count: int, timeout: float = 60) -> GraylogDecoder:
-        return GraylogDecoder(self, transport, count, timeout)
+    def decoder(self, transport: str, count: int, timeout: float = 60, port: int = 0) -> GraylogDecoder:
+        return GraylogDecoder(self, transport, count, timeout, port)
 
     def send(
         self,
@@ -104,8 +104,9 @@ class GraylogPeer:
 class GraylogDecoder:
     """gelf-decode as a subprocess: listening once entered; ``wait()`` until it wrote ``count`` lines."""
 
-    def __init__(self, peer: GraylogPeer, transport: str, count: int, timeout: float) -> None:
+    def __init__(self, peer: GraylogPeer, transport: str, count: int, timeout: float, port: int = 0) -> None:
         self.peer = peer
+        self.port = port
         self.transport = transport
         self.count = count
         self.timeout = timeout
@@ -118,7 +119,7 @@ class GraylogDecoder:
         self._lines: list[dict[str, Any]] | None = None
 
     def __enter__(self) -> GraylogDecoder:
-        args = [f"--{self.transport}", "0", "--count", str(self.count), "--out", str(self.out)]
+        args = [f"--{self.transport}", str(self.port), "--count", str(self.count), "--out", str(self.out)]
         self.proc = subprocess.Popen(
             self.peer.command("GelfDecode", *args, "--timeout", str(int(self.timeout))),
             stdout=subprocess.PIPE,

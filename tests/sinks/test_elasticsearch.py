@@ -7,6 +7,7 @@ import time
 import orjson
 import pytest
 
+from tests.conftest import all_docs
 from tests.helpers import (
     BackgroundPipeline,
     EngineProxy,
@@ -253,3 +254,49 @@ def test_gzip_compressed_requests(search_engine, es_target, tmp_path):
     assert search_engine.count(es_target) == 300
     bulks = [r for r in proxy.seen if "_bulk" in r.path]
     assert bulks and {r.content_encoding for r in bulks} == {"gzip"}
+
+
+# -- long outages, compressed in time: thousands of retries in seconds -------------------------------
+def test_an_engine_refusing_2000_bulk_requests_then_recovering_gets_every_record_once(es8, es_target, tmp_path):
+    """503, 429 and per-item 429 for 2,100 retries (hours at the default backoff) then recovery.
+    Before the one retry policy, attempt ~1,024 raised OverflowError in the bulk task: nothing was
+    ever delivered and the run still ended as if it had been."""
+    write_log(tmp_path, [f"outage {i}" for i in range(1_000)])
+    proxy = EngineProxy(es8.url)
+    proxy.refuse_bulk(2_100, ("503", "429", "item-429"))
+    cfg = es_pipeline(
+        tmp_path,
+        es8,
+        es_target,
+        hosts=[proxy.url],
+        concurrency=1,
+        retry={"initial_backoff": 0.0005, "max_backoff": 0.002},
+    )
+    try:
+        rc = run_once(cfg)
+    finally:
+        proxy.close()
+    assert proxy.refused == 2_100
+    assert rc == 0
+    docs = all_docs(es8, es_target, ["message"])
+    assert sorted(d["message"] for d in docs) == sorted(f"outage {i}" for i in range(1_000))
+    assert len({d["_id"] for d in docs}) == 1_000
+
+
+def test_max_elapsed_gives_up_on_records_into_the_dead_letter(es8, es_target, tmp_path):
+    """`retry.max_elapsed` set: what still fails after that long is set aside with the last error."""
+    log = write_log(tmp_path, [f"unsent {i}" for i in range(20)])
+    proxy = EngineProxy(es8.url)
+    proxy.refuse_bulk(10**6, ("503",))  # the engine answers, but never takes a bulk request
+    retry = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 0.5}
+    cfg = es_pipeline(tmp_path, es8, es_target, hosts=[proxy.url], retry=retry)
+    try:
+        assert run_once(cfg) == 0
+    finally:
+        proxy.close()
+    assert proxy.refused >= 2
+    dl = read_ndjson(tmp_path / "state" / "dead-letter" / "es.ndjson")
+    assert sorted(d["record"]["message"] for d in dl) == sorted(f"unsent {i}" for i in range(20))
+    assert all(d["reason"].startswith("retries_exhausted") and "503" in d["reason"] for d in dl)
+    cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["files"]
+    assert [v["offset"] for v in cp.values()] == [log.stat().st_size]  # finalized: never tried again

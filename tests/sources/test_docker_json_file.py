@@ -437,6 +437,39 @@ def test_copytruncate_while_following_loses_and_repeats_nothing(tmp_path, data_d
     assert messages(out) == expected
 
 
+def test_a_wall_clock_step_changes_no_timestamp_and_no_decision(tmp_path, data_dir, monkeypatch):
+    """The wall clock (an injected time.time) is an hour fast at start, then stepped back (NTP).
+    Records keep Docker's timestamps, checkpoints keep being saved on the monotonic clock, and a
+    container born after the step still has its rotated files read (they were taken for history
+    from before the start, and skipped: lost)."""
+    real = time.time
+    ahead = [3600.0]
+    monkeypatch.setattr(time, "time", lambda: real() + ahead[0])
+    out = tmp_path / "out.ndjson"
+    (tmp_path / "containers").mkdir()
+    cfg = file_pipeline([str(tmp_path / "containers/*/*-json.log")], out, data_dir)
+    cfg["checkpoint_interval"] = 0.1
+    with BackgroundPipeline(cfg) as bg:
+        store = bg.pipeline.ctx.checkpoints
+        ahead[0] = 0.0  # stepped back by an hour
+        d = container_dir(tmp_path)
+        log = d / f"{CID}-json.log"
+        log.write_bytes(docker_lines(["first 0", "first 1"], start_ns=1))
+        rotate(log)  # rotated before we saw it: its first lines
+        log.write_bytes(docker_lines(["live 0"], start_ns=10))
+        wait_until(lambda: len(messages(out)) >= 1, what="the live line")
+        saves = store.saves
+        wait_until(lambda: store.saves > saves, what="a checkpoint save after the step")
+        wait_until(lambda: messages(out) == ["first 0", "first 1", "live 0"], timeout=10, what="the rotated file")
+        assert bg.stop() == 0
+    stamps = [r["@timestamp"] for r in read_ndjson(out)]
+    assert stamps == [
+        "2024-05-01T12:00:00.000000001Z",
+        "2024-05-01T12:00:00.000000002Z",
+        "2024-05-01T12:00:00.000000010Z",
+    ]
+
+
 def test_copytruncate_past_the_last_copy_is_reported(tmp_path, data_dir):
     """A collector stopped while the file is copied and truncated more times than copies are kept:
     what was only in the copies that are gone is lost, said with the file and the byte range, and

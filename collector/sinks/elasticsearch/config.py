@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from collector.component import SinkConfig
+from collector.retry import RetryConfig
 
 _TEMPLATE_FIELD = re.compile(r"\{\{\s*([A-Za-z0-9_@.]+)\s*\}\}")
 _STRFTIME = re.compile(r"%[Ymd]")
@@ -52,12 +53,6 @@ class BatchConfig(BaseModel):
     timeout: float = Field(1.0, gt=0, description="Send a partial bulk request after this many seconds.")
 
 
-class RetryConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    initial_backoff: float = Field(0.5, gt=0, description="First wait before a retry (seconds).")
-    max_backoff: float = Field(30.0, gt=0, description="Longest wait between retries (seconds).")
-
-
 class ElasticsearchConfig(SinkConfig):
     type: Literal["elasticsearch"]
     destination_keys: ClassVar[tuple[str, ...] | None] = ("hosts", "mode", "data_stream", "index")
@@ -91,7 +86,11 @@ class ElasticsearchConfig(SinkConfig):
         gt=0,
         description="Seconds of failing to deliver after which GET /health reports this sink unhealthy (503).",
     )
-    retry: RetryConfig = Field(default_factory=RetryConfig, description="Backoff between retries.")
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="Backoff between attempts (collector/retry.py). `max_elapsed`: records still failing after "
+        "that long go to the dead letter with the last error; unset (the default): retried until delivered.",
+    )
     manage_template: bool = Field(
         True,
         description="Install the index template (as `collector setup` does) when it is missing, so "

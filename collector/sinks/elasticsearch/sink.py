@@ -8,7 +8,9 @@
   attempt), rejected (a 4xx that will never succeed: mapping conflict, bad document; written to
   the dead-letter file with the reason and the record), or retried (429, 5xx, timeouts, refused
   connections, auth and read-only blocks: fixable on the server, so never thrown away).
-  Retries re-send only the records that need it, with exponential backoff and jitter.
+  Retries re-send only the records that need it, waiting as the one retry policy says
+  (collector/retry.py: capped exponential backoff, full jitter), for as long as it takes unless
+  ``retry.max_elapsed`` is set: then records still failing after that long are dead-lettered.
 * A batch is acknowledged to its source when all its records are delivered or rejected;
   checkpoints never pass a record still being retried.
 """
@@ -16,9 +18,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,6 +30,7 @@ import orjson
 from collector.acks import Ack, release
 from collector.buffers.memory import Channel
 from collector.component import Sink
+from collector.retry import Backoff, Throttle
 from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
 from collector.sinks.elasticsearch.config import ElasticsearchConfig
 from collector.sinks.elasticsearch.encoder import BulkEncoder
@@ -115,16 +116,15 @@ class ElasticsearchSink(Sink):
         self.client = EngineClient.from_config(config)
         self.encoder = BulkEncoder(config)
         t = ctx.telemetry
-        self._sent = t.sent.labels(name)
         self._retries = t.retries
         self._errors = t.errors
         self.engine: EngineInfo | None = None
         self._executor = ThreadPoolExecutor(max_workers=config.concurrency + 1, thread_name_prefix=f"es-{name}")
         self._slots = asyncio.Semaphore(config.concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._requests: asyncio.TaskGroup | None = None  # bulk requests in flight; one failing fails the sink
         self._failing_since: float | None = None
         self._last_error = ""
-        self._last_warned = 0.0
+        self._warn = Throttle(30.0)
         self._last_ok = time.monotonic()
         self.requests = 0
         self.duplicates = 0  # 409s: records that were already there (replays)
@@ -133,24 +133,37 @@ class ElasticsearchSink(Sink):
     async def _call(self, fn: Any, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
-    def _backoff(self, attempt: int) -> float:
-        r = self.config.retry
-        return min(r.max_backoff, r.initial_backoff * 2**attempt) * random.uniform(0.5, 1.0)
-
     def _trouble(self, what: str, waiting: int, delay: float) -> None:
         """Say it once, then at most every 30 s, never silently."""
-        now = time.monotonic()
         if self._failing_since is None:
-            self._failing_since = now
+            self._failing_since = time.monotonic()
         self._last_error = what
-        if now - self._last_warned >= 30 or self._last_warned < self._failing_since:
-            self._last_warned = now
+        if self._warn.ready():
+            more = self._warn.take_suppressed()
             log.warning(
-                "%s: %s; retrying in %.1fs (%d record(s) waiting, nothing is lost)", self.name, what, delay, waiting
+                "%s: %s; retrying in %.1fs (%d record(s) waiting, nothing is lost)%s",
+                self.name,
+                what,
+                delay,
+                waiting,
+                f"; {more} more failure(s) since the last message" if more else "",
             )
+
+    async def _wait(self, backoff: Backoff, req: Request, what: str) -> bool:
+        """Wait before trying ``req`` again; True when its records were given up on instead
+        (``retry.max_elapsed`` passed): they are dead-lettered with the last error."""
+        delay = backoff.delay()
+        if backoff.expired:
+            reason = f"retries_exhausted: {backoff.attempts} attempt(s) over {backoff.elapsed:.0f}s, last: {what}"
+            self._finalize(req, [], [(i, reason) for i in range(len(req))])
+            return True
+        self._trouble(what, len(req), delay)
+        await asyncio.sleep(delay)
+        return False
 
     def _recovered(self) -> None:
         self._last_ok = time.monotonic()
+        self._warn.reset()
         if self._failing_since is not None:
             log.info("%s: delivering again after %.0fs of trouble", self.name, time.monotonic() - self._failing_since)
             self._failing_since = None
@@ -174,18 +187,20 @@ class ElasticsearchSink(Sink):
         return info
 
     async def _prepare(self) -> None:
-        attempt = 0
+        """Learn what the engine is and install the template; retried until it works (records
+        wait in the buffer meanwhile: ``max_elapsed`` does not apply, nothing is held here)."""
+        backoff = Backoff(self.config.retry)
         while self.engine is None:
             try:
                 self.engine = await self._call(self._prepare_sync)
                 self._recovered()
+                self.mark_reached(f"{self.engine} at {', '.join(self.client.hosts)}")
                 log.info("%s: connected to %s at %s", self.name, self.engine, ", ".join(self.client.hosts))
             except EngineUnavailableError as e:
-                delay = self._backoff(attempt)
+                delay = backoff.delay()
                 self._trouble(f"cannot prepare {e}", 0, delay)
                 self._errors.labels(self.name, "unavailable").inc()
                 await asyncio.sleep(delay)
-                attempt += 1
 
     # -- delivery -------------------------------------------------------------------------
     def _path(self, req: Request) -> str:
@@ -211,7 +226,7 @@ class ElasticsearchSink(Sink):
             if o.remaining == 0:
                 release(o.ack)
         if ok:
-            self._sent.inc(len(ok))
+            self.meter.delivered(len(ok))
 
     def _dead_letter_index(self, req: Request, rejected: list[tuple[int, str]]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -237,20 +252,19 @@ class ElasticsearchSink(Sink):
         self._executor.submit(send)
 
     async def _deliver(self, req: Request) -> None:
-        attempt = 0
+        backoff = Backoff(self.config.retry)
         while len(req):
             body = req.body
             try:
-                resp: Response = await self._call(
-                    self.client.request, "POST", self._path(req), body, "application/x-ndjson"
-                )
+                with self.meter.request():
+                    resp: Response = await self._call(
+                        self.client.request, "POST", self._path(req), body, "application/x-ndjson"
+                    )
             except EngineUnavailableError as e:
-                delay = self._backoff(attempt)
-                self._trouble(f"cannot reach {e.host}: {e.cause}", len(req), delay)
                 self._errors.labels(self.name, "unavailable").inc()
                 self._retries.labels(self.name, "unavailable").inc(len(req))
-                await asyncio.sleep(delay)
-                attempt += 1
+                if await self._wait(backoff, req, f"cannot reach {e.host}: {e.cause}"):
+                    return
                 continue
             self.requests += 1
             if resp.status == 413 or (resp.status == 400 and len(req) > 1 and not _has_items(resp)):
@@ -264,14 +278,12 @@ class ElasticsearchSink(Sink):
                 )
                 return
             if resp.status >= 300 or not _has_items(resp):
-                delay = self._backoff(attempt)
                 if resp.status == 400 and len(req) == 1:
                     self._finalize(req, [], [(0, f"request refused: {refusal(resp)}")])
                     return
-                self._trouble(f"{resp.host} refused the bulk request: {refusal(resp)}", len(req), delay)
                 self._retries.labels(self.name, f"http_{resp.status}").inc(len(req))
-                await asyncio.sleep(delay)
-                attempt += 1
+                if await self._wait(backoff, req, f"{resp.host} refused the bulk request: {refusal(resp)}"):
+                    return
                 continue
             self._recovered()
             body_json = resp.body
@@ -305,14 +317,13 @@ class ElasticsearchSink(Sink):
             if not again:
                 return
             req = req.subset(again)
-            delay = self._backoff(attempt)
             statuses = {next(iter(items[i].values())).get("status") for i in again if i < len(items)}
-            self._trouble(f"{len(again)} record(s) to retry (status {sorted(statuses)})", len(req), delay)
             self._retries.labels(self.name, "item").inc(len(again))
-            await asyncio.sleep(delay)
-            attempt += 1
+            if await self._wait(backoff, req, f"{len(again)} record(s) to retry (status {sorted(statuses)})"):
+                return
 
     async def _submit(self, req: Request) -> None:
+        assert self._requests is not None
         await self._slots.acquire()
 
         async def go() -> None:
@@ -321,46 +332,45 @@ class ElasticsearchSink(Sink):
             finally:
                 self._slots.release()
 
-        task = asyncio.create_task(go(), name=f"{self.name}:bulk")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._requests.create_task(go(), name=f"{self.name}:bulk")
 
     async def run(self, inbox: Channel) -> None:
-        cfg = self.config.batch
-        await self._prepare()
-        req = Request()
+        """Deliver until the inbox ends. A request that fails with an unexpected error fails the
+        sink (the task group cancels the rest): never a silently dead request holding records."""
         try:
-            while True:
-                timeout = None if not len(req) else max(0.0, req.started + cfg.timeout - time.monotonic())
-                try:
-                    batch = await asyncio.wait_for(inbox.recv(), timeout)
-                except TimeoutError:
-                    await self._submit(req)
-                    req = Request()
-                    continue
-                if batch is None:
-                    break
-                if not len(batch):
-                    release(batch.ack)
-                    continue
-                items, indices = self.encoder.encode(batch)
-                if not len(req):
-                    req.started = time.monotonic()
-                req.add(Owner(batch.ack, len(items)), items, indices)
-                if req.size >= cfg.max_bytes or len(req) >= cfg.max_events:
-                    await self._submit(req)
-                    req = Request()
-            if len(req):
-                await self._submit(req)
-            while self._tasks:
-                await asyncio.gather(*list(self._tasks))
+            await self._prepare()
+            async with asyncio.TaskGroup() as self._requests:
+                await self._take(inbox)
         finally:
-            for t in list(self._tasks):
-                t.cancel()
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            self._requests = None
             self._executor.shutdown(wait=False, cancel_futures=True)
             self.client.close()
+
+    async def _take(self, inbox: Channel) -> None:
+        cfg = self.config.batch
+        req = Request()
+        while True:
+            timeout = None if not len(req) else max(0.0, req.started + cfg.timeout - time.monotonic())
+            try:
+                batch = await asyncio.wait_for(inbox.recv(), timeout)
+            except TimeoutError:
+                await self._submit(req)
+                req = Request()
+                continue
+            if batch is None:
+                break
+            if not len(batch):
+                release(batch.ack)
+                continue
+            items, indices = self.encoder.encode(batch)
+            if not len(req):
+                req.started = time.monotonic()
+            req.add(Owner(batch.ack, len(items)), items, indices)
+            if req.size >= cfg.max_bytes or len(req) >= cfg.max_events:
+                await self._submit(req)
+                req = Request()
+        if len(req):
+            await self._submit(req)
 
 
 def _has_items(resp: Response) -> bool:

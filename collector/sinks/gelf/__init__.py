@@ -37,15 +37,17 @@ TCP/TLS: uncompressed, null-terminated; a message longer than ``max_message_byte
 GELF TCP input drops frames over its ``max_message_size``, 2 MiB by default) is truncated or
 dead-lettered like an oversize UDP message.  A batch is finalized only once Graylog's TCP stack has
 acknowledged its bytes (not merely once they reached our kernel: see tcp.py);
-while Graylog is unreachable the sink reconnects with exponential backoff and jitter, keeping its
-place (the buffer in front fills, then the sources are paused).  A connection lost mid-round
-writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
+while Graylog is unreachable the sink reconnects as the one retry policy says (``retry``, see
+collector/retry.py), keeping its place (the buffer in front fills, then the sources are paused);
+with ``retry.max_elapsed`` a round still unwritten after that long is dead-lettered.  A
+connection lost mid-round writes the whole round again: at-least-once.  GELF has no application acknowledgement, so what
 Graylog's kernel accepted but Graylog itself never read (it crashed) cannot be known, nor resent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import select
@@ -54,7 +56,7 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from collector.acks import release
 from collector.buffers.memory import Channel
@@ -70,8 +72,9 @@ from collector.codecs.gelf import (
 from collector.component import ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
+from collector.retry import RetryConfig
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
-from collector.sinks.gelf.tcp import TcpConnection
+from collector.sinks.gelf.tcp import GaveUpError, TcpConnection
 
 __all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "GelfSinkTlsConfig", "truncate_to_fit"]
 
@@ -121,8 +124,16 @@ class GelfSinkConfig(SinkConfig):
     )
     tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
-    backoff_initial: float = Field(0.5, gt=0, description="(TCP) first wait before reconnecting, in seconds.")
-    backoff_max: float = Field(30.0, gt=0, description="(TCP) longest wait between reconnection attempts.")
+    retry: RetryConfig | None = Field(
+        None,
+        description="(TCP) backoff between connection and write attempts (collector/retry.py); default "
+        "`{initial_backoff: 0.5, max_backoff: 30}`. `max_elapsed`: records still not written after that long go "
+        "to the dead letter; unset: retried until Graylog takes them.",
+    )
+    backoff_initial: float = Field(
+        0.5, gt=0, description="(TCP) older spelling of `retry.initial_backoff` (use one or the other)."
+    )
+    backoff_max: float = Field(30.0, gt=0, description="(TCP) older spelling of `retry.max_backoff`.")
     max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
     ack_timeout: float = Field(
         30.0,
@@ -136,6 +147,21 @@ class GelfSinkConfig(SinkConfig):
     def _address(cls, v: str) -> str:
         parse_address(v)
         return v
+
+    @model_validator(mode="after")
+    def _one_retry(self) -> GelfSinkConfig:
+        old = {"backoff_initial", "backoff_max"} & self.model_fields_set
+        if self.retry is not None and old:
+            raise ValueError(f"give `retry:` or {' and '.join(sorted(old))}, not both")
+        if self.retry is None:
+            policy = RetryConfig(initial_backoff=self.backoff_initial, max_backoff=self.backoff_max)
+            object.__setattr__(self, "retry", policy)
+        return self
+
+    @property
+    def policy(self) -> RetryConfig:
+        assert self.retry is not None
+        return self.retry
 
 
 def parse_address(address: str) -> tuple[str, str, int]:
@@ -160,7 +186,6 @@ class GelfSink(Sink):
         self.transport, self.host, self.port = parse_address(config.address)
         self.encoder = GelfEncoder(ctx.hostname)
         t = ctx.telemetry
-        self._sent = t.sent.labels(name)
         self._send_failed = t.dropped.labels(name, "send_failed")
         self._errors = t.errors
         self._retries = t.retries.labels(name, "connection")
@@ -193,9 +218,26 @@ class GelfSink(Sink):
     def _warn(self, reason: str, msg: str, *args: Any) -> None:
         self._say.warning(reason, msg, *args)
 
+    async def _reach(self) -> None:
+        """Reach Graylog before the first record (GET /ready says when): TCP connects (retrying
+        as a write would; the first write waits for it), UDP resolves the address (a datagram is
+        never answered)."""
+        if self.transport == "udp":
+            with contextlib.suppress(OSError):  # said, and counted, when records come
+                await self._udp_socket()
+            return
+        try:
+            await self._tcp.connect()
+        except GaveUpError:
+            return  # retry.max_elapsed passed: the writes that follow set their records aside
+        self.mark_reached(f"{self.where}: {self._tcp.state}")
+
     async def run(self, inbox: Channel) -> None:
+        reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:
+                if not reaching.done():  # the first connection, made at start
+                    await reaching
                 batches = [first]
                 n = len(first)
                 while n < self.config.max_round_events and (b := inbox.recv_nowait()) is not None:
@@ -207,6 +249,9 @@ class GelfSink(Sink):
                     await self._deliver_tcp(batches)
             await self._udp_flush()
         finally:
+            reaching.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaching
             if self._inflight is not None and not self._inflight.done():
                 self._inflight.cancel()  # stopped at the drain deadline: those records are not acknowledged
             self._tcp.close()
@@ -225,6 +270,7 @@ class GelfSink(Sink):
             sock.connect(addr)  # connected: ICMP errors (nothing listening) are reported to us
             self._sock = sock
             self._udp_state = f"sending to {addr[0]}:{addr[1]}"
+            self.mark_reached(f"{self.where}: {self._udp_state} (UDP: nothing answers)")
         return self._sock
 
     async def _deliver_udp(self, batches: list[Batch]) -> None:
@@ -255,14 +301,15 @@ class GelfSink(Sink):
     async def _send_and_ack(
         self, sock: socket.socket, batches: list[Batch], docs: list[list[tuple[bytes, bytes]]]
     ) -> None:
-        results = await asyncio.to_thread(self._send_round, sock, docs)
+        with self.meter.request():
+            results = await asyncio.to_thread(self._send_round, sock, docs)
         for batch, (sent, failed, oversize) in zip(batches, results, strict=True):
             if oversize:
                 self.ctx.deadletter.records(
                     self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source}) for reason, doc in oversize]
                 )
             if sent:
-                self._sent.inc(sent)
+                self.meter.delivered(sent)
             if failed:
                 self._send_failed.inc(failed)
             release(batch.ack)
@@ -337,15 +384,26 @@ class GelfSink(Sink):
         encode = self.encoder.encode
         limit = self.config.max_message_bytes
         frames = []
+        fitted = []
         for b in batches:
             docs = encode(b)
             if any(len(doc) > limit for doc in docs):
                 docs = self._fit_tcp(b, docs, limit)
+            fitted.append(docs)
             frames.extend(frame(doc) for doc in docs)
         data = b"".join(frames)
         n = len(frames)
-        await self._tcp.write(data, n, self._retries.inc)
-        self._sent.inc(n)
+        try:
+            with self.meter.request():
+                await self._tcp.write(data, n, self._retries.inc)
+        except GaveUpError as e:
+            reason = f"retries_exhausted: {e}"
+            for b, docs in zip(batches, fitted, strict=True):
+                origin = {"tag": b.tag, "source": b.source}
+                self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
+                release(b.ack)
+            return
+        self.meter.delivered(n)
         for b in batches:
             release(b.ack)
 

@@ -1,5 +1,8 @@
 """The TCP/TLS side of the GELF sink: one connection, reopened with backoff, writes confirmed.
 
+Connection and write failures share one :class:`~collector.retry.Backoff` per round (the sink's
+``retry``); the warning is said once per outage and then at most every 30 s.
+
 A write counts only once Graylog's TCP stack has acknowledged every byte (Linux SIOCOUTQ):
 ``drain()`` only says the bytes reached our kernel, and had the connection died then, what sat in
 the send queue (megabytes) would be lost while acknowledged upstream.  GELF has no application
@@ -11,14 +14,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
+from collector.retry import Backoff, Throttle
+
 log = logging.getLogger("collector.sinks.gelf")
+
+
+class GaveUpError(Exception):
+    """``retry.max_elapsed`` passed with the round still unwritten."""
 
 
 class TcpConnection:
@@ -33,7 +41,7 @@ class TcpConnection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._watch: asyncio.Task[None] | None = None
-        self.attempts = 0
+        self._warn = Throttle(30.0)
         self.healthy = True
         self.state = "not connected yet"
 
@@ -68,7 +76,7 @@ class TcpConnection:
             log.warning("%s: %s closed the connection; reconnecting", self.name, self.where)
             self.close()
 
-    async def _connect(self) -> asyncio.StreamWriter:
+    async def _connect(self, backoff: Backoff) -> asyncio.StreamWriter:
         cfg = self.config
         ctx = self._ssl()
         while True:
@@ -83,30 +91,41 @@ class TcpConnection:
                     cfg.connect_timeout,
                 )
             except (OSError, TimeoutError, ssl.SSLError) as e:
-                self.attempts += 1
-                delay = min(cfg.backoff_max, cfg.backoff_initial * 2 ** min(self.attempts - 1, 30))
-                delay = delay / 2 + random.uniform(0, delay / 2)  # jitter: many collectors do not retry in step
-                why = str(e) or type(e).__name__
-                self.healthy = False
-                self.state = f"cannot connect: {why} (attempt {self.attempts})"
                 self._error("connect_failed")
-                log.warning(
-                    "%s: cannot connect to Graylog at %s: %s; retrying in %.1fs (records wait in the buffer)",
-                    self.name,
-                    self.where,
-                    why,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._retry(backoff, f"cannot connect to Graylog at {self.where}: {str(e) or type(e).__name__}")
                 continue
             writer.transport.set_write_buffer_limits(high=0)  # drain() returns once all is handed to the kernel
-            if self.attempts:
-                log.info("%s: connected to %s again after %d failed attempt(s)", self.name, self.where, self.attempts)
+            if backoff.attempts:
+                log.info(
+                    "%s: connected to %s again after %d failed attempt(s) over %.0fs",
+                    self.name,
+                    self.where,
+                    backoff.attempts,
+                    backoff.elapsed,
+                )
             self._reader, self._writer = reader, writer
             self._watch = asyncio.create_task(self._watch_eof(reader), name=f"sink:{self.name}:eof")
             self.healthy = True
             self.state = f"connected since {time.strftime('%H:%M:%S')}"
             return writer
+
+    async def _retry(self, backoff: Backoff, why: str) -> None:
+        """Wait before the next attempt (rate-limited warning); GaveUpError past ``max_elapsed``."""
+        delay = backoff.delay()
+        self.healthy = False
+        self.state = f"{why} (attempt {backoff.attempts})"
+        if backoff.expired:
+            raise GaveUpError(f"{why}; gave up after {backoff.attempts} attempt(s) over {backoff.elapsed:.0f}s")
+        if self._warn.ready():
+            more = self._warn.take_suppressed()
+            log.warning(
+                "%s: %s; retrying in %.1fs (records wait in the buffer)%s",
+                self.name,
+                why,
+                delay,
+                f"; {more} more failed attempt(s) since the last message" if more else "",
+            )
+        await asyncio.sleep(delay)
 
     async def _wait_acknowledged(self, writer: asyncio.StreamWriter) -> None:
         sock = writer.get_extra_info("socket")
@@ -124,13 +143,21 @@ class TcpConnection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    async def connect(self) -> None:
+        """Connect now (retrying with backoff) unless connected: before the first record."""
+        if self._writer is None or self._writer.is_closing():
+            self.close()
+            await self._connect(Backoff(self.config.policy))
+
     async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
-        """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed."""
+        """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed
+        (GaveUpError when ``retry.max_elapsed`` passes first)."""
+        backoff = Backoff(self.config.policy)
         while True:
             writer = self._writer
             if writer is None or writer.is_closing():
                 self.close()
-                writer = await self._connect()
+                writer = await self._connect(backoff)
             try:
                 writer.write(data)
                 await writer.drain()
@@ -139,19 +166,10 @@ class TcpConnection:
             except (OSError, ssl.SSLError, RuntimeError) as e:  # RuntimeError: transport closed under us
                 retried(records)
                 self._error("write_failed")
-                self.healthy = False
-                self.state = f"connection lost: {e}"
-                log.warning(
-                    "%s: writing to %s failed (%s); reconnecting, then writing %d record(s) again",
-                    self.name,
-                    self.where,
-                    e or type(e).__name__,
-                    records,
-                )
                 self.close()
-                self.attempts += 1
-                await asyncio.sleep(min(self.config.backoff_initial * self.attempts, self.config.backoff_max))
-        self.attempts = 0
+                why = f"writing {records} record(s) to {self.where} failed ({e or type(e).__name__}); reconnecting"
+                await self._retry(backoff, why)
+        self._warn.reset()
 
 
 try:  # bytes written but not yet acknowledged by the peer (Linux SIOCOUTQ == TIOCOUTQ)

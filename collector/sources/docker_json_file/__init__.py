@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import DockerLines, LineReader, Parsed
 from collector.component import ComponentConfig, Emitter, Source
-from collector.docker_api import api_socket_missing
+from collector.docker_api import api_socket_missing, own_container_id
 from collector.event import Batch, Fields
 from collector.ratelog import RateLimitedLog
 from collector.safefiles import UnsafeFile, check_regular, open_regular
@@ -103,6 +103,11 @@ class DockerJsonFileConfig(ComponentConfig):
         description="A value of Docker's `attrs` (labels and env the log driver copies into every "
         'line) longer than this is cut to it; the record gets `log.flags: ["fields_truncated"]`.',
     )
+    include_own_container: bool = Field(
+        False,
+        description="Also read the log of the container the collector runs in. Off: a collector in a "
+        "container never tails itself (each line it logs about a record would become a record).",
+    )
 
     @field_validator("paths")
     @classmethod
@@ -161,7 +166,7 @@ class DockerJsonFileSource(Source):
         self._wake = asyncio.Event()
         self._rescan_due = 0.0
         self._observer: Any = None
-        self._started = time.time()
+        self._started = time.monotonic()
         t = ctx.telemetry
         self._received = t.received.labels(name)
         self._errors = t.errors
@@ -175,6 +180,9 @@ class DockerJsonFileSource(Source):
         self._root: dict[str, str | None] = {}  # live path -> the directory it must stay in
         self._skipped: dict[str, tuple[int, int]] = {}  # path -> (dev, ino) of what was refused
         self._warn = RateLimitedLog(log)
+        self.own_id = "" if config.include_own_container else own_container_id(config.docker_root)
+        self.bytes_read = 0  # for the progress of a --once run
+        ctx.telemetry.register_lag(name, self.lag)
 
     # -- helpers --------------------------------------------------------------------------
     def _meta_for(self, live: str) -> tuple[Fields, str]:
@@ -283,7 +291,7 @@ class DockerJsonFileSource(Source):
         found: dict[str, str | None] = {}
         for pattern, root in self._globs:
             for p in glob.glob(pattern):
-                if p in found:
+                if p in found or (self.own_id and container_id_of(p) == self.own_id):
                     continue
                 if p in self.streams or self._vet(p, root):
                     found[p] = root
@@ -337,8 +345,11 @@ class DockerJsonFileSource(Source):
         written since we started are not history, they are its first lines."""
         if first_scan:
             return False
+        # when we started, on the wall clock as it reads now: a step of the clock (NTP) since the
+        # start moves both, so a file written after the start is never taken for history
+        started = time.time() - (time.monotonic() - self._started)
         try:
-            return os.stat(path).st_mtime >= self._started
+            return os.stat(path).st_mtime >= started
         except OSError:
             return False
 
@@ -400,6 +411,37 @@ class DockerJsonFileSource(Source):
                 )
             del self.state[fp]
             self.ctx.checkpoints.touch()
+
+    # -- reports ------------------------------------------------------------------------------
+    def lag(self) -> list[tuple[str, str, int]]:
+        """Per container (its name when the pipeline's metadata knows it, else its short id or the
+        file's name): bytes in its files not yet acknowledged (collector_checkpoint_lag_bytes)."""
+        rows: dict[tuple[str, str], int] = {}
+        for s in list(self.streams.values()):
+            n = 0
+            for of in s.files():
+                if of.fd < 0:
+                    continue
+                try:
+                    size = os.fstat(of.fd).st_size
+                except OSError:
+                    continue
+                n += max(0, size - int(of.acks.committed))
+            cid = container_id_of(s.live)
+            key = (self.ctx.container_name(cid) if cid else "") or s.tag, cid[:12]
+            rows[key] = rows.get(key, 0) + n
+        return [(name, cid, n) for (name, cid), n in rows.items()]
+
+    def progress(self) -> tuple[int, int]:
+        """(bytes read, bytes read + bytes still to read in the files followed)."""
+        left = 0
+        for s in list(self.streams.values()):
+            for of in s.files():
+                left += max(0, of.size - of.offset)
+        return self.bytes_read, self.bytes_read + left
+
+    def ready(self) -> tuple[bool, str]:
+        return self.is_ready, f"following {len(self.streams)} file(s)" if self.is_ready else "starting"
 
     def rescan(self, first: bool = False) -> None:
         found = self._glob()
@@ -564,6 +606,7 @@ class DockerJsonFileSource(Source):
         if end == of.offset:
             return False
         batch = self._to_batch(s, of, parsed, end)
+        self.bytes_read += end - of.offset
         of.offset = end
         if batch is not None:
             await out.emit(batch)
@@ -722,6 +765,13 @@ class DockerJsonFileSource(Source):
     # -- main loop ----------------------------------------------------------------------------
     async def run(self, out: Emitter) -> None:
         cfg = self.config
+        if self.own_id:
+            log.info(
+                "%s: not reading the log of the container the collector runs in (%s; include_own_container: "
+                "true reads it)",
+                self.name,
+                self.own_id[:12],
+            )
         if not self.ctx.once:  # watching first: what appears during the first scan is not missed
             self._start_watching()
         self.rescan(first=True)

@@ -179,6 +179,7 @@ class FluentForwardSource(Source):
     async def run(self, out: Emitter) -> None:
         if self.ctx.once:
             log.info("%s: a listener has nothing to read with --once; not listening", self.name)
+            self.mark_ready("not listening (--once)")
             return
         self._out = out
         server = await self._serve()
@@ -192,6 +193,7 @@ class FluentForwardSource(Source):
         )
         self.ctx._closers.append(self._close_all)
         self.listening.set()
+        self.mark_ready("listening on " + (self.address if isinstance(self.address, str) else "%s:%d" % self.address))  # noqa: UP031
         self.table.listening()
         watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:

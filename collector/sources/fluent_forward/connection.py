@@ -26,6 +26,7 @@ import logging
 import os
 import socket
 import ssl
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -69,7 +70,9 @@ class Connection:
         self.message_since: float | None = None
         self.held = 0
         self.killed: str | None = None
-        self.decoder = Decoder(intake, peer, self._chunk_done)
+        # the decoder calls back through a weak reference: a Connection <-> Decoder cycle kept
+        # each closed connection (its buffers, ~65 kB) until a rare full GC (app.tune_gc)
+        self.decoder = Decoder(intake, peer, _weakly(self._chunk_done))
         self.stopping = False
         self.ended = False  # no more reading (acks may still be owed)
         self.task: asyncio.Task[Any] | None = None
@@ -296,6 +299,18 @@ def _decoded(dec: Decoder) -> Iterator[Unit]:
         except (msgpack.UnpackException, ValueError, TypeError) as e:
             raise undecodable(e) from None
         yield unit
+
+
+def _weakly(method: Callable[[str], None]) -> Callable[[str], None]:
+    """``method`` without keeping its object alive (an ack due after it is gone is a no-op)."""
+    ref = weakref.WeakMethod(method)
+
+    def call(chunk: str) -> None:
+        m = ref()
+        if m is not None:
+            m(chunk)
+
+    return call
 
 
 def _more_ready(reader: asyncio.StreamReader) -> bool:

@@ -139,16 +139,19 @@ class Intake:
             left = [len(groups)]
             thread = threading.get_ident()
 
-            def done() -> None:
+            def count() -> None:
                 try:
-                    if threading.get_ident() != thread:  # a sink finalizing from its own thread
-                        loop.call_soon_threadsafe(done)
-                        return
                     left[0] -= 1
                     if left[0] == 0:
                         unit.finished()
                 except Exception:  # never into the sink that finalized the batch
                     log.exception("%s: could not send acks", name)
+
+            def done() -> None:  # not calling itself: a closure cycle kept the unit's records until a full GC
+                if threading.get_ident() != thread:  # a sink finalizing from its own thread
+                    loop.call_soon_threadsafe(count)
+                else:
+                    count()
 
             ack_for = lambda: Ack(done)  # noqa: E731
         out = []

@@ -421,6 +421,7 @@ class GelfSource(Source):
             self._servers.append(server)
             self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
         log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
+        self.mark_ready("listening on " + ", ".join(self.bound))
 
     def _pending_ref(self) -> list[tuple[bytes, Any]]:
         return self._pending

@@ -470,6 +470,7 @@ class SyslogSource(Source):
                 self.bound.append(f"{li.scheme}://{hostport(server.sockets[0].getsockname())}")
             self._servers.append(server)
         log.info("%s: receiving syslog on %s", self.name, ", ".join(self.bound))
+        self.mark_ready("listening on " + ", ".join(self.bound))
 
     def _pending_ref(self) -> list[tuple[bytes, Any]]:
         return self._pending
