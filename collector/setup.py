@@ -47,7 +47,10 @@ def lifecycle_support(client: EngineClient) -> str | None:
     return None
 
 
-def ism_policy(retention_days: int, pattern: str) -> dict[str, Any]:
+def ism_policy(retention_days: int, pattern: str, rollover: bool = True) -> dict[str, Any]:
+    """Delete after ``retention_days``; a data stream also rolls over daily (``rollover=False`` for
+    dated indices: ISM's rollover needs ``plugins.index_state_management.rollover_alias`` on an
+    index that is not a data stream, and there is none)."""
     return {
         "policy": {
             "description": "collector: delete Docker logs after the retention period",
@@ -55,7 +58,7 @@ def ism_policy(retention_days: int, pattern: str) -> dict[str, Any]:
             "states": [
                 {
                     "name": "hot",
-                    "actions": [{"rollover": {"min_index_age": "1d"}}],
+                    "actions": [{"rollover": {"min_index_age": "1d"}}] if rollover else [],
                     "transitions": [{"state_name": "delete", "conditions": {"min_index_age": f"{retention_days}d"}}],
                 },
                 {"name": "delete", "actions": [{"delete": {}}], "transitions": []},
@@ -63,6 +66,24 @@ def ism_policy(retention_days: int, pattern: str) -> dict[str, Any]:
             "ism_template": [{"index_patterns": [pattern], "priority": 100}],
         }
     }
+
+
+def _covers(installed: Any, wanted: Any) -> bool:
+    """``installed`` (the policy as ISM's GET returns it) says everything ``wanted`` says. ISM
+    adds to what it was sent (``policy_id``, ``last_updated_time``, a default ``retry`` in each
+    action, ``copy_alias`` in a rollover, ``last_updated_time`` in each ``ism_template``): extra
+    keys are not a difference, a missing or different value is."""
+    if isinstance(wanted, dict):
+        return isinstance(installed, dict) and all(
+            k in installed and _covers(installed[k], v) for k, v in wanted.items()
+        )
+    if isinstance(wanted, list):
+        return (
+            isinstance(installed, list)
+            and len(installed) == len(wanted)
+            and all(_covers(i, w) for i, w in zip(installed, wanted, strict=True))
+        )
+    return bool(installed == wanted)
 
 
 def dashboards_dir() -> Path | None:
@@ -178,23 +199,34 @@ def setup_engine(t: Target, args: argparse.Namespace) -> int:
                 f"lifecycle: {info} has neither ILM nor ISM: data is kept until you delete it "
                 "(install x-pack/ISM, or delete old backing indices yourself)"
             )
+        rollover = not t.index_mode
+        ilm_body = ilm_policy(args.retention_days, rollover)
+        ism_body = ism_policy(args.retention_days, steps[-1].body["index_patterns"][0], rollover)
+        ism_path = f"/_plugins/_ism/policies/{POLICY}"
         if args.dry_run:
             if lifecycle == "ilm":
-                print(f"would PUT /_ilm/policy/{POLICY}\n{_pretty(ilm_policy(args.retention_days))}")
+                print(f"would PUT /_ilm/policy/{POLICY}\n{_pretty(ilm_body)}")
+            elif lifecycle == "ism":
+                print(f"would PUT {ism_path}\n{_pretty(ism_body)}")
             for s in steps:
                 print(f"would {s.method} {s.path}\n{_pretty(s.body)}")
         else:
             if lifecycle == "ilm":
-                _apply(client, "PUT", f"/_ilm/policy/{POLICY}", ilm_policy(args.retention_days))
+                _apply(client, "PUT", f"/_ilm/policy/{POLICY}", ilm_body)
                 print(f"lifecycle policy {POLICY}: delete after {args.retention_days} days")
             elif lifecycle == "ism":
-                body = ism_policy(args.retention_days, steps[-1].body["index_patterns"][0])
-                r = client.request("GET", f"/_plugins/_ism/policies/{POLICY}")
+                r = client.request("GET", ism_path)
                 if r.status == 404:
-                    _apply(client, "PUT", f"/_plugins/_ism/policies/{POLICY}", body)
+                    _apply(client, "PUT", ism_path, ism_body)
                     print(f"ISM policy {POLICY}: delete after {args.retention_days} days")
-                else:
+                elif r.status != 200:
+                    raise EngineUnavailableError(r.host, f"GET {ism_path}: {refusal(r)}")
+                elif _covers(r.body.get("policy"), ism_body["policy"]):
                     print(f"ISM policy {POLICY}: unchanged")
+                else:  # ISM updates a policy only for the version it was read at
+                    seq, term = r.body.get("_seq_no"), r.body.get("_primary_term")
+                    _apply(client, "PUT", f"{ism_path}?if_seq_no={seq}&if_primary_term={term}", ism_body)
+                    print(f"ISM policy {POLICY}: delete after {args.retention_days} days (updated)")
             for what, outcome in ensure(client, t.target, not t.index_mode, args.replicas, policy):
                 print(f"{what}: {outcome}")
     except EngineUnavailableError as e:

@@ -88,9 +88,38 @@ def test_the_ndjson_is_valid_and_complete():
                 json.loads(o["attributes"][k])
         if "kibanaSavedObjectMeta" in o["attributes"]:
             json.loads(o["attributes"]["kibanaSavedObjectMeta"]["searchSourceJSON"])
-        # an 8.x object: Kibana 8 and 9 migrate it up on import (older would not import into 9)
-        version = o.get("typeMigrationVersion") or o["migrationVersion"][o["type"]]
-        assert version.startswith("8."), o["id"]
+
+
+# Kibana's saved-object import format since 8.8: the type's version in `typeMigrationVersion`
+# (`migrationVersion` is deprecated) and the core's in `coreMigrationVersion` (8.8.0, as Kibana's own
+# sample data). An object marked above the last migration Kibana knows for its type is refused on
+# import: "Document ... belongs to a more recent version of Kibana [v] when the last known version is
+# [w]" (core-saved-objects-migration-server-internal: document_migrator, downgradeRequired), where the
+# last known version is the highest of the type's `migrations` and its `convertToMultiNamespaceTypeVersion`.
+# Those of Kibana 8.8, the first release with this format (later ones only add), from its source:
+KIBANA_LAST_KNOWN = {
+    "index-pattern": "8.0.0",  # data_views: migrations 6.5.0, 7.6.0, 7.11.0; convertToMultiNamespaceTypeVersion 8.0.0
+    "search": "8.0.0",  # saved_search: migrations 6.7.2 ... 7.9.3; convertToMultiNamespaceTypeVersion 8.0.0
+    "visualization": "8.5.0",  # visualizations: ... 8.0.0, 8.1.0 (pie), 8.3.0 (legend size), 8.5.0 (TSVB icon)
+    "dashboard": "8.0.0",  # at least: convertToMultiNamespaceTypeVersion 8.0.0 (migrations 7.17.3 + embeddables)
+}
+# What each of ours is written for: the 8.0.0 shape; Kibana runs the later migrations of its type on import
+# (visualization: 8.1.0, 8.3.0, 8.5.0), so none is marked above what its attributes are.
+OURS = {"index-pattern": "8.0.0", "search": "8.0.0", "visualization": "8.0.0", "dashboard": "8.0.0"}
+
+
+def _semver(v: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in v.split("."))
+
+
+def test_every_object_is_marked_with_the_exact_version_kibana_accepts_for_its_type():
+    assert OURS.keys() == {o["type"] for o in objects()}  # (a new type needs its row above)
+    for t, v in OURS.items():
+        assert _semver(v) <= _semver(KIBANA_LAST_KNOWN[t]), f"{t} {v} is above what Kibana knows: refused"
+    for o in objects():
+        assert "migrationVersion" not in o, f"{o['id']}: the deprecated migrationVersion"
+        assert o["typeMigrationVersion"] == OURS[o["type"]], o["id"]
+        assert o["coreMigrationVersion"] == "8.8.0", o["id"]
 
 
 def test_references_resolve_inside_the_file():

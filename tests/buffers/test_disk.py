@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 from collector.acks import Ack
 from collector.buffers import BufferConfig
@@ -207,9 +208,16 @@ def test_when_full_block_pauses_the_producer_until_delivery_frees_room(tmp_path)
             buf.inbox.close()
 
         prod = asyncio.create_task(produce())
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while buf.bytes_on_disk < (1 << 16) - 20_000:  # until the disk part is full
+            assert time.monotonic() < deadline, f"the buffer did not fill up: {buf.bytes_on_disk} bytes"
+            await asyncio.sleep(0.01)
+        for _ in range(200):  # the producer gets every chance to go on, and cannot
+            await asyncio.sleep(0)
         stalled_at = sent
-        assert stalled_at < 200  # blocked: the disk is full and nothing is delivered
+        for _ in range(200):
+            await asyncio.sleep(0)
+        assert sent == stalled_at < 200  # blocked: the disk is full and nothing is delivered
         assert buf.bytes_on_disk <= (1 << 16) + 20_000
         got = await drain(buf)
         await prod

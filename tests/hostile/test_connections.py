@@ -178,8 +178,8 @@ def test_slowloris_forward_is_cut_by_the_read_timeout(collector):
         slow(target.ports["forward"], 200, attacker_host(), head, 45, closed),
     ) as fig:
         deadline = time.monotonic() + 45
-        while len(closed) < 200 and time.monotonic() < deadline:
-            time.sleep(1)
+        while len(closed) < 200 and time.monotonic() < deadline:  # (watching the attack: it runs its course)
+            time.sleep(0.2)
         fig.notes["cut"] = len(closed)
         fig.notes["cut_after_s"] = round(max(closed), 1) if closed else None
     fig.check()
@@ -198,8 +198,8 @@ def test_slowloris_gelf_tcp_is_cut_by_the_read_timeout(collector):
         client="gelf",
     ) as fig:
         deadline = time.monotonic() + 20
-        while len(closed) < 200 and time.monotonic() < deadline:
-            time.sleep(1)
+        while len(closed) < 200 and time.monotonic() < deadline:  # (watching the attack: it runs its course)
+            time.sleep(0.2)
         fig.notes["cut"] = len(closed)
         fig.notes["cut_after_s"] = round(max(closed), 1) if closed else None
     fig.check()

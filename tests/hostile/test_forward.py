@@ -5,11 +5,10 @@ from __future__ import annotations
 import gzip
 import struct
 import threading
-import time
 
 import msgpack
 
-from tests.helpers import wait_until
+from tests.helpers import tcp_queues, unread_bytes, wait_until
 from tests.hostile.harness import (
     MAX_RSS_MB,
     Control,
@@ -38,6 +37,19 @@ def _send(port: int, data: bytes, host: str, hold: float = 0.0, stop: threading.
         s.close()
 
 
+def settled_rss(target: Target) -> float:
+    """The collector's RSS once start-up is over (two readings 0.5 s apart within 1 MB)."""
+    last = [0.0]
+
+    def steady() -> float | None:
+        now = target.rss_mb()
+        same = abs(now - last[0]) <= 1.0
+        last[0] = now
+        return now if same else None
+
+    return wait_until(steady, timeout=30, interval=0.5, what="the collector's memory to settle")
+
+
 def test_nested_declared_lengths_cost_only_their_bytes(collector):
     """Row 1: 1,023 nested array32 headers declaring 2^24 items each (5 KB on the wire), on 20
     connections held open.  The decoder allocated what the headers declared (72 MB each)."""
@@ -53,7 +65,13 @@ def test_nested_declared_lengths_cost_only_their_bytes(collector):
         close_all(socks)
 
     with under_attack(target, "forward: 1,023 nested array32 headers x 20 connections", attack) as fig:
-        time.sleep(5)  # the headers are in; the connections wait for the rest
+        # the headers are in (read by the collector: nothing left unread in its connections), and
+        # the connections wait for the rest
+        wait_until(
+            lambda: sum(1 for q in tcp_queues(port) if q.local_port == port) >= 20 and unread_bytes(port) == 0,
+            timeout=30,
+            what="the 20 bombs read by the collector",
+        )
         fig.notes["rss_held_mb"] = round(target.rss_mb(), 1)
     fig.check()
 
@@ -84,8 +102,7 @@ def test_memory_comes_back_after_20000_short_connections(collector):
     target: Target = collector()
     port = target.ports["forward"]
     one = msgpack.packb(["short", 1714564800, {"message": "short-lived"}], use_bin_type=True)
-    time.sleep(1)
-    base = target.rss_mb()
+    base = settled_rss(target)
     done = [0]
 
     def attack(stop: Control) -> None:

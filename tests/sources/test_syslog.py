@@ -290,7 +290,7 @@ def test_slow_senders_per_peer_cap_and_idle_connections_make_room(tmp_path):
         fresh = socket.create_connection(addr)
         fresh.sendall(b"<13>1 - h a - - - refused while the others are young\n")
         assert closed(fresh)  # refused: nobody idle for a second yet
-        time.sleep(1.2)
+        time.sleep(1.2)  # (the scenario: the three stay idle past idle_timeout)
         fresh = socket.create_connection(addr)
         fresh.sendall(b"<13>1 - h a - - - after a slot was freed\n")
         recs = c.wait(1)

@@ -127,16 +127,14 @@ def component_templates(replicas: int | None, ilm_policy: str | None) -> dict[st
     }
 
 
-def ilm_policy(retention_days: int) -> dict[str, Any]:
-    return {
-        "policy": {
-            "_meta": {"managed_by": "collector"},
-            "phases": {
-                "hot": {"actions": {"rollover": {"max_primary_shard_size": "50gb", "max_age": "1d"}}},
-                "delete": {"min_age": f"{retention_days}d", "actions": {"delete": {}}},
-            },
-        }
-    }
+def ilm_policy(retention_days: int, rollover: bool = True) -> dict[str, Any]:
+    """Delete after ``retention_days``; a data stream also rolls over daily (``rollover=False`` for
+    dated indices: ILM's rollover needs ``index.lifecycle.rollover_alias`` on an index that is not
+    a data stream, and there is none)."""
+    phases: dict[str, Any] = {"delete": {"min_age": f"{retention_days}d", "actions": {"delete": {}}}}
+    if rollover:
+        phases = {"hot": {"actions": {"rollover": {"max_primary_shard_size": "50gb", "max_age": "1d"}}}, **phases}
+    return {"policy": {"_meta": {"managed_by": "collector"}, "phases": phases}}
 
 
 def mapped_fields() -> set[str]:
