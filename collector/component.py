@@ -1,9 +1,11 @@
 """What every component is given and what it must provide.
 
 A *source* produces batches (``async run(out)``), a *transform* rewrites them
-(``async process(batch)``), a *sink* delivers them (``async run(inbox)``).  Components
-receive a :class:`Context` with the core services (checkpoints, dead letter, telemetry,
-Docker metadata) and never import each other (DESIGN.md house rule 2).
+(``async process(batch)``), a *sink* delivers them (``async run(inbox)``, reading a
+:class:`~collector.buffers.BufferReader`).  Components receive a :class:`Context` with the core
+services (checkpoints, dead letter, telemetry, Docker metadata) and never import each other:
+shared code lives in codecs/, buffers/, acks.py, docker_api.py and the core modules
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,16 +14,16 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.acks import InFlight, release
-from collector.buffers import BufferConfig
-from collector.buffers.memory import Channel
+from collector.buffers import BufferConfig, BufferReader
 from collector.checkpoints import CheckpointStore
 from collector.deadletter import DeadLetter
 from collector.event import Batch
@@ -66,6 +68,13 @@ class ServerTls(ComponentConfig):
 
 class TransformConfig(ComponentConfig):
     inputs: list[str] = Field(min_length=1, description="Components whose output this one receives.")
+
+    @classmethod
+    def output_ports(cls, config: Mapping[str, object]) -> list[str]:
+        """The named outputs (``<name>.<port>``) a transform with this config has, besides its
+        default one. Declared here, once: the config's graph check asks it of the raw document
+        (so it must tolerate a wrong shape: the schema reports that), the pipeline of the model."""
+        return []
 
 
 class SinkConfig(TransformConfig):
@@ -140,6 +149,18 @@ class Context:
         self._closers.clear()
 
 
+class Outlet(Protocol):
+    """One edge out of an emitter: a channel, or the pipeline's counting wrapper around one."""
+
+    async def send(self, batch: Batch) -> bool: ...
+
+    def has_room(self) -> bool: ...
+
+    async def wait_room(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Emitter:
     """A component's output: delivers each batch to every downstream channel.
 
@@ -148,7 +169,11 @@ class Emitter:
     """
 
     def __init__(
-        self, name: str, channels: Sequence[Channel] = (), inflight: InFlight | None = None, counter: Any = None
+        self,
+        name: str,
+        channels: Sequence[Outlet] = (),
+        inflight: InFlight | None = None,
+        counter: Counter | None = None,
     ) -> None:
         self.name = name
         self.channels = list(channels)
@@ -224,15 +249,16 @@ class Transform:
     default output, named ports (``route``) are addressed as ``<name>.<port>``."""
 
     kind: ClassVar[str] = "transform"
-    ports: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str, config: Any, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
+        self.connected: set[str] = set()  # the named outputs something reads (set by the pipeline)
 
-    def output_ports(self) -> Sequence[str]:
-        return self.ports
+    def output_ports(self) -> list[str]:
+        """Its named outputs, as its config class declares them (``TransformConfig.output_ports``)."""
+        return type(self.config).output_ports(self.config.model_dump())
 
     async def start(self) -> None:
         """Acquire what the transform needs (Docker metadata ...)."""
@@ -267,7 +293,7 @@ class Sink:
         self.reached = False  # its destination answered once (connected, opened): GET /ready
         self.ready_detail = "destination not reached yet"
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         raise NotImplementedError
 
     def health(self) -> tuple[bool, str]:

@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 
 from collector.acks import Ack, release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.component import Sink
 from collector.retry import Backoff, Throttle
 from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
@@ -334,7 +334,7 @@ class ElasticsearchSink(Sink):
 
         self._requests.create_task(go(), name=f"{self.name}:bulk")
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         """Deliver until the inbox ends. A request that fails with an unexpected error fails the
         sink (the task group cancels the rest): never a silently dead request holding records."""
         try:
@@ -346,7 +346,7 @@ class ElasticsearchSink(Sink):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self.client.close()
 
-    async def _take(self, inbox: Channel) -> None:
+    async def _take(self, inbox: BufferReader) -> None:
         cfg = self.config.batch
         req = Request()
         while True:

@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from collector.acks import release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.codecs.gelf import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -232,7 +232,7 @@ class GelfSink(Sink):
             return  # retry.max_elapsed passed: the writes that follow set their records aside
         self.mark_reached(f"{self.where}: {self._tcp.state}")
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:
