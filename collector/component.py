@@ -26,6 +26,7 @@ from collector.acks import InFlight, release
 from collector.buffers import BufferConfig, BufferReader
 from collector.checkpoints import CheckpointStore
 from collector.deadletter import DeadLetter
+from collector.docker_api import DEFAULT_DOCKER_ROOT
 from collector.event import Batch
 from collector.telemetry import Telemetry
 
@@ -89,6 +90,24 @@ class SinkConfig(TransformConfig):
     )
 
 
+class ErrorCounter:
+    """``count(reason, n)``: a component's ``collector_errors_total{component, reason}``, one
+    child per reason, looked up once (reasons are short, stable words chosen by the code)."""
+
+    __slots__ = ("_by_reason", "_errors", "component")
+
+    def __init__(self, errors: Counter, component: str) -> None:
+        self._errors = errors
+        self.component = component
+        self._by_reason: dict[str, Counter] = {}
+
+    def __call__(self, reason: str, n: float = 1) -> None:
+        c = self._by_reason.get(reason)
+        if c is None:
+            c = self._by_reason[reason] = self._errors.labels(self.component, reason)
+        c.inc(n)
+
+
 @dataclass
 class Context:
     """Core services shared by the components of one running pipeline."""
@@ -102,11 +121,15 @@ class Context:
     _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
+    def error_counter(self, component: str) -> ErrorCounter:
+        """How a component counts its errors (``collector_errors_total``)."""
+        return ErrorCounter(self.telemetry.errors, component)
+
     async def docker(
         self,
         source: MetadataSource = "auto",
         docker_host: str | None = None,
-        docker_root: str = "/var/lib/docker",
+        docker_root: str = DEFAULT_DOCKER_ROOT,
         options: MetadataOptions | None = None,
     ) -> DockerMetadata:
         """The shared metadata cache for these settings (one API client per Docker host)."""

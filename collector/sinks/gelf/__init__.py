@@ -187,7 +187,7 @@ class GelfSink(Sink):
         self.encoder = GelfEncoder(ctx.hostname)
         t = ctx.telemetry
         self._send_failed = t.dropped.labels(name, "send_failed")
-        self._errors = t.errors
+        self._error = ctx.error_counter(name)
         self._retries = t.retries.labels(name, "connection")
         self._compress = compressor(config.compression, config.compression_level)
         self._ids = MessageIds()
@@ -211,9 +211,6 @@ class GelfSink(Sink):
         if ago < UDP_UNHEALTHY_SECONDS:
             return False, f"{self.where}: a send failed {ago:.0f}s ago: {self._udp_last_error}"
         return True, f"{self.where}: {self._udp_state}"
-
-    def _error(self, reason: str, n: int = 1) -> None:
-        self._errors.labels(self.name, reason).inc(n)
 
     def _warn(self, reason: str, msg: str, *args: Any) -> None:
         self._say.warning(reason, msg, *args)
