@@ -1,4 +1,5 @@
-"""Build the topology from a config and run it: one TaskGroup, signals, a graceful drain.
+"""Build the topology from a config and run it: one task per component, each watched, signals,
+a graceful drain.
 
     sources --emit--> [channel] transform --emit--> [buffer] sink
                                                        |
