@@ -516,7 +516,7 @@ async def housekeeping() -> None:
             trim(0)
 
 
-def _malloc_trim() -> Callable[[int], Any] | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         import ctypes  # noqa: PLC0415
 
@@ -529,7 +529,7 @@ async def run_pipeline(
     config: PipelineConfig,
     once: bool = False,
     install_signals: bool = True,
-    on_ready: Callable[[Pipeline], Any] | None = None,
+    on_ready: Callable[[Pipeline], object] | None = None,
 ) -> int:
     """Run a pipeline to its end; returns the process exit code."""
     soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it

@@ -17,7 +17,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
@@ -236,7 +236,7 @@ class Source:
 
     kind: ClassVar[str] = "source"
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
@@ -273,7 +273,7 @@ class Transform:
 
     kind: ClassVar[str] = "transform"
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
@@ -308,7 +308,7 @@ class Sink:
 
     kind: ClassVar[str] = "sink"
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
