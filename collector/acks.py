@@ -17,7 +17,12 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collector.event import Batch
+
+P = TypeVar("P")  # a position: a file offset, a (segment, offset) pair, a cursor
 
 
 class Status(Enum):
@@ -31,7 +36,7 @@ class Ack:
 
     __slots__ = ("_callback", "_pending", "rejected")
 
-    def __init__(self, callback: Callable[[], Any] | None = None) -> None:
+    def __init__(self, callback: Callable[[], object] | None = None) -> None:
         self._pending = 1
         self._callback = callback
         self.rejected = 0  # records finalized by dead-lettering rather than delivery
@@ -56,7 +61,7 @@ class Ack:
         elif self._pending < 0:
             raise RuntimeError("Ack.done() called more often than retained")
 
-    def then(self, fn: Callable[[], Any]) -> None:
+    def then(self, fn: Callable[[], object]) -> None:
         """Also run ``fn`` when the last holder is done (after the callback given at creation)."""
         cb = self._callback
         if cb is None:
@@ -75,7 +80,15 @@ def release(ack: Ack | None) -> None:
         ack.done()
 
 
-class OrderedAcks:
+class _Tracked(Generic[P]):
+    __slots__ = ("done", "position")
+
+    def __init__(self, position: P) -> None:
+        self.position = position
+        self.done = False
+
+
+class OrderedAcks(Generic[P]):
     """Contiguous progress over a sequence of batches finalized in any order.
 
     ``track(position)`` registers the next batch, which ends at ``position`` (an offset, a
@@ -86,17 +99,17 @@ class OrderedAcks:
 
     __slots__ = ("_queue", "committed", "on_commit")
 
-    def __init__(self, committed: Any = 0, on_commit: Callable[[Any], Any] | None = None) -> None:
+    def __init__(self, committed: P, on_commit: Callable[[P], object] | None = None) -> None:
         self.committed = committed
         self.on_commit = on_commit
-        self._queue: deque[list[Any]] = deque()  # [position, finalized]
+        self._queue: deque[_Tracked[P]] = deque()
 
-    def track(self, position: Any) -> Ack:
-        entry = [position, False]
+    def track(self, position: P) -> Ack:
+        entry = _Tracked(position)
         self._queue.append(entry)
 
         def finalize() -> None:
-            entry[1] = True
+            entry.done = True
             self._advance()
 
         return Ack(finalize)
@@ -104,8 +117,8 @@ class OrderedAcks:
     def _advance(self) -> None:
         q = self._queue
         moved = False
-        while q and q[0][1]:
-            self.committed = q.popleft()[0]
+        while q and q[0].done:
+            self.committed = q.popleft().position
             moved = True
         if moved and self.on_commit is not None:
             self.on_commit(self.committed)
@@ -114,10 +127,10 @@ class OrderedAcks:
     def in_flight(self) -> int:
         return len(self._queue)
 
-    def reset(self, committed: Any) -> None:
+    def reset(self, committed: P) -> None:
         """Forget what is in flight (e.g. the file was truncated) and restart at ``committed``."""
         for entry in self._queue:
-            entry[1] = True  # late completions become no-ops on an emptied queue
+            entry.done = True  # late completions become no-ops on an emptied queue
         self._queue = deque()
         self.committed = committed
 
@@ -134,7 +147,7 @@ class InFlight:
     def __init__(self) -> None:
         self.records = 0
 
-    def track(self, batch: Any) -> None:
+    def track(self, batch: Batch) -> None:
         n = len(batch)
         self.records += n
 

@@ -1,4 +1,5 @@
-"""Build the topology from a config and run it: one TaskGroup, signals, a graceful drain.
+"""Build the topology from a config and run it: one task per component, each watched, signals,
+a graceful drain.
 
     sources --emit--> [channel] transform --emit--> [buffer] sink
                                                        |
@@ -26,14 +27,18 @@ import logging
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import Counter
+
 from collector import registry
 from collector.acks import Ack, InFlight, release
-from collector.buffers.memory import Channel
+from collector.buffers import Buffer, BufferConfig, BufferReader
+from collector.buffers.disk import DiskBuffer
+from collector.buffers.memory import Channel, MemoryBuffer
 from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
 from collector.config import PipelineConfig
@@ -60,7 +65,9 @@ class Inlet:
     """An edge into a transform or sink: counts what arrives (collector_events_in_total) and, for
     a sink with ``match``, lets only matching tags through (the others are finalized and counted)."""
 
-    def __init__(self, inner: Channel, counted: Any, pattern: str | None = None, dropped: Any = None) -> None:
+    def __init__(
+        self, inner: Channel, counted: Counter, pattern: str | None = None, dropped: Counter | None = None
+    ) -> None:
         self.inner = inner
         self.counted = counted
         self.match = tag_pattern(pattern) if pattern else None
@@ -91,9 +98,9 @@ class Pipeline:
     sources: dict[str, Source] = field(default_factory=dict)
     transforms: dict[str, Transform] = field(default_factory=dict)
     sinks: dict[str, Sink] = field(default_factory=dict)
-    inboxes: dict[str, Any] = field(default_factory=dict)  # transform/sink name -> Channel
+    inboxes: dict[str, Channel] = field(default_factory=dict)  # transform/sink name -> its inbox
     emitters: dict[str, Emitter] = field(default_factory=dict)  # output ("t" or "t.port") -> Emitter
-    buffers: dict[str, Any] = field(default_factory=dict)  # sink name -> buffer (memory Channel or disk)
+    buffers: dict[str, Buffer] = field(default_factory=dict)  # sink name -> its buffer (memory or disk)
     inflight: InFlight = field(default_factory=InFlight)  # records emitted by sources, not finalized yet
     fatal: str | None = None  # the first component task that ended unexpectedly, and why
     restarting: dict[str, str] = field(default_factory=dict)  # sink name -> why it is down
@@ -101,7 +108,7 @@ class Pipeline:
     duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
     closing: bool = False  # tasks are being cancelled on purpose from here on
-    _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -136,8 +143,9 @@ class Pipeline:
                 target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
                 p.emitters[i].channels.append(target)
                 inbox.add_producer()
-                if "." in i and hasattr(p.transforms.get(i.split(".")[0]), "connected"):
-                    p.transforms[i.split(".")[0]].connected.add(i.split(".", 1)[1])  # type: ignore[attr-defined]
+                upstream, dot, port = i.partition(".")
+                if dot:
+                    p.transforms[upstream].connected.add(port)
         for n in config.sources:
             if not p.emitters[n].channels:
                 log.warning("source %r feeds nothing: its records are read and discarded", n)
@@ -176,10 +184,8 @@ class Pipeline:
             return False, self.restarting[name]
         return self.sinks[name].health()
 
-    def _make_buffer(self, name: str, bcfg: Any) -> Any:
+    def _make_buffer(self, name: str, bcfg: BufferConfig) -> Buffer:
         if bcfg.type == "disk":
-            from collector.buffers.disk import DiskBuffer  # noqa: PLC0415
-
             return DiskBuffer(name, self.ctx.data_dir / "buffers" / name, bcfg, self.ctx.telemetry)
         return MemoryBuffer(name, bcfg, self.ctx.telemetry)
 
@@ -274,11 +280,13 @@ class Pipeline:
     def _sent(self, name: str) -> float:
         return self.ctx.telemetry.value("collector_events_sent_total", component=name)
 
-    def _start(self, coro: Any, task_name: str, name: str, service: bool = False) -> asyncio.Task[Any]:
+    def _start(
+        self, coro: Coroutine[Any, Any, None], task_name: str, name: str, service: bool = False
+    ) -> asyncio.Task[None]:
         """A task whose unexpected end is fatal (``service``: it must not end at all)."""
         task = asyncio.create_task(coro, name=task_name)
 
-        def ended(t: asyncio.Task[Any]) -> None:
+        def ended(t: asyncio.Task[None]) -> None:
             if self.closing:
                 return
             if t.cancelled():
@@ -329,7 +337,7 @@ class Pipeline:
             await t.start()
         for b in self.buffers.values():
             await b.open()
-        services: list[asyncio.Task[Any]] = []
+        services: list[asyncio.Task[None]] = []
         if server is not None:
             services.append(self._start(_serve(server), "api", "api server", service=True))
         saver = ctx.checkpoints.run(cfg.checkpoint_interval)
@@ -399,7 +407,7 @@ class SinkFeed:
     price: batches a sink has taken stay referenced until finalized (the Elasticsearch sink
     keeps only their encoded items): measured, peak RSS 66 -> 71 MB in bench/run.py tail."""
 
-    def __init__(self, reader: Any) -> None:
+    def __init__(self, reader: BufferReader) -> None:
         self.reader = reader
         self.taken: dict[int, tuple[Batch, Ack]] = {}  # handed out, not finalized yet, in order
         self.again: deque[Batch] = deque()
@@ -479,53 +487,6 @@ def announce_api(data_dir: Path, url: str | None) -> None:
     write_api_file(data_dir, url)
 
 
-class MemoryBuffer:
-    """The in-memory buffer of a sink: one bounded channel (producers write, the sink reads)."""
-
-    def __init__(self, name: str, bcfg: Any, telemetry: Telemetry) -> None:
-        self.channel = Channel(name, bcfg.max_events, bcfg.limit_bytes, bcfg.when_full, producers=0)
-        telemetry.buffer_events.labels(name).set_function(lambda: self.channel.events)
-        telemetry.buffer_bytes.labels(name).set_function(lambda: self.channel.bytes)
-        self._dropped = telemetry.dropped.labels(name, "buffer_full")
-        self._seen_drops = 0
-
-    @property
-    def inbox(self) -> Channel:
-        return self.channel
-
-    @property
-    def reader(self) -> Channel:
-        return self.channel
-
-    def tasks(self) -> list[Any]:
-        return [self._count_drops()]
-
-    async def _count_drops(self) -> None:
-        while not self.channel.closed or len(self.channel):
-            await asyncio.sleep(0.5)
-            self._flush_drops()
-        self._flush_drops()
-
-    def _flush_drops(self) -> None:
-        d = self.channel.dropped_events - self._seen_drops
-        if d:
-            self._dropped.inc(d)
-            self._seen_drops += d
-
-    def pending_events(self) -> int:
-        return self.channel.events
-
-    def stored_records(self) -> int:
-        """Records kept here across a restart: none (what is in memory is counted in flight)."""
-        return 0
-
-    async def open(self) -> None:
-        pass
-
-    async def close(self) -> None:
-        self._flush_drops()
-
-
 def tune_gc() -> None:
     """Records are acyclic dicts and lists made by the thousand: with the default thresholds the
     cyclic collector runs every 700 allocations and rescans everything alive (measured: 1 µs per
@@ -555,7 +516,7 @@ async def housekeeping() -> None:
             trim(0)
 
 
-def _malloc_trim() -> Callable[[int], Any] | None:
+def _malloc_trim() -> Callable[[int], int] | None:
     try:
         import ctypes  # noqa: PLC0415
 
@@ -568,7 +529,7 @@ async def run_pipeline(
     config: PipelineConfig,
     once: bool = False,
     install_signals: bool = True,
-    on_ready: Callable[[Pipeline], Any] | None = None,
+    on_ready: Callable[[Pipeline], object] | None = None,
 ) -> int:
     """Run a pipeline to its end; returns the process exit code."""
     soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it

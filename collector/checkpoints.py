@@ -44,7 +44,8 @@ from typing import IO, Any
 import orjson
 
 from collector.diskfull import DiskFull, is_disk_full
-from collector.retry import Backoff, RetryConfig, Throttle
+from collector.ratelog import RateLimitedLog
+from collector.retry import Backoff, RetryConfig
 
 log = logging.getLogger("collector.checkpoints")
 
@@ -111,7 +112,7 @@ class CheckpointStore:
         self._generation = 0  # snapshots are numbered; an older one never overwrites a newer
         self._written = 0
         self._full = DiskFull("checkpoints", "records keep flowing; the last saved checkpoint stays valid")
-        self._failing = Throttle(30.0)
+        self._failing = RateLimitedLog(log, interval=30.0)
 
     # -- lifecycle ---------------------------------------------------------------------
     def open(self) -> None:
@@ -264,13 +265,16 @@ class CheckpointStore:
         except OSError as e:
             if is_disk_full(e):
                 self._full.failed(self.path, e)
-            elif self._failing.ready():
-                log.error(
-                    "cannot write checkpoints to %s: %s (will retry; the last saved ones stay valid)", self.path, e
+            else:
+                self._failing.error(
+                    "write_failed",
+                    "cannot write checkpoints to %s: %s (will retry; the last saved ones stay valid)",
+                    self.path,
+                    e,
                 )
             return False
         self._full.ok()
-        self._failing.reset()
+        self._failing.reset("write_failed")
         return True
 
     async def save_final(self, within: float) -> bool:

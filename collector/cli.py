@@ -42,6 +42,7 @@ from collector.config import (
     unreadable_files,
     validate_config,
 )
+from collector.docker_api import DEFAULT_DOCKER_ROOT
 from collector.ownlogs import FORMATS
 
 log = logging.getLogger("collector")
@@ -259,7 +260,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--docker-root",
-        default="/var/lib/docker",
+        default=DEFAULT_DOCKER_ROOT,
         metavar="DIR",
         help="Docker's data root (its containers/ directory has the logs and config.v2.json files)",
     )

@@ -1,9 +1,11 @@
 """What every component is given and what it must provide.
 
 A *source* produces batches (``async run(out)``), a *transform* rewrites them
-(``async process(batch)``), a *sink* delivers them (``async run(inbox)``).  Components
-receive a :class:`Context` with the core services (checkpoints, dead letter, telemetry,
-Docker metadata) and never import each other (DESIGN.md house rule 2).
+(``async process(batch)``), a *sink* delivers them (``async run(inbox)``, reading a
+:class:`~collector.buffers.BufferReader`).  Components receive a :class:`Context` with the core
+services (checkpoints, dead letter, telemetry, Docker metadata) and never import each other:
+shared code lives in codecs/, buffers/, acks.py, docker_api.py and the core modules
+(docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -12,18 +14,19 @@ import asyncio
 import contextlib
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
+from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 
 from collector.acks import InFlight, release
-from collector.buffers import BufferConfig
-from collector.buffers.memory import Channel
+from collector.buffers import BufferConfig, BufferReader
 from collector.checkpoints import CheckpointStore
 from collector.deadletter import DeadLetter
+from collector.docker_api import DEFAULT_DOCKER_ROOT
 from collector.event import Batch
 from collector.telemetry import Telemetry
 
@@ -67,6 +70,13 @@ class ServerTls(ComponentConfig):
 class TransformConfig(ComponentConfig):
     inputs: list[str] = Field(min_length=1, description="Components whose output this one receives.")
 
+    @classmethod
+    def output_ports(cls, config: Mapping[str, object]) -> list[str]:
+        """The named outputs (``<name>.<port>``) a transform with this config has, besides its
+        default one. Declared here, once: the config's graph check asks it of the raw document
+        (so it must tolerate a wrong shape: the schema reports that), the pipeline of the model."""
+        return []
+
 
 class SinkConfig(TransformConfig):
     # the keys that say where records go: a pipeline's identity (checkpoints.pipeline_identity);
@@ -78,6 +88,24 @@ class SinkConfig(TransformConfig):
         description="Fluentd-style tag pattern (`app.**`, `log-test-container-*`, `{a,b}`): "
         "only batches whose tag matches are delivered here; the rest are dropped (counted).",
     )
+
+
+class ErrorCounter:
+    """``count(reason, n)``: a component's ``collector_errors_total{component, reason}``, one
+    child per reason, looked up once (reasons are short, stable words chosen by the code)."""
+
+    __slots__ = ("_by_reason", "_errors", "component")
+
+    def __init__(self, errors: Counter, component: str) -> None:
+        self._errors = errors
+        self.component = component
+        self._by_reason: dict[str, Counter] = {}
+
+    def __call__(self, reason: str, n: float = 1) -> None:
+        c = self._by_reason.get(reason)
+        if c is None:
+            c = self._by_reason[reason] = self._errors.labels(self.component, reason)
+        c.inc(n)
 
 
 @dataclass
@@ -93,11 +121,15 @@ class Context:
     _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
+    def error_counter(self, component: str) -> ErrorCounter:
+        """How a component counts its errors (``collector_errors_total``)."""
+        return ErrorCounter(self.telemetry.errors, component)
+
     async def docker(
         self,
         source: MetadataSource = "auto",
         docker_host: str | None = None,
-        docker_root: str = "/var/lib/docker",
+        docker_root: str = DEFAULT_DOCKER_ROOT,
         options: MetadataOptions | None = None,
     ) -> DockerMetadata:
         """The shared metadata cache for these settings (one API client per Docker host)."""
@@ -140,6 +172,18 @@ class Context:
         self._closers.clear()
 
 
+class Outlet(Protocol):
+    """One edge out of an emitter: a channel, or the pipeline's counting wrapper around one."""
+
+    async def send(self, batch: Batch) -> bool: ...
+
+    def has_room(self) -> bool: ...
+
+    async def wait_room(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Emitter:
     """A component's output: delivers each batch to every downstream channel.
 
@@ -148,7 +192,11 @@ class Emitter:
     """
 
     def __init__(
-        self, name: str, channels: Sequence[Channel] = (), inflight: InFlight | None = None, counter: Any = None
+        self,
+        name: str,
+        channels: Sequence[Outlet] = (),
+        inflight: InFlight | None = None,
+        counter: Counter | None = None,
     ) -> None:
         self.name = name
         self.channels = list(channels)
@@ -188,7 +236,7 @@ class Source:
 
     kind: ClassVar[str] = "source"
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
@@ -224,15 +272,16 @@ class Transform:
     default output, named ports (``route``) are addressed as ``<name>.<port>``."""
 
     kind: ClassVar[str] = "transform"
-    ports: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
+        self.connected: set[str] = set()  # the named outputs something reads (set by the pipeline)
 
-    def output_ports(self) -> Sequence[str]:
-        return self.ports
+    def output_ports(self) -> list[str]:
+        """Its named outputs, as its config class declares them (``TransformConfig.output_ports``)."""
+        return type(self.config).output_ports(self.config.model_dump())
 
     async def start(self) -> None:
         """Acquire what the transform needs (Docker metadata ...)."""
@@ -259,7 +308,7 @@ class Sink:
 
     kind: ClassVar[str] = "sink"
 
-    def __init__(self, name: str, config: Any, ctx: Context) -> None:
+    def __init__(self, name: str, config: ComponentConfig, ctx: Context) -> None:
         self.name = name
         self.config = config
         self.ctx = ctx
@@ -267,7 +316,7 @@ class Sink:
         self.reached = False  # its destination answered once (connected, opened): GET /ready
         self.ready_detail = "destination not reached yet"
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         raise NotImplementedError
 
     def health(self) -> tuple[bool, str]:

@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from collector import registry
-from collector.component import split_hostport
+from collector.component import TransformConfig, split_hostport
 from collector.deadletter import DeadLetterConfig
 from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
@@ -133,9 +133,13 @@ class PipelineConfig(BaseModel):
         return [n for n, c in {**self.transforms, **self.sinks}.items() if output in c.inputs]
 
 
-def _ports(t: Any) -> list[str]:
-    routes = t.get("routes") if isinstance(t, dict) else getattr(t, "routes", None)
-    return [*routes, "_unmatched"] if isinstance(routes, dict) and routes else []
+def _ports(t: dict[str, object]) -> list[str]:
+    """The named outputs of a transform in the raw document, as its config class declares them."""
+    type_ = t.get("type")
+    if not isinstance(type_, str) or type_ not in registry.TRANSFORMS:
+        return []  # the schema reports an unknown type
+    config_class: type[TransformConfig] = registry.config_class(registry.TRANSFORMS, type_)
+    return config_class.output_ports(t)
 
 
 Loc = tuple[Any, ...]

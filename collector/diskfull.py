@@ -14,7 +14,7 @@ import errno
 import logging
 import time
 
-from collector.retry import Throttle
+from collector.ratelog import RateLimitedLog
 
 log = logging.getLogger("collector.diskfull")
 
@@ -36,7 +36,7 @@ class DiskFull:
     def __init__(self, what: str, meanwhile: str, interval: float = 30.0) -> None:
         self.what = what
         self.meanwhile = meanwhile  # what happens to the data meanwhile, said in every warning
-        self._throttle = Throttle(interval)
+        self._say = RateLimitedLog(log, interval=interval)
         self.since: float | None = None
         self._announced = False
         self.lost = 0  # items dropped since the last warning said (when the caller drops anything)
@@ -49,16 +49,16 @@ class DiskFull:
         if self.since is None:
             self.since = time.monotonic()
         self.lost += dropped
-        if self._throttle.ready():
+        if self._say.warning(
+            "disk_full",
+            "DISK FULL: cannot write %s to %s (%s): %s%s",
+            self.what,
+            where,
+            error.strerror or error,
+            self.meanwhile,
+            f" ({self.lost} dropped so far)" if self.lost else "",
+        ):
             self._announced = True
-            log.warning(
-                "DISK FULL: cannot write %s to %s (%s): %s%s",
-                self.what,
-                where,
-                error.strerror or error,
-                self.meanwhile,
-                f" ({self.lost} dropped so far)" if self.lost else "",
-            )
 
     def ok(self) -> None:
         if self.since is None:

@@ -34,6 +34,11 @@ def config_classes(table: dict[str, tuple[str, str, str]]) -> list[Any]:
     return [getattr(importlib.import_module(mod), cfg) for mod, cfg, _ in table.values()]
 
 
+def config_class(table: dict[str, tuple[str, str, str]], type_: str) -> Any:
+    mod, cfg, _ = table[type_]
+    return getattr(importlib.import_module(mod), cfg)
+
+
 def implementation(table: dict[str, tuple[str, str, str]], type_: str) -> Any:
     mod, _, impl = table[type_]
     return getattr(importlib.import_module(mod), impl)

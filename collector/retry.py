@@ -123,34 +123,3 @@ class Backoff:
             time.sleep(d)
             return False
         return stop.wait(d)
-
-
-class Throttle:
-    """Say it once, then at most every ``interval`` seconds (monotonic): for loud warnings that
-    must not flood the log during a long outage."""
-
-    __slots__ = ("_last", "clock", "interval", "suppressed")
-
-    def __init__(self, interval: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self.clock = clock
-        self._last: float | None = None
-        self.suppressed = 0  # occurrences not said since the last time it was
-
-    def ready(self) -> bool:
-        """True when it is time to say it again (and then counts as said)."""
-        now = self.clock()
-        if self._last is None or now - self._last >= self.interval:
-            self._last = now
-            return True
-        self.suppressed += 1
-        return False
-
-    def take_suppressed(self) -> int:
-        n, self.suppressed = self.suppressed, 0
-        return n
-
-    def reset(self) -> None:
-        """The trouble is over: the next occurrence is said at once."""
-        self._last = None
-        self.suppressed = 0

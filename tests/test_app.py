@@ -151,7 +151,7 @@ def _kill_config(tmp_path, port):
 
 def _inject(monkeypatch, component, armed):
     """Make ``component``'s task fail with InjectedError once ``armed`` is set."""
-    from collector.app import MemoryBuffer
+    from collector.buffers.memory import MemoryBuffer
     from collector.checkpoints import CheckpointStore
     from collector.component import Emitter
     from collector.sinks.file import FileSink

@@ -28,6 +28,23 @@ def test_one_line_per_reason_per_interval_with_the_count(caplog):
     assert len(caplog.records) == 4
 
 
+def test_said_once_then_every_interval_and_at_once_after_a_reset(caplog):
+    # what retry.Throttle did for the sinks, the checkpoint saver and DiskFull (now one helper)
+    caplog.set_level(logging.WARNING, "tests.ratelog")
+    now = [100.0]
+    say = RateLimitedLog(log, interval=30, clock=lambda: now[0])
+    assert say.warning("retrying", "down")
+    assert not say.warning("retrying", "down") and not say.warning("retrying", "down")
+    now[0] += 29.9
+    assert not say.warning("retrying", "down")
+    now[0] += 0.1
+    assert say.warning("retrying", "down")
+    assert caplog.records[-1].getMessage() == "down (3 more like it in the last 30s)"
+    say.reset("retrying")
+    assert say.warning("retrying", "down")
+    assert caplog.records[-1].getMessage() == "down"
+
+
 def test_the_number_of_reasons_kept_is_bounded(caplog):
     caplog.set_level(logging.WARNING, "tests.ratelog")
     say = RateLimitedLog(log)

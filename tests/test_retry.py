@@ -9,7 +9,7 @@ import time
 import pytest
 from pydantic import ValidationError
 
-from collector.retry import Backoff, RetryConfig, Throttle, backoff_bound
+from collector.retry import Backoff, RetryConfig, backoff_bound
 
 
 class FakeClock:
@@ -96,16 +96,3 @@ def test_config_shape():
     with pytest.raises(ValidationError):
         RetryConfig(max_elapsed=0)
     assert all(f.description for f in RetryConfig.model_fields.values())
-
-
-def test_throttle_says_it_once_then_every_interval():
-    clock = FakeClock()
-    t = Throttle(30, clock=clock)
-    assert t.ready()
-    assert not t.ready() and not t.ready()
-    clock.now += 29.9
-    assert not t.ready()
-    clock.now += 0.1
-    assert t.ready() and t.take_suppressed() == 3
-    t.reset()
-    assert t.ready()

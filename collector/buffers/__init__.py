@@ -1,10 +1,60 @@
-"""Per-sink buffers: memory (a bounded channel) or disk (segment files plus a ledger)."""
+"""Per-sink buffers: memory (a bounded channel) or disk (segment files plus a ledger).
+
+Two contracts, both structural (``typing.Protocol``): a :class:`Buffer` is what the pipeline
+owns for each sink (producers write to its ``inbox``, its ``tasks()`` run beside the sink, it is
+opened before and closed after the run); a :class:`BufferReader` is the only part a sink sees.
+``MemoryBuffer`` (memory.py) and ``DiskBuffer`` (disk.py) are the two implementations.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+if TYPE_CHECKING:
+    from collector.buffers.memory import Channel
+    from collector.event import Batch
+
+
+class BufferReader(Protocol):
+    """What a sink reads (``Sink.run(inbox)``): batches in order, None once the buffer is closed
+    and drained. The sink finalizes each batch (``batch.ack``) once delivered or dead-lettered."""
+
+    async def recv(self) -> Batch | None: ...
+
+    def recv_nowait(self) -> Batch | None: ...
+
+
+class Buffer(Protocol):
+    """What a pipeline owns for each sink: where records wait between the components and the sink."""
+
+    @property
+    def inbox(self) -> Channel:
+        """Where the upstream components write (a bounded channel: backpressure or drops)."""
+        ...
+
+    @property
+    def reader(self) -> BufferReader:
+        """What the sink reads."""
+        ...
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        """Coroutines that run beside the sink for as long as the pipeline (writers, counters)."""
+        ...
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    def pending_events(self) -> int:
+        """Records waiting here now (collector_buffer_events)."""
+        ...
+
+    def stored_records(self) -> int:
+        """Records kept here across a restart (0 for memory: what is in memory is in flight)."""
+        ...
 
 
 class BufferConfig(BaseModel):

@@ -30,6 +30,7 @@ import os
 import struct
 import time
 import zlib
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -158,7 +159,7 @@ class DiskBuffer:
         self.reader.close()
         self._save_ledger(force=True)
 
-    def tasks(self) -> list[Any]:
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
         return [self._write_loop(), self._ledger_loop()]
 
     def pending_events(self) -> int:

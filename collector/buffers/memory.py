@@ -1,4 +1,5 @@
-"""A bounded in-memory channel of batches: the edge between two components.
+"""A bounded in-memory channel of batches (the edge between two components), and the memory
+buffer of a sink, which is one such channel.
 
 Bounded by events and by bytes.  When full, ``send`` either waits (``block``: backpressure,
 the source stops reading) or drops the batch (``drop_newest``: counted, and the batch is
@@ -13,10 +14,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Literal
+from collections.abc import Coroutine
+from typing import Any, Literal
 
 from collector.acks import release
+from collector.buffers import BufferConfig
 from collector.event import Batch
+from collector.telemetry import Telemetry
 
 WhenFull = Literal["block", "drop_newest"]
 
@@ -121,3 +125,50 @@ class Channel:
 
     def __len__(self) -> int:
         return len(self._q)
+
+
+class MemoryBuffer:
+    """The in-memory buffer of a sink: one bounded channel (producers write, the sink reads)."""
+
+    def __init__(self, name: str, bcfg: BufferConfig, telemetry: Telemetry) -> None:
+        self.channel = Channel(name, bcfg.max_events, bcfg.limit_bytes, bcfg.when_full, producers=0)
+        telemetry.buffer_events.labels(name).set_function(lambda: self.channel.events)
+        telemetry.buffer_bytes.labels(name).set_function(lambda: self.channel.bytes)
+        self._dropped = telemetry.dropped.labels(name, "buffer_full")
+        self._seen_drops = 0
+
+    @property
+    def inbox(self) -> Channel:
+        return self.channel
+
+    @property
+    def reader(self) -> Channel:
+        return self.channel
+
+    def tasks(self) -> list[Coroutine[Any, Any, None]]:
+        return [self._count_drops()]
+
+    async def _count_drops(self) -> None:
+        while not self.channel.closed or len(self.channel):
+            await asyncio.sleep(0.5)
+            self._flush_drops()
+        self._flush_drops()
+
+    def _flush_drops(self) -> None:
+        d = self.channel.dropped_events - self._seen_drops
+        if d:
+            self._dropped.inc(d)
+            self._seen_drops += d
+
+    def pending_events(self) -> int:
+        return self.channel.events
+
+    def stored_records(self) -> int:
+        """Records kept here across a restart: none (what is in memory is counted in flight)."""
+        return 0
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._flush_drops()

@@ -12,7 +12,7 @@ and 4-byte nanoseconds, big-endian) or a msgpack timestamp (ext type -1).  Since
 an entry may also be ``[[time, metadata], record]`` (its ``retain_metadata_in_forward_mode``,
 on by default), with group markers (EventTime seconds 0xFFFFFFFF / 0xFFFFFFFE) around the
 records of an OpenTelemetry group.  A time that cannot be read never stops the decoder: it
-decodes to a :class:`BadTime` and only its entry is refused (:meth:`TimeFormatter.any`).
+decodes to a :class:`BadTime` and only its entry is refused (:meth:`ForwardTimes.any`).
 ``option`` may carry ``size`` (the number of events),
 ``chunk`` (the client wants ``{"ack": chunk}`` back once the events are safe) and
 ``compressed``.  With a shared key, the server opens with ``HELO``, the client answers
@@ -30,7 +30,6 @@ import hmac
 import io
 import math
 import struct
-import time
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
@@ -39,6 +38,9 @@ from typing import Any
 
 import msgpack
 
+from collector.codecs import InputError
+from collector.codecs.times import TimeFormatter
+
 EVENT_TIME = 0  # msgpack ext type of Fluentd's EventTime
 MAX_SECONDS = 253402300799  # 9999-12-31T23:59:59Z
 MAX_DEPTH = 64  # deeper values in a record are refused (orjson stops at 255)
@@ -46,13 +48,8 @@ MAX_DEPTH = 64  # deeper values in a record are refused (orjson stops at 255)
 _SECNS = struct.Struct(">II")
 
 
-class ForwardError(ValueError):
-    """Input that breaks the protocol; ``reason`` is short and stable (a counter label)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class ForwardError(InputError):
+    """Input that breaks the forward protocol."""
 
 
 class Stamp(str):
@@ -83,22 +80,17 @@ GROUP_END_SECONDS = 0xFFFFFFFE
 
 
 # -- time ---------------------------------------------------------------------------------------
-class TimeFormatter:
-    """Seconds and nanoseconds to ``2024-05-01T12:00:00.123456789Z``; the date part of the
-    last second seen is cached (a stream's records mostly share it)."""
+class ForwardTimes(TimeFormatter):
+    """The forward protocol's times (integers, floats, EventTime, msgpack timestamps) to
+    ``2024-05-01T12:00:00.123456789Z``; a time out of range is a ForwardError."""
 
-    __slots__ = ("_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._sec: int | None = None
-        self._prefix = ""
+    __slots__ = ()
 
     def __call__(self, sec: int, ns: int = 0) -> str:
         if sec != self._sec:
             if not 0 <= sec <= MAX_SECONDS:
                 raise ForwardError("bad time", f"{sec} seconds is out of range")
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._sec = sec
+            self._date(sec)
         return f"{self._prefix}.{ns:09d}Z"
 
     def ext_hook(self, code: int, data: bytes) -> Any:
@@ -176,7 +168,7 @@ RUN_BYTES = 256 << 10  # ... or this many bytes of them
 GZIP_PIECE = 1 << 20  # bytes decompressed at a time
 
 
-def new_unpacker(max_bytes: int, times: TimeFormatter, file_like: Any = None) -> msgpack.Unpacker:
+def new_unpacker(max_bytes: int, times: ForwardTimes, file_like: Any = None) -> msgpack.Unpacker:
     """A decoding unpacker: ``feed`` it (or give it a file), then iterate.
 
     ``max_bytes`` bounds its buffer (one object can be no larger) and every declared length.
@@ -218,7 +210,7 @@ class Framer:
     connection costs little, and what grew for a large message is given back.
     """
 
-    def __init__(self, max_bytes: int, times: TimeFormatter, data: bytes | None = None, start: int = 0) -> None:
+    def __init__(self, max_bytes: int, times: ForwardTimes, data: bytes | None = None, start: int = 0) -> None:
         self.max_bytes = max_bytes
         self.times = times
         self._data = data
@@ -233,7 +225,7 @@ class Framer:
             self._new()
 
     @classmethod
-    def over(cls, data: bytes, times: TimeFormatter, start: int = 0) -> Framer:
+    def over(cls, data: bytes, times: ForwardTimes, start: int = 0) -> Framer:
         return cls(max(1, len(data) - start), times, data, start)
 
     def _new(self) -> None:
@@ -425,7 +417,7 @@ class Entries:
 
     __slots__ = ("count", "data", "start", "times")
 
-    def __init__(self, data: bytes, start: int, count: int, times: TimeFormatter) -> None:
+    def __init__(self, data: bytes, start: int, count: int, times: ForwardTimes) -> None:
         self.data = data
         self.start = start  # the first entry (after the array header)
         self.count = count
@@ -440,7 +432,7 @@ class Entries:
             yield next(it)
 
 
-def decode_large(raw: bytes, times: TimeFormatter) -> Any:
+def decode_large(raw: bytes, times: ForwardTimes) -> Any:
     """A whole object larger than SMALL_OBJECT.  A forward message is decoded part by part,
     a Forward-mode entries array left as :class:`Entries`; anything else by :func:`decode_part`."""
     u = new_unpacker(len(raw), times, io.BytesIO(raw))
@@ -465,7 +457,7 @@ def decode_large(raw: bytes, times: TimeFormatter) -> Any:
     return out
 
 
-def decode_part(view: memoryview, times: TimeFormatter) -> Any:
+def decode_part(view: memoryview, times: ForwardTimes) -> Any:
     """One whole object; one larger than SMALL_OBJECT is checked first (items and depth)."""
     if len(view) > SMALL_OBJECT:
         check_structure(view)
@@ -597,7 +589,7 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return b"".join(gunzip_pieces(data, 1 << 20))
 
 
-def packed_entries(data: bytes, options: Mapping[str, Any], times: TimeFormatter, max_bytes: int) -> Iterator[Any]:
+def packed_entries(data: bytes, options: Mapping[str, Any], times: ForwardTimes, max_bytes: int) -> Iterator[Any]:
     """The ``[time, record]`` entries of a (Compressed)PackedForward payload, one by one (see
     :class:`Framer`: nothing is built before it is whole, the lot in C); an entry msgpack cannot
     decode comes out as an :class:`Undecodable`, and so does the end of a payload cut short."""
@@ -661,7 +653,7 @@ def clean(v: Any, depth: int = 0) -> Any:
         return v.decode("utf-8", "replace")
     if t is msgpack.Timestamp:
         if 0 <= v.seconds <= MAX_SECONDS:
-            return TimeFormatter()(v.seconds, v.nanoseconds)
+            return ForwardTimes()(v.seconds, v.nanoseconds)
         return f"{v.seconds}.{v.nanoseconds:09d}"
     if isinstance(v, datetime):
         return v.isoformat().replace("+00:00", "Z")

@@ -33,6 +33,7 @@ from typing import Any, Literal
 import orjson
 
 from collector import levels
+from collector.codecs import InputError
 
 CHUNK_MAGIC = b"\x1e\x0f"
 CHUNK_HEADER_BYTES = 12  # magic (2) + message id (8) + sequence number (1) + count (1)
@@ -52,13 +53,8 @@ LEVEL_CODES = levels.CODES
 DEFAULT_LEVEL = 6
 
 
-class GelfError(ValueError):
-    """A message that cannot be accepted; ``reason`` is short and stable (a metric label)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class GelfError(InputError):
+    """A GELF message that cannot be accepted."""
 
 
 # -- compression ---------------------------------------------------------------------------------
@@ -419,30 +415,6 @@ def level_code(value: Any) -> int | None:
 
 
 # -- timestamps ----------------------------------------------------------------------------------
-class TimeFormatter:
-    """Epoch seconds (float) -> RFC 3339 UTC with microseconds, ``2024-05-01T12:00:00.123456Z``.
-
-    The date part is cached per second: messages arrive in time order.
-    """
-
-    __slots__ = ("_prefix", "_sec")
-
-    def __init__(self) -> None:
-        self._sec = -1
-        self._prefix = ""
-
-    def __call__(self, ts: float) -> str:
-        sec = math.floor(ts)
-        us = round((ts - sec) * 1e6)
-        if us >= 1_000_000:
-            sec += 1
-            us -= 1_000_000
-        if sec != self._sec:
-            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            self._sec = sec
-        return f"{self._prefix}.{us:06d}Z"
-
-
 class TimeParser:
     """RFC 3339 (as our records carry it) -> epoch seconds with microseconds (GELF's timestamp)."""
 

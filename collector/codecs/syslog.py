@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, Literal
 
+from collector.codecs import InputError
+
 Format = Literal["auto", "rfc5424", "rfc3164"]
 
 FACILITIES = (
@@ -68,13 +70,8 @@ BOM = "\ufeff"
 MAX_HEADER_FIELD = 255  # RFC 5424 allows 48 (APP-NAME) ... 255 (HOSTNAME); senders exceed the small ones
 
 
-class SyslogError(Exception):
-    """A message that cannot be read; ``reason`` is short and stable (a metric label)."""
-
-    def __init__(self, reason: str, detail: str = "") -> None:
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
-        self.detail = detail
+class SyslogError(InputError):
+    """A syslog message that cannot be read."""
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from typing import IO, Any, ClassVar, Literal
 from pydantic import Field
 
 from collector.acks import release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.component import Sink, SinkConfig
 from collector.event import Batch, get_path
 from collector.sinks.file import drain
@@ -70,7 +70,7 @@ class ConsoleSink(Sink):
                 lines.append(f"{ts} {who:<{WHO_WIDTH}} {tag:<12} {stream:<6} {msg}")
         return ("\n".join(lines) + "\n").encode("utf-8", "replace")
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         self.mark_reached("writing to " + ("the terminal" if _isatty(self.out) else "standard output"))
         while (first := await inbox.recv()) is not None:
             batches = await drain(inbox, first, 5000)

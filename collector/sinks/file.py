@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from collector.acks import release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.component import Sink, SinkConfig
 from collector.event import Batch
 
@@ -30,7 +30,7 @@ class FileConfig(SinkConfig):
 
 
 async def drain(
-    inbox: Channel, first: Batch, limit: int = MAX_ROUND_EVENTS, limit_bytes: int = MAX_ROUND_BYTES
+    inbox: BufferReader, first: Batch, limit: int = MAX_ROUND_EVENTS, limit_bytes: int = MAX_ROUND_BYTES
 ) -> list[Batch]:
     """``first`` plus whatever else is already waiting, up to ``limit`` records and about
     ``limit_bytes``."""
@@ -61,7 +61,7 @@ class FileSink(Sink):
         if self.config.fsync:
             os.fsync(fd)
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         path = os.path.expanduser(self.config.path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)

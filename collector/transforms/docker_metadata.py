@@ -25,7 +25,13 @@ from cachetools import LRUCache
 from pydantic import Field, field_validator
 
 from collector.component import Transform, TransformConfig
-from collector.docker_api import ContainerInfo, DockerMetadata, MetadataOptions, is_container_ref
+from collector.docker_api import (
+    DEFAULT_DOCKER_ROOT,
+    ContainerInfo,
+    DockerMetadata,
+    MetadataOptions,
+    is_container_ref,
+)
 from collector.event import Batch, Fields, deep_merge, get_path
 from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
@@ -44,7 +50,7 @@ class DockerMetadataConfig(TransformConfig):
     docker_host: str | None = Field(
         None, description="Docker API address; default $DOCKER_HOST or unix:///var/run/docker.sock."
     )
-    docker_root: str = Field("/var/lib/docker", description="Docker's data root (for config.v2.json).")
+    docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for config.v2.json).")
     tag: str | None = Field(
         None,
         description="Docker log tag template for the record's tag: `{{.Name}}`, `{{.ID}}`, "

@@ -13,18 +13,19 @@ and counted in ``collector_events_dropped_total{reason="filtered"}``.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from collector.acks import release
 from collector.component import Transform, TransformConfig
-from collector.event import Batch
+from collector.event import Batch, get_path
 from collector.tags import TagPatternError, tag_pattern
 
 
-def _compile(rules: dict[str, str]) -> list[tuple[list[str], re.Pattern[str]]]:
-    return [(k.split("."), re.compile(v)) for k, v in rules.items()]
+def _compile(rules: dict[str, str]) -> list[tuple[str, re.Pattern[str]]]:
+    return [(k, re.compile(v)) for k, v in rules.items()]
 
 
 class FilterConfig(TransformConfig):
@@ -57,15 +58,9 @@ class FilterConfig(TransformConfig):
         return v
 
 
-def _text(doc: Any, parts: list[str]) -> str | None:
-    cur = doc
-    for p in parts:
-        if not isinstance(cur, dict):
-            return None
-        cur = cur.get(p)
-        if cur is None:
-            return None
-    return cur if isinstance(cur, str) else str(cur)
+def _text(doc: Mapping[str, Any], dotted: str) -> str | None:
+    v = get_path(doc, dotted)
+    return v if v is None or isinstance(v, str) else str(v)
 
 
 class FilterTransform(Transform):
@@ -80,16 +75,16 @@ class FilterTransform(Transform):
         self._dropped = ctx.telemetry.dropped.labels(name, "filtered")
 
     def _wanted(self, ev: dict[str, Any], meta: dict[str, Any]) -> bool:
-        def value(parts: list[str]) -> str | None:
-            v = _text(ev, parts)
-            return _text(meta, parts) if v is None else v
+        def value(dotted: str) -> str | None:
+            v = _text(ev, dotted)
+            return _text(meta, dotted) if v is None else v
 
-        for parts, rx in self.keep:
-            v = value(parts)
+        for dotted, rx in self.keep:
+            v = value(dotted)
             if v is None or rx.search(v) is None:
                 return False
-        for parts, rx in self.drop:
-            v = value(parts)
+        for dotted, rx in self.drop:
+            v = value(dotted)
             if v is not None and rx.search(v) is not None:
                 return False
         return True

@@ -52,6 +52,7 @@ from collector.acks import Ack, release
 from collector.codecs.docker_json import DockerLines, Parsed
 from collector.component import Transform, TransformConfig
 from collector.event import Batch, Fields, with_path
+from collector.ratelog import RateLimitedLog
 
 log = logging.getLogger("collector.transforms.multiline")
 
@@ -279,7 +280,7 @@ class MultilineTransform(Transform):
         self._mode_of: dict[Fields, Any] = {}
         self._pending: OrderedDict[tuple[str, str, str], _Record] = OrderedDict()  # by last activity
         self._out: list[_Record] = []
-        self._warned: set[str] = set()
+        self._say = RateLimitedLog(log)
         self.tick_interval = min(0.25, c.timeout / 4)
         self._joined = ctx.telemetry.errors.labels(name, "multiline_limit")
 
@@ -293,10 +294,10 @@ class MultilineTransform(Transform):
             if isinstance(want, str) and want:
                 if want in MODES and (want != "pattern" or self._modes["pattern"] is not None):
                     mode = want
-                elif want not in self._warned:
-                    self._warned.add(want)
+                else:  # counted once per container (the choice is cached), said once a minute
                     self.ctx.telemetry.errors.labels(self.name, "bad_label").inc()
-                    log.warning(
+                    self._say.warning(
+                        "bad_label",
                         "%s: container label %s=%r is not a mode (%s); using %r",
                         self.name,
                         self.config.label,

@@ -9,7 +9,7 @@ A batch goes to every route whose pattern matches its tag; one matching none goe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
@@ -40,6 +40,12 @@ class RouteConfig(TransformConfig):
                 raise ValueError(f"route {name!r}: {e}") from None
         return v
 
+    @classmethod
+    def output_ports(cls, config: Mapping[str, object]) -> list[str]:
+        """One output per route, and ``_unmatched``."""
+        routes = config.get("routes")
+        return [*routes, UNMATCHED] if isinstance(routes, dict) and routes else []
+
 
 class RouteTransform(Transform):
     config: RouteConfig
@@ -48,10 +54,6 @@ class RouteTransform(Transform):
         super().__init__(name, config, ctx)
         self.routes = [(port, tag_pattern(p)) for port, p in config.routes.items()]
         self._unrouted = ctx.telemetry.dropped.labels(name, "unmatched")
-        self.connected: set[str] = set()  # filled by the app: ports someone reads
-
-    def output_ports(self) -> Sequence[str]:
-        return [*self.config.routes, UNMATCHED]
 
     async def process(self, batch: Batch) -> list[tuple[str | None, Batch]]:
         ports = [port for port, match in self.routes if match(batch.tag)]

@@ -13,8 +13,8 @@ import pytest
 from collector.codecs.forward import (
     MAX_DEPTH,
     ForwardError,
+    ForwardTimes,
     Stamp,
-    TimeFormatter,
     ack_response,
     check_ping,
     clean,
@@ -38,7 +38,7 @@ T0 = 1714564800  # 2024-05-01T12:00:00Z
 
 
 def decode(data: bytes, max_bytes: int = 1 << 20) -> list:
-    u = new_unpacker(max_bytes, TimeFormatter())
+    u = new_unpacker(max_bytes, ForwardTimes())
     u.feed(data)
     return list(u)
 
@@ -57,7 +57,7 @@ def test_event_time_keeps_nanoseconds():
 
 
 def test_integer_and_float_times():
-    f = TimeFormatter()
+    f = ForwardTimes()
     assert f.any(T0) == "2024-05-01T12:00:00.000000000Z"
     assert f.any(T0 + 1) == "2024-05-01T12:00:01.000000000Z"  # the cached date part moves on
     assert f.any(T0 + 0.25) == "2024-05-01T12:00:00.250000000Z"
@@ -69,7 +69,7 @@ def test_integer_and_float_times():
 @pytest.mark.parametrize("bad", ["2024-05-01T12:00:00Z", None, True, [T0], {"t": T0}, -1, 10**13, float("nan")])
 def test_what_is_not_a_time_is_refused(bad):
     with pytest.raises(ForwardError) as e:
-        TimeFormatter().any(bad)
+        ForwardTimes().any(bad)
     assert e.value.reason == "bad time"
 
 
@@ -84,7 +84,7 @@ def test_what_is_not_a_time_is_refused(bad):
 def test_malformed_event_time(ext):
     (bad,) = decode(msgpack.packb(ext))  # decoding goes on (the rest of the message is good) ...
     with pytest.raises(ForwardError) as e:
-        TimeFormatter().any(bad)  # ... and only the entry whose time it is is refused
+        ForwardTimes().any(bad)  # ... and only the entry whose time it is is refused
     assert e.value.reason == "bad EventTime"
 
 
@@ -97,9 +97,9 @@ def test_other_ext_types_and_msgpack_timestamps_become_plain_values():
         "ts": "2024-05-01T12:00:00.000000007Z",
         "huge": "9223372036854775807.000000000",  # no OverflowError: out of any calendar, kept as a number
     }
-    assert TimeFormatter().any(msgpack.Timestamp(T0, 7)) == "2024-05-01T12:00:00.000000007Z"
+    assert ForwardTimes().any(msgpack.Timestamp(T0, 7)) == "2024-05-01T12:00:00.000000007Z"
     with pytest.raises(ForwardError) as e:
-        TimeFormatter().any(huge)
+        ForwardTimes().any(huge)
     assert e.value.reason == "bad time"
 
 
@@ -123,7 +123,7 @@ def test_packed_forward_as_bin_and_as_str():
         (msg,) = decode(wire)
         tag, mode, payload, opts = split_message(msg)
         assert (tag, mode, payload, opts) == ("t", "packed", stream, {})
-        entries = list(packed_entries(payload, opts, TimeFormatter(), 1 << 20))
+        entries = list(packed_entries(payload, opts, ForwardTimes(), 1 << 20))
         assert entries == [["2024-05-01T12:00:00.000000001Z", {"m": "a"}], [T0, {"m": "b"}]]
 
 
@@ -131,9 +131,9 @@ def test_compressed_packed_forward_with_several_gzip_members():
     a = pack_entries([(T0, {"i": i}) for i in range(3)])
     b = pack_entries([(T0, {"i": i}) for i in range(3, 5)])
     payload = gzip.compress(a) + gzip.compress(b)  # Fluentd appends a member per write
-    entries = list(packed_entries(payload, {"compressed": "gzip"}, TimeFormatter(), 1 << 20))
+    entries = list(packed_entries(payload, {"compressed": "gzip"}, ForwardTimes(), 1 << 20))
     assert [r["i"] for _, r in entries] == [0, 1, 2, 3, 4]
-    assert list(packed_entries(a, {"compressed": "text"}, TimeFormatter(), 1 << 20)) == [
+    assert list(packed_entries(a, {"compressed": "text"}, ForwardTimes(), 1 << 20)) == [
         [T0, {"i": i}] for i in range(3)
     ]
 
@@ -149,7 +149,7 @@ def test_gzip_limits_and_garbage():
             gunzip(bad, 1 << 20)
         assert e.value.reason == "bad gzip"
     with pytest.raises(ForwardError, match="unknown compression"):
-        packed_entries(b"", {"compressed": "zstd"}, TimeFormatter(), 1 << 20)
+        packed_entries(b"", {"compressed": "zstd"}, ForwardTimes(), 1 << 20)
 
 
 @pytest.mark.parametrize(
@@ -180,7 +180,7 @@ def test_a_stream_split_at_every_byte_decodes_the_same():
         + pack_message("c", gzip.compress(pack_entries([(T0, {"n": 1})])), {"compressed": "gzip"})
     )
     whole = decode(wire)
-    u = new_unpacker(1 << 20, TimeFormatter())
+    u = new_unpacker(1 << 20, ForwardTimes())
     got = []
     for i in range(len(wire)):
         u.feed(wire[i : i + 1])
@@ -190,7 +190,7 @@ def test_a_stream_split_at_every_byte_decodes_the_same():
 
 
 def test_unpacker_limits():
-    u = new_unpacker(1 << 16, TimeFormatter())
+    u = new_unpacker(1 << 16, ForwardTimes())
     with pytest.raises(msgpack.BufferFull):
         u.feed(b"\xc4\xff" + b"x" * (1 << 17))
     with pytest.raises(ValueError, match="exceeds max_map_len"):
@@ -304,7 +304,7 @@ def test_the_framer_yields_every_message_whole_however_the_stream_is_cut():
     rnd.shuffle(msgs)
     wire = b"".join(msgpack.packb(m, use_bin_type=True) for m in msgs)
     for cut in (1, 7, 4096, 65536, 300_000):
-        f = Framer(16 << 20, TimeFormatter())
+        f = Framer(16 << 20, ForwardTimes())
         got = []
         for i in range(0, len(wire), cut):
             f.feed(wire[i : i + cut])
@@ -318,7 +318,7 @@ def test_the_framer_yields_every_message_whole_however_the_stream_is_cut():
 def test_a_declared_length_costs_only_the_bytes_that_came():
     from collector.codecs.forward import Framer
 
-    f = Framer(1 << 20, TimeFormatter())
+    f = Framer(1 << 20, ForwardTimes())
     bomb = (b"\xdd" + struct.pack(">I", 1 << 24)) * 1023  # 1,023 nested arrays of 2^24 items
     f.feed(bomb)
     assert list(f) == []

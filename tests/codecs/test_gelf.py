@@ -27,7 +27,6 @@ from collector.codecs.gelf import (
     GelfError,
     MessageIds,
     Reassembler,
-    TimeFormatter,
     TimeParser,
     chunk_count,
     compress,
@@ -41,6 +40,7 @@ from collector.codecs.gelf import (
     sanitize_key,
     split_chunks,
 )
+from collector.codecs.times import TimeFormatter
 
 PEER = ("127.0.0.1", 40000)
 MSG = {"version": "1.1", "host": "h", "short_message": "hello", "timestamp": 1714564800.5, "level": 6}
@@ -312,7 +312,7 @@ def test_levels():
 
 
 def test_time_round_trip():
-    fmt, parse = TimeFormatter(), TimeParser()
+    fmt, parse = TimeFormatter().micros, TimeParser()
     assert fmt(1714564800.123456) == "2024-05-01T12:00:00.123456Z"
     assert fmt(1714564800.0) == "2024-05-01T12:00:00.000000Z"
     assert fmt(1714564800.9999999) == "2024-05-01T12:00:01.000000Z"

@@ -28,9 +28,10 @@ from typing import Any
 import orjson
 
 from collector.acks import Ack, release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.component import Sink
-from collector.retry import Backoff, Throttle
+from collector.ratelog import RateLimitedLog
+from collector.retry import Backoff
 from collector.sinks.elasticsearch.client import EngineClient, EngineInfo, EngineUnavailableError, Response, refusal
 from collector.sinks.elasticsearch.config import ElasticsearchConfig
 from collector.sinks.elasticsearch.encoder import BulkEncoder
@@ -124,7 +125,7 @@ class ElasticsearchSink(Sink):
         self._requests: asyncio.TaskGroup | None = None  # bulk requests in flight; one failing fails the sink
         self._failing_since: float | None = None
         self._last_error = ""
-        self._warn = Throttle(30.0)
+        self._warn = RateLimitedLog(log, interval=30.0)
         self._last_ok = time.monotonic()
         self.requests = 0
         self.duplicates = 0  # 409s: records that were already there (replays)
@@ -138,16 +139,14 @@ class ElasticsearchSink(Sink):
         if self._failing_since is None:
             self._failing_since = time.monotonic()
         self._last_error = what
-        if self._warn.ready():
-            more = self._warn.take_suppressed()
-            log.warning(
-                "%s: %s; retrying in %.1fs (%d record(s) waiting, nothing is lost)%s",
-                self.name,
-                what,
-                delay,
-                waiting,
-                f"; {more} more failure(s) since the last message" if more else "",
-            )
+        self._warn.warning(
+            "retrying",
+            "%s: %s; retrying in %.1fs (%d record(s) waiting, nothing is lost)",
+            self.name,
+            what,
+            delay,
+            waiting,
+        )
 
     async def _wait(self, backoff: Backoff, req: Request, what: str) -> bool:
         """Wait before trying ``req`` again; True when its records were given up on instead
@@ -163,7 +162,7 @@ class ElasticsearchSink(Sink):
 
     def _recovered(self) -> None:
         self._last_ok = time.monotonic()
-        self._warn.reset()
+        self._warn.reset("retrying")
         if self._failing_since is not None:
             log.info("%s: delivering again after %.0fs of trouble", self.name, time.monotonic() - self._failing_since)
             self._failing_since = None
@@ -334,7 +333,7 @@ class ElasticsearchSink(Sink):
 
         self._requests.create_task(go(), name=f"{self.name}:bulk")
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         """Deliver until the inbox ends. A request that fails with an unexpected error fails the
         sink (the task group cancels the rest): never a silently dead request holding records."""
         try:
@@ -346,7 +345,7 @@ class ElasticsearchSink(Sink):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self.client.close()
 
-    async def _take(self, inbox: Channel) -> None:
+    async def _take(self, inbox: BufferReader) -> None:
         cfg = self.config.batch
         req = Request()
         while True:

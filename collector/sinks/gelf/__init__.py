@@ -59,7 +59,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator, model_validator
 
 from collector.acks import release
-from collector.buffers.memory import Channel
+from collector.buffers import BufferReader
 from collector.codecs.gelf import (
     DEFAULT_CHUNK_SIZE,
     MAX_CHUNK_SIZE,
@@ -187,7 +187,7 @@ class GelfSink(Sink):
         self.encoder = GelfEncoder(ctx.hostname)
         t = ctx.telemetry
         self._send_failed = t.dropped.labels(name, "send_failed")
-        self._errors = t.errors
+        self._error = ctx.error_counter(name)
         self._retries = t.retries.labels(name, "connection")
         self._compress = compressor(config.compression, config.compression_level)
         self._ids = MessageIds()
@@ -212,9 +212,6 @@ class GelfSink(Sink):
             return False, f"{self.where}: a send failed {ago:.0f}s ago: {self._udp_last_error}"
         return True, f"{self.where}: {self._udp_state}"
 
-    def _error(self, reason: str, n: int = 1) -> None:
-        self._errors.labels(self.name, reason).inc(n)
-
     def _warn(self, reason: str, msg: str, *args: Any) -> None:
         self._say.warning(reason, msg, *args)
 
@@ -232,7 +229,7 @@ class GelfSink(Sink):
             return  # retry.max_elapsed passed: the writes that follow set their records aside
         self.mark_reached(f"{self.where}: {self._tcp.state}")
 
-    async def run(self, inbox: Channel) -> None:
+    async def run(self, inbox: BufferReader) -> None:
         reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:

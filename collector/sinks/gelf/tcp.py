@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from collector.retry import Backoff, Throttle
+from collector.ratelog import RateLimitedLog
+from collector.retry import Backoff
 
 log = logging.getLogger("collector.sinks.gelf")
 
@@ -41,7 +42,7 @@ class TcpConnection:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._warn = Throttle(30.0)
+        self._warn = RateLimitedLog(log, interval=30.0)
         self.healthy = True
         self.state = "not connected yet"
 
@@ -116,15 +117,7 @@ class TcpConnection:
         self.state = f"{why} (attempt {backoff.attempts})"
         if backoff.expired:
             raise GaveUpError(f"{why}; gave up after {backoff.attempts} attempt(s) over {backoff.elapsed:.0f}s")
-        if self._warn.ready():
-            more = self._warn.take_suppressed()
-            log.warning(
-                "%s: %s; retrying in %.1fs (records wait in the buffer)%s",
-                self.name,
-                why,
-                delay,
-                f"; {more} more failed attempt(s) since the last message" if more else "",
-            )
+        self._warn.warning("retrying", "%s: %s; retrying in %.1fs (records wait in the buffer)", self.name, why, delay)
         await asyncio.sleep(delay)
 
     async def _wait_acknowledged(self, writer: asyncio.StreamWriter) -> None:
@@ -169,7 +162,7 @@ class TcpConnection:
                 self.close()
                 why = f"writing {records} record(s) to {self.where} failed ({e or type(e).__name__}); reconnecting"
                 await self._retry(backoff, why)
-        self._warn.reset()
+        self._warn.reset("retrying")
 
 
 try:  # bytes written but not yet acknowledged by the peer (Linux SIOCOUTQ == TIOCOUTQ)

@@ -58,9 +58,9 @@ from collector.codecs.forward import (
     GROUP_END,
     GROUP_START,
     ForwardError,
+    ForwardTimes,
     Framer,
     Stamp,
-    TimeFormatter,
     Undecodable,
     ack_response,
     clean,
@@ -112,7 +112,7 @@ class Decoder:
         self.intake = intake
         self.peer = peer
         self.send_ack = send_ack
-        self.times = TimeFormatter()
+        self.times = ForwardTimes()
         self.max_bytes = cfg.max_message_bytes
         self.max_decompressed = cfg.max_decompressed_bytes
         self.max_record = cfg.max_record_bytes

@@ -139,7 +139,7 @@ class GelfSource(Source):
         self._received = t.received.labels(name)
         self._dropped_full = t.dropped.labels(name, "pipeline_full")
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
-        self._error_counters: dict[str, Any] = {}
+        self._error = ctx.error_counter(name)
         self._udp: list[UdpListener] = []
         self._servers: list[asyncio.Server] = []
         self._conns: set[asyncio.StreamWriter] = set()
@@ -157,12 +157,6 @@ class GelfSource(Source):
         self._drops_logged_at = 0.0
 
     # -- counting -------------------------------------------------------------------------------
-    def _error(self, reason: str, n: int = 1) -> None:
-        c = self._error_counters.get(reason)
-        if c is None:
-            c = self._error_counters[reason] = self.ctx.telemetry.errors.labels(self.name, reason)
-        c.inc(n)
-
     def _bad(self, e: GelfError, data: bytes, peer: Any, transport: str) -> None:
         """A malformed message: dead-lettered with its peer (rate limited), always counted."""
         now = time.monotonic()

@@ -29,7 +29,7 @@ import time
 from typing import Any
 
 from collector import levels
-from collector.codecs.gelf import TimeFormatter
+from collector.codecs.times import TimeFormatter
 from collector.docker_api import split_image
 from collector.event import Event, Fields, place_extra
 
@@ -62,15 +62,15 @@ class Mapper:
         t = type(ts)
         if t is float or t is int:
             try:
-                return self._fmt(ts)
+                return self._fmt.micros(ts)
             except (ValueError, OverflowError, OSError):
                 pass
         elif t is str:
             try:
-                return self._fmt(float(ts))
+                return self._fmt.micros(float(ts))
             except (ValueError, OverflowError, OSError):
                 pass
-        return self._fmt(time.time())
+        return self._fmt.micros(time.time())
 
     def shared(self, host: str, tag: str | None, docker: tuple[Any, ...] | None) -> tuple[Fields, str]:
         key: tuple[Any, ...] | None = (host, tag, docker)
@@ -150,7 +150,7 @@ class Mapper:
                 ),
             )
         ev: Event = {
-            "@timestamp": self._fmt(ts) if type(ts) is float and 0 < ts < 1e11 else self.timestamp(ts),
+            "@timestamp": self._fmt.micros(ts) if type(ts) is float and 0 < ts < 1e11 else self.timestamp(ts),
             "message": short,
         }
         if type(level) is int and 0 <= level <= 7:

@@ -164,7 +164,6 @@ class JournaldSource(Source):
         self._seq = 0
         self._last: tuple[int, str] | None = None  # the last entry read: (seq, cursor)
         self._present = [m for m in config.match if "=" not in m and m != "+"]
-        self._warned: set[str] = set()
 
     # -- positions ------------------------------------------------------------------------------
     def _commit(self, pos: Any) -> None:

@@ -49,13 +49,13 @@ from pydantic import Field, field_validator, model_validator
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch
+from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
 from collector.sources.syslog.net import (
     Conn,
     ConnectionTable,
     DatagramListener,
     Listen,
-    RateLimitedWarnings,
     connection_cap,
     hostport,
     parse_listen,
@@ -171,8 +171,8 @@ class SyslogSource(Source):
         self._received = t.received.labels(name)
         self._dropped_full = t.dropped.labels(name, "pipeline_full")
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
-        self._errors: dict[str, Any] = {}
-        self._warn = RateLimitedWarnings(name)
+        self._error = ctx.error_counter(name)
+        self._warn = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
         self._dgram: list[DatagramListener] = []
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, socket.socket]] = []
@@ -198,12 +198,6 @@ class SyslogSource(Source):
             )
 
     # -- counting -------------------------------------------------------------------------------
-    def _error(self, reason: str, n: int = 1) -> None:
-        c = self._errors.get(reason)
-        if c is None:
-            c = self._errors[reason] = self.ctx.telemetry.errors.labels(self.name, reason)
-        c.inc(n)
-
     def _bad(self, reason: str, detail: str, data: bytes, peer: str, transport: str) -> None:
         """Input that cannot be read: dead-lettered with its peer (rate limited), counted, logged."""
         now = time.monotonic()
@@ -215,11 +209,18 @@ class SyslogSource(Source):
             self.ctx.deadletter.raw(self.name, reason, data, peer=peer, transport=transport, detail=detail)
         else:
             self._error(reason)
-        self._warn(reason, f"from {peer} ({transport}): {detail[:200]}; set aside in the dead-letter file")
+        self._warn(
+            reason, "%s: %s", reason, f"from {peer} ({transport}): {detail[:200]}; set aside in the dead-letter file"
+        )
 
     def _refuse(self, reason: str, peer: str) -> None:
         self._error(reason)
-        self._warn(reason, f"refused a connection from {peer} (cap reached; see max_connections*, idle_timeout)")
+        self._warn(
+            reason,
+            "%s: %s",
+            reason,
+            f"refused a connection from {peer} (cap reached; see max_connections*, idle_timeout)",
+        )
 
     # -- decoding -------------------------------------------------------------------------------
     async def _to_batches(self, items: list[tuple[bytes, str, str | None, str]]) -> list[Batch]:
@@ -282,7 +283,9 @@ class SyslogSource(Source):
             info = await self._docker.resolve(tag)
             cid = info.id if info is not None else None
         except Exception as e:  # metadata trouble must not stop the server
-            self._warn("container_lookup_failed", f"looking up tag {tag[:60]!r}: {e!r}")
+            self._warn(
+                "container_lookup_failed", "%s: %s", "container_lookup_failed", f"looking up tag {tag[:60]!r}: {e!r}"
+            )
         self._resolved.put(tag, cid)
         return cid
 
@@ -492,6 +495,8 @@ class SyslogSource(Source):
             self._dropped_kernel.inc(n)
             self._warn(
                 "receive_buffer_full",
+                "%s: %s",
+                "receive_buffer_full",
                 f"DROPPED {n} UDP datagram(s): the kernel's receive buffer was full (raise receive_buffer_bytes; "
                 "the collector could not keep up with the burst)",
             )
@@ -502,6 +507,8 @@ class SyslogSource(Source):
             self._kernel_drops()
             if self._drops_unlogged:
                 self._warn(
+                    "pipeline_full",
+                    "%s: %s",
                     "pipeline_full",
                     f"DROPPED {self._drops_unlogged} datagram(s): the pipeline was full (datagrams cannot push back: "
                     "add capacity downstream or send over TCP)",

@@ -300,22 +300,3 @@ class ConnectionTable:
                 self._by_key[conn.key] = n
             else:
                 self._by_key.pop(conn.key, None)
-
-
-class RateLimitedWarnings:
-    """One log line per reason per ``interval`` seconds, with how many happened meanwhile."""
-
-    def __init__(self, name: str, interval: float = 60.0) -> None:
-        self.name = name
-        self.interval = interval
-        self._state: dict[str, tuple[float, int]] = {}  # reason -> (last logged, suppressed since)
-
-    def __call__(self, reason: str, detail: str) -> None:
-        now = time.monotonic()
-        last, n = self._state.get(reason, (-1e18, 0))
-        if now - last < self.interval:
-            self._state[reason] = (last, n + 1)
-            return
-        more = f" ({n} more since the last report)" if n else ""
-        log.warning("%s: %s: %s%s", self.name, reason, detail, more)
-        self._state[reason] = (now, 0)
