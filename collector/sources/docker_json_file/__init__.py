@@ -723,15 +723,14 @@ class DockerJsonFileSource(Source):
         if s.siblings_dirty:
             self._check_siblings(s)
         # rotated files first, oldest first
-        while s.queue:
-            of = s.queue[0]
+        for of in list(s.queue):
             if await self._read_file(s, of, out):
                 if of.quiet_until:
                     of.quiet_until = time.monotonic() + self.config.rotation_grace
                 return True
             if of.quiet_until > time.monotonic() and not self.ctx.once:
-                return False  # renamed a moment ago: its writer may not have let go of it yet
-            s.queue.pop(0)
+                continue  # renamed a moment ago (CRI): its writer may still add lines; read the rest meanwhile
+            s.queue.remove(of)
             if (b := self._finish(s, of)) is not None:
                 await out.emit(b)
         cur = s.current
