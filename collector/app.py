@@ -130,7 +130,8 @@ class Pipeline:
         for n, c in {**config.transforms, **config.sinks}.items():
             inbox = p.inboxes[n]
             for i in c.inputs:
-                match = getattr(c, "match", None)
+                # a sink's `match` (the filter transform has a `match` of its own, counted as filtered)
+                match = getattr(c, "match", None) if n in config.sinks else None
                 dropped = ctx.telemetry.dropped.labels(n, "unmatched") if match else None
                 target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
                 p.emitters[i].channels.append(target)

@@ -128,10 +128,90 @@ def wait_until(cond: Callable[[], Any], timeout: float = 30.0, interval: float =
         time.sleep(interval)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class TcpQueue:
+    local_port: int
+    remote_port: int
+    unacknowledged: int  # bytes sent and not yet acknowledged by the peer (tx_queue)
+    unread: int  # bytes received and not yet read by the application (rx_queue)
+
+
+def tcp_queues(port: int) -> list[TcpQueue]:
+    """The established TCP connections on this host with ``port`` at either end, with their
+    kernel queues (Linux /proc/net/tcp and tcp6)."""
+    out = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            f = line.split()
+            local, remote, state, queues = f[1], f[2], f[3], f[4]
+            lport, rport = int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)
+            if state == "01" and port in (lport, rport):
+                tx, rx = (int(x, 16) for x in queues.split(":"))
+                out.append(TcpQueue(lport, rport, tx, rx))
+    return out
+
+
+def unread_bytes(port: int) -> int:
+    """Bytes waiting in the receive queues of the connections accepted on ``port``."""
+    return sum(q.unread for q in tcp_queues(port) if q.local_port == port)
+
+
+def metric(api: str, name: str, **labels: str) -> float | None:
+    """A sample of a running collector's GET /metrics (``api``: its ``host:port``), summed over
+    the labels not given; None while the endpoint does not answer."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        text = urllib.request.urlopen(f"http://{api}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    total = 0.0
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def wait_progressing(value: Callable[[], float], goal: float, stall: float = 60.0, what: str = "") -> float:
+    """Wait until ``value()`` reaches ``goal`` for as long as it keeps moving: fails only after
+    ``stall`` seconds without progress (a loaded machine is slow, a loss stops the count)."""
+    last, moved = value(), time.monotonic()
+    while last < goal:
+        time.sleep(0.5)
+        now = value()
+        if now != last:
+            last, moved = now, time.monotonic()
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(f"{what or 'the count'} stopped at {last} of {goal} ({stall:.0f}s without progress)")
+    return last
+
+
 def run_once(config: dict[str, Any]) -> int:
     """Run a pipeline in-process with ``--once`` semantics; returns the exit code."""
     cfg = validate_config(config)
     return asyncio.run(run_pipeline(cfg, once=True, install_signals=False))
+
+
+def run_once_counted(config: dict[str, Any]) -> tuple[int, Any]:
+    """``run_once`` that also returns the run's telemetry (its counters, after the end)."""
+    cfg = validate_config(config)
+    seen: list[Any] = []
+    rc = asyncio.run(run_pipeline(cfg, once=True, install_signals=False, on_ready=seen.append))
+    assert seen, "the pipeline never started"
+    return rc, seen[0].ctx.telemetry
 
 
 class Collector:

@@ -64,8 +64,9 @@ def test_health_and_metrics_endpoint(tmp_path):
         assert col.stop() == 0
 
 
-def test_health_fails_when_the_engine_is_unreachable_for_a_minute(tmp_path):
-    """Unhealthy means: a sink has not delivered for over 60 s (here: nothing listens)."""
+def test_health_fails_when_the_engine_is_unreachable_past_unhealthy_after(tmp_path):
+    """Unhealthy means: a sink has failed to deliver for longer than `unhealthy_after` (60 s by
+    default; 5 s here), while nothing listens at its address."""
     port = free_port()
     cfg = write_config(
         tmp_path,
@@ -73,15 +74,28 @@ def test_health_fails_when_the_engine_is_unreachable_for_a_minute(tmp_path):
             "type": "elasticsearch",
             "hosts": ["http://127.0.0.1:1"],
             "retry": {"initial_backoff": 0.1, "max_backoff": 0.5},
+            "unhealthy_after": 5,
         },
         api_port=port,
         shutdown_timeout=1,
     )
     with Collector("run", "-c", str(cfg)).start(tmp_path / "err.log") as col:
         url = f"http://127.0.0.1:{port}/health"
-        wait_until(lambda: _status(url) == 200, timeout=20)
-        wait_until(lambda: _status(url) == 503, timeout=90, interval=1)
+        wait_until(lambda: _status(url) == 200, timeout=20, what="healthy at first")
+        wait_until(lambda: "connection refused" in col.stderr(), what="the first failure")
+        failing_since = time.monotonic()
+        wait_until(lambda: _status(url) == 503, timeout=60, interval=0.2, what="unhealthy")
+        assert time.monotonic() - failing_since >= 3  # not at the first failure: after unhealthy_after
+        body = _body(url)
+        assert "127.0.0.1:1" in body and "refused" in body.lower()
         assert col.stop() == 3  # stopped with records undelivered
+
+
+def _body(url: str) -> str:
+    try:
+        return urllib.request.urlopen(url, timeout=5).read().decode()
+    except urllib.error.HTTPError as e:
+        return e.read().decode()
 
 
 def _status(url: str) -> int:
@@ -104,12 +118,13 @@ def test_a_second_signal_stops_at_once_and_says_records_are_left(tmp_path):
         shutdown_timeout=60,
     )
     col = Collector("run", "-c", str(cfg)).start(tmp_path / "err.log")
-    time.sleep(3)
-    col.proc.send_signal(signal.SIGTERM)
-    time.sleep(1)
-    t0 = time.monotonic()
-    rc = col.stop(signal.SIGTERM)
-    assert time.monotonic() - t0 < 10  # not the 60 s drain deadline
+    with col:
+        wait_until(lambda: "connection refused" in col.stderr(), what="the sink failing to deliver")
+        col.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: "delivering what is in flight" in col.stderr(), what="the drain to begin")
+        t0 = time.monotonic()
+        rc = col.stop(signal.SIGTERM)
+    assert time.monotonic() - t0 < 30  # not the 60 s drain deadline
     assert rc == 3
     assert "second signal" in col.stderr()
 

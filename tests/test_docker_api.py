@@ -299,28 +299,31 @@ def test_a_wedged_real_engine_files_meanwhile_then_the_api_again(docker, caplog)
     start, then shipped every record with only container.id and logged nothing."""
     known = docker.run("true", name="wedge-known", labels={"team": "w"})
 
+    timeout = 2.0  # api_timeout; the bounds below allow a loaded machine's slack beside it
+    slack = 6.0
+
     async def main() -> None:
-        meta = DockerMetadata("api", docker.host, str(docker.root), MetadataOptions(api_timeout=1, retry=TINY))
+        meta = DockerMetadata("api", docker.host, str(docker.root), MetadataOptions(api_timeout=timeout, retry=TINY))
         try:
             with wedged(engine_pid()):
                 t0 = time.monotonic()
                 await meta.start()
-                assert time.monotonic() - t0 < 5
+                assert time.monotonic() - t0 < 2 * timeout + slack
                 assert not meta.api_ok and meta.last_error_hung
                 info = await meta.lookup(known.id)
                 assert (info.name, info.source, info.labels.get("team")) == ("wedge-known", "files", "w")
             await asyncio.to_thread(wait_until, lambda: meta.api_ok, 60, what="the engine answering again")
             assert (await meta.lookup(known.id)).source == "api"
             # wedged while followed: the first lookup of an unknown id waits api_timeout at most,
-            # then the API is known to be down and files serve without waiting
+            # then the API is known to be down and files serve without waiting on it
             with wedged(engine_pid()):
                 t0 = time.monotonic()
                 assert (await meta.lookup("e" * 64)).source == "none"
-                assert time.monotonic() - t0 < 3
-                assert not meta.api_ok
+                assert time.monotonic() - t0 < timeout + slack
+                await asyncio.to_thread(wait_until, lambda: not meta.api_ok, slack, what="the API marked down")
                 t0 = time.monotonic()
                 assert (await meta.lookup(known.id)).name == "wedge-known"
-                assert time.monotonic() - t0 < 0.5
+                assert time.monotonic() - t0 < timeout  # served from files: no wait on the API
             await asyncio.to_thread(wait_until, lambda: meta.api_ok, 60, what="the engine answering again")
             later = docker.run("true", name="wedge-later")
             await asyncio.to_thread(wait_until, lambda: meta.cached(later.id) is not None, 20, what="events again")

@@ -63,4 +63,6 @@ class RouteTransform(Transform):
             return []
         if len(ports) > 1 and batch.ack is not None:
             batch.ack.retain(len(ports) - 1)
-        return [(p, batch) for p in ports]
+        # each route gets its own Batch object, as each consumer of an Emitter does: whoever reads
+        # one may replace its meta, tag or ack (a sink's feed wraps the ack) without touching the others
+        return [(p, batch if i == 0 else batch.derive(None, batch.ids)) for i, p in enumerate(ports)]

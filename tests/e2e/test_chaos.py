@@ -21,9 +21,10 @@ import orjson
 import yaml
 
 from tests.conftest import all_docs
-from tests.helpers import Collector, checkpoint_file, docker_lines, wait_until
+from tests.helpers import Collector, checkpoint_file, docker_lines, wait_progressing, wait_until
 
 SEQ = re.compile(r"^(\S+) seq=(\d+) ")
+OUTAGE_S = 30  # the engine outage of test_engine_down_for_30s_mid_run
 
 
 def paced_writer(tag: str, lines: int, chunks: int, pause_us: int) -> str:
@@ -103,7 +104,7 @@ def tally(engine: Any, target: str, expected: dict[str, int]) -> dict[str, Any]:
         "lost": lost,
         "duplicated": duplicated,
         "distinct_ids": len({d["_id"] for d in docs}),
-        "missing": {tag: [i for i in range(n) if seen[tag][i] == 0][:20] for tag, n in expected.items()},
+        "missing": {tag: [i for i in range(n) if seen[tag][i] == 0] for tag, n in expected.items()},
     }
 
 
@@ -133,9 +134,9 @@ def kill9_at(
     with ``cfg`` after a random pause of ``min_pause``-1 s. Returns the collector running at the end."""
     t0 = time.monotonic()
     for at in kills:
-        time.sleep(max(0.0, at - (time.monotonic() - t0)))
+        time.sleep(max(0.0, at - (time.monotonic() - t0)))  # (the scenario: a kill at a random moment)
         col.kill9()
-        time.sleep(rng.uniform(min_pause, 1.0))
+        time.sleep(rng.uniform(min_pause, 1.0))  # (the scenario: down for a random while)
         col = Collector("run", "-c", str(cfg)).start(log)
     return col
 
@@ -160,13 +161,13 @@ def test_kill_9_at_random_moments(docker, es8, es_target, tmp_path):
         col = kill9_at(kills, col, cfg, tmp_path / "collector.log", rng, 0.0)
         for c in containers:
             assert c.wait(timeout=120)["StatusCode"] == 0
-        wait_until(lambda: es8.count(es_target) >= per * n, timeout=180, interval=1, what="all records")
+        wait_progressing(lambda: es8.count(es_target), per * n, what="records in Elasticsearch")
         assert col.stop() == 0, col.stderr()[-3000:]
     finally:
         col.__exit__()
     row = tally(es8, es_target, expected)
     report("kill -9 x3 (disk buffer)", row, seed=seed, kills_at_s=[round(k, 2) for k in kills])
-    assert row["lost"] == 0, row["missing"]
+    assert row["lost"] == 0, {k: v[:20] for k, v in row["missing"].items()}
     assert row["duplicated"] == 0
     assert row["documents"] == row["written"]
 
@@ -181,18 +182,18 @@ def test_engine_down_for_30s_mid_run(docker, es8, es_target, tmp_path):
         es8.stop()
         down = time.monotonic()
         try:
-            time.sleep(30)
+            time.sleep(OUTAGE_S)  # (the scenario: the engine is down this long)
         finally:
             es8.start()
         outage = time.monotonic() - down
         for c in containers:
             assert c.wait(timeout=120)["StatusCode"] == 0
-        wait_until(lambda: es8.count(es_target) >= per * n, timeout=180, interval=1, what="all records")
+        wait_progressing(lambda: es8.count(es_target), per * n, what="records in Elasticsearch")
         assert col.stop() == 0
         assert "cannot reach" in col.stderr()  # the outage was reported, not silent
     row = tally(es8, es_target, expected)
     report("engine down 30 s", row, outage_s=round(outage, 1))
-    assert row["lost"] == 0, row["missing"]
+    assert row["lost"] == 0, {k: v[:20] for k, v in row["missing"].items()}
     assert row["duplicated"] == 0
 
 
@@ -210,6 +211,34 @@ def test_rotation_under_load_while_the_collector_is_stopped(docker, es8, es_targ
         col.__exit__()
 
 
+def seqs_delivered(engine: Any, target: str, tag: str) -> set[int]:
+    """The sequence numbers of ``tag``'s lines in the engine."""
+    out = set()
+    for d in all_docs(engine, target, ["message"]):
+        m = SEQ.match(d["message"])
+        if m and m.group(1) == tag:
+            out.add(int(m.group(2)))
+    return out
+
+
+def first_seq_on_disk(docker: Any, container: Any) -> int | None:
+    """The sequence number of the first line of the oldest log file Docker still keeps."""
+    files = sorted(
+        docker.containers_dir.joinpath(container.id).glob(f"{container.id}-json.log*"),
+        key=lambda p: -int(p.name.rsplit(".", 1)[1]) if p.name[-1].isdigit() else 0,
+    )
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                first = fh.readline()
+        except OSError:  # rotated away meanwhile
+            continue
+        m = SEQ.match(orjson.loads(first)["log"]) if first.endswith(b"\n") else None
+        if m:
+            return int(m.group(2))
+    return None
+
+
 def _rotation_run(docker, es8, es_target, cfg, col, per, tmp_path):
     roomy = docker.run(
         paced_writer("roomy", per, 40, 150_000), name="roomy", wait=False, log_opts={"max-size": "50m", "max-file": "3"}
@@ -220,31 +249,57 @@ def _rotation_run(docker, es8, es_target, cfg, col, per, tmp_path):
         wait=False,
         log_opts={"max-size": "100k", "max-file": "3"},
     )
-    time.sleep(2)
+    wait_until(
+        lambda: seqs_delivered(es8, es_target, "roomy") and seqs_delivered(es8, es_target, "tight"),
+        timeout=120,
+        interval=0.5,
+        what="the first lines of both writers",
+    )
     assert col.stop() == 0
-    time.sleep(3)  # meanwhile "tight" rotates through all of its three files
+    read = max(seqs_delivered(es8, es_target, "tight"))
+    # while the collector is stopped, "tight" rotates through all of its three files: wait until
+    # the oldest file it keeps starts past what was read (lines in between are gone for good)
+    wait_until(
+        lambda: (first_seq_on_disk(docker, tight) or 0) > read + 1,
+        timeout=120,
+        interval=0.1,
+        what="tight to rotate past what was read",
+    )
     with Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log") as again:
+        first_after_stop = first_seq_on_disk(docker, tight) or 0  # (at most what the collector finds)
         for c in (roomy, tight):
             assert c.wait(timeout=120)["StatusCode"] == 0
-        time.sleep(2)
-        wait_until(lambda: es8.count(es_target) >= per, timeout=120, interval=1, what="roomy's records")
-        time.sleep(3)
+        # the last line of each writer is in its live file, which is never lost: once both are
+        # in, everything that is still on disk has been read
+        wait_until(
+            lambda: (
+                per - 1 in seqs_delivered(es8, es_target, "roomy")
+                and per - 1 in seqs_delivered(es8, es_target, "tight")
+            ),
+            timeout=120,
+            interval=1,
+            what="the last lines of both writers",
+        )
         assert again.stop() == 0
         logs = again.stderr()
     row = tally(es8, es_target, {"roomy": per, "tight": per})
-    roomy_lost = len(row["missing"]["roomy"])
     tight_missing = row["missing"]["tight"]
     reported = [line for line in logs.splitlines() if "LOST DATA" in line and tight.id[:12] in line]
     report(
-        "rotation (max-file 3) while stopped 3 s",
+        "rotation (max-file 3) while stopped",
         row,
         loss_reports=len(reported),
         loss_report=reported[0][-300:] if reported else "",
     )
     assert row["duplicated"] == 0
-    assert roomy_lost == 0, row["missing"]["roomy"]
-    if tight_missing:
-        assert reported, f"lines of 'tight' were lost silently: {tight_missing[:5]}"
+    assert row["missing"]["roomy"] == [], row["missing"]["roomy"][:20]
+    # tight lost lines, by construction: those after what was read before the stop and before the
+    # oldest file left when the collector came back (and maybe more: at 100 KB a file it can outrun
+    # a collector on a busy machine while it runs too); each run of lost lines is said
+    gone = set(range(read + 1, first_after_stop))
+    assert gone and gone <= set(tight_missing), (read, first_after_stop, tight_missing[:20])
+    runs = sum(1 for i, n in enumerate(tight_missing) if i == 0 or tight_missing[i - 1] != n - 1)
+    assert len(reported) >= runs, f"{runs} runs of lost lines, {len(reported)} said: {reported}"
 
 
 def test_copytruncate_of_a_plain_file_under_load(es8, es_target, tmp_path):
@@ -274,7 +329,7 @@ def test_copytruncate_of_a_plain_file_under_load(es8, es_target, tmp_path):
                 shutil.copyfile(log, f"{log}.1")
                 with open(log, "r+b") as f:
                     f.truncate(0)
-            time.sleep(0.1)  # ~5,000 lines/s: copytruncate is for modest writers
+            time.sleep(0.1)  # (the writer's pace) ~5,000 lines/s: copytruncate is for modest writers
 
     log.write_bytes(b"")
     with Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log") as col:
@@ -282,14 +337,14 @@ def test_copytruncate_of_a_plain_file_under_load(es8, es_target, tmp_path):
         t.start()
         t.join(120)
         try:
-            wait_until(lambda: es8.count(es_target) >= total, timeout=120, interval=1, what="all records")
+            wait_progressing(lambda: es8.count(es_target), total, what="records in Elasticsearch")
         except AssertionError as e:
-            said = [x for x in col.stderr().splitlines() if " INFO " not in x]
-            raise AssertionError(f"{e}: {es8.count(es_target)} of {total}; the collector said: {said[-20:]}") from None
+            said = col.stderr().splitlines()
+            raise AssertionError(f"{e}; the collector's last lines: {said[-30:]}") from None
         assert col.stop() == 0
     row = tally(es8, es_target, {"plain": total})
     report("copytruncate every 3000 lines", row)
-    assert row["lost"] == 0, row["missing"]
+    assert row["lost"] == 0, {k: v[:20] for k, v in row["missing"].items()}
     assert row["duplicated"] == 0
 
 
@@ -308,20 +363,30 @@ def test_full_disk_buffer_pauses_tailing_with_bounded_memory(docker, es8, es_tar
 
 def _full_buffer_run(docker, es8, es_target, tmp_path, col, per, n, expected):
     try:
-        wait_until(lambda: es8.count(es_target) >= 0, timeout=10)
-        time.sleep(2)
+        # the collector is up and delivering (its sink prepared against the engine) before the outage
+        docker.run('echo "f-warm seq=0 first"', name="f-warm")
+        wait_until(lambda: es8.count(es_target) >= 1, timeout=60, what="the first record delivered")
         es8.stop()
         containers = [docker.run(paced_writer(f"f{c}", per, 10, 50_000), name=f"f{c}", wait=False) for c in range(n)]
         for c in containers:
             assert c.wait(timeout=120)["StatusCode"] == 0
+        seg_dir = tmp_path / "state" / "buffers" / "es"
         peak = 0
-        t_end = time.monotonic() + 15
-        while time.monotonic() < t_end:  # engine down, 100k lines waiting on disk: memory must stay flat
+
+        def full() -> bool:  # (sampling the collector's memory all along)
+            nonlocal peak
             peak = max(peak, rss_kb(col.proc.pid))
-            time.sleep(0.2)
-        buf = sum(p.stat().st_size for p in (tmp_path / "state" / "buffers" / "es").glob("*.seg"))
+            return sum(p.stat().st_size for p in seg_dir.glob("*.seg")) >= (4 << 20) - (1 << 20)
+
+        wait_until(full, timeout=60, interval=0.2, what="the disk buffer to fill up")
+        t_end = time.monotonic() + 5
+        while time.monotonic() < t_end:  # engine down, the buffer full: memory must stay flat meanwhile
+            peak = max(peak, rss_kb(col.proc.pid))
+            time.sleep(0.2)  # (sampling pace)
+        buf = sum(p.stat().st_size for p in seg_dir.glob("*.seg"))
         cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["logs"]
-        read_bytes = sum(v["offset"] for v in cp.values())
+        writers = {str(docker.log_path(c)) for c in containers}
+        read_bytes = sum(v["offset"] for v in cp.values() if v["live"] in writers)
         log_bytes = sum(docker.log_path(c).stat().st_size for c in containers)
         assert buf <= (4 << 20) + (2 << 20), buf  # the disk buffer respects its limit (one batch of slack)
         assert read_bytes < log_bytes  # tailing paused: the files are not read to their end
@@ -331,7 +396,7 @@ def _full_buffer_run(docker, es8, es_target, tmp_path, col, per, n, expected):
     assert col.stop() == 0
     row = tally(es8, es_target, expected)
     report("disk buffer (4 MiB) full, engine down", row, peak_rss_mb=round(peak / 1024, 1))
-    assert row["lost"] == 0, row["missing"]
+    assert row["lost"] == 0, {k: v[:20] for k, v in row["missing"].items()}
     assert row["duplicated"] == 0
     assert peak < 250 * 1024, f"RSS {peak} KB"
 
@@ -363,7 +428,7 @@ class AckingForwardClient:
             try:
                 sock = socket.create_connection(("127.0.0.1", self.port), timeout=5)
             except OSError:
-                time.sleep(0.2)
+                time.sleep(0.2)  # (a client's reconnection pace)
                 continue
             unpacker = msgpack.Unpacker(raw=False)
             try:
@@ -384,7 +449,7 @@ class AckingForwardClient:
                     pending = [i for i in pending if self.chunks[i] not in self.acked]
             except OSError:
                 self.reconnects += 1
-                time.sleep(0.2)
+                time.sleep(0.2)  # (a client's reconnection pace)
             finally:
                 sock.close()
         self.done.set()
@@ -442,6 +507,6 @@ def test_forward_source_kill_9_with_a_chunk_acking_client(es8, es_target, tmp_pa
     report(
         "forward, chunk acks, kill -9 x3", row, seed=seed, resent_messages=client.resent, reconnects=client.reconnects
     )
-    assert row["lost"] == 0, row["missing"]
+    assert row["lost"] == 0, {k: v[:20] for k, v in row["missing"].items()}
     assert row["duplicated"] == 0
     assert client.reconnects >= 1  # the crashes were felt (a kill during a reconnect counts once)

@@ -89,15 +89,19 @@ def test_a_mapping_conflict_dead_letters_one_record_and_the_rest_are_indexed(sea
 
 
 def test_engine_stopped_mid_run_nothing_lost_nothing_duplicated(search_engine, es_target, tmp_path):
-    write_log(tmp_path, [f"before {i}" for i in range(200)])
+    log = write_log(tmp_path, [f"before {i}" for i in range(200)])
     cfg = es_pipeline(tmp_path, search_engine, es_target)
     with BackgroundPipeline(cfg) as bg:
         wait_until(lambda: search_engine.count(es_target) == 200, timeout=60, what="first 200")
+        size = log.stat().st_size
+        wait_until(lambda: _offset(tmp_path) == size, what="the checkpoint over the first 200")
         search_engine.stop()
         try:
             write_log(tmp_path, [f"during {i}" for i in range(300)], start_ns=1000)
-            time.sleep(4)  # the sink retries with backoff meanwhile, the checkpoint does not move
-            assert bg.telemetry.value("collector_retries_total") > 0
+            # the sink retries with backoff meanwhile, and the checkpoint does not move
+            wait_until(lambda: bg.telemetry.value("collector_retries_total") >= 3, what="retries")
+            assert bg.telemetry.value("collector_events_received_total") == 500
+            assert _offset(tmp_path) == size
         finally:
             search_engine.start()
         write_log(tmp_path, [f"after {i}" for i in range(100)], start_ns=5000)
@@ -109,6 +113,14 @@ def test_engine_stopped_mid_run_nothing_lost_nothing_duplicated(search_engine, e
     assert [d["message"] for d in docs] == (
         [f"before {i}" for i in range(200)] + [f"during {i}" for i in range(300)] + [f"after {i}" for i in range(100)]
     )
+
+
+def _offset(tmp_path) -> int:
+    try:
+        cp = orjson.loads(checkpoint_file(tmp_path / "state").read_bytes())["sources"]["files"]
+    except (AssertionError, OSError, ValueError):
+        return -1
+    return sum(v["offset"] for v in cp.values())
 
 
 def test_failover_to_the_next_host(search_engine, es_target, tmp_path):
@@ -174,7 +186,7 @@ def test_unreachable_engine_message_names_the_host_and_never_the_password(tmp_pa
     from tests.helpers import Collector
 
     col = Collector("run", "-c", str(cfg_path)).start(tmp_path / "err.log")
-    time.sleep(3)
+    wait_until(lambda: "connection refused" in col.stderr(), what="the failure said")
     rc = col.stop()
     err = col.stderr()
     assert rc == 3  # stopped with records undelivered: they will be read again

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import Collector, EngineProxy, docker_lines, run_once
+from tests.helpers import Collector, EngineProxy, docker_lines, run_once, wait_until
 
 CID = "cd" * 32
 
@@ -77,19 +77,27 @@ def test_tls_with_a_ca_file_and_each_kind_of_credentials(es8, es_target, tmp_pat
     assert {r.authorization for r in proxy.seen} == {header}
 
 
-def _run_failing(tmp_path: Path, cfg: dict) -> tuple[int, str]:
+def _run_failing(tmp_path: Path, cfg: dict, until: Callable[[str], bool]) -> tuple[int, str]:
+    """Run the collector until its log says ``until``, then stop it."""
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(cfg))
     col = Collector("run", "-c", str(path)).start(tmp_path / "err.log")
-    time.sleep(3)
-    return col.stop(), col.stderr()
+    try:
+        wait_until(lambda: until(col.stderr()), timeout=60, what="the failure to be said")
+    finally:
+        rc = col.stop()
+    return rc, col.stderr()
 
 
 def test_an_untrusted_certificate_is_refused_and_said_so(es8, es_target, tmp_path, certificate):
     cert, key = certificate
     proxy = EngineProxy(es8.url, tls=(cert, key), authorization="Bearer t")
     try:
-        rc, err = _run_failing(tmp_path, pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}))
+        rc, err = _run_failing(
+            tmp_path,
+            pipeline(tmp_path, proxy.url, es_target, auth={"bearer": "t"}),
+            until=lambda err: "certificate verify failed" in err,
+        )
     finally:
         proxy.close()
     assert rc == 3  # nothing delivered, nothing acknowledged: read again next time
@@ -108,7 +116,7 @@ def test_wrong_credentials_are_named_retried_and_never_logged(es8, es_target, tm
             auth={"user": "elastic", "password": "wrong-pw-4242"},
             tls={"ca_file": str(cert)},
         )
-        rc, err = _run_failing(tmp_path, cfg)
+        rc, err = _run_failing(tmp_path, cfg, until=lambda err: "wrong credentials" in err and len(proxy.seen) >= 2)
     finally:
         proxy.close()
     assert rc == 3

@@ -35,19 +35,24 @@ from collector.sources.fluent_forward import FluentForwardConfig
 from collector.sources.fluent_forward.intake import Intake
 from collector.sources.fluent_forward.records import Decoder
 from collector.telemetry import Telemetry
-from tests.helpers import REPO, BackgroundPipeline, Collector, read_ndjson, run_cli, run_once, wait_until
+from tests.helpers import (
+    REPO,
+    BackgroundPipeline,
+    Collector,
+    free_port,
+    metric,
+    read_ndjson,
+    run_cli,
+    run_once,
+    unread_bytes,
+    wait_until,
+)
 
 T0 = 1714564800  # 2024-05-01T12:00:00Z
 CID = "c0ffee" * 10 + "abcd"
 
 
 # -- helpers -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def docker_rec(log: str, source: str = "stdout", cid: str = CID, name: str = "/web", **extra: Any) -> dict[str, Any]:
     """A record exactly as Docker's fluentd driver builds it."""
     return {"container_id": cid, "container_name": name, "source": source, "log": log, **extra}
@@ -292,10 +297,13 @@ def test_stopping_still_acks_what_was_in_flight(tmp_path):
             with Client(run.port) as c:
                 c.send(message("t", T0, {"message": "z" * 300_000}, {"chunk": "in-flight"}))
                 c.send(message("t", T0, part("half a line", "P", 1, False)))
-                time.sleep(0.5)
+                wait_until(
+                    lambda: bg.telemetry.value("collector_events_received_total") >= 1 and unread_bytes(run.port) == 0,
+                    what="both messages read by the collector",
+                )
                 stopper = threading.Thread(target=bg.stop)
                 stopper.start()  # request_stop: no more reading; draining
-                time.sleep(0.5)
+                wait_until(lambda: bg.pipeline.stop_requested, what="the stop requested")
                 reader.start()  # the sink can write again
                 assert c.recv(timeout=10) == {"ack": "in-flight"}
                 assert c.closed_by_server()
@@ -991,11 +999,12 @@ def test_a_second_signal_stops_at_once_even_with_a_blocked_sink(tmp_path):
     fifo = tmp_path / "out.fifo"
     os.mkfifo(fifo)
     rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # never read: the sink is stuck
-    port = free_port()
+    port, api = free_port(), f"127.0.0.1:{free_port()}"
     cfg = tmp_path / "pipeline.yaml"
     cfg.write_text(
         f"""
 data_dir: {tmp_path / "state"}
+api: {{listen: "{api}"}}
 sources: {{fwd: {{type: fluent_forward, listen: "127.0.0.1:{port}"}}}}
 sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {{max_events: 10}}}}}}
 """
@@ -1006,9 +1015,13 @@ sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {
             with Client(port) as c:
                 for i in range(20):  # (backpressure: what the blocked pipeline holds, and the kernel, no more)
                     c.send(message("t", T0, {"message": f"{i}" + "q" * 100_000}, {"chunk": str(i)}))
-                time.sleep(1)
+                wait_until(
+                    lambda: (metric(api, "collector_events_received_total", component="fwd") or 0) >= 10,
+                    30,
+                    what="records in flight in the blocked pipeline",
+                )
                 col.proc.send_signal(signal.SIGTERM)
-                time.sleep(1)
+                wait_until(lambda: "delivering what is in flight" in col.stderr(), 30, what="the drain to begin")
                 col.proc.send_signal(signal.SIGTERM)  # the second signal: stop now
                 wait_until(lambda: "pipeline ended" in col.stderr(), 10, what="the pipeline to end")
                 acks = []
@@ -1019,7 +1032,8 @@ sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {
                 # (the file sink's thread is still inside write(2) on the pipe: let it return)
                 _drain_fd(rfd, bytearray(), threading.Event(), once=True)
                 rc = col.stop(timeout=30)
-        assert rc in (0, 3), col.stderr()
+        assert rc == 3, col.stderr()  # stopped with records undelivered
+        assert "second signal: stopping now" in col.stderr()
     finally:
         os.close(rfd)
 

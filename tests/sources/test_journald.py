@@ -5,6 +5,7 @@ cursor.  Docker's journald log driver: tests/e2e/test_journald_docker.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import uuid
@@ -172,3 +173,23 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError) as e:
         validate_config(journal_config(tmp_path, tmp_path, ["container_id=x"]))
     assert "FIELD=value" in str(e.value)
+
+
+def test_a_journalctl_that_ends_on_its_own_keeps_its_exit_code():
+    """Stopping a journalctl that has just ended must not reap it behind asyncio's back (it then
+    reports 255, "Unknown child process"): measured, one --once run in three failed that way."""
+    from collector.sources.journald import _terminate
+
+    async def one() -> int:
+        proc = await asyncio.create_subprocess_exec(
+            "sh", "-c", "echo bye; exit 7", stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        assert proc.stdout is not None
+        await proc.stdout.read()  # EOF, as when journalctl --no-tail is done
+        _terminate(proc)
+        return await proc.wait()
+
+    async def many() -> list[int]:
+        return [await one() for _ in range(60)]
+
+    assert set(asyncio.run(many())) == {7}

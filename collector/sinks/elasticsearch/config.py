@@ -81,6 +81,11 @@ class ElasticsearchConfig(SinkConfig):
     batch: BatchConfig = Field(default_factory=BatchConfig, description="How records are grouped into requests.")
     concurrency: int = Field(2, ge=1, le=32, description="Bulk requests in flight at once.")
     request_timeout: float = Field(60.0, gt=0, description="Seconds to wait for a bulk response.")
+    unhealthy_after: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds of failing to deliver after which GET /health reports this sink unhealthy (503).",
+    )
     retry: RetryConfig = Field(
         default_factory=RetryConfig,
         description="Backoff between attempts (collector/retry.py). `max_elapsed`: records still failing after "

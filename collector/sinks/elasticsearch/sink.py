@@ -170,7 +170,7 @@ class ElasticsearchSink(Sink):
 
     def health(self) -> tuple[bool, str]:
         hosts = ", ".join(self.client.hosts)
-        if self._failing_since is not None and time.monotonic() - self._failing_since > 60:
+        if self._failing_since is not None and time.monotonic() - self._failing_since > self.config.unhealthy_after:
             return False, f"{hosts}: {self._last_error}"
         return True, f"{hosts}" + (f" ({self.engine})" if self.engine else "")
 

@@ -226,7 +226,10 @@ class GelfSink(Sink):
             with contextlib.suppress(OSError):  # said, and counted, when records come
                 await self._udp_socket()
             return
-        await self._tcp.connect()
+        try:
+            await self._tcp.connect()
+        except GaveUpError:
+            return  # retry.max_elapsed passed: the writes that follow set their records aside
         self.mark_reached(f"{self.where}: {self._tcp.state}")
 
     async def run(self, inbox: Channel) -> None:

@@ -147,7 +147,7 @@ class TcpConnection:
         """Connect now (retrying with backoff) unless connected: before the first record."""
         if self._writer is None or self._writer.is_closing():
             self.close()
-            await self._connect()
+            await self._connect(Backoff(self.config.policy))
 
     async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
         """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed

@@ -820,10 +820,9 @@ class DockerJsonFileSource(Source):
                 self.name,
                 self.own_id[:12],
             )
-        self.rescan(first=True)
-        self.mark_ready("following")
-        if not self.ctx.once:
+        if not self.ctx.once:  # watching first: what appears during the first scan is not missed
             self._start_watching()
+        self.rescan(first=True)
         self._rescan_due = time.monotonic() + cfg.rescan_interval
         try:
             while not self.stopping:
