@@ -17,7 +17,16 @@ import orjson
 import yaml
 
 from tests.conftest import all_docs
-from tests.helpers import Collector, checkpoint_file, cri_line, read_ndjson, run_cli, split_like_cri, wait_until
+from tests.helpers import (
+    Collector,
+    checkpoint_file,
+    cri_line,
+    read_ndjson,
+    run_cli,
+    split_like_cri,
+    wait_progressing,
+    wait_until,
+)
 
 UID = "5e0c1a2b-aaaa-bbbb-cccc-0123456789ab"
 SEQ = re.compile(r"^seq=(\d+) ")
@@ -122,7 +131,7 @@ def test_kubelet_rotation_under_write_delivers_every_line_once(es8, es_target, t
         w = threading.Thread(target=write)
         w.start()
         w.join(120)
-        wait_until(lambda: es8.count(es_target) >= n, timeout=180, interval=1, what=f"{n} documents")
+        wait_progressing(lambda: es8.count(es_target), n, what=f"{n} documents")
         assert c.stop() == 0, c.stderr()
     docs = all_docs(es8, es_target, ["message", "kubernetes", "log"])
     got = seqs(docs)
@@ -162,7 +171,7 @@ def test_kill9_between_the_p_and_f_parts_gives_one_whole_record(es8, es_target, 
         f.write(parts[-1])
         f.write(cri_line("seq=2 after", t="2024-05-01T12:00:02Z"))
     with Collector("run", "-c", str(cfg)).start(tmp_path / "c2.err") as c2:
-        wait_until(lambda: es8.count(es_target) >= 3, timeout=120, interval=0.5, what="the rest")
+        wait_progressing(lambda: es8.count(es_target), 3, what="the rest")
         assert c2.stop() == 0, c2.stderr()
     docs = all_docs(es8, es_target, ["message", "log"])
     assert sorted(d["message"] for d in docs) == ["seq=0 before", "seq=1 " + "P" * 40000, "seq=2 after"]
