@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+import uuid
 from pathlib import Path
 
 PART = 16 * 1024
@@ -268,6 +269,45 @@ def generate(
         f"generated {m['lines']} lines, {m['bytes'] / 1e6:.0f} MB in {time.time() - t0:.1f}s -> {out}", file=sys.stderr
     )
     return m
+
+
+def to_cri(src: Path, out: Path) -> dict[str, object]:
+    """The same workload as containerd/CRI-O would have written it, in kubelet's layout
+    (``out/pods/<ns>_<pod>_<uid>/<container>/0.log``): each json-file entry becomes one
+    ``<time> <stream> <P|F> <message>`` line, Docker's 16 KB parts becoming P parts (containerd
+    splits at 16 KiB too). Reused while the source's manifest is unchanged."""
+    import orjson
+
+    m = json.loads((src / "manifest.json").read_text())
+    manifest = out / "manifest.json"
+    if manifest.exists() and json.loads(manifest.read_text()).get("params") == {**m["params"], "format": "cri"}:
+        return dict(json.loads(manifest.read_text()))
+    t0 = time.time()
+    if (out / "pods").exists():
+        shutil.rmtree(out / "pods")
+    nbytes = 0
+    for c in m["containers"]:
+        uid = str(uuid.UUID(hex=str(c["id"])[:32]))
+        d = out / "pods" / f"shop_{c['name']}_{uid}" / str(c["name"]).split("-")[0]
+        d.mkdir(parents=True)
+        with open(src / "containers" / c["id"] / f"{c['id']}-json.log", "rb") as f, open(d / "0.log", "wb") as w:
+            buf = []
+            for line in f:
+                e = orjson.loads(line)
+                text = e["log"]
+                full = text.endswith("\n")
+                body = text[:-1] if full else text
+                if "\n" in body:
+                    raise SystemExit("a message with a newline inside cannot be written as CRI")
+                buf.append(f"{e['time']} {e['stream']} {'F' if full else 'P'} {body}\n".encode())
+                if len(buf) >= 4096:
+                    nbytes += w.write(b"".join(buf))
+                    buf.clear()
+            nbytes += w.write(b"".join(buf))
+    cm = {**m, "params": {**m["params"], "format": "cri"}, "bytes": nbytes}
+    manifest.write_text(json.dumps(cm, indent=1))
+    print(f"converted to CRI: {nbytes / 1e6:.0f} MB in {time.time() - t0:.1f}s -> {out}", file=sys.stderr)
+    return cm
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 """The benchmark: one command, numbers you can compare.
 
     .venv/bin/python bench/run.py tail        # json-file -> metadata -> bulk endpoint, 3 runs
+    .venv/bin/python bench/run.py tail --format cri   # the same lines as CRI files -> bulk endpoint
     .venv/bin/python bench/run.py floors      # what this machine can do at best
     .venv/bin/python bench/run.py idle        # 1,000 idle containers: CPU, memory, fds over time
     .venv/bin/python bench/run.py latency     # write -> bulk endpoint delay at a steady rate
@@ -192,6 +193,11 @@ def cmd_tail(args: argparse.Namespace) -> None:
     if args.multiline and not args.traces:
         args.traces = 0.05
     out, manifest, host = workload(args)
+    if args.format == "cri":
+        if args.metadata == "api" or args.multiline or args.traces or args.compression != "none" or args.config_extra:
+            raise SystemExit("--format cri runs on the plain workload: no --metadata api, --multiline, --traces, --set")
+        out = Path(f"{out}-cri")
+        manifest = gen.to_cri(Path(args.dir), out)
     lines = int(manifest["lines"])
     expect = lines
     if args.multiline:
@@ -211,7 +217,10 @@ def cmd_tail(args: argparse.Namespace) -> None:
     try:
         for i in range(args.runs):
             state = tempfile.mkdtemp(dir=args.state_dir, prefix="collector-bench-state-")
-            cmd = tail_command(out, target, state, "--once", "--docker-root", str(out), "--metadata", args.metadata)
+            if args.format == "cri":  # no Docker metadata: pod, namespace and container from the path
+                cmd = tail_command(out, target, state, "--once", fmt="cri")
+            else:
+                cmd = tail_command(out, target, state, "--once", "--docker-root", str(out), "--metadata", args.metadata)
             if host:
                 cmd += ["--docker-host", host]
             if args.compression != "none" or args.config_extra or args.multiline:
@@ -249,12 +258,13 @@ def cmd_tail(args: argparse.Namespace) -> None:
             sink.close()
     med = {k: statistics.median(r[k] for r in rows) for k in ("lines_per_s", "cpu_s_per_m", "rss_mb")}
     print(
-        f"median ({args.runs} runs, {lines:,} lines, {manifest['bytes'] / 1e6:.0f} MB, metadata from "
-        f"{args.metadata}, output {args.output}): {med['lines_per_s']:,.0f} lines/s, "
+        f"median ({args.runs} runs, {lines:,} lines, {manifest['bytes'] / 1e6:.0f} MB, format {args.format}, "
+        f"metadata from {'the path' if args.format == 'cri' else args.metadata}, output {args.output}): "
+        f"{med['lines_per_s']:,.0f} lines/s, "
         f"{med['cpu_s_per_m']:.2f} CPU-s per million lines, peak RSS {med['rss_mb']:.1f} MB"
     )
     if args.floors:
-        f = floors(out)
+        f = floors(Path(args.dir) if args.format == "cri" else out)  # the json-file lines either way
         print(
             f"floors (one core): read + split lines {f['read_split_per_s']:,.0f} lines/s; "
             f"orjson decode of every line {f['decode_per_s']:,.0f} lines/s"
@@ -337,10 +347,12 @@ def proc_sample(pid: int) -> tuple[float, float, int]:
     return cpu, rss, fds
 
 
-def tail_command(out: Path, output: str, state: str, *extra: str) -> list[str]:
+def tail_command(out: Path, output: str, state: str, *extra: str, fmt: str = "json-file") -> list[str]:
     """``collector tail`` of the generated files under ``out`` into ``output``."""
     glob = str(out / "containers" / "*" / "*-json.log")
-    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--path", glob]
+    if fmt == "cri":
+        glob = str(out / "pods" / "*" / "*" / "*.log")
+    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--format", fmt, "--path", glob]
     return [*head, "--output", output, "--data-dir", state, *extra]
 
 
@@ -437,6 +449,13 @@ def main() -> None:
     t.add_argument("--lines", type=int, default=100_000, help="per container")
     t.add_argument("--runs", type=int, default=3)
     t.add_argument("--metadata", choices=("files", "api"), default="files")
+    t.add_argument(
+        "--format",
+        choices=("json-file", "cri"),
+        default="json-file",
+        help="cri: the same workload written as containerd does (kubelet's layout, 16 KiB P parts), read with "
+        "`tail --format cri` (no Docker metadata)",
+    )
     t.add_argument("--output", choices=("http", "file"), default="http")
     t.add_argument("--compression", choices=("none", "gzip"), default="none")
     t.add_argument("--es-sink", help="another counting endpoint script (must take --port and --ready-file)")

@@ -71,6 +71,8 @@ def output_sink(spec: str, inputs: list[str]) -> dict[str, Any]:
 
 
 def tail_config(args: argparse.Namespace) -> dict[str, Any]:
+    if args.format == "cri":
+        return cri_tail_config(args)
     root = args.docker_root
     paths = args.path or [os.path.join(root, "containers", "*", "*-json.log")]
     cfg: dict[str, Any] = {
@@ -98,6 +100,29 @@ def tail_config(args: argparse.Namespace) -> dict[str, Any]:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
     if args.tag is None:
         del cfg["transforms"]["meta"]["tag"]
+    if args.api:
+        cfg["api"] = {"listen": api_listen(args.api)}
+    return cfg
+
+
+def cri_tail_config(args: argparse.Namespace) -> dict[str, Any]:
+    """``tail --format cri``: kubelet's logs, straight to the output. No Docker metadata: no Docker
+    engine writes these files; pod, namespace and container come from their paths."""
+    for flag, value in (("--tag", args.tag), ("--docker-host", args.docker_host)):
+        if value is not None:
+            raise ValueError(f"{flag} enriches from Docker, which CRI logs do not come from: leave it out")
+    cfg: dict[str, Any] = {
+        "data_dir": args.data_dir or default_data_dir(),
+        "sources": {
+            "containers": {
+                "type": "docker_json_file",
+                "format": "cri",
+                "paths": args.path or ["/var/log/pods/*/*/*.log"],
+                "read_from": args.read_from,
+            },
+        },
+        "sinks": {"out": output_sink(args.output, ["containers"])},
+    }
     if args.api:
         cfg["api"] = {"listen": api_listen(args.api)}
     return cfg
@@ -210,6 +235,7 @@ def _sub(
 FLAG_OF_KEY = (
     (r"sources\.containers\.paths(\.\d+)?", "--path"),
     (r"sources\.containers\.read_from", "--from"),
+    (r"sources\.containers\.format", "--format"),
     (r"(sources\.containers|transforms\.meta)\.docker_root", "--docker-root"),
     (r"transforms\.meta\.tag", "--tag"),
     (r"transforms\.meta\.source", "--metadata"),
@@ -313,8 +339,15 @@ def parser() -> argparse.ArgumentParser:
         "--path",
         action="append",
         metavar="GLOB",
-        help="json-file logs to follow, instead of every container's (repeatable; "
-        "default: DOCKER_ROOT/containers/*/*-json.log)",
+        help="logs to follow, instead of every container's (repeatable; default: "
+        "DOCKER_ROOT/containers/*/*-json.log, or /var/log/pods/*/*/*.log with --format cri)",
+    )
+    t.add_argument(
+        "--format",
+        choices=("json-file", "cri"),
+        default="json-file",
+        help="json-file: Docker's json-file logs, with each container's metadata from Docker; cri: "
+        "containerd/CRI-O logs as kubelet keeps them, with pod, namespace and container from the path",
     )
     t.add_argument(
         "--tag",

@@ -82,6 +82,25 @@ def split_like_docker(message: str, stream: str = "stdout", t: str = "2024-05-01
     return b"".join(out)
 
 
+def cri_line(
+    message: str | bytes, stream: str = "stdout", t: str = "2024-05-01T12:00:00.000000001Z", tag: str = "F"
+) -> bytes:
+    """One line exactly as containerd and CRI-O write it (``<time> <stream> <P|F> <message>``)."""
+    raw = message.encode() if isinstance(message, str) else message
+    return f"{t} {stream} {tag} ".encode() + raw + b"\n"
+
+
+def cri_lines(messages: list[str], stream: str = "stdout", start_ns: int = 1) -> bytes:
+    return b"".join(cri_line(m, stream, f"2024-05-01T12:00:00.{start_ns + i:09d}Z") for i, m in enumerate(messages))
+
+
+def split_like_cri(message: str, stream: str = "stdout", t: str = "2024-05-01T12:00:01Z", size: int = 16384) -> bytes:
+    """A long message split in ``size``-byte parts (as containerd's 16 KiB buffer does): P parts, an F last."""
+    raw = message.encode()
+    parts = [raw[i : i + size] for i in range(0, len(raw), size)] or [b""]
+    return b"".join(cri_line(p, stream, t, "F" if i == len(parts) - 1 else "P") for i, p in enumerate(parts))
+
+
 def read_ndjson(path: str | Path) -> list[dict[str, Any]]:
     try:
         data = Path(path).read_bytes()

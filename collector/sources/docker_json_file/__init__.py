@@ -38,7 +38,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from collector.acks import OrderedAcks
-from collector.codecs.docker_json import DockerLines, LineReader, Parsed
+from collector.codecs.docker_json import DockerLines, Parsed
 from collector.component import ComponentConfig, Emitter, Source
 from collector.docker_api import api_socket_missing, own_container_id
 from collector.event import Batch, Fields
@@ -51,6 +51,8 @@ from collector.sources.docker_json_file.files import (
     fingerprint_path,
     first_line_time,
     log_size,
+    new_reader,
+    pod_of,
     rotated_siblings,
     salt_of,
     same_file,
@@ -59,6 +61,7 @@ from collector.sources.docker_json_file.files import (
 log = logging.getLogger("collector.sources.docker_json_file")
 
 DEFAULT_DOCKER_ROOT = "/var/lib/docker"
+DEFAULT_CRI_GLOB = "/var/log/pods/*/*/*.log"
 # A file written in the last ROTATION_CHECK seconds is checked for rotation every time it has no
 # more to read: Docker rotates busy files, and watchdog's events come up to 0.5 s late (it holds
 # moves back to pair them), long enough for a tight max-file to delete a file unseen. Quiet files
@@ -70,7 +73,14 @@ class DockerJsonFileConfig(ComponentConfig):
     type: Literal["docker_json_file"]
     paths: list[str] | None = Field(
         None,
-        description="Glob patterns of json-file logs; default `<docker_root>/containers/*/*-json.log`.",
+        description="Glob patterns of the logs; default `<docker_root>/containers/*/*-json.log`, or "
+        "`/var/log/pods/*/*/*.log` with `format: cri`.",
+    )
+    format: Literal["json-file", "cri"] = Field(
+        "json-file",
+        description="How the files are written: `json-file` (Docker's json-file driver) or `cri` (containerd "
+        "and CRI-O under kubelet: `<time> <stream> <P|F> <message>` lines, `/var/log/pods/<namespace>_<pod>_"
+        "<uid>/<container>/<restart>.log`, whose path gives the `kubernetes.*` and `container.name` fields).",
     )
     docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for the default paths).")
     read_from: Literal["beginning", "end"] = Field(
@@ -103,6 +113,13 @@ class DockerJsonFileConfig(ComponentConfig):
         description="A value of Docker's `attrs` (labels and env the log driver copies into every "
         'line) longer than this is cut to it; the record gets `log.flags: ["fields_truncated"]`.',
     )
+    rotation_grace: float = Field(
+        1.0,
+        ge=0,
+        description="With `format: cri`: seconds a renamed (rotated) log is still read after its last line "
+        "before it is closed. kubelet renames the file, then asks the runtime to reopen it; containerd and "
+        "CRI-O write to the renamed file until then (Docker never writes to a renamed json-file).",
+    )
     include_own_container: bool = Field(
         False,
         description="Also read the log of the container the collector runs in. Off: a collector in a "
@@ -117,7 +134,11 @@ class DockerJsonFileConfig(ComponentConfig):
         return v
 
     def globs(self) -> list[str]:
-        return self.paths or [os.path.join(self.docker_root, "containers", "*", "*-json.log")]
+        if self.paths:
+            return self.paths
+        if self.format == "cri":
+            return [DEFAULT_CRI_GLOB]
+        return [os.path.join(self.docker_root, "containers", "*", "*-json.log")]
 
 
 class LogStream:
@@ -186,13 +207,22 @@ class DockerJsonFileSource(Source):
 
     # -- helpers --------------------------------------------------------------------------
     def _meta_for(self, live: str) -> tuple[Fields, str]:
-        cid = container_id_of(live)
         data: dict[str, Any] = {"host": {"name": self.ctx.hostname}}
-        if cid:
-            data["container"] = {"id": cid}
+        if self.config.format == "cri":
+            pod = pod_of(live)
+            tag = os.path.basename(live)
+            if pod is not None:
+                data |= pod
+                k = pod["kubernetes"]
+                tag = f"{k['namespace']}/{k['pod']['name']}/{k['container']['name']}"
+        else:
+            cid = container_id_of(live)
+            if cid:
+                data["container"] = {"id": cid}
+            tag = cid[:12] if cid else os.path.basename(live)
         if self.config.tags:
             data["tags"] = list(self.config.tags)
-        return Fields(data), (cid[:12] if cid else os.path.basename(live))
+        return Fields(data), tag
 
     def _error(self, reason: str, n: float = 1) -> None:
         self._errors.labels(self.name, reason).inc(n)
@@ -257,7 +287,13 @@ class DockerJsonFileSource(Source):
         """Open ``path``; resume at its checkpoint when its fingerprint is known."""
         try:
             of = OpenFile.open(
-                path, live, 0, self.config.max_record_bytes, self._root.get(live), self.config.max_field_bytes
+                path,
+                live,
+                0,
+                self.config.max_record_bytes,
+                self._root.get(live),
+                self.config.max_field_bytes,
+                self.config.format,
             )
         except UnsafeFile as e:
             self._refuse(path, e)
@@ -472,6 +508,9 @@ class DockerJsonFileSource(Source):
                 )
                 return
         roots = [_static_root(p) for p in self.config.globs()]
+        if not any(os.path.isdir(r) for r in roots) and self.config.format == "cri":
+            log.warning("%s: %s does not exist (yet); waiting for it to appear", self.name, " ".join(roots))
+            return
         if not any(os.path.isdir(r) for r in roots):
             # the first command on a host without Docker (or with its data root elsewhere)
             socket = api_socket_missing(None)
@@ -642,7 +681,7 @@ class DockerJsonFileSource(Source):
             )
             try:
                 cf = OpenFile.open(
-                    copy, s.live, read_to, cfg.max_record_bytes, self._root.get(s.live), cfg.max_field_bytes
+                    copy, s.live, read_to, cfg.max_record_bytes, self._root.get(s.live), cfg.max_field_bytes, cfg.format
                 )
             except OSError:
                 cf = None
@@ -658,7 +697,7 @@ class DockerJsonFileSource(Source):
                 size,
                 read_to,
             )
-        of.reader = LineReader(self.config.max_record_bytes, self.config.max_field_bytes)
+        of.reader = new_reader(cfg.format, cfg.max_record_bytes, cfg.max_field_bytes)
         of.offset = 0
         of.fp = fingerprint(of.fd, of.salt())
         of.acks = OrderedAcks(0)
@@ -684,11 +723,14 @@ class DockerJsonFileSource(Source):
         if s.siblings_dirty:
             self._check_siblings(s)
         # rotated files first, oldest first
-        while s.queue:
-            of = s.queue[0]
+        for of in list(s.queue):
             if await self._read_file(s, of, out):
+                if of.quiet_until:
+                    of.quiet_until = time.monotonic() + self.config.rotation_grace
                 return True
-            s.queue.pop(0)
+            if of.quiet_until > time.monotonic() and not self.ctx.once:
+                continue  # renamed a moment ago (CRI): its writer may still add lines; read the rest meanwhile
+            s.queue.remove(of)
             if (b := self._finish(s, of)) is not None:
                 await out.emit(b)
         cur = s.current
@@ -710,9 +752,15 @@ class DockerJsonFileSource(Source):
             return False
         if await self._read_file(s, cur, out):  # last words written before the rename
             return True
-        if (b := self._finish(s, cur)) is not None:
-            await out.emit(b)
         s.current = None
+        if self.config.format == "cri" and self.config.rotation_grace > 0:
+            # containerd/CRI-O write to the renamed file until kubelet's reopen call reaches them:
+            # finish it like a rotated file, once it stayed quiet for ``rotation_grace``
+            cur.rotated = True
+            cur.quiet_until = now + self.config.rotation_grace
+            s.queue.insert(0, cur)
+        elif (b := self._finish(s, cur)) is not None:
+            await out.emit(b)
         if same is None and not os.path.isdir(os.path.dirname(s.live)):
             log.info("%s: %s is gone (container removed); released", self.name, s.live)
             return False

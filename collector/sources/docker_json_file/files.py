@@ -17,22 +17,51 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
 from collector.acks import OrderedAcks
+from collector.codecs.cri import CriLineReader
 from collector.codecs.docker_json import LineReader, Parsed
 from collector.safefiles import open_regular
 
 FINGERPRINT_MAX = 256 << 10  # a first line longer than this is hashed on its first 256 KiB
 _CONTAINER_ID = re.compile(r"[0-9a-f]{64}\Z")
-_ROTATED = re.compile(r"\.(\d+)(\.gz)?\Z")
+_ROTATED = re.compile(r"\.(\d+|\d{8}-\d{6})(\.gz)?\Z")
+# kubelet names a rotated CRI log ``0.log.<YYYYMMDD-HHMMSS>``: ranked like Docker's numbers (the
+# greater, the older) by their distance from a time far in the future
+_KUBELET_EPOCH = 10**14
+
+
+def new_reader(fmt: str, max_record_bytes: int, max_field_bytes: int) -> LineReader:
+    """The line reader of a file in ``fmt`` (``json-file`` or ``cri``)."""
+    cls = CriLineReader if fmt == "cri" else LineReader
+    return cls(max_record_bytes, max_field_bytes)
 
 
 def container_id_of(path: str) -> str:
     """The container id when ``path`` sits in Docker's layout (``.../<id>/<id>-json.log``)."""
     parent = os.path.basename(os.path.dirname(path))
     return parent if _CONTAINER_ID.match(parent) else ""
+
+
+def pod_of(path: str) -> dict[str, Any] | None:
+    """The pod, namespace and container of a CRI log in kubelet's layout
+    (``.../<namespace>_<pod>_<uid>/<container>/<restart>.log``); None elsewhere. Namespaces and
+    pod names are DNS labels and subdomains (never an ``_``), so the split is unambiguous."""
+    p = Path(path)
+    parts = p.parent.parent.name.split("_")
+    if len(parts) != 3 or not all(parts) or not p.parent.name or p.suffix != ".log":
+        return None
+    namespace, pod, uid = parts
+    container: dict[str, Any] = {"name": p.parent.name}
+    if p.stem.isdigit():
+        container["restart_count"] = int(p.stem)
+    return {
+        "kubernetes": {"namespace": namespace, "pod": {"name": pod, "uid": uid}, "container": container},
+        "container": {"name": p.parent.name},
+    }
 
 
 def salt_of(live: str) -> str:
@@ -117,9 +146,11 @@ def log_size(path: str, root: str | None = None) -> int:
 
 
 def rotated_siblings(live: str) -> list[tuple[int, str]]:
-    """Docker's rotated files of ``live`` (``x-json.log.1``, ``x-json.log.2.gz`` ...), as
-    (number, path), oldest first. While Docker compresses ``.1`` both names exist for a moment:
-    the plain one is listed (the ``.gz`` is complete only once the plain one is gone)."""
+    """The rotated files of ``live`` as (rank, path), oldest first (the greater the rank, the
+    older): Docker's (``x-json.log.1``, ``x-json.log.2.gz`` ...) and kubelet's
+    (``0.log.20241201-120000``, ``0.log.20241201-115000.gz``). While either compresses a file
+    both names exist for a moment: the plain one is listed (the ``.gz`` is complete only once
+    the plain one is gone; kubelet writes it as ``.tmp`` first, which is never listed)."""
     d, base = os.path.split(live)
     found: dict[int, str] = {}
     try:
@@ -130,7 +161,8 @@ def rotated_siblings(live: str) -> list[tuple[int, str]]:
         if n.startswith(base + "."):
             m = _ROTATED.search(n)
             if m and n == f"{base}.{m.group(1)}{m.group(2) or ''}":
-                num = int(m.group(1))
+                stamp = m.group(1)
+                num = _KUBELET_EPOCH - int(stamp.replace("-", "")) if "-" in stamp else int(stamp)
                 if not m.group(2) or num not in found:
                     found[num] = os.path.join(d, n)
     return sorted(found.items(), reverse=True)
@@ -154,6 +186,7 @@ class OpenFile:
     rotated: bool = False  # no longer the live file: finish it, then close
     last_time: str = ""  # time of the last record read
     long_line: int = 0  # bytes of a line longer than the read size being skipped
+    quiet_until: float = 0.0  # renamed: still read until then (monotonic) for its writer's last lines
 
     @classmethod
     def open(
@@ -164,6 +197,7 @@ class OpenFile:
         max_record_bytes: int,
         root: str | None = None,
         max_field_bytes: int = 4096,
+        fmt: str = "json-file",
     ) -> OpenFile:
         fd = open_log(path, root)
         try:
@@ -182,7 +216,7 @@ class OpenFile:
             offset=offset,
             fp=fp,
             container_id=cid,
-            reader=LineReader(max_record_bytes, max_field_bytes),
+            reader=new_reader(fmt, max_record_bytes, max_field_bytes),
             acks=OrderedAcks(offset),
             size=st.st_size,
         )
@@ -236,11 +270,13 @@ class OpenFile:
 
 
 def first_line_time(path: str, root: str | None = None) -> str | None:
-    """The ``time`` of a json-file's first line (when it is readable)."""
+    """The time of a json-file's or CRI log's first line (when it is readable)."""
     try:
         with open(open_regular(path, root), "rb") as raw:
             f = gzip.GzipFile(fileobj=raw, mode="rb") if is_compressed(path) else raw
             line = f.readline(FINGERPRINT_MAX)
+        if not line.startswith(b"{"):  # CRI: "<time> <stream> <tag> <message>"
+            return line.split(b" ", 1)[0].decode() if b" " in line else None
         return str(orjson.loads(line)["time"])
     except (OSError, EOFError, zlib.error, ValueError, KeyError, TypeError):
         return None
