@@ -177,8 +177,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
                 "type": "gelf",
                 "inputs": ["fwd"],
                 "address": f"gelf+tcp://127.0.0.1:{gelf}",
-                "backoff_initial": 0.2,
-                "backoff_max": 1.0,
+                "retry": {"initial_backoff": 0.2, "max_backoff": 1.0},
             }
         },
         "api": {"listen": "127.0.0.1:0"},

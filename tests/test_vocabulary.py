@@ -139,8 +139,6 @@ def violations() -> set[str]:
 # line when its rename lands; never add one (name the new key as the table above says instead).
 KNOWN_VIOLATIONS = {
     # retry: one `retry: {initial_backoff, max_backoff, max_elapsed}` (collector/retry.py)
-    "sink gelf: backoff_initial is retry: name it retry",  # issue 17
-    "sink gelf: backoff_max is retry: name it retry",  # issue 17
     # batch: one `batch: {max_events, max_bytes, timeout}`
     "source gelf: batch_max_events is batch: name it batch",  # issue 17
     "source gelf: batch_timeout is batch: name it batch",  # issue 17

@@ -279,7 +279,7 @@ def test_tcp_and_tls_decoded_by_go_gelf(tmp_path):
 
 def test_tcp_endpoint_down_keeps_the_place_and_acks_only_what_was_written(tmp_path, caplog):
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.1, backoff_max=0.5)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.1, "max_backoff": 0.5})
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(20)]
     seen: dict[str, Any] = {}
 
@@ -312,7 +312,9 @@ def test_tcp_peer_refusing_2000_connections_then_recovering_gets_every_record(tm
     """Hours of refused connections compressed into seconds: every record arrives once Graylog
     listens, and the log says so a few times, not once per attempt (it said it 2,000 times)."""
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.0005, backoff_max=0.002)
+    h = Harness(
+        tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.0005, "max_backoff": 0.002}
+    )
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(30)]
     seen: dict[str, Any] = {}
 
@@ -348,11 +350,9 @@ def test_tcp_retry_takes_the_shared_shape_and_max_elapsed_dead_letters(tmp_path)
     dl = h.deadletters()
     assert sorted(d["record"]["short_message"] for d in dl) == sorted(f"line {i}" for i in range(30))
     assert all(d["reason"].startswith("retries_exhausted: cannot connect") for d in dl)
-    # the older keys still work; both spellings at once are refused
-    old = GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_initial=2, backoff_max=9)
-    assert (old.policy.initial_backoff, old.policy.max_backoff) == (2, 9)
-    with pytest.raises(ValueError, match="not both"):
-        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_max=9, retry={"max_backoff": 9})
+    # the older spellings are gone (issue 17: one `retry:` shape for every component)
+    with pytest.raises(ValueError, match="backoff_max"):
+        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_max=9)
 
 
 def test_a_graylog_restart_loses_exactly_what_its_tcp_stack_took_and_it_never_read(tmp_path):
@@ -363,7 +363,7 @@ def test_a_graylog_restart_loses_exactly_what_its_tcp_stack_took_and_it_never_re
     checks the loss is exactly it, nothing more: what came before is there, and after the restart
     the sink reconnects and everything arrives."""
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.05, backoff_max=0.2)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.05, "max_backoff": 0.2})
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(65)]
     frame_bytes = {
         orjson.loads(doc)["short_message"]: len(doc) + 1 for b, _ in batches for doc in GelfEncoder("x").encode(b)
@@ -433,7 +433,7 @@ def test_a_graylog_that_stops_reading_gets_records_acknowledged_only_as_its_tcp_
         received.append(buf)
 
     threading.Thread(target=serve, daemon=True).start()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", ack_timeout=1.0, backoff_initial=0.1)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", ack_timeout=1.0, retry={"initial_backoff": 0.1})
     batches = [batch([event(i * 500 + j, "m" * 200) for j in range(500)]) for i in range(40)]  # ~12 MB
     seen: dict[str, int] = {}
 

@@ -438,7 +438,7 @@ def test_full_pipeline_drops_udp_visibly_and_pushes_back_on_tcp(tmp_path):
         "inputs": ["gelf"],
         "address": f"gelf+tcp://127.0.0.1:{dead_port}",
         "buffer": {"max_events": 50},
-        "backoff_max": 0.5,
+        "retry": {"max_backoff": 0.5},
     }
     with gelf_collector(tmp_path, sink=sink, batch_max_events=20) as c:
         n = 3000

@@ -56,7 +56,7 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from collector.acks import release
 from collector.buffers.memory import Channel
@@ -124,16 +124,11 @@ class GelfSinkConfig(SinkConfig):
     )
     tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
-    retry: RetryConfig | None = Field(
-        None,
-        description="(TCP) backoff between connection and write attempts (collector/retry.py); default "
-        "`{initial_backoff: 0.5, max_backoff: 30}`. `max_elapsed`: records still not written after that long go "
-        "to the dead letter; unset: retried until Graylog takes them.",
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="(TCP) backoff between connection and write attempts (collector/retry.py). `max_elapsed`: "
+        "records still not written after that long go to the dead letter; unset: retried until Graylog takes them.",
     )
-    backoff_initial: float = Field(
-        0.5, gt=0, description="(TCP) older spelling of `retry.initial_backoff` (use one or the other)."
-    )
-    backoff_max: float = Field(30.0, gt=0, description="(TCP) older spelling of `retry.max_backoff`.")
     max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
     ack_timeout: float = Field(
         30.0,
@@ -147,21 +142,6 @@ class GelfSinkConfig(SinkConfig):
     def _address(cls, v: str) -> str:
         parse_address(v)
         return v
-
-    @model_validator(mode="after")
-    def _one_retry(self) -> GelfSinkConfig:
-        old = {"backoff_initial", "backoff_max"} & self.model_fields_set
-        if self.retry is not None and old:
-            raise ValueError(f"give `retry:` or {' and '.join(sorted(old))}, not both")
-        if self.retry is None:
-            policy = RetryConfig(initial_backoff=self.backoff_initial, max_backoff=self.backoff_max)
-            object.__setattr__(self, "retry", policy)
-        return self
-
-    @property
-    def policy(self) -> RetryConfig:
-        assert self.retry is not None
-        return self.retry
 
 
 def parse_address(address: str) -> tuple[str, str, int]:

@@ -147,12 +147,12 @@ class TcpConnection:
         """Connect now (retrying with backoff) unless connected: before the first record."""
         if self._writer is None or self._writer.is_closing():
             self.close()
-            await self._connect(Backoff(self.config.policy))
+            await self._connect(Backoff(self.config.retry))
 
     async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
         """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed
         (GaveUpError when ``retry.max_elapsed`` passes first)."""
-        backoff = Backoff(self.config.policy)
+        backoff = Backoff(self.config.retry)
         while True:
             writer = self._writer
             if writer is None or writer.is_closing():
