@@ -140,8 +140,6 @@ def violations() -> set[str]:
 KNOWN_VIOLATIONS = {
     # retry: one `retry: {initial_backoff, max_backoff, max_elapsed}` (collector/retry.py)
     # batch: one `batch: {max_events, max_bytes, timeout}`
-    "source gelf: batch_max_events is batch: name it batch",  # issue 17
-    "source gelf: batch_timeout is batch: name it batch",  # issue 17
     "source fluent_forward: max_batch_events is batch: name it batch",  # issue 17
     "sink gelf: max_round_events is batch: name it batch",  # issue 17
     # listen: a list of URLs everywhere (tcp://, udp://, tls://, unix://)

@@ -193,6 +193,18 @@ def test_docker_driver_messages_become_container_records(tmp_path):
     assert len({*web.ids, *db_batch.ids}) == 6 and all(len(i) == 32 for i in web.ids)
 
 
+def test_batch_max_bytes_bounds_what_is_decoded_at_once(tmp_path):
+    """``batch: {max_events, max_bytes, timeout}`` (issue 17): max_bytes is how much is decoded
+    (decompressed) and emitted together; the rest waits for the next round."""
+    with gelf_collector(tmp_path, batch={"max_bytes": 1024}) as c:
+        items = [(orjson.dumps(docker_msg(i) | {"short_message": "x" * 300}), ("127.0.0.1", 1)) for i in range(10)]
+        batches, done = c.source._to_batches(items, udp=True)
+        assert 1 < done < len(items)  # stopped once past 1 KiB
+        assert sum(len(b) for b in batches) == done
+        batches, rest = c.source._to_batches(items, udp=True, start=done)
+        assert done < rest
+
+
 def test_chunked_udp_in_any_order_with_duplicates_and_every_compression(tmp_path):
     rnd = random.Random(5)
     sent: list[str] = []
@@ -440,7 +452,7 @@ def test_full_pipeline_drops_udp_visibly_and_pushes_back_on_tcp(tmp_path):
         "buffer": {"max_events": 50},
         "retry": {"max_backoff": 0.5},
     }
-    with gelf_collector(tmp_path, sink=sink, batch_max_events=20) as c:
+    with gelf_collector(tmp_path, sink=sink, batch={"max_events": 20}) as c:
         n = 3000
         for i in range(0, n, 100):
             c.udp(*(orjson.dumps({"host": "h", "short_message": f"u{j}"}) for j in range(i, i + 100)))
