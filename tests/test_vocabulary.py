@@ -141,7 +141,6 @@ KNOWN_VIOLATIONS = {
     # retry: one `retry: {initial_backoff, max_backoff, max_elapsed}` (collector/retry.py)
     # batch: one `batch: {max_events, max_bytes, timeout}`
     "source fluent_forward: max_batch_events is batch: name it batch",  # issue 17
-    "sink gelf: max_round_events is batch: name it batch",  # issue 17
     # listen: a list of URLs everywhere (tcp://, udp://, tls://, unix://)
     "source fluent_forward: listen is str, not a list of URLs",  # issue 17
     "pipeline: api.listen is str, not a list of URLs",  # issue 17

@@ -99,6 +99,40 @@ class Harness:
         return read_ndjson(self.data_dir / "dead-letter" / "out.ndjson")
 
 
+# -- rounds: batch: {max_events, max_bytes, timeout} ---------------------------------------------
+def test_a_round_is_bounded_by_batch_max_events_and_max_bytes_and_waits_batch_timeout(tmp_path):
+    """One `batch:` shape for every component (issue 17); max_round_events was this sink's own."""
+
+    async def rounds(**cfg: Any) -> list[int]:
+        h = Harness(tmp_path, address="gelf+udp://127.0.0.1:9", batch=cfg)
+        for i in range(10):
+            await h.inbox.send(batch([event(i * 10 + j) for j in range(10)])[0])
+        sizes = []
+        while (first := h.inbox.recv_nowait()) is not None:
+            sizes.append(sum(len(b) for b in await h.sink._round(h.inbox, first)))
+        return sizes
+
+    assert asyncio.run(rounds(max_events=25)) == [30, 30, 30, 10]
+    one = batch([event(j) for j in range(10)])[0].nbytes  # the same for each batch above
+    assert asyncio.run(rounds(max_bytes=3 * one)) == [30, 30, 30, 10]
+    assert asyncio.run(rounds(max_bytes=3 * one - 1, max_events=100)) == [30, 30, 30, 10]
+    assert asyncio.run(rounds(max_bytes=3 * one + 1, max_events=100)) == [40, 40, 20]
+
+    async def late(timeout: float) -> int:
+        h = Harness(tmp_path, address="gelf+udp://127.0.0.1:9", batch={"timeout": timeout, "max_events": 2})
+
+        async def later() -> None:  # runs once the round waits (with timeout 0 it never does)
+            await h.inbox.send(batch([event(1)])[0])
+
+        task = asyncio.create_task(later())
+        n = sum(len(b) for b in await h.sink._round(h.inbox, batch([event(0)])[0]))
+        await task
+        return n
+
+    assert asyncio.run(late(0)) == 1  # the default: what is waiting, at once
+    assert asyncio.run(late(60)) == 2  # the late batch joins the round, which is then full: no 60 s wait
+
+
 # -- the mapping ---------------------------------------------------------------------------------
 def test_shared_fields_too_large_to_cache_are_converted_per_batch_not_kept():
     """Each (shared fields, tag) was cached, 10,000 of them: a document of 1,000 labels each."""

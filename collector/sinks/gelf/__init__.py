@@ -94,6 +94,19 @@ class GelfSinkTlsConfig(ComponentConfig):
     server_name: str | None = Field(None, description="Name expected in the certificate; default: the address's host.")
 
 
+class GelfSinkBatch(ComponentConfig):
+    max_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
+    max_bytes: int = Field(
+        16 << 20, ge=1024, description="Bytes of records (as held in the pipeline) written together at most."
+    )
+    timeout: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Seconds a round may wait for more records before it is written; 0: write what is waiting at once.",
+    )
+
+
 class GelfSinkConfig(SinkConfig):
     type: Literal["gelf"]
     destination_keys: ClassVar[tuple[str, ...] | None] = ("address",)
@@ -129,7 +142,9 @@ class GelfSinkConfig(SinkConfig):
         description="(TCP) backoff between connection and write attempts (collector/retry.py). `max_elapsed`: "
         "records still not written after that long go to the dead letter; unset: retried until Graylog takes them.",
     )
-    max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
+    batch: GelfSinkBatch = Field(
+        default_factory=GelfSinkBatch, description="How records are grouped into one round of writes."
+    )
     ack_timeout: float = Field(
         30.0,
         gt=0,
@@ -212,17 +227,37 @@ class GelfSink(Sink):
             return  # retry.max_elapsed passed: the writes that follow set their records aside
         self.mark_reached(f"{self.where}: {self._tcp.state}")
 
+    async def _round(self, inbox: Channel, first: Batch) -> list[Batch]:
+        """``first`` and what follows it, up to ``batch.max_events`` records and ``batch.max_bytes``,
+        waiting at most ``batch.timeout`` for more."""
+        cfg = self.config.batch
+        batches = [first]
+        n, size = len(first), first.nbytes
+        deadline = time.monotonic() + cfg.timeout
+        while n < cfg.max_events and size < cfg.max_bytes:
+            b = inbox.recv_nowait()
+            if b is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    b = await asyncio.wait_for(inbox.recv(), left)
+                except TimeoutError:
+                    break
+                if b is None:  # closed: the caller's next recv() says so too
+                    break
+            batches.append(b)
+            n += len(b)
+            size += b.nbytes
+        return batches
+
     async def run(self, inbox: Channel) -> None:
         reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:
                 if not reaching.done():  # the first connection, made at start
                     await reaching
-                batches = [first]
-                n = len(first)
-                while n < self.config.max_round_events and (b := inbox.recv_nowait()) is not None:
-                    batches.append(b)
-                    n += len(b)
+                batches = await self._round(inbox, first)
                 if self.transport == "udp":
                     await self._deliver_udp(batches)
                 else:
