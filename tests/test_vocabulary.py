@@ -158,7 +158,6 @@ KNOWN_VIOLATIONS = {
     "transform docker_metadata: docker_root is declared by source docker_json_file, transform docker_metadata: "
     "declare it once",  # issue 17
     # dead letter: dead_letter_*, as the Elasticsearch sink's dead_letter_index
-    "source gelf: deadletter_per_second is dead letter: name it dead_letter",  # issue 17
     # bytes read at a time: read_bytes, as the forward source's
     "source docker_json_file: read_chunk_bytes is bytes read at a time: name it read_bytes",  # issue 17
 }

@@ -21,7 +21,7 @@ read and idle timeouts, bytes held for frames still arriving), refusals counted 
 
 Bad input never stops the server: malformed messages (bad JSON or compression, no
 ``short_message``, too large) go to the dead-letter file with the peer's address (at
-most ``deadletter_per_second`` per second and the dead letter's byte rate, the rest only
+most ``dead_letter_per_second`` per second and the dead letter's byte rate, the rest only
 counted); chunk-level trouble (expired, evicted, duplicated, too many chunks) is only counted,
 in ``collector_errors_total{component,reason}``, and logged once per reason per minute.  GELF
 has no delivery identity: record ids are random and batches carry no acknowledgement.  A
@@ -108,7 +108,7 @@ class GelfSourceConfig(ListenerLimits):
         "Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the system default.",
     )
     batch: GelfBatch = Field(default_factory=GelfBatch, description="How received messages are grouped.")
-    deadletter_per_second: int = Field(
+    dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
 
@@ -174,7 +174,7 @@ class GelfSource(Source):
         now = time.monotonic()
         if now >= self._dl_window:
             self._dl_window = now + 1.0
-            self._dl_left = self.config.deadletter_per_second
+            self._dl_left = self.config.dead_letter_per_second
         if self._dl_left > 0:
             self._dl_left -= 1
             self.ctx.deadletter.raw(self.name, e.reason, data, peer=_peer(peer), transport=transport, detail=e.detail)
