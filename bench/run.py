@@ -448,7 +448,7 @@ def main() -> None:
         dest="config_extra",
         action="append",
         metavar="KEY=VALUE",
-        help="sink option (--set concurrency=4) or source option (--set source.read_chunk_bytes=1048576)",
+        help="sink option (--set concurrency=4) or source option (--set source.read_bytes=1048576)",
     )
     t.add_argument(
         "--multiline",

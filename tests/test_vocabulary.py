@@ -159,7 +159,6 @@ KNOWN_VIOLATIONS = {
     "declare it once",  # issue 17
     # dead letter: dead_letter_*, as the Elasticsearch sink's dead_letter_index
     # bytes read at a time: read_bytes, as the forward source's
-    "source docker_json_file: read_chunk_bytes is bytes read at a time: name it read_bytes",  # issue 17
 }
 
 

@@ -230,7 +230,7 @@ def test_json_file_containers_choose_their_mode_by_label_and_reads_split_traces(
             "files": {
                 "type": "docker_json_file",
                 "paths": [str(root / "containers" / "*" / "*-json.log")],
-                "read_chunk_bytes": 4096,
+                "read_bytes": 4096,
             }
         },
         "transforms": {

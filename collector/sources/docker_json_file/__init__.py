@@ -85,7 +85,7 @@ class DockerJsonFileConfig(ComponentConfig):
     max_record_bytes: int = Field(
         1 << 20, ge=1024, description="A rejoined line longer than this is truncated and flagged."
     )
-    read_chunk_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from one file at a time.")
+    read_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from one file at a time.")
     max_line_bytes: int = Field(
         8 << 20, ge=65536, description="A 'line' longer than this without a newline is set aside."
     )
@@ -598,7 +598,7 @@ class DockerJsonFileSource(Source):
         of.size = size
         if size <= of.offset:
             return False
-        parsed, end, skipped = of.read(cfg.read_chunk_bytes, cfg.max_line_bytes)
+        parsed, end, skipped = of.read(cfg.read_bytes, cfg.max_line_bytes)
         if skipped is not None:
             self.ctx.deadletter.raw(
                 self.name, f"line longer than {cfg.max_line_bytes} bytes", skipped, path=of.path, offset=of.offset
