@@ -311,7 +311,7 @@ def _with_config(
         meta["docker_host"] = host
     transforms: dict[str, Any] = {"meta": meta}
     if target.startswith("file:"):
-        sink = {"type": "file", "inputs": ["meta"], "path": target[5:], "fsync": False}
+        sink = {"type": "file", "inputs": ["meta"], "path": target[5:], "fsync": "never"}
     if args.multiline:
         transforms["ml"] = {"type": "multiline", "inputs": ["meta"], "mode": args.multiline}
         sink["inputs"] = ["ml"]

@@ -151,7 +151,6 @@ KNOWN_VIOLATIONS = {
     "source fluent_forward: shared_key is a secret: make it a secret string",  # issue 17
     "source fluent_forward: users.password is a secret: make it a secret string",  # issue 17
     # fsync: always|interval|never, as the disk buffer's
-    "sink file: fsync is bool, not always|interval|never",  # issue 17
     # docker_root: declared once (it is repeated on the source and the transform)
     "source docker_json_file: docker_root is declared by source docker_json_file, transform docker_metadata: "
     "declare it once",  # issue 17

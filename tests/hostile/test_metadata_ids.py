@@ -73,7 +73,7 @@ def start(tmp_path: Path, root: Path) -> tuple[Running, int, int, Path]:
                         "docker_host": f"unix://{tmp_path}/no-docker.sock",
                     }
                 },
-                "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": False}},
+                "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": "never"}},
             }
         )
     )

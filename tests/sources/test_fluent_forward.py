@@ -153,7 +153,7 @@ class Running:
 
 
 def pipeline_config(
-    tmp_path: Path, out: Path, source: dict[str, Any] | None = None, fsync: bool = True, **sink: Any
+    tmp_path: Path, out: Path, source: dict[str, Any] | None = None, fsync: str = "always", **sink: Any
 ) -> dict[str, Any]:
     return {
         "data_dir": str(tmp_path / "state"),
@@ -262,7 +262,7 @@ def test_no_ack_while_the_sink_cannot_write(tmp_path):
     got = bytearray()
     stop = threading.Event()
     try:
-        cfg = pipeline_config(tmp_path, fifo, fsync=False)
+        cfg = pipeline_config(tmp_path, fifo, fsync="never")
         with BackgroundPipeline(cfg) as bg:
             run = Running(bg, fifo)
             big = "y" * 300_000  # larger than the pipe: the sink's write blocks
@@ -292,7 +292,7 @@ def test_stopping_still_acks_what_was_in_flight(tmp_path):
     stop = threading.Event()
     reader = threading.Thread(target=_drain_fd, args=(rfd, got, stop), daemon=True)
     try:
-        with BackgroundPipeline(pipeline_config(tmp_path, fifo, fsync=False)) as bg:
+        with BackgroundPipeline(pipeline_config(tmp_path, fifo, fsync="never")) as bg:
             run = Running(bg, fifo)
             with Client(run.port) as c:
                 c.send(message("t", T0, {"message": "z" * 300_000}, {"chunk": "in-flight"}))
@@ -943,7 +943,7 @@ sinks:
     type: file
     inputs: [fwd]
     path: {fifo}
-    fsync: false
+    fsync: never
     buffer: {{max_events: 500, when_full: block}}
 """
     )
@@ -1006,7 +1006,7 @@ def test_a_second_signal_stops_at_once_even_with_a_blocked_sink(tmp_path):
 data_dir: {tmp_path / "state"}
 api: {{listen: "{api}"}}
 sources: {{fwd: {{type: fluent_forward, listen: "127.0.0.1:{port}"}}}}
-sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {{max_events: 10}}}}}}
+sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: never, buffer: {{max_events: 10}}}}}}
 """
     )
     try:

@@ -73,7 +73,7 @@ def gelf_collector(
         "data_dir": str(data_dir),
         "shutdown_timeout": 3,
         "sources": {"gelf": {"type": "gelf", "listen": [f"{t}://127.0.0.1:0" for t in listen], **source}},
-        "sinks": {"out": sink or {"type": "file", "inputs": ["gelf"], "path": str(out), "fsync": False}},
+        "sinks": {"out": sink or {"type": "file", "inputs": ["gelf"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg) as bp:
         yield Running(bp, out, data_dir)

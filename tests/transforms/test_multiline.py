@@ -237,7 +237,7 @@ def test_json_file_containers_choose_their_mode_by_label_and_reads_split_traces(
             "meta": {"type": "docker_metadata", "inputs": ["files"], "source": "files", "docker_root": str(root)},
             "ml": {"type": "multiline", "inputs": ["meta"], "mode": "none"},
         },
-        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": "never"}},
     }
     assert run_once(cfg) == 0
     recs = read_ndjson(out)
@@ -265,7 +265,7 @@ def test_a_quiet_container_gets_its_record_after_the_timeout(tmp_path):
         "data_dir": str(tmp_path / "state"),
         "sources": {"files": {"type": "docker_json_file", "paths": [str(path)]}},
         "transforms": {"ml": {"type": "multiline", "inputs": ["files"], "mode": "java", "timeout": 0.5}},
-        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg):
         recs = wait_until(lambda: read_ndjson(out), timeout=20, what="the record after its timeout")
