@@ -148,8 +148,6 @@ KNOWN_VIOLATIONS = {
     "sink elasticsearch: tls (client) has no server_name, which another client tls has",  # issue 17
     "sink gelf: tls (client) has no fingerprint, which another client tls has",  # issue 17
     # secrets are secret strings
-    "source fluent_forward: shared_key is a secret: make it a secret string",  # issue 17
-    "source fluent_forward: users.password is a secret: make it a secret string",  # issue 17
     # fsync: always|interval|never, as the disk buffer's
     # docker_root: declared once (it is repeated on the source and the transform)
     "source docker_json_file: docker_root is declared by source docker_json_file, transform docker_metadata: "

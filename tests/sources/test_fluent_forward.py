@@ -534,6 +534,16 @@ def test_shared_key_with_users(tmp_path):
         assert [r["message"] for r in run.records()] == ["bob was here"]
 
 
+def test_the_shared_key_and_passwords_are_secret_strings_never_shown():
+    """Issue 17: secrets are secret strings everywhere (the Elasticsearch sink's already were)."""
+    users = [{"username": "alice", "password": "pw-alice"}]
+    cfg = FluentForwardConfig(type="fluent_forward", shared_key="the-k3y", users=users)
+    for shown in (repr(cfg), str(cfg), cfg.model_dump_json(), str(cfg.model_dump(mode="json"))):
+        assert "the-k3y" not in shown and "pw-alice" not in shown
+    assert cfg.shared_key is not None and cfg.shared_key.get_secret_value() == "the-k3y"
+    assert cfg.users[0].password.get_secret_value() == "pw-alice"
+
+
 def test_users_need_a_shared_key():
     with pytest.raises(ValueError, match="users need shared_key"):
         FluentForwardConfig(type="fluent_forward", users=[{"username": "a", "password": "b"}])
