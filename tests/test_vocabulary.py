@@ -283,26 +283,7 @@ def env_violations() -> set[str]:
     return found
 
 
-KNOWN_ENV_VIOLATIONS = {
-    "pipelines/console.yaml reads DOCKER_ROOT",  # issue 17
-    "pipelines/console.yaml reads OUT_FILE",  # issue 17
-    "pipelines/console.yaml reads READ_FROM",  # issue 17
-    "pipelines/fluentd-driver-to-console.yaml reads FORWARD_LISTEN",  # issue 17
-    "pipelines/fluentd-driver-to-console.yaml reads OUT_FILE",  # issue 17
-    "pipelines/fluentd-driver-to-console.yaml reads TAG_PATTERN",  # issue 17
-    "pipelines/fluentd-driver-to-elasticsearch.yaml reads ES_DATA_STREAM",  # issue 17
-    "pipelines/fluentd-driver-to-elasticsearch.yaml reads ES_URL",  # issue 17
-    "pipelines/fluentd-driver-to-elasticsearch.yaml reads FORWARD_LISTEN",  # issue 17
-    "pipelines/gelf-driver-to-elasticsearch.yaml reads ES_DATA_STREAM",  # issue 17
-    "pipelines/gelf-driver-to-elasticsearch.yaml reads ES_URL",  # issue 17
-    "pipelines/gelf-driver-to-elasticsearch.yaml reads GELF_TCP",  # issue 17
-    "pipelines/gelf-driver-to-elasticsearch.yaml reads GELF_UDP",  # issue 17
-    "pipelines/json-file-to-elasticsearch.yaml reads DOCKER_ROOT",  # issue 17
-    "pipelines/json-file-to-elasticsearch.yaml reads ES_DATA_STREAM",  # issue 17
-    "pipelines/json-file-to-elasticsearch.yaml reads ES_URL",  # issue 17
-    "pipelines/json-file-to-graylog.yaml reads DOCKER_ROOT",  # issue 17
-    "pipelines/json-file-to-graylog.yaml reads GRAYLOG_GELF",  # issue 17
-}
+KNOWN_ENV_VIOLATIONS: set[str] = set()
 
 
 def test_every_environment_variable_the_collector_reads_is_named_collector():
