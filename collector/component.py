@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collector.acks import InFlight, release
 from collector.buffers import BufferConfig
@@ -62,6 +63,39 @@ class ServerTls(ComponentConfig):
             ctx.load_verify_locations(self.client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+class ClientTls(ComponentConfig):
+    """TLS of a client (the elasticsearch and gelf sinks): one shape for both."""
+
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify the server's certificate; default: the system's."
+    )
+    cert_file: str | None = Field(
+        None, description="Client certificate (PEM), when the server asks for one (mutual TLS)."
+    )
+    key_file: str | None = Field(None, description="Private key of `cert_file`.")
+    verify: bool = Field(True, description="Verify the server's certificate and its name (turn off only for tests).")
+    server_name: str | None = Field(None, description="Name expected in the server's certificate; default: the host's.")
+    fingerprint: str | None = Field(
+        None,
+        description="Pin the server certificate's SHA-256 fingerprint (hex, colons allowed): that certificate is "
+        "accepted, any other refused, whatever signed it (for self-signed certificates).",
+    )
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        digits = v.replace(":", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError("expected a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+        return digits
+
+    def fingerprint_matches(self, der: bytes | None) -> bool:
+        """Whether the server's certificate (DER) is the pinned one (always, when none is pinned)."""
+        return self.fingerprint is None or (der is not None and hashlib.sha256(der).hexdigest() == self.fingerprint)
 
 
 class TransformConfig(ComponentConfig):

@@ -144,9 +144,6 @@ KNOWN_VIOLATIONS = {
     # listen: a list of URLs everywhere (tcp://, udp://, tls://, unix://)
     "source fluent_forward: listen is str, not a list of URLs",  # issue 17
     "pipeline: api.listen is str, not a list of URLs",  # issue 17
-    # tls: one client shape (the sinks)
-    "sink elasticsearch: tls (client) has no server_name, which another client tls has",  # issue 17
-    "sink gelf: tls (client) has no fingerprint, which another client tls has",  # issue 17
     # secrets are secret strings
     # fsync: always|interval|never, as the disk buffer's
     # docker_root: declared once (it is repeated on the source and the transform)

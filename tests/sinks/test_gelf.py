@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -309,6 +310,32 @@ def test_tcp_and_tls_decoded_by_go_gelf(tmp_path):
         assert sorted(m["_log_offset"] for m in got) == sorted(e["log"]["offset"] for e in events)
         assert {m["host"] for m in got} == {"node-1"}
         assert next(m for m in got if m["_log_offset"] == 99900)["short_message"] == "x" * 300_000
+
+
+def test_tls_fingerprint_pins_the_certificate(tmp_path):
+    """The one client `tls` shape (issue 17): the Elasticsearch sink's `fingerprint` works here too.
+    A pinned certificate is accepted without a CA (self-signed); any other is refused, retried and
+    finally set aside, never written to."""
+    import ssl
+
+    cert, key = make_cert(tmp_path)
+    der = ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
+    right = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    with GelfReader(udp=False, tcp=True, tls=(cert, key)) as peer:
+        h = Harness(tmp_path / "right", address=f"gelf+tls://{peer.tcp}", tls={"fingerprint": right})
+        b, done = batch([event(i) for i in range(5)])
+        h.run([b])
+        assert len(peer.wait_for(5)) == 5 and done == [1]
+        wrong = "00" * 32
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 0.5}
+        h = Harness(tmp_path / "wrong", address=f"gelf+tls://{peer.tcp}", tls={"fingerprint": wrong}, retry=retry)
+        b, done = batch([event(100 + i) for i in range(5)])
+        h.run([b])
+        assert done == [1] and len(h.deadletters()) == 5  # set aside, not sent
+        assert h.value("collector_errors_total", reason="tls_fingerprint_mismatch") >= 1
+        assert sorted(m["_log_offset"] for m in peer.messages()) == [0, 100, 200, 300, 400]
+    with pytest.raises(ValueError, match="64 hex digits"):
+        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tls://h:1", tls={"fingerprint": "abc"})
 
 
 def test_tcp_endpoint_down_keeps_the_place_and_acks_only_what_was_written(tmp_path, caplog):

@@ -69,29 +69,19 @@ from collector.codecs.gelf import (
     max_payload,
     split_chunks,
 )
-from collector.component import ComponentConfig, Sink, SinkConfig
+from collector.component import ClientTls, ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
 from collector.sinks.gelf.tcp import GaveUpError, TcpConnection
 
-__all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "GelfSinkTlsConfig", "truncate_to_fit"]
+__all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "truncate_to_fit"]
 
 log = logging.getLogger("collector.sinks.gelf")
 
 UDP_UNHEALTHY_SECONDS = 30.0  # a UDP sink reports failing this long after a send error
 SCHEMES = {"gelf+udp": "udp", "gelf+tcp": "tcp", "gelf+tls": "tls", "udp": "udp", "tcp": "tcp", "tls": "tls"}
-
-
-class GelfSinkTlsConfig(ComponentConfig):
-    ca_file: str | None = Field(
-        None, description="CA bundle (PEM) to verify Graylog's certificate; default: the system's."
-    )
-    cert_file: str | None = Field(None, description="Client certificate (PEM), when Graylog asks for one.")
-    key_file: str | None = Field(None, description="Private key of `cert_file`.")
-    verify: bool = Field(True, description="Verify the server certificate and its name (turn off only for tests).")
-    server_name: str | None = Field(None, description="Name expected in the certificate; default: the address's host.")
 
 
 class GelfSinkBatch(ComponentConfig):
@@ -135,7 +125,7 @@ class GelfSinkConfig(SinkConfig):
         description="(TCP) longest message sent: Graylog's GELF TCP input drops longer frames (its "
         "`max_message_size`, 2 MiB by default); raise both together.",
     )
-    tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
+    tls: ClientTls = Field(default_factory=ClientTls, description="(gelf+tls) certificates, verification.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
     retry: RetryConfig = Field(
         default_factory=RetryConfig,
