@@ -304,8 +304,7 @@ def _with_config(
     meta: dict[str, Any] = {
         "type": "docker_metadata",
         "inputs": ["logs"],
-        "source": args.metadata,
-        "docker_root": str(out),
+        "metadata": args.metadata,
     }
     if host:
         meta["docker_host"] = host
@@ -317,6 +316,7 @@ def _with_config(
         sink["inputs"] = ["ml"]
     cfg = {
         "data_dir": state,
+        "docker_root": str(out),
         "sources": {"logs": source},
         "transforms": transforms,
         "sinks": {"es": sink},
@@ -340,7 +340,7 @@ def proc_sample(pid: int) -> tuple[float, float, int]:
 def tail_command(out: Path, output: str, state: str, *extra: str) -> list[str]:
     """``collector tail`` of the generated files under ``out`` into ``output``."""
     glob = str(out / "containers" / "*" / "*-json.log")
-    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--path", glob]
+    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--paths", glob]
     return [*head, "--output", output, "--data-dir", state, *extra]
 
 

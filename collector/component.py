@@ -123,6 +123,7 @@ class Context:
     checkpoints: CheckpointStore
     deadletter: DeadLetter
     once: bool = False
+    docker_root: str = "/var/lib/docker"  # the pipeline's (config.PipelineConfig.docker_root)
     hostname: str = field(default_factory=socket.gethostname)
     _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -131,12 +132,14 @@ class Context:
         self,
         source: MetadataSource = "auto",
         docker_host: str | None = None,
-        docker_root: str = "/var/lib/docker",
+        docker_root: str | None = None,
         options: MetadataOptions | None = None,
     ) -> DockerMetadata:
-        """The shared metadata cache for these settings (one API client per Docker host)."""
+        """The shared metadata cache for these settings (one API client per Docker host); the
+        pipeline's ``docker_root`` unless another is given."""
         from collector.docker_api import DockerMetadata  # noqa: PLC0415
 
+        docker_root = docker_root or self.docker_root
         key = (source, docker_host, docker_root, options)
         meta = self._docker.get(key)
         if meta is None:

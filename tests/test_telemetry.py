@@ -132,7 +132,7 @@ def test_bad_lines_count_as_dead_letters_and_errors_by_reason(tmp_path):
     state = tmp_path / "state"
     col = Collector(
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(state),
@@ -159,7 +159,7 @@ def test_an_api_address_that_cannot_be_used_is_a_usage_error(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         r = run_cli(
-            "tail", "--path", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
+            "tail", "--paths", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
         )
     assert r.returncode == 2, r.stderr
     assert f"the API cannot listen on 127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr

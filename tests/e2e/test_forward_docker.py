@@ -57,7 +57,7 @@ def collector(tmp_path: Path, docker: Any) -> Iterator[Running]:
         "data_dir": str(tmp_path / "state"),
         "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0"}},
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["fwd"], "source": "api", "docker_host": docker.host}
+            "meta": {"type": "docker_metadata", "inputs": ["fwd"], "metadata": "api", "docker_host": docker.host}
         },
         "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out)}},
     }

@@ -226,6 +226,7 @@ def test_json_file_containers_choose_their_mode_by_label_and_reads_split_traces(
     out = tmp_path / "out.ndjson"
     cfg = {
         "data_dir": str(tmp_path / "state"),
+        "docker_root": str(root),
         "sources": {
             "files": {
                 "type": "docker_json_file",
@@ -234,7 +235,7 @@ def test_json_file_containers_choose_their_mode_by_label_and_reads_split_traces(
             }
         },
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["files"], "source": "files", "docker_root": str(root)},
+            "meta": {"type": "docker_metadata", "inputs": ["files"], "metadata": "files"},
             "ml": {"type": "multiline", "inputs": ["meta"], "mode": "none"},
         },
         "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": "never"}},

@@ -72,7 +72,6 @@ class DockerJsonFileConfig(ComponentConfig):
         None,
         description="Glob patterns of json-file logs; default `<docker_root>/containers/*/*-json.log`.",
     )
-    docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for the default paths).")
     read_from: Literal["beginning", "end"] = Field(
         "beginning", description="Where to start in a file seen for the first time."
     )
@@ -116,8 +115,9 @@ class DockerJsonFileConfig(ComponentConfig):
             raise ValueError("give at least one glob, or leave `paths` out for the default")
         return v
 
-    def globs(self) -> list[str]:
-        return self.paths or [os.path.join(self.docker_root, "containers", "*", "*-json.log")]
+    def globs(self, docker_root: str = DEFAULT_DOCKER_ROOT) -> list[str]:
+        """``paths``, or the default under the pipeline's ``docker_root``."""
+        return self.paths or [os.path.join(docker_root, "containers", "*", "*-json.log")]
 
 
 class LogStream:
@@ -175,12 +175,12 @@ class DockerJsonFileSource(Source):
         # each glob with its watched directory, resolved (None: symlinks may lead anywhere)
         self._globs = [
             (g, None if config.follow_symlinks_outside_root else os.path.realpath(_static_root(g)))
-            for g in config.globs()
+            for g in config.globs(ctx.docker_root)
         ]
         self._root: dict[str, str | None] = {}  # live path -> the directory it must stay in
         self._skipped: dict[str, tuple[int, int]] = {}  # path -> (dev, ino) of what was refused
         self._warn = RateLimitedLog(log)
-        self.own_id = "" if config.include_own_container else own_container_id(config.docker_root)
+        self.own_id = "" if config.include_own_container else own_container_id(ctx.docker_root)
         self.bytes_read = 0  # for the progress of a --once run
         ctx.telemetry.register_lag(name, self.lag)
 
@@ -459,31 +459,35 @@ class DockerJsonFileSource(Source):
         if self.streams:
             log.info("%s: following %d file(s)", self.name, len(self.streams))
             return
-        for pattern in self.config.globs():
+        for pattern in self.config.globs(self.ctx.docker_root):
             root = _static_root(pattern)
             if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
                 self._error("unreadable_directory")
                 log.error(
                     "%s: cannot read %s as uid %d: Docker keeps it for root. Run as root (in a container: "
-                    "--user 0 --cap-drop ALL), or give --path files you can read",
+                    "--user 0 --cap-drop ALL), or give --paths files you can read",
                     self.name,
                     root,
                     os.geteuid(),
                 )
                 return
-        roots = [_static_root(p) for p in self.config.globs()]
+        roots = [_static_root(p) for p in self.config.globs(self.ctx.docker_root)]
         if not any(os.path.isdir(r) for r in roots):
             # the first command on a host without Docker (or with its data root elsewhere)
             socket = api_socket_missing(None)
             log.warning(
                 "%s: no Docker data root here (%s does not exist)%s. Give --docker-root DIR (Docker's data root), "
-                "--path GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
+                "--paths GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
                 self.name,
                 " ".join(roots),
                 f" and no Docker socket at {socket}" if socket else "",
             )
             return
-        log.warning("%s: no file matches %s yet; waiting for containers", self.name, " ".join(self.config.globs()))
+        log.warning(
+            "%s: no file matches %s yet; waiting for containers",
+            self.name,
+            " ".join(self.config.globs(self.ctx.docker_root)),
+        )
 
     def _start_watching(self) -> None:
         try:
@@ -507,7 +511,7 @@ class DockerJsonFileSource(Source):
                 paths = (getattr(event, "src_path", ""), getattr(event, "dest_path", ""))
                 loop.call_soon_threadsafe(source._structure_changed, paths)
 
-        roots = {_static_root(p) for p in self.config.globs()}
+        roots = {_static_root(p) for p in self.config.globs(self.ctx.docker_root)}
         obs = Observer()
         kinds = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent]
         for root in sorted(roots):
