@@ -170,7 +170,7 @@ def sink_config(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """A file on /dev/shm, or (--bulk) the elasticsearch sink into bench/bulk_sink.py."""
     global BULK
     if not args.bulk:
-        return {"type": "file", "inputs": ["fwd"], "path": str(out), "fsync": False}
+        return {"type": "file", "inputs": ["fwd"], "path": str(out), "fsync": "never"}
     from run import BulkSink  # bench/run.py
 
     BULK = BulkSink(Path(__file__).resolve().parent / "bulk_sink.py")

@@ -137,7 +137,7 @@ async def bench_in(args: argparse.Namespace) -> dict[str, Any]:
     source: dict[str, Any] = {"type": "gelf", "listen": [f"{args.transport}://127.0.0.1:0"]}
     if args.rcvbuf is not None:
         source["receive_buffer_bytes"] = args.rcvbuf
-    sink: dict[str, Any] = {"type": "file", "inputs": ["gelf"], "path": str(tmp / "out.ndjson"), "fsync": False}
+    sink: dict[str, Any] = {"type": "file", "inputs": ["gelf"], "path": str(tmp / "out.ndjson"), "fsync": "never"}
     recv = None
     if args.sink != "file":  # relay: gelf in -> gelf out to a counting receiver process
         recv = await asyncio.create_subprocess_exec(

@@ -314,19 +314,19 @@ def _with_config(
     meta: dict[str, Any] = {
         "type": "docker_metadata",
         "inputs": ["logs"],
-        "source": args.metadata,
-        "docker_root": str(out),
+        "metadata": args.metadata,
     }
     if host:
         meta["docker_host"] = host
     transforms: dict[str, Any] = {"meta": meta}
     if target.startswith("file:"):
-        sink = {"type": "file", "inputs": ["meta"], "path": target[5:], "fsync": False}
+        sink = {"type": "file", "inputs": ["meta"], "path": target[5:], "fsync": "never"}
     if args.multiline:
         transforms["ml"] = {"type": "multiline", "inputs": ["meta"], "mode": args.multiline}
         sink["inputs"] = ["ml"]
     cfg = {
         "data_dir": state,
+        "docker_root": str(out),
         "sources": {"logs": source},
         "transforms": transforms,
         "sinks": {"es": sink},
@@ -352,7 +352,7 @@ def tail_command(out: Path, output: str, state: str, *extra: str, fmt: str = "js
     glob = str(out / "containers" / "*" / "*-json.log")
     if fmt == "cri":
         glob = str(out / "pods" / "*" / "*" / "*.log")
-    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--format", fmt, "--path", glob]
+    head = [sys.executable, "-m", "collector", "--log-level", "warning", "tail", "--format", fmt, "--paths", glob]
     return [*head, "--output", output, "--data-dir", state, *extra]
 
 
@@ -467,7 +467,7 @@ def main() -> None:
         dest="config_extra",
         action="append",
         metavar="KEY=VALUE",
-        help="sink option (--set concurrency=4) or source option (--set source.read_chunk_bytes=1048576)",
+        help="sink option (--set concurrency=4) or source option (--set source.read_bytes=1048576)",
     )
     t.add_argument(
         "--multiline",

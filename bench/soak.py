@@ -422,9 +422,9 @@ def pipeline(state: Path, root: Path, docker_host: str, es_url: str, target: str
                 "type": "docker_metadata",
                 "inputs": ["containers"],
                 "docker_host": docker_host,
-                "docker_root": str(root),
             }
         },
+        "docker_root": str(root),
         "sinks": {
             "es": {
                 "type": "elasticsearch",

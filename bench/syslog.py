@@ -91,7 +91,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "listen": [f"{args.transport}://127.0.0.1:0"],
         "resolve_containers": False,
     }
-    sink = {"type": "file", "inputs": ["syslog"], "path": str(tmp / "out.ndjson"), "fsync": False}
+    sink = {"type": "file", "inputs": ["syslog"], "path": str(tmp / "out.ndjson"), "fsync": "never"}
     cfg = validate_config({"data_dir": str(tmp / "state"), "sources": {"syslog": source}, "sinks": {"out": sink}})
     ready: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     task = asyncio.create_task(run_pipeline(cfg, install_signals=False, on_ready=ready.set_result))

@@ -539,7 +539,14 @@ async def run_pipeline(
     checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
     checkpoints.open()
     deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
-    ctx = Context(data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once)
+    ctx = Context(
+        data_dir=data_dir,
+        telemetry=telemetry,
+        checkpoints=checkpoints,
+        deadletter=deadletter,
+        once=once,
+        docker_root=config.docker_root,
+    )
     loop = asyncio.get_running_loop()
     pipeline: Pipeline | None = None
     signals = 0

@@ -1,11 +1,11 @@
 """The command line: argument parsing only; everything else lives in the library.
 
-    collector tail [--tag A] [--path GLOB]... [--output SPEC] [--once]
+    collector tail [--tag A] [--paths GLOB]... [--output SPEC] [--once]
     collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--syslog udp://127.0.0.1:5514]
                       [--output SPEC]
     collector run -c pipeline.yaml [--once] [--data-dir DIR]
     collector validate -c pipeline.yaml...
-    collector setup --es URL | -c pipeline.yaml [--kibana URL] [--dry-run]
+    collector setup --hosts URL | -c pipeline.yaml [--kibana URL] [--dry-run]
     collector health [--url http://127.0.0.1:8686]
     collector top [--url http://127.0.0.1:8686] [--once]
     collector status [--data-dir DIR]
@@ -73,29 +73,22 @@ def output_sink(spec: str, inputs: list[str]) -> dict[str, Any]:
 def tail_config(args: argparse.Namespace) -> dict[str, Any]:
     if args.format == "cri":
         return cri_tail_config(args)
-    root = args.docker_root
-    paths = args.path or [os.path.join(root, "containers", "*", "*-json.log")]
     cfg: dict[str, Any] = {
         "data_dir": args.data_dir or default_data_dir(),
-        "sources": {
-            "containers": {
-                "type": "docker_json_file",
-                "paths": paths,
-                "docker_root": root,
-                "read_from": args.read_from,
-            },
-        },
+        "docker_root": args.docker_root,
+        "sources": {"containers": {"type": "docker_json_file", "read_from": args.read_from}},
         "transforms": {
             "meta": {
                 "type": "docker_metadata",
                 "inputs": ["containers"],
-                "docker_root": root,
-                "source": args.metadata,
+                "metadata": args.metadata,
                 "tag": args.tag,
             },
         },
         "sinks": {"out": output_sink(args.output, ["meta"])},
     }
+    if args.paths:
+        cfg["sources"]["containers"]["paths"] = args.paths
     if args.docker_host:
         cfg["transforms"]["meta"]["docker_host"] = args.docker_host
     if args.tag is None:
@@ -117,7 +110,7 @@ def cri_tail_config(args: argparse.Namespace) -> dict[str, Any]:
             "containers": {
                 "type": "docker_json_file",
                 "format": "cri",
-                "paths": args.path or ["/var/log/pods/*/*/*.log"],
+                "paths": args.paths or ["/var/log/pods/*/*/*.log"],
                 "read_from": args.read_from,
             },
         },
@@ -138,14 +131,10 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
         sources[f"syslog{i or ''}"] = {"type": "syslog", "listen": [addr]}
     if not sources:
         raise ValueError("give --forward HOST:PORT, --gelf udp://HOST:PORT and/or --syslog udp://HOST:PORT")
-    meta = {
-        "type": "docker_metadata",
-        "inputs": list(sources),
-        "source": args.metadata,
-        "docker_root": args.docker_root,
-    }
+    meta = {"type": "docker_metadata", "inputs": list(sources), "metadata": args.metadata}
     cfg: dict[str, Any] = {
         "data_dir": args.data_dir or default_data_dir(),
+        "docker_root": args.docker_root,
         "sources": sources,
         "transforms": {"meta": meta},
         "sinks": {"out": output_sink(args.output, ["meta"])},
@@ -233,12 +222,12 @@ def _sub(
 
 # the keys tail_config/receive_config fill, and the flag that fills each: errors name the flag
 FLAG_OF_KEY = (
-    (r"sources\.containers\.paths(\.\d+)?", "--path"),
-    (r"sources\.containers\.read_from", "--from"),
+    (r"sources\.containers\.paths(\.\d+)?", "--paths"),
+    (r"sources\.containers\.read_from", "--read-from"),
     (r"sources\.containers\.format", "--format"),
-    (r"(sources\.containers|transforms\.meta)\.docker_root", "--docker-root"),
+    (r"docker_root", "--docker-root"),
     (r"transforms\.meta\.tag", "--tag"),
-    (r"transforms\.meta\.source", "--metadata"),
+    (r"transforms\.meta\.metadata", "--metadata"),
     (r"transforms\.meta\.docker_host", "--docker-host"),
     (r"sources\.forward\d*\.listen", "--forward"),
     (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
@@ -336,11 +325,11 @@ def parser() -> argparse.ArgumentParser:
         "file or to Elasticsearch must ship (see --data-dir).",
     )
     t.add_argument(
-        "--path",
+        "--paths",
         action="append",
         metavar="GLOB",
         help="logs to follow, instead of every container's (repeatable; default: "
-        "DOCKER_ROOT/containers/*/*-json.log, or /var/log/pods/*/*/*.log with --format cri)",
+        "<docker-root>/containers/*/*-json.log, or /var/log/pods/*/*/*.log with --format cri)",
     )
     t.add_argument(
         "--format",
@@ -356,8 +345,7 @@ def parser() -> argparse.ArgumentParser:
         "{{.ImageName}}, {{.FullID}} (default: {{.ID}})",
     )
     t.add_argument(
-        "--from",
-        dest="read_from",
+        "--read-from",
         choices=("beginning", "end"),
         default="beginning",
         help="where to start in a file seen for the first time by this output",
@@ -435,13 +423,18 @@ def parser() -> argparse.ArgumentParser:
         "  1  the engine or Kibana refused or could not be reached\n  2  bad usage",
     )
     where = s.add_mutually_exclusive_group(required=True)
-    where.add_argument("--es", metavar="URL", help="Elasticsearch/OpenSearch URL")
+    where.add_argument(
+        "--hosts",
+        action="append",
+        metavar="URL",
+        help="Elasticsearch/OpenSearch URL (repeatable: the sink's `hosts`)",
+    )
     where.add_argument(
         "-c",
         "--config",
         metavar="FILE",
         help="a pipeline file: set up what each of its elasticsearch sinks writes to, with its hosts, "
-        "credentials and TLS (then --data-stream, --user, --password, --api-key, --ca-certs and --insecure "
+        "credentials and TLS (then --data-stream, --user, --password, --api-key, --ca-file and --verify "
         "are not used)",
     )
     s.add_argument("--kibana", metavar="URL", help="also import the dashboards into this Kibana")
@@ -462,8 +455,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--api-key", default=os.environ.get("COLLECTOR_ES_API_KEY"), help="API key (default: $COLLECTOR_ES_API_KEY)"
     )
-    s.add_argument("--ca-certs", metavar="FILE", help="CA bundle for https (default: the system's)")
-    s.add_argument("--insecure", action="store_true", help="do not verify TLS certificates")
+    s.add_argument("--ca-file", metavar="FILE", help="CA bundle for https (default: the system's)")
+    s.add_argument(
+        "--verify",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="verify TLS certificates (--no-verify: do not, for tests only)",
+    )
 
     h = _sub(
         sub,

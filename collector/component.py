@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from prometheus_client import Counter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collector.acks import InFlight, release
 from collector.buffers import BufferConfig, BufferReader
@@ -65,6 +66,39 @@ class ServerTls(ComponentConfig):
             ctx.load_verify_locations(self.client_ca_file)
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
+
+
+class ClientTls(ComponentConfig):
+    """TLS of a client (the elasticsearch and gelf sinks): one shape for both."""
+
+    ca_file: str | None = Field(
+        None, description="CA bundle (PEM) to verify the server's certificate; default: the system's."
+    )
+    cert_file: str | None = Field(
+        None, description="Client certificate (PEM), when the server asks for one (mutual TLS)."
+    )
+    key_file: str | None = Field(None, description="Private key of `cert_file`.")
+    verify: bool = Field(True, description="Verify the server's certificate and its name (turn off only for tests).")
+    server_name: str | None = Field(None, description="Name expected in the server's certificate; default: the host's.")
+    fingerprint: str | None = Field(
+        None,
+        description="Pin the server certificate's SHA-256 fingerprint (hex, colons allowed): that certificate is "
+        "accepted, any other refused, whatever signed it (for self-signed certificates).",
+    )
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _hex(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        digits = v.replace(":", "").lower()
+        if len(digits) != 64 or any(c not in "0123456789abcdef" for c in digits):
+            raise ValueError("expected a SHA-256 fingerprint: 64 hex digits (colons allowed)")
+        return digits
+
+    def fingerprint_matches(self, der: bytes | None) -> bool:
+        """Whether the server's certificate (DER) is the pinned one (always, when none is pinned)."""
+        return self.fingerprint is None or (der is not None and hashlib.sha256(der).hexdigest() == self.fingerprint)
 
 
 class TransformConfig(ComponentConfig):
@@ -117,6 +151,7 @@ class Context:
     checkpoints: CheckpointStore
     deadletter: DeadLetter
     once: bool = False
+    docker_root: str = "/var/lib/docker"  # the pipeline's (config.PipelineConfig.docker_root)
     hostname: str = field(default_factory=socket.gethostname)
     _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -129,12 +164,14 @@ class Context:
         self,
         source: MetadataSource = "auto",
         docker_host: str | None = None,
-        docker_root: str = DEFAULT_DOCKER_ROOT,
+        docker_root: str | None = None,
         options: MetadataOptions | None = None,
     ) -> DockerMetadata:
-        """The shared metadata cache for these settings (one API client per Docker host)."""
+        """The shared metadata cache for these settings (one API client per Docker host); the
+        pipeline's ``docker_root`` unless another is given."""
         from collector.docker_api import DockerMetadata  # noqa: PLC0415
 
+        docker_root = docker_root or self.docker_root
         key = (source, docker_host, docker_root, options)
         meta = self._docker.get(key)
         if meta is None:

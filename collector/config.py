@@ -106,6 +106,11 @@ class PipelineConfig(BaseModel):
     sinks: dict[str, SinkConfigUnion] = Field(  # type: ignore[valid-type]
         min_length=1, description="Where they are delivered: name -> sink."
     )
+    docker_root: str = Field(
+        "/var/lib/docker",
+        description="Docker's data root, for every component of the pipeline: `docker_json_file` follows "
+        "`<docker_root>/containers/*/*-json.log` by default, `docker_metadata` reads config.v2.json there.",
+    )
     api: ApiConfig | None = Field(None, description="Serve /health and /metrics (off when absent).")
     shutdown_timeout: float = Field(30.0, gt=0, description="Seconds to drain on SIGTERM before giving up.")
     checkpoint_interval: float = Field(1.0, gt=0, description="Seconds between checkpoint writes.")

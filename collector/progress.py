@@ -178,7 +178,7 @@ def summarize(
         ends = [n for n, c in pipeline.config.sources.items() if getattr(c, "read_from", None) == "end"]
         if ends:
             text += (
-                f"; nothing to read: --from end (read_from: end, source {', '.join(ends)}) starts at the end of "
-                "files seen for the first time; --from beginning reads them whole"
+                f"; nothing to read: --read-from end (read_from: end, source {', '.join(ends)}) starts at the end of "
+                "files seen for the first time; --read-from beginning reads them whole"
             )
     return text, fields

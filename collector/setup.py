@@ -1,6 +1,6 @@
 """``collector setup``: install what the Elasticsearch sink needs, and the Kibana dashboards.
 
-    collector setup --es http://127.0.0.1:9200 [--kibana http://127.0.0.1:5601] [--dry-run]
+    collector setup --hosts http://127.0.0.1:9200 [--kibana http://127.0.0.1:5601] [--dry-run]
     collector setup -c pipeline.yaml [--kibana ...]     # what each elasticsearch sink writes to
 
 Installs, idempotently (a second run changes nothing and says so):
@@ -143,7 +143,7 @@ class Target:
 
 def targets(args: argparse.Namespace) -> list[Target]:
     """From ``-c pipeline.yaml`` (each elasticsearch sink: its hosts, credentials, TLS and target,
-    exactly what it will write to), or from ``--es`` and the flags."""
+    exactly what it will write to), or from ``--hosts`` and the flags."""
     if getattr(args, "config", None):
         from collector.config import ConfigError, load_config  # noqa: PLC0415
 
@@ -157,8 +157,8 @@ def targets(args: argparse.Namespace) -> list[Target]:
             raise ConfigError([f"{args.config}: no elasticsearch sink, so nothing to set up"])
         return list(out.values())
     auth = AuthConfig(user=args.user, password=args.password, api_key=args.api_key)
-    tls = TlsConfig(ca_file=args.ca_certs, verify=not args.insecure)
-    return [Target([args.es], auth, tls, args.data_stream, "%" in args.data_stream)]
+    tls = TlsConfig(ca_file=args.ca_file, verify=args.verify)
+    return [Target(list(args.hosts), auth, tls, args.data_stream, "%" in args.data_stream)]
 
 
 def run_setup(args: argparse.Namespace) -> int:

@@ -332,7 +332,7 @@ def file_pipeline(paths: list[str], out: Path, data_dir: Path, **source: Any) ->
     return {
         "data_dir": str(data_dir),
         "sources": {"files": {"type": "docker_json_file", "paths": paths, **source}},
-        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(out), "fsync": "never"}},
     }
 
 

@@ -141,7 +141,7 @@ def _kill_config(tmp_path, port):
         "data_dir": str(tmp_path / "state"),
         "sources": {"files": {"type": "docker_json_file", "paths": [str(logs / "*-json.log")]}},
         "transforms": {"keep": {"type": "filter", "inputs": ["files"], "drop": {"message": "^never$"}}},
-        "sinks": {"out": {"type": "file", "inputs": ["keep"], "path": str(tmp_path / "out.ndjson"), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["keep"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}},
         "api": {"listen": f"127.0.0.1:{port}"},
         "checkpoint_interval": 0.1,
         "shutdown_timeout": 5,

@@ -105,7 +105,7 @@ def test_a_pipeline_is_identified_by_where_its_records_go(tmp_path, monkeypatch)
     assert console[0].startswith("console-") and to_file[0].startswith("file-")
     assert to_file[1] == [{"type": "file", "path": str(tmp_path / "out.ndjson")}]
     # names, tuning, buffers and order do not make another pipeline
-    tuned = pipeline_identity(_sinks({"type": "file", "path": str(tmp_path / "out.ndjson"), "fsync": False}))
+    tuned = pipeline_identity(_sinks({"type": "file", "path": str(tmp_path / "out.ndjson"), "fsync": "never"}))
     assert tuned[0] == to_file[0]
     both = pipeline_identity(_sinks({"type": "console"}, {"type": "file", "path": "out.ndjson"}))
     assert both[0] == pipeline_identity(_sinks({"type": "file", "path": "out.ndjson"}, {"type": "console"}))[0]

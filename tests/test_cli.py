@@ -23,7 +23,7 @@ def test_tail_on_a_host_without_docker_says_what_is_missing_in_one_line(tmp_path
         )[0]
         assert f"{root}/containers does not exist" in line
         assert f"no Docker socket at {tmp_path}/no-docker.sock" in line
-        for hint in ("--docker-root", "--path", "DOCKER_HOST", "waiting"):
+        for hint in ("--docker-root", "--paths", "DOCKER_HOST", "waiting"):
             assert hint in line, line
         assert c.proc is not None and c.proc.poll() is None, "it waits for containers"
         # it then picks up a container that appears (what waiting promises)

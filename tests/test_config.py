@@ -68,8 +68,8 @@ def test_wrong_types_and_bad_values_say_where():
 
 
 def test_environment_variables_are_substituted(monkeypatch):
-    monkeypatch.setenv("OUT_FILE", "/tmp/env.ndjson")
-    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${OUT_FILE}'"))
+    monkeypatch.setenv("COLLECTOR_OUT_FILE", "/tmp/env.ndjson")
+    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${COLLECTOR_OUT_FILE}'"))
     assert cfg.sinks["out"].path == "/tmp/env.ndjson"
     cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${NOT_SET_ANYWHERE:-/tmp/d.ndjson}'"))
     assert cfg.sinks["out"].path == "/tmp/d.ndjson"

@@ -297,7 +297,7 @@ def kibana():
 
 
 def test_setup_installs_templates_and_imports_the_dashboards(search_engine, kibana):
-    r = run_cli("setup", "--es", search_engine.url, "--kibana", kibana.url)
+    r = run_cli("setup", "--hosts", search_engine.url, "--kibana", kibana.url)
     assert r.returncode == 0, r.stderr
     assert [i["filename"] for i in kibana.imports] == [f.name for f in FILES]
     assert sum(len(i["objects"]) for i in kibana.imports) == len(objects())
@@ -313,7 +313,7 @@ def test_setup_installs_templates_and_imports_the_dashboards(search_engine, kiba
 def test_a_kibana_refusal_fails_setup_with_the_reason(search_engine, refusal):
     k = FakeKibana(refuse=refusal)
     try:
-        r = run_cli("setup", "--es", search_engine.url, "--kibana", k.url)
+        r = run_cli("setup", "--hosts", search_engine.url, "--kibana", k.url)
     finally:
         k.close()
     assert r.returncode != 0
@@ -327,6 +327,6 @@ def test_an_unreachable_kibana_fails_setup(search_engine):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = run_cli("setup", "--es", search_engine.url, "--kibana", f"http://127.0.0.1:{port}")
+    r = run_cli("setup", "--hosts", search_engine.url, "--kibana", f"http://127.0.0.1:{port}")
     assert r.returncode != 0
     assert "cannot reach Kibana" in r.stderr

@@ -68,7 +68,7 @@ def three_sources(tmp_path: Path) -> Any:
             "gelf": {"type": "gelf", "listen": ["udp://127.0.0.1:0"]},
         },
         "transforms": {"parse": {"type": "parse", "inputs": ["files"]}},
-        "sinks": {"out": {"type": "file", "inputs": ["parse", "fwd", "gelf"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["parse", "fwd", "gelf"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg) as bg:
         yield bg, log, out

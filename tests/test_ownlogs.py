@@ -16,7 +16,7 @@ def workload(tmp_path):
     (logs / "a-json.log").write_bytes(docker_lines([f"m {i}" for i in range(30)]) + b"{bad\n")
     return [
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(tmp_path / "s"),

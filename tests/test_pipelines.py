@@ -8,6 +8,7 @@ by the forward, GELF, syslog, journald and multiline tests (tests/e2e, tests/sou
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -33,21 +34,7 @@ def collector_configs() -> list[Path]:
 
 CONFIGS = collector_configs()
 # the variables the configs read, unset so that what is checked is each file's own defaults
-CONFIG_VARS = (
-    "ES_URL",
-    "ES_DATA_STREAM",
-    "DOCKER_ROOT",
-    "COLLECTOR_DATA_DIR",
-    "COLLECTOR_API_LISTEN",
-    "OUT_FILE",
-    "COLLECTOR_ES_URL",
-    "COLLECTOR_ES_DATA_STREAM",
-    "COLLECTOR_DOCKER_ROOT",
-    "COLLECTOR_SYSLOG_UDP",
-    "COLLECTOR_SYSLOG_TCP",
-    "COLLECTOR_SYSLOG_SOCKET",
-    "COLLECTOR_MULTILINE_MODE",
-)
+CONFIG_VARS = frozenset(v for p in CONFIGS for v in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", p.read_text()))
 
 
 def validate(*paths: Path) -> tuple[int, str]:
@@ -105,10 +92,10 @@ def test_json_file_to_elasticsearch_end_to_end(docker, search_engine, es_target,
     a = docker.run(WRITER, name=f"pipe-a-{es_target[-6:]}")
     b = docker.run(WRITER, name=f"pipe-b-{es_target[-6:]}", labels={"com.docker.compose.project": "shop"})
     env = {
-        "DOCKER_ROOT": str(docker.root),
+        "COLLECTOR_DOCKER_ROOT": str(docker.root),
         "DOCKER_HOST": docker.host,
-        "ES_URL": search_engine.url,
-        "ES_DATA_STREAM": es_target,
+        "COLLECTOR_ES_URL": search_engine.url,
+        "COLLECTOR_ES_DATA_STREAM": es_target,
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
         "COLLECTOR_API_LISTEN": f"127.0.0.1:{free_port()}",
     }
@@ -141,11 +128,11 @@ def test_console_pipeline_end_to_end(docker, tmp_path):
     c = docker.run(WRITER, name=f"console-{os.urandom(3).hex()}")
     out = tmp_path / "out.ndjson"
     env = {
-        "DOCKER_ROOT": str(docker.root),
+        "COLLECTOR_DOCKER_ROOT": str(docker.root),
         "DOCKER_HOST": docker.host,
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
-        "OUT_FILE": str(out),
-        "READ_FROM": "beginning",
+        "COLLECTOR_OUT_FILE": str(out),
+        "COLLECTOR_READ_FROM": "beginning",
     }
     r = run_cli("run", "-c", str(REPO / "pipelines" / "console.yaml"), "--once", env=env)
     assert r.returncode == 0, r.stderr
@@ -161,4 +148,4 @@ def test_the_images_default_config_is_the_json_file_to_elasticsearch_pipeline():
     assert "COPY pipelines/json-file-to-elasticsearch.yaml /etc/collector/collector.yaml" in dockerfile
     cfg = yaml.safe_load((REPO / "pipelines" / "json-file-to-elasticsearch.yaml").read_text())
     assert cfg["api"]["listen"] == "${COLLECTOR_API_LISTEN:-127.0.0.1:8686}"  # for the HEALTHCHECK
-    assert cfg["sinks"]["elasticsearch"]["hosts"] == ["${ES_URL:-http://elasticsearch:9200}"]
+    assert cfg["sinks"]["elasticsearch"]["hosts"] == ["${COLLECTOR_ES_URL:-http://elasticsearch:9200}"]

@@ -33,7 +33,7 @@ def test_the_bar_in_a_terminal_and_the_summary_line(tmp_path):
     out = tmp_path / "out.ndjson"
     args = [
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(tmp_path / "s"),
@@ -66,7 +66,7 @@ def test_piped_there_is_no_bar_but_the_same_summary_line_and_a_second_run_says_n
     logs, size = backfill(tmp_path)
     out = tmp_path / "out.ndjson"
     state = tmp_path / "s"
-    args = ["tail", "--path", str(logs / "*-json.log"), "--data-dir", str(state), "-o", f"file:{out}", "--once"]
+    args = ["tail", "--paths", str(logs / "*-json.log"), "--data-dir", str(state), "-o", f"file:{out}", "--once"]
     r = run_cli(*args)
     assert r.returncode == 0, r.stderr
     assert "━" not in r.stderr and "\r" not in r.stderr and "\x1b[" not in r.stderr
@@ -88,7 +88,7 @@ def test_the_console_on_the_terminal_gets_no_bar(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     (logs / "a-json.log").write_bytes(docker_lines([f"shown {i}" for i in range(50)]))
-    args = ["tail", "--path", str(logs / "*-json.log"), "--data-dir", str(tmp_path / "s"), "--once"]
+    args = ["tail", "--paths", str(logs / "*-json.log"), "--data-dir", str(tmp_path / "s"), "--once"]
     with Terminal(tmp_path) as term:
         term.run(sys.executable, "-m", "collector", *args)
         assert term.exit_code() == 0, term.screen()
@@ -103,11 +103,11 @@ def test_a_first_run_from_the_end_says_why_it_read_nothing(tmp_path):
     (logs / "a-json.log").write_bytes(docker_lines([f"old {i}" for i in range(5)]))
     r = run_cli(
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(tmp_path / "s"),
-        "--from",
+        "--read-from",
         "end",
         "--once",
         "-o",
@@ -116,5 +116,7 @@ def test_a_first_run_from_the_end_says_why_it_read_nothing(tmp_path):
     assert r.returncode == 0, r.stderr
     line = summary(r.stderr)
     assert ": 0 records in, 0 out, 0 dead-lettered" in line, line
-    assert "nothing to read: --from end (read_from: end, source containers) starts at the end of files" in line, line
-    assert "--from beginning reads them whole" in line
+    assert "nothing to read: --read-from end (read_from: end, source containers) starts at the end of files" in line, (
+        line
+    )
+    assert "--read-from beginning reads them whole" in line

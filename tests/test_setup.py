@@ -34,7 +34,7 @@ def test_setup_of_a_pipeline_without_elasticsearch_is_a_configuration_error(tmp_
     cfg.write_text("sources: {f: {type: fluent_forward}}\nsinks: {o: {type: console, inputs: [f]}}\n")
     r = run_cli("setup", "-c", str(cfg))
     assert r.returncode == 2 and "no elasticsearch sink" in r.stderr, r.stderr
-    r = run_cli("setup", "-c", str(cfg), "--es", "http://127.0.0.1:9")
+    r = run_cli("setup", "-c", str(cfg), "--hosts", "http://127.0.0.1:9")
     assert r.returncode == 2 and "not allowed with argument" in r.stderr, r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("sources: {f: {type: fluent_forward, bogus: 1}}\nsinks: {o: {type: console, inputs: [f]}}\n")

@@ -132,7 +132,7 @@ def test_bad_lines_count_as_dead_letters_and_errors_by_reason(tmp_path):
     state = tmp_path / "state"
     col = Collector(
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(state),
@@ -159,7 +159,7 @@ def test_an_api_address_that_cannot_be_used_is_a_usage_error(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         r = run_cli(
-            "tail", "--path", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
+            "tail", "--paths", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
         )
     assert r.returncode == 2, r.stderr
     assert f"the API cannot listen on 127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr
@@ -177,8 +177,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
                 "type": "gelf",
                 "inputs": ["fwd"],
                 "address": f"gelf+tcp://127.0.0.1:{gelf}",
-                "backoff_initial": 0.2,
-                "backoff_max": 1.0,
+                "retry": {"initial_backoff": 0.2, "max_backoff": 1.0},
             }
         },
         "api": {"listen": "127.0.0.1:0"},

@@ -59,7 +59,7 @@ def test_top_redraws_in_place_in_a_terminal_until_ctrl_c(tmp_path):
     state = tmp_path / "state"
     col = Collector(
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(state),

@@ -1,14 +1,18 @@
 """Sink ``file``: NDJSON, one record per line, exactly the documents Elasticsearch would receive.
 
-Batches are acknowledged only once written and (with ``fsync: true``, the default) synced:
-everything that is available is written, then one fsync, then every batch of the round is
-acknowledged, so the cost of fsync is shared by all the records of a busy moment.
+Batches are acknowledged only once written and, as ``fsync`` says (the disk buffer's values),
+synced: ``always`` (the default): everything that is available is written, then one fsync, then
+every batch of the round is acknowledged, so the cost of fsync is shared by all the records of a
+busy moment; ``interval``: at most one fsync every ``fsync_interval`` seconds, batches acknowledged
+only after it; ``never``: acknowledged once written (survives a crash of the collector, not of the
+machine).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import time
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field
@@ -26,7 +30,13 @@ class FileConfig(SinkConfig):
     type: Literal["file"]
     destination_keys: ClassVar[tuple[str, ...] | None] = ("path",)
     path: str = Field(description="File to append NDJSON records to (created with its directory).")
-    fsync: bool = Field(True, description="fsync before acknowledging (what survives a power loss).")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "always",
+        description="`always`: fsync before acknowledging (what survives a power loss); `interval`: at most "
+        "every `fsync_interval` seconds, acknowledging only after it; `never`: acknowledge once written "
+        "(survives a collector crash, not a power loss).",
+    )
+    fsync_interval: float = Field(0.2, gt=0, le=10, description="(fsync: interval) seconds between fsyncs.")
 
 
 async def drain(
@@ -53,12 +63,13 @@ class FileSink(Sink):
     def __init__(self, name: str, config: FileConfig, ctx: Any) -> None:
         super().__init__(name, config, ctx)
 
-    def _write(self, fd: int, data: bytes) -> None:
+    @staticmethod
+    def _write(fd: int, data: bytes, sync: bool) -> None:
         view = memoryview(data)
         while view:
             n = os.write(fd, view)
             view = view[n:]
-        if self.config.fsync:
+        if sync:
             os.fsync(fd)
 
     async def run(self, inbox: BufferReader) -> None:
@@ -66,17 +77,42 @@ class FileSink(Sink):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         self.mark_reached(f"appending to {path}")
+        mode = self.config.fsync
+        every = self.config.fsync_interval
+        unsynced: list[Batch] = []  # (interval) written, acknowledged at the next fsync
+        last_sync = time.monotonic()
         try:
-            while (first := await inbox.recv()) is not None:
+            while True:
+                wait = None if not unsynced else max(0.0, last_sync + every - time.monotonic())
+                try:
+                    first = await asyncio.wait_for(inbox.recv(), wait)
+                except TimeoutError:  # nothing more came: sync what waits
+                    first = None
+                if first is None:
+                    if unsynced:
+                        await asyncio.to_thread(os.fsync, fd)
+                        last_sync = time.monotonic()
+                        for b in unsynced:
+                            release(b.ack)
+                        unsynced = []
+                        continue  # the inbox says again whether it has ended
+                    break
                 batches = await drain(inbox, first)
                 lines = [line for b in batches for line in b.encoded()]
                 lines.append(b"")
                 data = b"\n".join(lines)
                 del lines
+                sync = mode == "always" or (mode == "interval" and time.monotonic() - last_sync >= every)
                 with self.meter.request():
-                    await asyncio.to_thread(self._write, fd, data)
+                    await asyncio.to_thread(self._write, fd, data, sync)
                 self.meter.delivered(sum(len(b) for b in batches))
-                for b in batches:
+                if mode == "interval" and not sync:
+                    unsynced += batches
+                    continue
+                if sync:
+                    last_sync = time.monotonic()
+                for b in [*unsynced, *batches]:
                     release(b.ack)
+                unsynced = []
         finally:
             os.close(fd)

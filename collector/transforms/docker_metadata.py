@@ -42,7 +42,7 @@ log = logging.getLogger("collector.transforms.docker_metadata")
 
 class DockerMetadataConfig(TransformConfig):
     type: Literal["docker_metadata"]
-    source: Literal["auto", "api", "files"] = Field(
+    metadata: Literal["auto", "api", "files"] = Field(
         "auto",
         description="Where metadata comes from: the Docker API (`api`), the containers' "
         "config.v2.json (`files`), or the API when reachable and files otherwise (`auto`).",
@@ -50,7 +50,6 @@ class DockerMetadataConfig(TransformConfig):
     docker_host: str | None = Field(
         None, description="Docker API address; default $DOCKER_HOST or unix:///var/run/docker.sock."
     )
-    docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for config.v2.json).")
     tag: str | None = Field(
         None,
         description="Docker log tag template for the record's tag: `{{.Name}}`, `{{.ID}}`, "
@@ -133,7 +132,7 @@ class DockerMetadataTransform(Transform):
             max_labels_bytes=c.max_labels_bytes,
             cache_max_bytes=c.cache_max_bytes,
         )
-        self.docker = await self.ctx.docker(c.source, c.docker_host, c.docker_root, options)
+        self.docker = await self.ctx.docker(c.metadata, c.docker_host, self.ctx.docker_root, options)
 
     async def _lookup(self, cid: Any, n: int, container_dir: Path | None = None) -> ContainerInfo:
         """The container's metadata; records going out without any are counted and said."""

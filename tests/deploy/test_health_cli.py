@@ -14,7 +14,7 @@ def pipeline(tmp_path, listen: str) -> dict:
         "data_dir": str(tmp_path / "state"),
         "api": {"listen": listen},
         "sources": {"files": {"type": "docker_json_file", "paths": [str(log)]}},
-        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(tmp_path / "out.ndjson"), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}},
     }
 
 

@@ -52,7 +52,7 @@ def test_every_metric_the_dashboard_queries_is_one_a_running_collector_exports(c
     state = tmp_path / "state"
     col = Collector(
         "tail",
-        "--path",
+        "--paths",
         str(logs / "*-json.log"),
         "--data-dir",
         str(state),

@@ -129,7 +129,11 @@ def test_sidecar_ships_every_container_and_resumes_from_its_named_volume(
     names = {k: f"sc-{k}-{run}" for k in ("early", "errors", "late", "downtime")}
     volume = docker.client.volumes.create(f"collector-state-{run}")
     api_port = free_port()
-    env = {"ES_URL": search_engine.url, "ES_DATA_STREAM": es_target, "COLLECTOR_API_LISTEN": f"127.0.0.1:{api_port}"}
+    env = {
+        "COLLECTOR_ES_URL": search_engine.url,
+        "COLLECTOR_ES_DATA_STREAM": es_target,
+        "COLLECTOR_API_LISTEN": f"127.0.0.1:{api_port}",
+    }
     want = {
         names["early"]: expected(300, "early"),
         names["errors"]: expected(60, "errors"),

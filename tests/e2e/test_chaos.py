@@ -70,9 +70,9 @@ def pipeline(
                 "type": "docker_metadata",
                 "inputs": ["logs"],
                 "docker_host": docker_host,
-                "docker_root": str(root),
             }
         }
+        cfg["docker_root"] = str(root)
         cfg["sinks"]["es"]["inputs"] = ["meta"]
     p = tmp_path / "pipeline.yaml"
     p.write_text(yaml.safe_dump(cfg))

@@ -184,7 +184,7 @@ def test_collector_tail_format_cri(tmp_path):
     log.write_bytes(cri_line("one") + b"broken\n" + split_like_cri("two " * 5000))
     out = tmp_path / "out.ndjson"
     data = tmp_path / "data"
-    args = ["tail", "--format", "cri", "--path", str(root / "pods/*/*/*.log"), "--once", "--data-dir", str(data)]
+    args = ["tail", "--format", "cri", "--paths", str(root / "pods/*/*/*.log"), "--once", "--data-dir", str(data)]
     r = run_cli(*args, "--output", f"file:{out}")
     assert r.returncode == 0, r.stderr
     recs = read_ndjson(out)

@@ -57,7 +57,7 @@ def collector(tmp_path: Path, docker: Any) -> Iterator[Running]:
         "data_dir": str(tmp_path / "state"),
         "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0"}},
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["fwd"], "source": "api", "docker_host": docker.host}
+            "meta": {"type": "docker_metadata", "inputs": ["fwd"], "metadata": "api", "docker_host": docker.host}
         },
         "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out)}},
     }
@@ -154,8 +154,8 @@ def test_seed_scenario_with_the_pipeline_file(docker, tmp_path):
     port = free_port()
     out = tmp_path / "all.ndjson"
     env = {
-        "FORWARD_LISTEN": f"127.0.0.1:{port}",
-        "OUT_FILE": str(out),
+        "COLLECTOR_FORWARD_LISTEN": f"127.0.0.1:{port}",
+        "COLLECTOR_OUT_FILE": str(out),
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
         "DOCKER_HOST": docker.host,
     }

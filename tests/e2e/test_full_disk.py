@@ -70,7 +70,7 @@ def _pipeline(tmp_path, state, **extra):
     return {
         "data_dir": str(state),
         "sources": {"files": {"type": "docker_json_file", "paths": [str(tmp_path / "logs" / "*-json.log")]}},
-        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(tmp_path / "out.ndjson"), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["files"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}},
         "checkpoint_interval": 0.1,
         **extra,
     }

@@ -130,7 +130,7 @@ def round_trip_config(tmp_path: Path, port: int, peer: GelfReader, transport: st
     cfg: dict[str, Any] = {
         "data_dir": str(tmp_path / "state"),
         "sources": {"gelf": {"type": "gelf", "listen": [f"udp://127.0.0.1:{port}"]}},
-        "transforms": {"meta": {"type": "docker_metadata", "inputs": ["gelf"], "source": "api"}},
+        "transforms": {"meta": {"type": "docker_metadata", "inputs": ["gelf"], "metadata": "api"}},
         "sinks": {
             "graylog": {
                 "type": "gelf",

@@ -38,9 +38,9 @@ def test_docker_journald_driver_into_the_journal_and_out(docker, journal, tmp_pa
         "data_dir": str(tmp_path / "state"),
         "sources": {"journal": {"type": "journald", "directory": str(journal), "match": [f"CONTAINER_NAME={name}"]}},
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["journal"], "source": "api", "docker_host": docker.host}
+            "meta": {"type": "docker_metadata", "inputs": ["journal"], "metadata": "api", "docker_host": docker.host}
         },
-        "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": "never"}},
     }
     expected = [
         ("stderr" if i % 10 == 0 else "stdout", f"seq={i} on stderr" if i % 10 == 0 else f"seq={i} stdout  two spaces")

@@ -60,7 +60,7 @@ def test_kill_9_in_the_middle_of_a_trace(es8, es_target, tmp_path):
         cfg: dict[str, Any] = {
             "data_dir": str(tmp_path / "state"),
             "checkpoint_interval": 0.1,
-            "sources": {"logs": {"type": "docker_json_file", "paths": [str(log.path)], "read_chunk_bytes": 4096}},
+            "sources": {"logs": {"type": "docker_json_file", "paths": [str(log.path)], "read_bytes": 4096}},
             "transforms": {"ml": {"type": "multiline", "inputs": ["logs"], "mode": "java", "timeout": timeout}},
             "sinks": {
                 "es": {

@@ -58,9 +58,9 @@ def test_docker_syslog_driver_every_format_and_transport(docker, tmp_path):
             }
         },
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["syslog"], "source": "api", "docker_host": docker.host}
+            "meta": {"type": "docker_metadata", "inputs": ["syslog"], "metadata": "api", "docker_host": docker.host}
         },
-        "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg) as bp:
         src = bp.pipeline.sources["syslog"]

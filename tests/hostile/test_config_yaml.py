@@ -54,7 +54,7 @@ def test_an_unusable_data_dir_is_a_config_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     r = run_to_end(
-        ["tail", "--once", "--data-dir", str(blocker / "state"), "--path", str(tmp_path / "none" / "*.log")], tmp_path
+        ["tail", "--once", "--data-dir", str(blocker / "state"), "--paths", str(tmp_path / "none" / "*.log")], tmp_path
     )
     assert r.rc == 2, r.stderr
     r.assert_within_limits()

@@ -146,10 +146,10 @@ def test_symlinks_out_of_the_watched_directory(tmp_path: Path, follow: bool) -> 
         json.dumps(
             {
                 "data_dir": str(tmp_path / "state"),
+                "docker_root": str(root),
                 "sources": {
                     "c": {
                         "type": "docker_json_file",
-                        "docker_root": str(root),
                         **({"follow_symlinks_outside_root": True} if follow else {}),
                     }
                 },
@@ -157,7 +157,6 @@ def test_symlinks_out_of_the_watched_directory(tmp_path: Path, follow: bool) -> 
                     "m": {
                         "type": "docker_metadata",
                         "inputs": ["c"],
-                        "docker_root": str(root),
                         "docker_host": f"unix://{tmp_path}/no-docker.sock",
                     }
                 },

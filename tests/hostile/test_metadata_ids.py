@@ -60,6 +60,7 @@ def start(tmp_path: Path, root: Path) -> tuple[Running, int, int, Path]:
         json.dumps(
             {
                 "data_dir": str(tmp_path / "state"),
+                "docker_root": str(root),
                 "sources": {
                     "fwd": {"type": "fluent_forward", "listen": f"127.0.0.1:{fwd}"},
                     "gelf": {"type": "gelf", "listen": [f"udp://127.0.0.1:{gelf}"]},
@@ -69,11 +70,10 @@ def start(tmp_path: Path, root: Path) -> tuple[Running, int, int, Path]:
                     "meta": {
                         "type": "docker_metadata",
                         "inputs": ["fwd", "gelf"],
-                        "docker_root": str(root),
                         "docker_host": f"unix://{tmp_path}/no-docker.sock",
                     }
                 },
-                "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": False}},
+                "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(out), "fsync": "never"}},
             }
         )
     )

@@ -145,8 +145,9 @@ def test_templated_data_stream_per_compose_project(search_engine, tmp_path):
         )
     )
     (d / f"{CID}-json.log").write_bytes(docker_lines(["a", "b"]))
-    meta = {"m": {"type": "docker_metadata", "inputs": ["files"], "source": "files", "docker_root": str(tmp_path)}}
+    meta = {"m": {"type": "docker_metadata", "inputs": ["files"], "metadata": "files"}}
     cfg = es_pipeline(tmp_path, search_engine, "logs-docker-{{container.compose.project}}", transforms=meta)
+    cfg["docker_root"] = str(tmp_path)
     assert run_once(cfg) == 0
     assert search_engine.count(f"logs-docker-{project}") == 2
     (doc, _) = search_engine.search(f"logs-docker-{project}")
@@ -197,15 +198,15 @@ def test_unreachable_engine_message_names_the_host_and_never_the_password(tmp_pa
 
 
 def test_setup_installs_templates_idempotently(search_engine):
-    r1 = run_cli("setup", "--es", search_engine.url)
+    r1 = run_cli("setup", "--hosts", search_engine.url)
     assert r1.returncode == 0, r1.stderr
-    r2 = run_cli("setup", "--es", search_engine.url)
+    r2 = run_cli("setup", "--hosts", search_engine.url)
     assert r2.returncode == 0, r2.stderr
     assert r2.stdout.count(": unchanged") == 3, r2.stdout
     assert "neither ILM nor ISM" in r2.stdout  # the test engines have no lifecycle plugin: said plainly
     t = search_engine.request("GET", "/_index_template/logs-docker").body["index_templates"][0]["index_template"]
     assert t["index_patterns"] == ["logs-docker-*"] and "data_stream" in t
-    dry = run_cli("setup", "--es", search_engine.url, "--dry-run", "--replicas", "0")
+    dry = run_cli("setup", "--hosts", search_engine.url, "--dry-run", "--replicas", "0")
     assert dry.returncode == 0 and "would PUT /_index_template/logs-docker" in dry.stdout
     settings = search_engine.request("GET", "/_component_template/collector-docker-settings").body
     assert "number_of_replicas" not in orjson.dumps(settings).decode()  # dry run changed nothing

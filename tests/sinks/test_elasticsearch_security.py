@@ -134,3 +134,37 @@ def test_verify_off_is_possible_but_explicit(es8, es_target, tmp_path, certifica
     finally:
         proxy.close()
     assert es8.count(es_target) == 25
+
+
+def test_server_name_and_fingerprint_of_the_one_client_tls_shape(certificate):
+    """Issue 17: the sinks share one `tls` block; `server_name` (GELF's) is checked here too, and
+    `fingerprint` pins a self-signed certificate without a CA. The proxy answers 401 before any
+    engine is needed: an answer means the TLS handshake passed."""
+    import hashlib
+    import ssl
+
+    from collector.sinks.elasticsearch.client import EngineClient, EngineUnavailableError
+    from collector.sinks.elasticsearch.config import TlsConfig
+
+    cert, key = certificate
+    proxy = EngineProxy("http://127.0.0.1:9", tls=(cert, key), authorization="Bearer t")
+
+    def answers(**tls: object) -> bool:
+        client = EngineClient([proxy.url], tls=TlsConfig.model_validate(tls), timeout=10)
+        try:
+            client.request("GET", "/")
+            return True
+        except EngineUnavailableError:
+            return False
+        finally:
+            client.close()
+
+    pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.read_text())).hexdigest()
+    try:
+        assert answers(ca_file=str(cert))
+        assert answers(ca_file=str(cert), server_name="localhost")
+        assert not answers(ca_file=str(cert), server_name="elsewhere.example")
+        assert answers(fingerprint=pin)
+        assert not answers(fingerprint="00" * 32)
+    finally:
+        proxy.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import random
@@ -97,6 +98,40 @@ class Harness:
 
     def deadletters(self) -> list[dict[str, Any]]:
         return read_ndjson(self.data_dir / "dead-letter" / "out.ndjson")
+
+
+# -- rounds: batch: {max_events, max_bytes, timeout} ---------------------------------------------
+def test_a_round_is_bounded_by_batch_max_events_and_max_bytes_and_waits_batch_timeout(tmp_path):
+    """One `batch:` shape for every component (issue 17); max_round_events was this sink's own."""
+
+    async def rounds(**cfg: Any) -> list[int]:
+        h = Harness(tmp_path, address="gelf+udp://127.0.0.1:9", batch=cfg)
+        for i in range(10):
+            await h.inbox.send(batch([event(i * 10 + j) for j in range(10)])[0])
+        sizes = []
+        while (first := h.inbox.recv_nowait()) is not None:
+            sizes.append(sum(len(b) for b in await h.sink._round(h.inbox, first)))
+        return sizes
+
+    assert asyncio.run(rounds(max_events=25)) == [30, 30, 30, 10]
+    one = batch([event(j) for j in range(10)])[0].nbytes  # the same for each batch above
+    assert asyncio.run(rounds(max_bytes=3 * one)) == [30, 30, 30, 10]
+    assert asyncio.run(rounds(max_bytes=3 * one - 1, max_events=100)) == [30, 30, 30, 10]
+    assert asyncio.run(rounds(max_bytes=3 * one + 1, max_events=100)) == [40, 40, 20]
+
+    async def late(timeout: float) -> int:
+        h = Harness(tmp_path, address="gelf+udp://127.0.0.1:9", batch={"timeout": timeout, "max_events": 2})
+
+        async def later() -> None:  # runs once the round waits (with timeout 0 it never does)
+            await h.inbox.send(batch([event(1)])[0])
+
+        task = asyncio.create_task(later())
+        n = sum(len(b) for b in await h.sink._round(h.inbox, batch([event(0)])[0]))
+        await task
+        return n
+
+    assert asyncio.run(late(0)) == 1  # the default: what is waiting, at once
+    assert asyncio.run(late(60)) == 2  # the late batch joins the round, which is then full: no 60 s wait
 
 
 # -- the mapping ---------------------------------------------------------------------------------
@@ -277,9 +312,35 @@ def test_tcp_and_tls_decoded_by_go_gelf(tmp_path):
         assert next(m for m in got if m["_log_offset"] == 99900)["short_message"] == "x" * 300_000
 
 
+def test_tls_fingerprint_pins_the_certificate(tmp_path):
+    """The one client `tls` shape (issue 17): the Elasticsearch sink's `fingerprint` works here too.
+    A pinned certificate is accepted without a CA (self-signed); any other is refused, retried and
+    finally set aside, never written to."""
+    import ssl
+
+    cert, key = make_cert(tmp_path)
+    der = ssl.PEM_cert_to_DER_cert(Path(cert).read_text())
+    right = ":".join(f"{b:02X}" for b in hashlib.sha256(der).digest())
+    with GelfReader(udp=False, tcp=True, tls=(cert, key)) as peer:
+        h = Harness(tmp_path / "right", address=f"gelf+tls://{peer.tcp}", tls={"fingerprint": right})
+        b, done = batch([event(i) for i in range(5)])
+        h.run([b])
+        assert len(peer.wait_for(5)) == 5 and done == [1]
+        wrong = "00" * 32
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 0.5}
+        h = Harness(tmp_path / "wrong", address=f"gelf+tls://{peer.tcp}", tls={"fingerprint": wrong}, retry=retry)
+        b, done = batch([event(100 + i) for i in range(5)])
+        h.run([b])
+        assert done == [1] and len(h.deadletters()) == 5  # set aside, not sent
+        assert h.value("collector_errors_total", reason="tls_fingerprint_mismatch") >= 1
+        assert sorted(m["_log_offset"] for m in peer.messages()) == [0, 100, 200, 300, 400]
+    with pytest.raises(ValueError, match="64 hex digits"):
+        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tls://h:1", tls={"fingerprint": "abc"})
+
+
 def test_tcp_endpoint_down_keeps_the_place_and_acks_only_what_was_written(tmp_path, caplog):
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.1, backoff_max=0.5)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.1, "max_backoff": 0.5})
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(20)]
     seen: dict[str, Any] = {}
 
@@ -312,7 +373,9 @@ def test_tcp_peer_refusing_2000_connections_then_recovering_gets_every_record(tm
     """Hours of refused connections compressed into seconds: every record arrives once Graylog
     listens, and the log says so a few times, not once per attempt (it said it 2,000 times)."""
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.0005, backoff_max=0.002)
+    h = Harness(
+        tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.0005, "max_backoff": 0.002}
+    )
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(30)]
     seen: dict[str, Any] = {}
 
@@ -348,11 +411,9 @@ def test_tcp_retry_takes_the_shared_shape_and_max_elapsed_dead_letters(tmp_path)
     dl = h.deadletters()
     assert sorted(d["record"]["short_message"] for d in dl) == sorted(f"line {i}" for i in range(30))
     assert all(d["reason"].startswith("retries_exhausted: cannot connect") for d in dl)
-    # the older keys still work; both spellings at once are refused
-    old = GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_initial=2, backoff_max=9)
-    assert (old.policy.initial_backoff, old.policy.max_backoff) == (2, 9)
-    with pytest.raises(ValueError, match="not both"):
-        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_max=9, retry={"max_backoff": 9})
+    # the older spellings are gone (issue 17: one `retry:` shape for every component)
+    with pytest.raises(ValueError, match="backoff_max"):
+        GelfSinkConfig(type="gelf", inputs=["x"], address="gelf+tcp://h:1", backoff_max=9)
 
 
 def test_a_graylog_restart_loses_exactly_what_its_tcp_stack_took_and_it_never_read(tmp_path):
@@ -363,7 +424,7 @@ def test_a_graylog_restart_loses_exactly_what_its_tcp_stack_took_and_it_never_re
     checks the loss is exactly it, nothing more: what came before is there, and after the restart
     the sink reconnects and everything arrives."""
     port = free_port()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", backoff_initial=0.05, backoff_max=0.2)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry={"initial_backoff": 0.05, "max_backoff": 0.2})
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(65)]
     frame_bytes = {
         orjson.loads(doc)["short_message"]: len(doc) + 1 for b, _ in batches for doc in GelfEncoder("x").encode(b)
@@ -433,7 +494,7 @@ def test_a_graylog_that_stops_reading_gets_records_acknowledged_only_as_its_tcp_
         received.append(buf)
 
     threading.Thread(target=serve, daemon=True).start()
-    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", ack_timeout=1.0, backoff_initial=0.1)
+    h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", ack_timeout=1.0, retry={"initial_backoff": 0.1})
     batches = [batch([event(i * 500 + j, "m" * 200) for j in range(500)]) for i in range(40)]  # ~12 MB
     seen: dict[str, int] = {}
 

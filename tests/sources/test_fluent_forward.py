@@ -153,7 +153,7 @@ class Running:
 
 
 def pipeline_config(
-    tmp_path: Path, out: Path, source: dict[str, Any] | None = None, fsync: bool = True, **sink: Any
+    tmp_path: Path, out: Path, source: dict[str, Any] | None = None, fsync: str = "always", **sink: Any
 ) -> dict[str, Any]:
     return {
         "data_dir": str(tmp_path / "state"),
@@ -262,7 +262,7 @@ def test_no_ack_while_the_sink_cannot_write(tmp_path):
     got = bytearray()
     stop = threading.Event()
     try:
-        cfg = pipeline_config(tmp_path, fifo, fsync=False)
+        cfg = pipeline_config(tmp_path, fifo, fsync="never")
         with BackgroundPipeline(cfg) as bg:
             run = Running(bg, fifo)
             big = "y" * 300_000  # larger than the pipe: the sink's write blocks
@@ -292,7 +292,7 @@ def test_stopping_still_acks_what_was_in_flight(tmp_path):
     stop = threading.Event()
     reader = threading.Thread(target=_drain_fd, args=(rfd, got, stop), daemon=True)
     try:
-        with BackgroundPipeline(pipeline_config(tmp_path, fifo, fsync=False)) as bg:
+        with BackgroundPipeline(pipeline_config(tmp_path, fifo, fsync="never")) as bg:
             run = Running(bg, fifo)
             with Client(run.port) as c:
                 c.send(message("t", T0, {"message": "z" * 300_000}, {"chunk": "in-flight"}))
@@ -532,6 +532,16 @@ def test_shared_key_with_users(tmp_path):
                 assert c.handshake("k", user=user, password=pw) == ["PONG", False, "username/password mismatch", "", ""]
                 assert c.closed_by_server()
         assert [r["message"] for r in run.records()] == ["bob was here"]
+
+
+def test_the_shared_key_and_passwords_are_secret_strings_never_shown():
+    """Issue 17: secrets are secret strings everywhere (the Elasticsearch sink's already were)."""
+    users = [{"username": "alice", "password": "pw-alice"}]
+    cfg = FluentForwardConfig(type="fluent_forward", shared_key="the-k3y", users=users)
+    for shown in (repr(cfg), str(cfg), cfg.model_dump_json(), str(cfg.model_dump(mode="json"))):
+        assert "the-k3y" not in shown and "pw-alice" not in shown
+    assert cfg.shared_key is not None and cfg.shared_key.get_secret_value() == "the-k3y"
+    assert cfg.users[0].password.get_secret_value() == "pw-alice"
 
 
 def test_users_need_a_shared_key():
@@ -943,7 +953,7 @@ sinks:
     type: file
     inputs: [fwd]
     path: {fifo}
-    fsync: false
+    fsync: never
     buffer: {{max_events: 500, when_full: block}}
 """
     )
@@ -1006,7 +1016,7 @@ def test_a_second_signal_stops_at_once_even_with_a_blocked_sink(tmp_path):
 data_dir: {tmp_path / "state"}
 api: {{listen: "{api}"}}
 sources: {{fwd: {{type: fluent_forward, listen: "127.0.0.1:{port}"}}}}
-sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: false, buffer: {{max_events: 10}}}}}}
+sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: never, buffer: {{max_events: 10}}}}}}
 """
     )
     try:

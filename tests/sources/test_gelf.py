@@ -73,7 +73,7 @@ def gelf_collector(
         "data_dir": str(data_dir),
         "shutdown_timeout": 3,
         "sources": {"gelf": {"type": "gelf", "listen": [f"{t}://127.0.0.1:0" for t in listen], **source}},
-        "sinks": {"out": sink or {"type": "file", "inputs": ["gelf"], "path": str(out), "fsync": False}},
+        "sinks": {"out": sink or {"type": "file", "inputs": ["gelf"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg) as bp:
         yield Running(bp, out, data_dir)
@@ -191,6 +191,18 @@ def test_docker_driver_messages_become_container_records(tmp_path):
     assert db_batch.meta.get("container.id") == "d" * 64
     assert "container" not in web.events[0]  # per-container fields live in the shared part only
     assert len({*web.ids, *db_batch.ids}) == 6 and all(len(i) == 32 for i in web.ids)
+
+
+def test_batch_max_bytes_bounds_what_is_decoded_at_once(tmp_path):
+    """``batch: {max_events, max_bytes, timeout}`` (issue 17): max_bytes is how much is decoded
+    (decompressed) and emitted together; the rest waits for the next round."""
+    with gelf_collector(tmp_path, batch={"max_bytes": 1024}) as c:
+        items = [(orjson.dumps(docker_msg(i) | {"short_message": "x" * 300}), ("127.0.0.1", 1)) for i in range(10)]
+        batches, done = c.source._to_batches(items, udp=True)
+        assert 1 < done < len(items)  # stopped once past 1 KiB
+        assert sum(len(b) for b in batches) == done
+        batches, rest = c.source._to_batches(items, udp=True, start=done)
+        assert done < rest
 
 
 def test_chunked_udp_in_any_order_with_duplicates_and_every_compression(tmp_path):
@@ -438,9 +450,9 @@ def test_full_pipeline_drops_udp_visibly_and_pushes_back_on_tcp(tmp_path):
         "inputs": ["gelf"],
         "address": f"gelf+tcp://127.0.0.1:{dead_port}",
         "buffer": {"max_events": 50},
-        "backoff_max": 0.5,
+        "retry": {"max_backoff": 0.5},
     }
-    with gelf_collector(tmp_path, sink=sink, batch_max_events=20) as c:
+    with gelf_collector(tmp_path, sink=sink, batch={"max_events": 20}) as c:
         n = 3000
         for i in range(0, n, 100):
             c.udp(*(orjson.dumps({"host": "h", "short_message": f"u{j}"}) for j in range(i, i + 100)))

@@ -26,7 +26,9 @@ def journal_config(journal: Path, tmp_path: Path, match: list[str], **source: An
         "data_dir": str(tmp_path / "state"),
         "shutdown_timeout": 5,
         "sources": {"journal": {"type": "journald", "directory": str(journal), "match": match, **source}},
-        "sinks": {"out": {"type": "file", "inputs": ["journal"], "path": str(tmp_path / "out.ndjson"), "fsync": False}},
+        "sinks": {
+            "out": {"type": "file", "inputs": ["journal"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}
+        },
     }
 
 

@@ -61,7 +61,7 @@ def syslog_collector(tmp_path: Path, listen: list[str], **source: Any) -> Iterat
         "data_dir": str(data_dir),
         "shutdown_timeout": 3,
         "sources": {"syslog": {"type": "syslog", "listen": listen, **source}},
-        "sinks": {"out": {"type": "file", "inputs": ["syslog"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["syslog"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg) as bp:
         yield Running(bp, out, data_dir)

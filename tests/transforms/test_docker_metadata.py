@@ -45,9 +45,10 @@ class Setup:
             telemetry=self.telemetry,
             checkpoints=cp,
             deadletter=DeadLetter(tmp_path / "state", self.telemetry),
+            docker_root=str(self.root),
         )
         cfg = DockerMetadataConfig.model_validate(
-            {"type": "docker_metadata", "inputs": ["x"], "source": "files", "docker_root": str(self.root), **config}
+            {"type": "docker_metadata", "inputs": ["x"], "metadata": "files", **config}
         )
         self.t = DockerMetadataTransform("meta", cfg, self.ctx)
 

@@ -37,7 +37,7 @@ def pipeline(tmp_path: Path, **rules: Any) -> dict[str, Any]:
         "data_dir": str(tmp_path / "state"),
         "sources": {"files": {"type": "docker_json_file", "paths": [str(tmp_path / "containers/*/*-json.log")]}},
         "transforms": {"only": {"type": "filter", "inputs": ["files"], **rules}},
-        "sinks": {"out": {"type": "file", "inputs": ["only"], "path": str(tmp_path / "out.ndjson"), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["only"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}},
     }
 
 

@@ -226,18 +226,19 @@ def test_json_file_containers_choose_their_mode_by_label_and_reads_split_traces(
     out = tmp_path / "out.ndjson"
     cfg = {
         "data_dir": str(tmp_path / "state"),
+        "docker_root": str(root),
         "sources": {
             "files": {
                 "type": "docker_json_file",
                 "paths": [str(root / "containers" / "*" / "*-json.log")],
-                "read_chunk_bytes": 4096,
+                "read_bytes": 4096,
             }
         },
         "transforms": {
-            "meta": {"type": "docker_metadata", "inputs": ["files"], "source": "files", "docker_root": str(root)},
+            "meta": {"type": "docker_metadata", "inputs": ["files"], "metadata": "files"},
             "ml": {"type": "multiline", "inputs": ["meta"], "mode": "none"},
         },
-        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": "never"}},
     }
     assert run_once(cfg) == 0
     recs = read_ndjson(out)
@@ -265,7 +266,7 @@ def test_a_quiet_container_gets_its_record_after_the_timeout(tmp_path):
         "data_dir": str(tmp_path / "state"),
         "sources": {"files": {"type": "docker_json_file", "paths": [str(path)]}},
         "transforms": {"ml": {"type": "multiline", "inputs": ["files"], "mode": "java", "timeout": 0.5}},
-        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": False}},
+        "sinks": {"out": {"type": "file", "inputs": ["ml"], "path": str(out), "fsync": "never"}},
     }
     with BackgroundPipeline(cfg):
         recs = wait_until(lambda: read_ndjson(out), timeout=20, what="the record after its timeout")

@@ -31,7 +31,7 @@ def routed(tmp_path: Path, outs: dict[str, str], sink_extra: dict[str, Any] | No
                 "type": "file",
                 "inputs": [port],
                 "path": str(tmp_path / f"{name}.ndjson"),
-                "fsync": False,
+                "fsync": "never",
                 **(sink_extra or {}).get(name, {}),
             }
             for name, port in outs.items()

@@ -160,6 +160,8 @@ def node_configs(
             )
             if tls.fingerprint:
                 extra["ssl_assert_fingerprint"] = tls.fingerprint
+            if tls.server_name:
+                extra["ssl_assert_hostname"] = tls.server_name
         out.append(dataclasses.replace(nc, **extra))
     return out
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from collector.component import SinkConfig
+from collector.component import ClientTls, SinkConfig
 from collector.retry import RetryConfig
 
 _TEMPLATE_FIELD = re.compile(r"\{\{\s*([A-Za-z0-9_@.]+)\s*\}\}")
@@ -32,13 +32,7 @@ class AuthConfig(BaseModel):
         return self
 
 
-class TlsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    ca_file: str | None = Field(None, description="CA bundle to verify the engine's certificate.")
-    verify: bool = Field(True, description="Verify certificates (turning this off is for laptops only).")
-    cert_file: str | None = Field(None, description="Client certificate (mutual TLS).")
-    key_file: str | None = Field(None, description="Client key (mutual TLS).")
-    fingerprint: str | None = Field(None, description="Pin the server certificate's SHA-256 fingerprint.")
+TlsConfig = ClientTls  # the one client TLS shape (collector/component.py)
 
 
 class BatchConfig(BaseModel):

@@ -56,7 +56,7 @@ import time
 from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from collector.acks import release
 from collector.buffers import BufferReader
@@ -69,14 +69,14 @@ from collector.codecs.gelf import (
     max_payload,
     split_chunks,
 )
-from collector.component import ComponentConfig, Sink, SinkConfig
+from collector.component import ClientTls, ComponentConfig, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
 from collector.sinks.gelf.encoder import GelfEncoder, truncate_to_fit
 from collector.sinks.gelf.tcp import GaveUpError, TcpConnection
 
-__all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "GelfSinkTlsConfig", "truncate_to_fit"]
+__all__ = ["GelfEncoder", "GelfSink", "GelfSinkConfig", "truncate_to_fit"]
 
 log = logging.getLogger("collector.sinks.gelf")
 
@@ -84,14 +84,17 @@ UDP_UNHEALTHY_SECONDS = 30.0  # a UDP sink reports failing this long after a sen
 SCHEMES = {"gelf+udp": "udp", "gelf+tcp": "tcp", "gelf+tls": "tls", "udp": "udp", "tcp": "tcp", "tls": "tls"}
 
 
-class GelfSinkTlsConfig(ComponentConfig):
-    ca_file: str | None = Field(
-        None, description="CA bundle (PEM) to verify Graylog's certificate; default: the system's."
+class GelfSinkBatch(ComponentConfig):
+    max_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
+    max_bytes: int = Field(
+        16 << 20, ge=1024, description="Bytes of records (as held in the pipeline) written together at most."
     )
-    cert_file: str | None = Field(None, description="Client certificate (PEM), when Graylog asks for one.")
-    key_file: str | None = Field(None, description="Private key of `cert_file`.")
-    verify: bool = Field(True, description="Verify the server certificate and its name (turn off only for tests).")
-    server_name: str | None = Field(None, description="Name expected in the certificate; default: the address's host.")
+    timeout: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="Seconds a round may wait for more records before it is written; 0: write what is waiting at once.",
+    )
 
 
 class GelfSinkConfig(SinkConfig):
@@ -122,19 +125,16 @@ class GelfSinkConfig(SinkConfig):
         description="(TCP) longest message sent: Graylog's GELF TCP input drops longer frames (its "
         "`max_message_size`, 2 MiB by default); raise both together.",
     )
-    tls: GelfSinkTlsConfig = Field(default_factory=GelfSinkTlsConfig, description="(gelf+tls) certificates.")
+    tls: ClientTls = Field(default_factory=ClientTls, description="(gelf+tls) certificates, verification.")
     connect_timeout: float = Field(10.0, gt=0, description="(TCP) seconds to wait for a connection.")
-    retry: RetryConfig | None = Field(
-        None,
-        description="(TCP) backoff between connection and write attempts (collector/retry.py); default "
-        "`{initial_backoff: 0.5, max_backoff: 30}`. `max_elapsed`: records still not written after that long go "
-        "to the dead letter; unset: retried until Graylog takes them.",
+    retry: RetryConfig = Field(
+        default_factory=RetryConfig,
+        description="(TCP) backoff between connection and write attempts (collector/retry.py). `max_elapsed`: "
+        "records still not written after that long go to the dead letter; unset: retried until Graylog takes them.",
     )
-    backoff_initial: float = Field(
-        0.5, gt=0, description="(TCP) older spelling of `retry.initial_backoff` (use one or the other)."
+    batch: GelfSinkBatch = Field(
+        default_factory=GelfSinkBatch, description="How records are grouped into one round of writes."
     )
-    backoff_max: float = Field(30.0, gt=0, description="(TCP) older spelling of `retry.max_backoff`.")
-    max_round_events: int = Field(5000, ge=1, description="Records encoded and written together at most.")
     ack_timeout: float = Field(
         30.0,
         gt=0,
@@ -147,21 +147,6 @@ class GelfSinkConfig(SinkConfig):
     def _address(cls, v: str) -> str:
         parse_address(v)
         return v
-
-    @model_validator(mode="after")
-    def _one_retry(self) -> GelfSinkConfig:
-        old = {"backoff_initial", "backoff_max"} & self.model_fields_set
-        if self.retry is not None and old:
-            raise ValueError(f"give `retry:` or {' and '.join(sorted(old))}, not both")
-        if self.retry is None:
-            policy = RetryConfig(initial_backoff=self.backoff_initial, max_backoff=self.backoff_max)
-            object.__setattr__(self, "retry", policy)
-        return self
-
-    @property
-    def policy(self) -> RetryConfig:
-        assert self.retry is not None
-        return self.retry
 
 
 def parse_address(address: str) -> tuple[str, str, int]:
@@ -229,17 +214,37 @@ class GelfSink(Sink):
             return  # retry.max_elapsed passed: the writes that follow set their records aside
         self.mark_reached(f"{self.where}: {self._tcp.state}")
 
+    async def _round(self, inbox: BufferReader, first: Batch) -> list[Batch]:
+        """``first`` and what follows it, up to ``batch.max_events`` records and ``batch.max_bytes``,
+        waiting at most ``batch.timeout`` for more."""
+        cfg = self.config.batch
+        batches = [first]
+        n, size = len(first), first.nbytes
+        deadline = time.monotonic() + cfg.timeout
+        while n < cfg.max_events and size < cfg.max_bytes:
+            b = inbox.recv_nowait()
+            if b is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    b = await asyncio.wait_for(inbox.recv(), left)
+                except TimeoutError:
+                    break
+                if b is None:  # closed: the caller's next recv() says so too
+                    break
+            batches.append(b)
+            n += len(b)
+            size += b.nbytes
+        return batches
+
     async def run(self, inbox: BufferReader) -> None:
         reaching = asyncio.create_task(self._reach(), name=f"sink:{self.name}:reach")
         try:
             while (first := await inbox.recv()) is not None:
                 if not reaching.done():  # the first connection, made at start
                     await reaching
-                batches = [first]
-                n = len(first)
-                while n < self.config.max_round_events and (b := inbox.recv_nowait()) is not None:
-                    batches.append(b)
-                    n += len(b)
+                batches = await self._round(inbox, first)
                 if self.transport == "udp":
                     await self._deliver_udp(batches)
                 else:

@@ -53,7 +53,7 @@ class TcpConnection:
         ctx = ssl.create_default_context(cafile=t.ca_file)
         if t.cert_file:
             ctx.load_cert_chain(t.cert_file, t.key_file)
-        if not t.verify:
+        if not t.verify or t.fingerprint:  # a pinned certificate is checked by its fingerprint instead
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         return ctx
@@ -94,6 +94,15 @@ class TcpConnection:
             except (OSError, TimeoutError, ssl.SSLError) as e:
                 self._error("connect_failed")
                 await self._retry(backoff, f"cannot connect to Graylog at {self.where}: {str(e) or type(e).__name__}")
+                continue
+            if ctx is not None and not cfg.tls.fingerprint_matches(
+                writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+            ):
+                writer.transport.abort()
+                self._error("tls_fingerprint_mismatch")
+                await self._retry(
+                    backoff, f"{self.where}: the server's certificate is not the one tls.fingerprint pins"
+                )
                 continue
             writer.transport.set_write_buffer_limits(high=0)  # drain() returns once all is handed to the kernel
             if backoff.attempts:
@@ -140,12 +149,12 @@ class TcpConnection:
         """Connect now (retrying with backoff) unless connected: before the first record."""
         if self._writer is None or self._writer.is_closing():
             self.close()
-            await self._connect(Backoff(self.config.policy))
+            await self._connect(Backoff(self.config.retry))
 
     async def write(self, data: bytes, records: int, retried: Callable[[int], None]) -> None:
         """Write ``data`` until Graylog's TCP stack has it all, reconnecting as often as needed
         (GaveUpError when ``retry.max_elapsed`` passes first)."""
-        backoff = Backoff(self.config.policy)
+        backoff = Backoff(self.config.retry)
         while True:
             writer = self._writer
             if writer is None or writer.is_closing():

@@ -82,7 +82,6 @@ class DockerJsonFileConfig(ComponentConfig):
         "and CRI-O under kubelet: `<time> <stream> <P|F> <message>` lines, `/var/log/pods/<namespace>_<pod>_"
         "<uid>/<container>/<restart>.log`, whose path gives the `kubernetes.*` and `container.name` fields).",
     )
-    docker_root: str = Field(DEFAULT_DOCKER_ROOT, description="Docker's data root (for the default paths).")
     read_from: Literal["beginning", "end"] = Field(
         "beginning", description="Where to start in a file seen for the first time."
     )
@@ -95,7 +94,7 @@ class DockerJsonFileConfig(ComponentConfig):
     max_record_bytes: int = Field(
         1 << 20, ge=1024, description="A rejoined line longer than this is truncated and flagged."
     )
-    read_chunk_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from one file at a time.")
+    read_bytes: int = Field(256 << 10, ge=4096, description="Bytes read from one file at a time.")
     max_line_bytes: int = Field(
         8 << 20, ge=65536, description="A 'line' longer than this without a newline is set aside."
     )
@@ -133,12 +132,13 @@ class DockerJsonFileConfig(ComponentConfig):
             raise ValueError("give at least one glob, or leave `paths` out for the default")
         return v
 
-    def globs(self) -> list[str]:
+    def globs(self, docker_root: str = DEFAULT_DOCKER_ROOT) -> list[str]:
+        """``paths``, or the default: under the pipeline's ``docker_root``, or kubelet's for CRI."""
         if self.paths:
             return self.paths
         if self.format == "cri":
             return [DEFAULT_CRI_GLOB]
-        return [os.path.join(self.docker_root, "containers", "*", "*-json.log")]
+        return [os.path.join(docker_root, "containers", "*", "*-json.log")]
 
 
 class LogStream:
@@ -196,12 +196,12 @@ class DockerJsonFileSource(Source):
         # each glob with its watched directory, resolved (None: symlinks may lead anywhere)
         self._globs = [
             (g, None if config.follow_symlinks_outside_root else os.path.realpath(_static_root(g)))
-            for g in config.globs()
+            for g in config.globs(ctx.docker_root)
         ]
         self._root: dict[str, str | None] = {}  # live path -> the directory it must stay in
         self._skipped: dict[str, tuple[int, int]] = {}  # path -> (dev, ino) of what was refused
         self._warn = RateLimitedLog(log)
-        self.own_id = "" if config.include_own_container else own_container_id(config.docker_root)
+        self.own_id = "" if config.include_own_container else own_container_id(ctx.docker_root)
         self.bytes_read = 0  # for the progress of a --once run
         ctx.telemetry.register_lag(name, self.lag)
 
@@ -495,19 +495,19 @@ class DockerJsonFileSource(Source):
         if self.streams:
             log.info("%s: following %d file(s)", self.name, len(self.streams))
             return
-        for pattern in self.config.globs():
+        for pattern in self.config.globs(self.ctx.docker_root):
             root = _static_root(pattern)
             if os.path.isdir(root) and not os.access(root, os.R_OK | os.X_OK):
                 self._error("unreadable_directory")
                 log.error(
                     "%s: cannot read %s as uid %d: Docker keeps it for root. Run as root (in a container: "
-                    "--user 0 --cap-drop ALL), or give --path files you can read",
+                    "--user 0 --cap-drop ALL), or give --paths files you can read",
                     self.name,
                     root,
                     os.geteuid(),
                 )
                 return
-        roots = [_static_root(p) for p in self.config.globs()]
+        roots = [_static_root(p) for p in self.config.globs(self.ctx.docker_root)]
         if not any(os.path.isdir(r) for r in roots) and self.config.format == "cri":
             log.warning("%s: %s does not exist (yet); waiting for it to appear", self.name, " ".join(roots))
             return
@@ -516,13 +516,17 @@ class DockerJsonFileSource(Source):
             socket = api_socket_missing(None)
             log.warning(
                 "%s: no Docker data root here (%s does not exist)%s. Give --docker-root DIR (Docker's data root), "
-                "--path GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
+                "--paths GLOB (json-file logs elsewhere) or DOCKER_HOST (the API); waiting for it to appear",
                 self.name,
                 " ".join(roots),
                 f" and no Docker socket at {socket}" if socket else "",
             )
             return
-        log.warning("%s: no file matches %s yet; waiting for containers", self.name, " ".join(self.config.globs()))
+        log.warning(
+            "%s: no file matches %s yet; waiting for containers",
+            self.name,
+            " ".join(self.config.globs(self.ctx.docker_root)),
+        )
 
     def _start_watching(self) -> None:
         try:
@@ -546,7 +550,7 @@ class DockerJsonFileSource(Source):
                 paths = (getattr(event, "src_path", ""), getattr(event, "dest_path", ""))
                 loop.call_soon_threadsafe(source._structure_changed, paths)
 
-        roots = {_static_root(p) for p in self.config.globs()}
+        roots = {_static_root(p) for p in self.config.globs(self.ctx.docker_root)}
         obs = Observer()
         kinds = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent, FileCreatedEvent, FileDeletedEvent, FileMovedEvent]
         for root in sorted(roots):
@@ -637,7 +641,7 @@ class DockerJsonFileSource(Source):
         of.size = size
         if size <= of.offset:
             return False
-        parsed, end, skipped = of.read(cfg.read_chunk_bytes, cfg.max_line_bytes)
+        parsed, end, skipped = of.read(cfg.read_bytes, cfg.max_line_bytes)
         if skipped is not None:
             self.ctx.deadletter.raw(
                 self.name, f"line longer than {cfg.max_line_bytes} bytes", skipped, path=of.path, offset=of.offset

@@ -35,7 +35,7 @@ import ssl
 import stat
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source, split_hostport
 from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
@@ -49,7 +49,9 @@ STREAM_LIMIT = 32 << 10
 
 class ForwardUser(ComponentConfig):
     username: str = Field(min_length=1, description="User name a client gives in its PING.")
-    password: str = Field(min_length=1, description="That user's password (`${ENV_VAR}` keeps it out of the file).")
+    password: SecretStr = Field(
+        min_length=1, description="That user's password (`${ENV_VAR}` keeps it out of the file)."
+    )
 
 
 class FluentForwardConfig(ListenerLimits):
@@ -60,7 +62,7 @@ class FluentForwardConfig(ListenerLimits):
         "The default accepts local clients only; use 0.0.0.0:24224 to accept others.",
     )
     tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
-    shared_key: str | None = Field(
+    shared_key: SecretStr | None = Field(
         None, min_length=1, description="Require the HELO/PING/PONG handshake with this shared key."
     )
     self_hostname: str | None = Field(None, description="Our hostname in PONG answers (default: this host's name).")

@@ -184,8 +184,9 @@ class Connection:
     # -- handshake --------------------------------------------------------------------------------
     async def _handshake(self) -> None:
         cfg = self.config
-        key: str = cfg.shared_key
-        users = {u.username: u.password for u in cfg.users}
+        assert cfg.shared_key is not None  # serve() calls this only then
+        key = cfg.shared_key.get_secret_value()
+        users = {u.username: u.password.get_secret_value() for u in cfg.users}
         nonce = os.urandom(16)
         auth_salt = os.urandom(16) if users else b""
         self.writer.write(helo(nonce, auth_salt or ""))

@@ -3,15 +3,15 @@
 What Docker's ``--log-driver=gelf`` sends, and graypy, logback-gelf, Graylog sidecars ...
 
 UDP (``udp://host:port``) is read by a callback that only drains the socket (up to
-``READ_BURST`` datagrams per wake-up) into a list; every ``batch_timeout`` seconds, or as soon
-as ``batch_max_events`` datagrams wait, the list is decoded in one go and emitted as batches
+``READ_BURST`` datagrams per wake-up) into a list; every ``batch.timeout`` seconds, or as soon
+as ``batch.max_events`` datagrams wait, the list is decoded in one go and emitted as batches
 (one per host/tag/container, see mapping.py).  UDP cannot push back, so when the pipeline
 has no room the datagrams are dropped and counted (``collector_events_dropped_total{reason=
 "pipeline_full"}``), and so are the ones the kernel dropped because the socket's receive
 buffer overflowed (``reason="receive_buffer_full"``, read from /proc/net/udp).  Set
 ``receive_buffer_bytes`` for the bursts you expect (see the README).  What is read and not
-decoded yet is bounded (``batch_max_events`` datagrams, UDP_QUEUE_BYTES), and messages are
-decoded DECODE_BYTES (decompressed) at a time before they are emitted, so a flood of
+decoded yet is bounded (``batch.max_events`` datagrams, UDP_QUEUE_BYTES), and messages are
+decoded ``batch.max_bytes`` (decompressed) at a time before they are emitted, so a flood of
 compressed messages costs bounded memory.
 
 TCP (``tcp://``, ``tls://`` with ``tls``) is null-byte framed JSON; a full pipeline stops the
@@ -21,7 +21,7 @@ read and idle timeouts, bytes held for frames still arriving), refusals counted 
 
 Bad input never stops the server: malformed messages (bad JSON or compression, no
 ``short_message``, too large) go to the dead-letter file with the peer's address (at
-most ``deadletter_per_second`` per second and the dead letter's byte rate, the rest only
+most ``dead_letter_per_second`` per second and the dead letter's byte rate, the rest only
 counted); chunk-level trouble (expired, evicted, duplicated, too many chunks) is only counted,
 in ``collector_errors_total{component,reason}``, and logged once per reason per minute.  GELF
 has no delivery identity: record ids are random and batches carry no acknowledgement.  A
@@ -50,7 +50,7 @@ from collector.codecs.gelf import (
     Reassembler,
     decode_sized,
 )
-from collector.component import Emitter, ServerTls, Source
+from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch, Fields
 from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
 from collector.ratelog import RateLimitedLog
@@ -62,10 +62,21 @@ log = logging.getLogger("collector.sources.gelf")
 TCP_READ_BYTES = 64 << 10  # per read (the socket is paused past twice STREAM_LIMIT: 128 KiB a connection at most)
 STREAM_LIMIT = 32 << 10
 UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
-DECODE_BYTES = 4 << 20  # messages (decompressed) decoded at once before they are emitted
 TCP_DRAIN_SECONDS = 10.0
 HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
+
+
+class GelfBatch(ComponentConfig):
+    """How received messages are grouped (datagrams wait at most ``timeout`` for company)."""
+
+    max_events: int = Field(2000, ge=1, le=100_000, description="UDP messages decoded and emitted together at most.")
+    max_bytes: int = Field(
+        4 << 20, ge=1024, description="Bytes of messages (decompressed) decoded and emitted together at most."
+    )
+    timeout: float = Field(
+        0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
+    )
 
 
 class GelfSourceConfig(ListenerLimits):
@@ -96,13 +107,8 @@ class GelfSourceConfig(ListenerLimits):
         description="UDP socket receive buffer (SO_RCVBUF), what absorbs bursts while the collector is busy. "
         "Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the system default.",
     )
-    batch_max_events: int = Field(
-        2000, ge=1, le=100_000, description="UDP messages decoded and emitted together at most."
-    )
-    batch_timeout: float = Field(
-        0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
-    )
-    deadletter_per_second: int = Field(
+    batch: GelfBatch = Field(default_factory=GelfBatch, description="How received messages are grouped.")
+    dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
 
@@ -162,7 +168,7 @@ class GelfSource(Source):
         now = time.monotonic()
         if now >= self._dl_window:
             self._dl_window = now + 1.0
-            self._dl_left = self.config.deadletter_per_second
+            self._dl_left = self.config.dead_letter_per_second
         if self._dl_left > 0:
             self._dl_left -= 1
             self.ctx.deadletter.raw(self.name, e.reason, data, peer=_peer(peer), transport=transport, detail=e.detail)
@@ -214,7 +220,7 @@ class GelfSource(Source):
 
     # -- decoding -------------------------------------------------------------------------------
     def _to_batches(self, items: list[tuple[bytes, Any]], udp: bool, start: int = 0) -> tuple[list[Batch], int]:
-        """Batches of the messages in ``items[start:]``, up to DECODE_BYTES of them once
+        """Batches of the messages in ``items[start:]``, up to ``batch.max_bytes`` of them once
         decompressed; returns them and where to go on."""
         reasm = self.reassembler
         mapper = self.mapper
@@ -223,7 +229,8 @@ class GelfSource(Source):
         groups: dict[int, tuple[Fields, str, list[dict[str, Any]], list[int]]] = {}
         decoded = 0
         i = start
-        while i < len(items) and decoded < DECODE_BYTES:
+        max_bytes = self.config.batch.max_bytes
+        while i < len(items) and decoded < max_bytes:
             data, peer = items[i]
             i += 1
             try:
@@ -263,9 +270,9 @@ class GelfSource(Source):
     def _on_datagrams(self, n: int, nbytes: int) -> None:
         """Called by the UDP listeners after they appended to ``_pending``."""
         self._pending_bytes += nbytes
-        if n >= self.config.batch_max_events or self._pending_bytes >= UDP_QUEUE_BYTES:
+        if n >= self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES:
             self._full.set()
-            if (n >= 4 * self.config.batch_max_events or self._pending_bytes >= UDP_QUEUE_BYTES) and not self._paused:
+            if (n >= 4 * self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES) and not self._paused:
                 self._paused = True  # decoding lags: let the kernel buffer hold the rest
                 for u in self._udp:
                     u.pause()
@@ -280,10 +287,10 @@ class GelfSource(Source):
                 if self.stopping:
                     return
                 continue
-            if len(self._pending) < cfg.batch_max_events and not self.stopping and cfg.batch_timeout:
+            if len(self._pending) < cfg.batch.max_events and not self.stopping and cfg.batch.timeout:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.batch_timeout):
+                    async with asyncio.timeout(cfg.batch.timeout):
                         await self._full.wait()
             items, self._pending = self._pending, []
             self._pending_bytes = 0
@@ -307,7 +314,7 @@ class GelfSource(Source):
                         await out.emit(b)
                     else:
                         self._drop("pipeline_full", len(b))
-                await asyncio.sleep(0)  # DECODE_BYTES at a time: the other sources and sinks get their turn
+                await asyncio.sleep(0)  # batch.max_bytes at a time: the other sources and sinks get their turn
 
     # -- TCP -------------------------------------------------------------------------------------
     async def _serve_tcp(

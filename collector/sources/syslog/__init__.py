@@ -135,8 +135,8 @@ class SyslogSourceConfig(ComponentConfig):
         True,
         description="Look up the tag (APP-NAME) as a container id or name (Docker's syslog driver sends its tag "
         "there, by default the 12-character id) and set container.id when it is one. The lookup uses the "
-        "pipeline's Docker metadata (the docker_metadata transform's docker_host, docker_root and source; "
-        "without that transform, $DOCKER_HOST or the local socket, and /var/lib/docker): ids and names through "
+        "pipeline's Docker metadata (the pipeline's docker_root; the docker_metadata transform's docker_host and "
+        "metadata, without that transform $DOCKER_HOST or the local socket): ids and names through "
         "the API, full ids and id prefixes through config.v2.json files.",
     )
     resolve_ttl: float = Field(30.0, gt=0, description="Seconds a tag's lookup (found or not) is remembered.")
