@@ -44,6 +44,7 @@ from collector.progress import ProgressBar, summarize
 from collector.ratelog import RateLimitedLog
 from collector.retry import Backoff
 from collector.tags import tag_pattern
+from collector.tap import Tap, TapHub
 from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector.app")
@@ -65,9 +66,13 @@ class Inlet:
         self.counted = counted
         self.match = tag_pattern(pattern) if pattern else None
         self.dropped = dropped
+        self.taps: list[Tap] = []  # `collector tap` on the sink this edge feeds (tap.py)
 
     async def send(self, batch: Batch) -> bool:
         if self.match is None or self.match(batch.tag):
+            if self.taps:
+                for tap in self.taps:
+                    tap.offer(batch)
             self.counted.inc(len(batch))
             return await self.inner.send(batch)
         self.dropped.inc(len(batch))
@@ -101,6 +106,7 @@ class Pipeline:
     duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
     closing: bool = False  # tasks are being cancelled on purpose from here on
+    taps: TapHub = field(default_factory=TapHub)  # GET /tap: where `collector tap` attaches
     _tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------------------
@@ -134,10 +140,19 @@ class Pipeline:
                 match = getattr(c, "match", None) if n in config.sinks else None
                 dropped = ctx.telemetry.dropped.labels(n, "unmatched") if match else None
                 target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
+                if n in config.sinks:
+                    p.taps.add(n, "sink", target)
                 p.emitters[i].channels.append(target)
                 inbox.add_producer()
                 if "." in i and hasattr(p.transforms.get(i.split(".")[0]), "connected"):
                     p.transforms[i.split(".")[0]].connected.add(i.split(".", 1)[1])  # type: ignore[attr-defined]
+        for out_name, emitter in p.emitters.items():
+            n = out_name.split(".", 1)[0]
+            kind = "source" if n in config.sources else "transform"
+            p.taps.add(n, kind, emitter)
+            if "." in out_name:
+                p.taps.add(out_name, kind, emitter)
+        ctx.telemetry.streams["/tap"] = p.taps.serve
         for n in config.sources:
             if not p.emitters[n].channels:
                 log.warning("source %r feeds nothing: its records are read and discarded", n)
@@ -360,6 +375,7 @@ class Pipeline:
                         ", ".join(sorted({t.get_name() for t in pending})),
                     )
         finally:
+            await self.taps.close()
             self.closing = True
             for t in tasks + services:
                 t.cancel()

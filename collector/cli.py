@@ -9,6 +9,7 @@
     collector health [--url http://127.0.0.1:8686]
     collector top [--url http://127.0.0.1:8686] [--once]
     collector status [--data-dir DIR]
+    collector tap [--url URL] [--component NAME] [--tag PATTERN] [--container NAME] [--limit N]
     collector schema [--format json|markdown] [--write DIR]
 
 Exit codes (every command's ``--help`` says which apply): 0 done, 1 a component failed, 2 bad
@@ -479,6 +480,45 @@ def parser() -> argparse.ArgumentParser:
         help="the running collector's API (default: the one it wrote in DIR/api.json, if it runs with one)",
     )
 
+    tap = _sub(
+        sub,
+        "tap",
+        "print the records passing a component of a running collector, live",
+        "Attach to a running collector (its API: api.listen, or tail/receive --api) and print the records\n"
+        "a component passes on (for a sink: the records it receives, after its match), as they pass:\n"
+        "readable lines on a terminal, NDJSON when piped. Read-only, and it never slows the pipeline:\n"
+        "past --rate records per second, or while this command cannot keep up, records are skipped and\n"
+        'the count is said on stderr ("sampling: N records skipped").',
+        epilog="exit codes:\n  0  --limit records printed, or stopped with Ctrl-C (or the collector stopped)\n"
+        "  1  no collector answers there, or it stopped before --limit records\n"
+        "  2  bad usage: no such component, a bad --tag pattern",
+    )
+    tap.add_argument(
+        "--url",
+        default=None,
+        help="its API (default: the one the collector running on --data-dir wrote in DIR/api.json, else "
+        "http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)",
+    )
+    tap.add_argument("--data-dir", metavar="DIR", help=f"where to find api.json (default: {default_data_dir()})")
+    tap.add_argument(
+        "--component",
+        metavar="NAME",
+        help="the source, transform (or transform.port) or sink to watch (default: the sink, when there is one)",
+    )
+    tap.add_argument("--tag", metavar="PATTERN", help="only records whose tag matches (app.**, {a,b}, as match)")
+    tap.add_argument(
+        "--container", metavar="NAME", help="only records of this container: a name or glob (web-*), or an id prefix"
+    )
+    tap.add_argument("--limit", type=int, metavar="N", help="exit after N records (default: until Ctrl-C)")
+    tap.add_argument(
+        "--rate",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="at most N records per second are copied; past that, records are skipped and counted (0: as many as "
+        "this command keeps up with)",
+    )
+
     sc = _sub(
         sub,
         "schema",
@@ -605,6 +645,15 @@ def main(argv: list[str] | None = None) -> int:
             from collector.status import run_status  # noqa: PLC0415
 
             return run_status(Path(args.data_dir or default_data_dir()), args.url)
+        if args.command == "tap":
+            from collector.tap import run_tap  # noqa: PLC0415
+
+            if args.limit is not None and args.limit < 1:
+                ap.error("--limit must be 1 or more")
+            if args.rate < 0:
+                ap.error("--rate must be 0 or more")
+            data_dir = Path(args.data_dir or default_data_dir()).expanduser()
+            return run_tap(args.url, data_dir, args.component, args.tag, args.container, args.limit, args.rate)
         if args.command == "schema":
             return schema(args.format, args.write)
         if args.command == "setup":

@@ -29,6 +29,7 @@ from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collector.docker_api import DockerMetadata, MetadataOptions, MetadataSource
+    from collector.tap import Tap
 
 
 class ComponentConfig(BaseModel):
@@ -154,8 +155,12 @@ class Emitter:
         self.channels = list(channels)
         self.inflight = inflight  # a source's output: what it emits is counted until finalized
         self.counter = counter  # collector_events_out_total of the component (None: not counted)
+        self.taps: list[Tap] = []  # `collector tap` clients attached here (tap.py); replaced, never mutated
 
     async def emit(self, batch: Batch) -> None:
+        if self.taps:
+            for tap in self.taps:
+                tap.offer(batch)
         if self.inflight is not None:
             self.inflight.track(batch)
         if self.counter is not None:

@@ -50,6 +50,7 @@ COMMANDS = {  # subcommand -> the exit codes its --help must explain (the README
     "health": "012",
     "top": "012",
     "status": "02",
+    "tap": "012",
     "schema": "02",
 }
 
