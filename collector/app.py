@@ -16,6 +16,14 @@ pipeline and ends anyway, is fatal: its error is logged once with its traceback,
 says so (503), the pipeline stops as above and the process exits 1.  A sink that crashes is first
 restarted (``restart``) and handed again what it held.  Exit codes are derived from what is
 true at the end: 3 when records the sources emitted are not finalized, or wait in a disk buffer.
+
+Reload (SIGHUP, ``collector reload``; ``run -c FILE`` only): the file is read and checked again;
+an invalid config is refused (logged with its reason, counted as
+``collector_errors_total{component="reload",reason="config_invalid"}``) and nothing changes. A
+valid one replaces the whole pipeline: the running one drains as at a stop, then the new one is
+built and started in the same process from the old one's positions; the API server and the
+counters live for the whole process. Components whose config did not change are restarted too
+(simple and safe; a listener is closed for that moment and its clients reconnect).
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from collector.acks import Ack, InFlight, release
 from collector.buffers.memory import Channel
 from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
-from collector.config import PipelineConfig
+from collector.config import ConfigError, PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
 from collector.listeners import raise_fd_limit
@@ -339,14 +347,11 @@ class Pipeline:
     async def run(self) -> int:
         cfg = self.config
         ctx = self.ctx
-        server = await start_api(cfg, ctx)
         for t in self.transforms.values():
             await t.start()
         for b in self.buffers.values():
             await b.open()
         services: list[asyncio.Task[Any]] = []
-        if server is not None:
-            services.append(self._start(_serve(server), "api", "api server", service=True))
         saver = ctx.checkpoints.run(cfg.checkpoint_interval)
         services.append(self._start(saver, "checkpoints", "checkpoint saver", service=True))
         services.append(self._start(housekeeping(), "housekeeping", "housekeeping", service=True))
@@ -385,8 +390,6 @@ class Pipeline:
                     await b.close()
                 except Exception as e:
                     self._fail(f"buffer of {n!r}", e, "failed to close")
-            if server is not None:
-                announce_api(ctx.data_dir, None)
         self.duration = time.monotonic() - t0
         left = self.inflight.records
         stored = sum(b.stored_records() for b in self.buffers.values())
@@ -580,24 +583,41 @@ def _malloc_trim() -> Callable[[int], Any] | None:
         return None
 
 
+def reload_problems(old: PipelineConfig, new: PipelineConfig) -> list[str]:
+    """What a reload cannot change in a running process (a restart can)."""
+    problems = []
+    if Path(new.data_dir).expanduser() != Path(old.data_dir).expanduser():
+        problems.append(f"data_dir changed ({old.data_dir} -> {new.data_dir}): that needs a restart")
+    if (new.api and new.api.listen) != (old.api and old.api.listen):
+        problems.append("api.listen changed: that needs a restart (the API stays up across a reload)")
+    return problems
+
+
 async def run_pipeline(
     config: PipelineConfig,
     once: bool = False,
     install_signals: bool = True,
     on_ready: Callable[[Pipeline], Any] | None = None,
+    reload: Callable[[], PipelineConfig] | None = None,
 ) -> int:
-    """Run a pipeline to its end; returns the process exit code."""
+    """Run a pipeline to its end; returns the process exit code.
+
+    ``reload`` reads the config again (SIGHUP, ``collector reload``): it raises ConfigError when the
+    new config is invalid, which is refused (said, counted) while the running pipeline goes on. A
+    valid one replaces the pipeline: the running one drains (sources stop, everything in flight is
+    delivered, checkpoints saved), then the new one is built and started in this process, from the
+    same positions (its checkpoints start from the old ones, whatever its outputs), and the API
+    stays up throughout."""
     soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it
     log.debug("open-files limit: %d (hard %d)", soft, hard)
-    data_dir = Path(config.data_dir).expanduser()
-    telemetry = Telemetry()
-    checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
-    checkpoints.open()
-    deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
-    ctx = Context(data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once)
+    telemetry = Telemetry()  # one for the life of the process: counters go on across reloads
     loop = asyncio.get_running_loop()
     pipeline: Pipeline | None = None
+    server: asyncio.Server | None = None
+    api_task: asyncio.Task[None] | None = None
+    data_dir = Path(config.data_dir).expanduser()
     signals = 0
+    reload_to: PipelineConfig | None = None
     loop_errors = RateLimitedLog(logging.getLogger("collector.loop"))
 
     def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -609,8 +629,9 @@ async def run_pipeline(
     loop.set_exception_handler(on_loop_error)
 
     def on_signal(sig: int) -> None:
-        nonlocal signals
+        nonlocal signals, reload_to
         signals += 1
+        reload_to = None  # a stop wins over a reload
         if pipeline is None:
             return
         if signals == 1:
@@ -620,29 +641,88 @@ async def run_pipeline(
             log.warning("second signal: stopping now (unacknowledged records are read again next time)")
             pipeline.force_stop()
 
+    def on_hup() -> None:
+        nonlocal reload_to
+        if pipeline is None or pipeline.stop_requested:
+            log.warning("SIGHUP: not reloading, the pipeline is stopping")
+            return
+        if reload is None or once:
+            why = "--once runs are not reloaded" if once else "started without a config file (collector run -c FILE)"
+            log.warning("SIGHUP: nothing to reload: %s", why)
+            return
+        try:
+            new = reload()
+            problems = reload_problems(pipeline.config, new)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as e:
+            telemetry.errors.labels("reload", "config_invalid").inc()
+            log.error("reload refused, the running pipeline goes on unchanged: %s", "; ".join(e.problems))
+            return
+        if new == pipeline.config:
+            log.info("reload: the config has not changed; nothing to do")
+            return
+        reload_to = new
+        pipeline.request_stop("reloading: the new config is valid; draining the running pipeline first")
+
+    def api_ended(t: asyncio.Task[Any]) -> None:
+        if pipeline is not None and not pipeline.closing and not t.cancelled():
+            pipeline._fail("api server", t.exception(), "ended")
+
+    carried: dict[str, dict[str, dict[str, Any]]] | None = None
     try:
-        pipeline = Pipeline.build(config, ctx)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
-        if on_ready is not None:
-            on_ready(pipeline)
-        tune_gc()
-        bar = ProgressBar.start(pipeline) if once else None
-        try:
-            rc = await pipeline.run()
-        finally:
-            if bar is not None:
-                await bar.stop()
-        if not await checkpoints.save_final(within=config.shutdown_timeout):
-            rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
-        report_end(pipeline, checkpoints, once and rc == EXIT_OK)
-        return rc
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        while True:
+            checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
+            checkpoints.open()
+            if carried is not None:
+                checkpoints.adopt(carried)
+            deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
+            ctx = Context(
+                data_dir=data_dir, telemetry=telemetry, checkpoints=checkpoints, deadletter=deadletter, once=once
+            )
+            try:
+                pipeline = Pipeline.build(config, ctx)
+                if server is None:
+                    server = await start_api(config, ctx)
+                    if server is not None:
+                        api_task = asyncio.create_task(_serve(server), name="api")
+                        api_task.add_done_callback(api_ended)
+                if on_ready is not None:
+                    on_ready(pipeline)
+                tune_gc()
+                bar = ProgressBar.start(pipeline) if once else None
+                try:
+                    rc = await pipeline.run()
+                finally:
+                    if bar is not None:
+                        await bar.stop()
+                if not await checkpoints.save_final(within=config.shutdown_timeout):
+                    rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
+                if reload_to is None or pipeline.fatal is not None or pipeline.forced:
+                    report_end(pipeline, checkpoints, once and rc == EXIT_OK)
+                    return rc
+                carried = checkpoints.snapshot()
+            finally:
+                await ctx.aclose()
+                deadletter.close()
+                checkpoints.close()
+            log.info(
+                "reloaded: the old pipeline delivered what it had%s; starting the new one",
+                "" if rc == EXIT_OK else " except records read again now (its drain deadline passed)",
+            )
+            config, reload_to, signals = reload_to, None, 0
+            telemetry.new_pipeline()
     finally:
         loop.set_exception_handler(None)
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        await ctx.aclose()
-        deadletter.close()
-        checkpoints.close()
+        if api_task is not None:
+            api_task.cancel()
+            await asyncio.gather(api_task, return_exceptions=True)
+        if server is not None:
+            announce_api(data_dir, None)

@@ -193,6 +193,23 @@ class Telemetry:
     def health(self) -> tuple[bool, dict[str, str]]:
         return _run_checks(self._health, "ok: ", "failing: ")
 
+    def new_pipeline(self) -> None:
+        """A reload replaced the pipeline: forget what described the old one's components (their
+        checks, lag reports, buffer gauges); the counters go on."""
+        self._health.clear()
+        self._ready.clear()
+        self._lag.clear()
+        self._docker.clear()
+        self.draining = False
+        for gauge in (
+            self.component_info,
+            self.buffer_events,
+            self.buffer_bytes,
+            self.buffer_max_events,
+            self.buffer_max_bytes,
+        ):
+            gauge.clear()
+
     def register_ready(self, name: str, check: Check) -> None:
         self._ready[name] = check
 

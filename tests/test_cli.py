@@ -51,6 +51,7 @@ COMMANDS = {  # subcommand -> the exit codes its --help must explain (the README
     "top": "012",
     "status": "02",
     "tap": "012",
+    "reload": "012",
     "schema": "02",
 }
 
