@@ -111,6 +111,7 @@ class Pipeline:
     fatal: str | None = None  # the first component task that ended unexpectedly, and why
     restarting: dict[str, str] = field(default_factory=dict)  # sink name -> why it is down
     stop_requested: bool = False
+    reloading: bool = False  # stopping to be replaced by a new pipeline (a reload)
     duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
     closing: bool = False  # tasks are being cancelled on purpose from here on
@@ -380,7 +381,7 @@ class Pipeline:
                         ", ".join(sorted({t.get_name() for t in pending})),
                     )
         finally:
-            await self.taps.close()
+            await self.taps.close("reload" if self.reloading else "stop")
             self.closing = True
             for t in tasks + services:
                 t.cancel()
@@ -634,6 +635,7 @@ async def run_pipeline(
         reload_to = None  # a stop wins over a reload
         if pipeline is None:
             return
+        pipeline.reloading = False
         if signals == 1:
             why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else f"stopping on {signal.Signals(sig).name}"
             pipeline.request_stop(f"{why}; again to stop at once")
@@ -663,6 +665,7 @@ async def run_pipeline(
             log.info("reload: the config has not changed; nothing to do")
             return
         reload_to = new
+        pipeline.reloading = True
         pipeline.request_stop("reloading: the new config is valid; draining the running pipeline first")
 
     def api_ended(t: asyncio.Task[Any]) -> None:

@@ -14,7 +14,8 @@ The stream is NDJSON (the same documents as the file sink) with control lines st
     #tap {"component": "out", "kind": "sink", "rate": 1000, "queue": 1000}   once, first
     #tag "app.web"                                 the tag of the records that follow
     #skipped 1234                                  records skipped so far (sampling)
-    #end                                           the pipeline stopped
+    #end stop                                      the pipeline stopped
+    #end reload                                    it is replaced (a reload): ask again
     #                                              nothing passed for a second (the stream is alive)
 
 Client side: :func:`run_tap` prints the records, as the console sink does on a terminal
@@ -141,6 +142,7 @@ class TapHub:
         self.kinds: dict[str, str] = {}
         self.active: dict[Tap, asyncio.StreamWriter] = {}
         self.closed = False
+        self.reason = "stop"
 
     def add(self, component: str, kind: str, point: Tappable) -> None:
         self.points.setdefault(component, []).append(point)
@@ -159,10 +161,11 @@ class TapHub:
         for p in self.points.get(tap.component, ()):
             p.taps = [t for t in p.taps if t is not tap]
 
-    async def close(self, grace: float = 1.0) -> None:
-        """The pipeline stopped: each stream says so and ends; one whose client does not read is
-        cut after ``grace`` seconds."""
+    async def close(self, reason: str = "stop", grace: float = 1.0) -> None:
+        """The pipeline stopped (``reason``: stop or reload): each stream says so and ends; one
+        whose client does not read is cut after ``grace`` seconds."""
         self.closed = True
+        self.reason = reason
         for tap in list(self.active):
             tap.close()
         deadline = time.monotonic() + grace
@@ -222,7 +225,7 @@ class TapHub:
                     reported = tap.skipped
                     out.append(b"#skipped %d\n" % reported)
                 if tap.closed:
-                    out.append(b"#end\n")
+                    out.append(b"#end " + self.reason.encode() + b"\n")
                 if not out:
                     out.append(b"#\n")  # still there (the client's read timeout is not reached)
                 writer.write(b"".join(out))
@@ -293,8 +296,21 @@ def open_stream(url: str, params: dict[str, str], timeout: float = 30.0) -> tupl
             why = str(orjson.loads(body)["error"])
         except (ValueError, KeyError, TypeError):
             why = f"HTTP {resp.status} from {url}/tap (an older collector without taps?)"
-        raise TapError(why, 2 if resp.status in (400, 404) else 1)
+        raise TapError(why, 2 if resp.status in (400, 404) else 3 if resp.status == 503 else 1)
     return conn, resp
+
+
+def reattach(target: str, params: dict[str, str], within: float = 60.0) -> tuple[Any, Any]:
+    """The stream of the pipeline that replaces the one that ended for a reload (it answers 503
+    until it runs)."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            return open_stream(target, params)
+        except TapError as e:
+            if e.code != 3 or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def run_tap(
@@ -319,7 +335,7 @@ def run_tap(
         conn, resp = open_stream(target, params)
     except TapError as e:
         print(f"collector tap: {e}", file=err)
-        return e.code
+        return 1 if e.code == 3 else e.code
     text = out.isatty()
     render: Callable[[list[dict[str, Any]], str], str] | None = None
     if text:
@@ -359,8 +375,16 @@ def run_tap(
                         flush=True,
                     )
                 elif word == b"end":
-                    print("collector tap: the collector stopped", file=err)
-                    return 0 if limit is None else 1
+                    if rest != b"reload":
+                        print("collector tap: the collector stopped", file=err)
+                        return 0 if limit is None else 1
+                    print("collector tap: the collector is reloading its config; tapping the new pipeline", file=err)
+                    conn.close()
+                    try:
+                        conn, resp = reattach(target, params)
+                    except TapError as e:
+                        print(f"collector tap: {e}", file=err)
+                        return e.code
                 continue
             shown += 1
             if render is not None:

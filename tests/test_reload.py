@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -57,6 +59,12 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
     col = Collector("run", "-c", str(config))
     with col.start(tmp_path / "err.log"):
         api_url(state, col)
+        tap_out, tap_err = tmp_path / "tap.out", tmp_path / "tap.err"
+        with open(tap_out, "wb") as o, open(tap_err, "wb") as e:
+            tap = subprocess.Popen(
+                [sys.executable, "-m", "collector", "tap", "--data-dir", str(state), "--rate", "0"], stdout=o, stderr=e
+            )
+        wait_until(lambda: "tapping out (sink)" in tap_err.read_text(), what="the tap to attach")
         writer = Writer(logs / "app-json.log")
         wait_until(lambda: len(read_ndjson(first)) >= 500, what="records in the first output")
         # a valid new config: another file
@@ -76,10 +84,15 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
         total = writer.stop()
         wait_progressing(lambda: len(read_ndjson(first)) + len(read_ndjson(second)), total, what="every record")
         assert col.stop() == 0, col.stderr()
+        assert tap.wait(60) == 0, tap_err.read_text()
     a, b = seqs(first), seqs(second)
     assert sorted(a + b) == list(range(total))  # nothing lost, nothing twice
     assert a == list(range(len(a))) and b == list(range(len(a), total))  # the old one drained, then the new one
     assert "Traceback" not in col.stderr()
+    # the tap followed the sink across the reload: records of both pipelines, none twice
+    tapped = [int(d["message"].split()[1]) for d in read_ndjson(tap_out)]
+    assert "reloading its config; tapping the new pipeline" in tap_err.read_text()
+    assert tapped == sorted(set(tapped)) and tapped[0] < len(a) <= tapped[-1], tap_err.read_text()
 
 
 def test_sighup_without_a_config_file_changes_nothing(tmp_path):
