@@ -487,7 +487,7 @@ async def start_api(cfg: PipelineConfig, ctx: Context) -> asyncio.Server | None:
     bound = server.sockets[0].getsockname()
     where = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
     url = f"http://[{where}]:{bound[1]}" if ":" in where else f"http://{where}:{bound[1]}"
-    log.info("API on %s (GET /health, /ready, /metrics)", url)
+    log.info("API on %s (GET /health, /ready, /metrics, /tap)", url)
     announce_api(ctx.data_dir, url)
     return server
 
@@ -584,6 +584,27 @@ def _malloc_trim() -> Callable[[int], Any] | None:
         return None
 
 
+def config_changes(old: PipelineConfig, new: PipelineConfig) -> str:
+    """What a reload changes, said in a few words (``sink out changed, transform meta added``)."""
+    said = []
+    for kind, a, b in (
+        ("source", old.sources, new.sources),
+        ("transform", old.transforms, new.transforms),
+        ("sink", old.sinks, new.sinks),
+    ):
+        for name in sorted(set(a) | set(b)):
+            if name not in b:
+                said.append(f"{kind} {name} removed")
+            elif name not in a:
+                said.append(f"{kind} {name} added")
+            elif a[name] != b[name]:
+                said.append(f"{kind} {name} changed")
+    rest = old.model_dump(exclude={"sources", "transforms", "sinks"}) != new.model_dump(
+        exclude={"sources", "transforms", "sinks"}
+    )
+    return ", ".join(said + (["pipeline settings changed"] if rest else [])) or "no change"
+
+
 def reload_problems(old: PipelineConfig, new: PipelineConfig) -> list[str]:
     """What a reload cannot change in a running process (a restart can)."""
     problems = []
@@ -666,13 +687,17 @@ async def run_pipeline(
             return
         reload_to = new
         pipeline.reloading = True
-        pipeline.request_stop("reloading: the new config is valid; draining the running pipeline first")
+        pipeline.request_stop(
+            f"reloading ({config_changes(pipeline.config, new)}): the new config is valid; the running pipeline "
+            "stops first"
+        )
 
     def api_ended(t: asyncio.Task[Any]) -> None:
         if pipeline is not None and not pipeline.closing and not t.cancelled():
             pipeline._fail("api server", t.exception(), "ended")
 
     carried: dict[str, dict[str, dict[str, Any]]] | None = None
+    started = time.monotonic()
     try:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -706,6 +731,8 @@ async def run_pipeline(
                 if not await checkpoints.save_final(within=config.shutdown_timeout):
                     rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
                 if reload_to is None or pipeline.fatal is not None or pipeline.forced:
+                    if carried is not None:  # reloaded: the summary covers every pipeline of the process
+                        pipeline.duration = time.monotonic() - started
                     report_end(pipeline, checkpoints, once and rc == EXIT_OK)
                     return rc
                 carried = checkpoints.snapshot()

@@ -532,9 +532,15 @@ def parser() -> argparse.ArgumentParser:
         "the new one starts in the same process from the same positions, and the API stays up.\n"
         "data_dir and api.listen cannot change on a reload.",
         epilog="exit codes:\n  0  signalled (its log says whether the new config was taken)\n"
-        "  1  no collector runs on that data directory\n  2  bad usage",
+        "  1  no collector runs on that data directory\n  2  bad usage, or -c FILE is invalid (nothing signalled)",
     )
-    rl.add_argument("-c", "--config", metavar="FILE", help="the pipeline file it runs: its data_dir says which")
+    rl.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the pipeline file it runs: checked first (nothing is signalled when it is invalid), and its data_dir "
+        "says which collector",
+    )
     rl.add_argument("--data-dir", metavar="DIR", help=f"the data directory it runs on (default: {default_data_dir()})")
 
     sc = _sub(
@@ -709,7 +715,13 @@ def reload(config: str | None, data_dir: str | None) -> int:
 
     from collector.status import lock_holder  # noqa: PLC0415
 
-    where = Path(data_dir or (load_config(config).data_dir if config else default_data_dir())).expanduser()
+    if config:
+        try:
+            cfg = load_config(config)
+        except ConfigError as e:
+            print(f"collector reload: not signalled, the running collector goes on unchanged:\n{e}", file=sys.stderr)
+            return EXIT_USAGE
+    where = Path(data_dir or (cfg.data_dir if config else default_data_dir())).expanduser()
     pid = lock_holder(where)
     if pid is None or pid <= 0:
         print(f"collector reload: no collector runs on the data directory {where}", file=sys.stderr)

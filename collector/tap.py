@@ -13,7 +13,7 @@ The stream is NDJSON (the same documents as the file sink) with control lines st
 
     #tap {"component": "out", "kind": "sink", "rate": 1000, "queue": 1000}   once, first
     #tag "app.web"                                 the tag of the records that follow
-    #skipped 1234                                  records skipped so far (sampling)
+    #skipped 1234                                  records skipped so far (sampling; once a second)
     #end stop                                      the pipeline stopped
     #end reload                                    it is replaced (a reload): ask again
     #                                              nothing passed for a second (the stream is alive)
@@ -44,6 +44,7 @@ from collector.tags import TagPatternError, tag_pattern
 
 DEFAULT_RATE = 1000  # records per second a tap copies at most (0: no limit but the queue)
 DEFAULT_QUEUE = 1000  # records a tap holds for its client at most
+SKIPPED_EVERY = 1.0  # seconds between two "#skipped" lines of a stream (and one at its end)
 
 
 class Tap:
@@ -208,6 +209,7 @@ class TapHub:
         self.active[tap] = writer
         gone = asyncio.ensure_future(reader.read(1))  # the client sends nothing more: b"" when it leaves
         reported = 0
+        said = 0.0
         try:
             await writer.drain()
             while not gone.done():
@@ -221,8 +223,9 @@ class TapHub:
                 for tag, lines in tap.take():
                     out.append(b"#tag " + orjson.dumps(tag) + b"\n")
                     out.extend(line + b"\n" for line in lines)
-                if tap.skipped != reported:
-                    reported = tap.skipped
+                now = time.monotonic()
+                if tap.skipped != reported and (now - said >= SKIPPED_EVERY or tap.closed):
+                    reported, said = tap.skipped, now
                     out.append(b"#skipped %d\n" % reported)
                 if tap.closed:
                     out.append(b"#end " + self.reason.encode() + b"\n")

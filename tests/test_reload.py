@@ -79,6 +79,8 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
         wait_until(lambda: "reload refused" in col.stderr(), what="the refusal")
         refusal = next(line for line in col.stderr().splitlines() if "reload refused" in line)
         assert "nope" in refusal and str(config) in refusal, refusal
+        r = run_cli("reload", "-c", str(config))  # checked before anything is signalled
+        assert r.returncode == 2 and "not signalled" in r.stderr and "nope" in r.stderr, r.stderr
         delivered = len(read_ndjson(second))
         wait_until(lambda: len(read_ndjson(second)) >= delivered + 500, what="records after the refusal")
         total = writer.stop()
