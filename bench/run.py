@@ -15,6 +15,8 @@ runs ``collector tail --once`` ``--runs`` times and prints, per run and as media
 ``--metadata files|api``: container metadata from config.v2.json, or from a real Docker engine
 (tests/services/dockerd.sh; the containers are created there, the logs written under their ids).
 ``--output file`` writes NDJSON to /dev/shm instead of HTTP; ``--compression gzip``.
+``--tap RATE`` runs with the API on and a tap attached to the sink (``collector tap --rate RATE``,
+reading as fast as it can): compare with the same command without it.
 ``--multiline java`` adds the multiline transform on a workload with 5 % of its lines in Java stack
 traces (``--traces``; the same workload without ``--multiline`` is the baseline); with ``--output
 file`` every joined record's text is checked against the workload (0 differences, or it fails).
@@ -35,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +119,40 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None) -> dict[str,
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"collector failed ({status}):\n{err[-3000:]}")
     return {"wall": wall, "cpu": ru.ru_utime + ru.ru_stime, "rss_mb": ru.ru_maxrss / 1024}
+
+
+class TapClient(threading.Thread):
+    """``collector tap`` reading as fast as it can (rate: its ``--rate``), attached as soon as the
+    collector's API answers; counts what it is shown and what the stream says was skipped."""
+
+    def __init__(self, rate: int) -> None:
+        super().__init__(daemon=True)
+        self.port = free_port()
+        self.rate = rate
+        self.seen = 0
+        self.skipped = 0
+        self.start()
+
+    def run(self) -> None:
+        from collector.tap import TapError, open_stream
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn, resp = open_stream(f"http://127.0.0.1:{self.port}", {"rate": str(self.rate)})
+                break
+            except TapError:
+                if time.monotonic() > deadline:
+                    return
+                time.sleep(0.005)
+        try:
+            while line := resp.readline():
+                if line[:1] == b"{":
+                    self.seen += 1
+                elif line.startswith(b"#skipped "):
+                    self.skipped = int(line.split()[1])
+        finally:
+            conn.close()
 
 
 def docker_engine() -> str:
@@ -227,7 +264,14 @@ def cmd_tail(args: argparse.Namespace) -> None:
                 cmd = _with_config(cmd, args, out, target, state, host)
             if sink:
                 sink.reset()
+            tap = None
+            if args.tap is not None:
+                tap = TapClient(args.tap)
+                cmd += ["--api", f"127.0.0.1:{tap.port}"]
             r = run_measured(cmd)
+            if tap is not None:
+                tap.join()
+                print(f"       tap: {tap.seen:,} records shown, {tap.skipped:,} skipped (--rate {args.tap})")
             delivered = int((sink.stats() if sink else {}).get("docs", expect))
             if args.url:
                 delivered = engine_count(args.url, "logs-docker-default") - before
@@ -479,6 +523,13 @@ def main() -> None:
     t.add_argument("--no-floors", dest="floors", action="store_false")
     t.add_argument("--state-dir", default="/dev/shm", help="where the data dir goes (a disk, to measure fsync)")
     t.add_argument("--json", action="store_true")
+    t.add_argument(
+        "--tap",
+        type=int,
+        metavar="RATE",
+        help="with the API on and a `collector tap` attached to the sink, reading at full speed (its --rate; "
+        "0: no limit but its queue): what a tap costs the pipeline",
+    )
     i = sub.add_parser("idle", help="many idle containers: CPU, RSS, fds over time")
     i.add_argument("--dir", default="/dev/shm/collector-bench")
     i.add_argument("--containers", type=int, default=1000)

@@ -17,6 +17,14 @@ pipeline and ends anyway, is fatal: its error is logged once with its traceback,
 says so (503), the pipeline stops as above and the process exits 1.  A sink that crashes is first
 restarted (``restart``) and handed again what it held.  Exit codes are derived from what is
 true at the end: 3 when records the sources emitted are not finalized, or wait in a disk buffer.
+
+Reload (SIGHUP, ``collector reload``; ``run -c FILE`` only): the file is read and checked again;
+an invalid config is refused (logged with its reason, counted as
+``collector_errors_total{component="reload",reason="config_invalid"}``) and nothing changes. A
+valid one replaces the whole pipeline: the running one drains as at a stop, then the new one is
+built and started in the same process from the old one's positions; the API server and the
+counters live for the whole process. Components whose config did not change are restarted too
+(simple and safe; a listener is closed for that moment and its clients reconnect).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from collector.buffers.disk import DiskBuffer
 from collector.buffers.memory import Channel, MemoryBuffer
 from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
-from collector.config import PipelineConfig
+from collector.config import ConfigError, PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
 from collector.listeners import raise_fd_limit
@@ -49,6 +57,7 @@ from collector.progress import ProgressBar, summarize
 from collector.ratelog import RateLimitedLog
 from collector.retry import Backoff
 from collector.tags import tag_pattern
+from collector.tap import Tap, TapHub
 from collector.telemetry import Telemetry
 
 log = logging.getLogger("collector.app")
@@ -72,9 +81,13 @@ class Inlet:
         self.counted = counted
         self.match = tag_pattern(pattern) if pattern else None
         self.dropped = dropped
+        self.taps: list[Tap] = []  # `collector tap` on the sink this edge feeds (tap.py)
 
     async def send(self, batch: Batch) -> bool:
         if self.match is None or self.match(batch.tag):
+            if self.taps:
+                for tap in self.taps:
+                    tap.offer(batch)
             self.counted.inc(len(batch))
             return await self.inner.send(batch)
         self.dropped.inc(len(batch))
@@ -105,9 +118,11 @@ class Pipeline:
     fatal: str | None = None  # the first component task that ended unexpectedly, and why
     restarting: dict[str, str] = field(default_factory=dict)  # sink name -> why it is down
     stop_requested: bool = False
+    reloading: bool = False  # stopping to be replaced by a new pipeline (a reload)
     duration: float = 0.0  # seconds the run took (the summary line)
     forced: bool = False  # a second signal: whatever was in flight is abandoned (replayed next time)
     closing: bool = False  # tasks are being cancelled on purpose from here on
+    taps: TapHub = field(default_factory=TapHub)  # GET /tap: where `collector tap` attaches
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     # -- construction -----------------------------------------------------------------------
@@ -141,11 +156,20 @@ class Pipeline:
                 match = getattr(c, "match", None) if n in config.sinks else None
                 dropped = ctx.telemetry.dropped.labels(n, "unmatched") if match else None
                 target = Inlet(inbox, ctx.telemetry.events_in.labels(n), match, dropped)
+                if n in config.sinks:
+                    p.taps.add(n, "sink", target)
                 p.emitters[i].channels.append(target)
                 inbox.add_producer()
                 upstream, dot, port = i.partition(".")
                 if dot:
                     p.transforms[upstream].connected.add(port)
+        for out_name, emitter in p.emitters.items():
+            n = out_name.split(".", 1)[0]
+            kind = "source" if n in config.sources else "transform"
+            p.taps.add(n, kind, emitter)
+            if "." in out_name:
+                p.taps.add(out_name, kind, emitter)
+        ctx.telemetry.streams["/tap"] = p.taps.serve
         for n in config.sources:
             if not p.emitters[n].channels:
                 log.warning("source %r feeds nothing: its records are read and discarded", n)
@@ -332,14 +356,11 @@ class Pipeline:
     async def run(self) -> int:
         cfg = self.config
         ctx = self.ctx
-        server = await start_api(cfg, ctx)
         for t in self.transforms.values():
             await t.start()
         for b in self.buffers.values():
             await b.open()
         services: list[asyncio.Task[None]] = []
-        if server is not None:
-            services.append(self._start(_serve(server), "api", "api server", service=True))
         saver = ctx.checkpoints.run(cfg.checkpoint_interval)
         services.append(self._start(saver, "checkpoints", "checkpoint saver", service=True))
         services.append(self._start(housekeeping(), "housekeeping", "housekeeping", service=True))
@@ -368,6 +389,7 @@ class Pipeline:
                         ", ".join(sorted({t.get_name() for t in pending})),
                     )
         finally:
+            await self.taps.close("reload" if self.reloading else "stop")
             self.closing = True
             for t in tasks + services:
                 t.cancel()
@@ -377,8 +399,6 @@ class Pipeline:
                     await b.close()
                 except Exception as e:
                     self._fail(f"buffer of {n!r}", e, "failed to close")
-            if server is not None:
-                announce_api(ctx.data_dir, None)
         self.duration = time.monotonic() - t0
         left = self.inflight.records
         stored = sum(b.stored_records() for b in self.buffers.values())
@@ -475,7 +495,7 @@ async def start_api(cfg: PipelineConfig, ctx: Context) -> asyncio.Server | None:
     bound = server.sockets[0].getsockname()
     where = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(bound[0], bound[0])
     url = f"http://[{where}]:{bound[1]}" if ":" in where else f"http://{where}:{bound[1]}"
-    log.info("API on %s (GET /health, /ready, /metrics)", url)
+    log.info("API on %s (GET /health, /ready, /metrics, /tap)", url)
     announce_api(ctx.data_dir, url)
     return server
 
@@ -525,31 +545,62 @@ def _malloc_trim() -> Callable[[int], int] | None:
         return None
 
 
+def config_changes(old: PipelineConfig, new: PipelineConfig) -> str:
+    """What a reload changes, said in a few words (``sink out changed, transform meta added``)."""
+    said = []
+    for kind, a, b in (
+        ("source", old.sources, new.sources),
+        ("transform", old.transforms, new.transforms),
+        ("sink", old.sinks, new.sinks),
+    ):
+        for name in sorted(set(a) | set(b)):
+            if name not in b:
+                said.append(f"{kind} {name} removed")
+            elif name not in a:
+                said.append(f"{kind} {name} added")
+            elif a[name] != b[name]:
+                said.append(f"{kind} {name} changed")
+    rest = old.model_dump(exclude={"sources", "transforms", "sinks"}) != new.model_dump(
+        exclude={"sources", "transforms", "sinks"}
+    )
+    return ", ".join(said + (["pipeline settings changed"] if rest else [])) or "no change"
+
+
+def reload_problems(old: PipelineConfig, new: PipelineConfig) -> list[str]:
+    """What a reload cannot change in a running process (a restart can)."""
+    problems = []
+    if Path(new.data_dir).expanduser() != Path(old.data_dir).expanduser():
+        problems.append(f"data_dir changed ({old.data_dir} -> {new.data_dir}): that needs a restart")
+    if (new.api and new.api.listen) != (old.api and old.api.listen):
+        problems.append("api.listen changed: that needs a restart (the API stays up across a reload)")
+    return problems
+
+
 async def run_pipeline(
     config: PipelineConfig,
     once: bool = False,
     install_signals: bool = True,
     on_ready: Callable[[Pipeline], object] | None = None,
+    reload: Callable[[], PipelineConfig] | None = None,
 ) -> int:
-    """Run a pipeline to its end; returns the process exit code."""
+    """Run a pipeline to its end; returns the process exit code.
+
+    ``reload`` reads the config again (SIGHUP, ``collector reload``): it raises ConfigError when the
+    new config is invalid, which is refused (said, counted) while the running pipeline goes on. A
+    valid one replaces the pipeline: the running one drains (sources stop, everything in flight is
+    delivered, checkpoints saved), then the new one is built and started in this process, from the
+    same positions (its checkpoints start from the old ones, whatever its outputs), and the API
+    stays up throughout."""
     soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it
     log.debug("open-files limit: %d (hard %d)", soft, hard)
-    data_dir = Path(config.data_dir).expanduser()
-    telemetry = Telemetry()
-    checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
-    checkpoints.open()
-    deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
-    ctx = Context(
-        data_dir=data_dir,
-        telemetry=telemetry,
-        checkpoints=checkpoints,
-        deadletter=deadletter,
-        once=once,
-        docker_root=config.docker_root,
-    )
+    telemetry = Telemetry()  # one for the life of the process: counters go on across reloads
     loop = asyncio.get_running_loop()
     pipeline: Pipeline | None = None
+    server: asyncio.Server | None = None
+    api_task: asyncio.Task[None] | None = None
+    data_dir = Path(config.data_dir).expanduser()
     signals = 0
+    reload_to: PipelineConfig | None = None
     loop_errors = RateLimitedLog(logging.getLogger("collector.loop"))
 
     def on_loop_error(_: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -561,10 +612,12 @@ async def run_pipeline(
     loop.set_exception_handler(on_loop_error)
 
     def on_signal(sig: int) -> None:
-        nonlocal signals
+        nonlocal signals, reload_to
         signals += 1
+        reload_to = None  # a stop wins over a reload
         if pipeline is None:
             return
+        pipeline.reloading = False
         if signals == 1:
             why = "interrupted (Ctrl-C)" if sig == signal.SIGINT else f"stopping on {signal.Signals(sig).name}"
             pipeline.request_stop(f"{why}; again to stop at once")
@@ -572,29 +625,100 @@ async def run_pipeline(
             log.warning("second signal: stopping now (unacknowledged records are read again next time)")
             pipeline.force_stop()
 
+    def on_hup() -> None:
+        nonlocal reload_to
+        if pipeline is None or pipeline.stop_requested:
+            log.warning("SIGHUP: not reloading, the pipeline is stopping")
+            return
+        if reload is None or once:
+            why = "--once runs are not reloaded" if once else "started without a config file (collector run -c FILE)"
+            log.warning("SIGHUP: nothing to reload: %s", why)
+            return
+        try:
+            new = reload()
+            problems = reload_problems(pipeline.config, new)
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as e:
+            telemetry.errors.labels("reload", "config_invalid").inc()
+            log.error("reload refused, the running pipeline goes on unchanged: %s", "; ".join(e.problems))
+            return
+        if new == pipeline.config:
+            log.info("reload: the config has not changed; nothing to do")
+            return
+        reload_to = new
+        pipeline.reloading = True
+        pipeline.request_stop(
+            f"reloading ({config_changes(pipeline.config, new)}): the new config is valid; the running pipeline "
+            "stops first"
+        )
+
+    def api_ended(t: asyncio.Task[Any]) -> None:
+        if pipeline is not None and not pipeline.closing and not t.cancelled():
+            pipeline._fail("api server", t.exception(), "ended")
+
+    carried: dict[str, dict[str, dict[str, Any]]] | None = None
+    started = time.monotonic()
     try:
-        pipeline = Pipeline.build(config, ctx)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, on_signal, sig)
-        if on_ready is not None:
-            on_ready(pipeline)
-        tune_gc()
-        bar = ProgressBar.start(pipeline) if once else None
-        try:
-            rc = await pipeline.run()
-        finally:
-            if bar is not None:
-                await bar.stop()
-        if not await checkpoints.save_final(within=config.shutdown_timeout):
-            rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
-        report_end(pipeline, checkpoints, once and rc == EXIT_OK)
-        return rc
+            loop.add_signal_handler(signal.SIGHUP, on_hup)
+        while True:
+            checkpoints = CheckpointStore(data_dir, *pipeline_identity(config.sinks.values()))
+            checkpoints.open()
+            if carried is not None:
+                checkpoints.adopt(carried)
+            deadletter = DeadLetter(data_dir, telemetry, config.dead_letter)
+            ctx = Context(
+                data_dir=data_dir,
+                telemetry=telemetry,
+                checkpoints=checkpoints,
+                deadletter=deadletter,
+                once=once,
+                docker_root=config.docker_root,
+            )
+            try:
+                pipeline = Pipeline.build(config, ctx)
+                if server is None:
+                    server = await start_api(config, ctx)
+                    if server is not None:
+                        api_task = asyncio.create_task(_serve(server), name="api")
+                        api_task.add_done_callback(api_ended)
+                if on_ready is not None:
+                    on_ready(pipeline)
+                tune_gc()
+                bar = ProgressBar.start(pipeline) if once else None
+                try:
+                    rc = await pipeline.run()
+                finally:
+                    if bar is not None:
+                        await bar.stop()
+                if not await checkpoints.save_final(within=config.shutdown_timeout):
+                    rc = rc or EXIT_FAILED  # delivered, but the place is not saved: said, and not 0
+                if reload_to is None or pipeline.fatal is not None or pipeline.forced:
+                    if carried is not None:  # reloaded: the summary covers every pipeline of the process
+                        pipeline.duration = time.monotonic() - started
+                    report_end(pipeline, checkpoints, once and rc == EXIT_OK)
+                    return rc
+                carried = checkpoints.snapshot()
+            finally:
+                await ctx.aclose()
+                deadletter.close()
+                checkpoints.close()
+            log.info(
+                "reloaded: the old pipeline delivered what it had%s; starting the new one",
+                "" if rc == EXIT_OK else " except records read again now (its drain deadline passed)",
+            )
+            config, reload_to, signals = reload_to, None, 0
+            telemetry.new_pipeline()
     finally:
         loop.set_exception_handler(None)
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-        await ctx.aclose()
-        deadletter.close()
-        checkpoints.close()
+        if api_task is not None:
+            api_task.cancel()
+            await asyncio.gather(api_task, return_exceptions=True)
+        if server is not None:
+            announce_api(data_dir, None)

@@ -193,6 +193,17 @@ class CheckpointStore:
     def touch(self) -> None:
         self._dirty = True
 
+    def snapshot(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """A copy of every source's positions (a reload hands them to the next pipeline)."""
+        return orjson.loads(orjson.dumps(self._data))  # type: ignore[no-any-return]
+
+    def adopt(self, positions: dict[str, dict[str, dict[str, Any]]]) -> None:
+        """Start from ``positions`` (the pipeline this one replaces at a reload), whatever this
+        pipeline's own document said: what the old one delivered is not delivered again, even to
+        new outputs, and what it had not delivered is read again."""
+        self._data = orjson.loads(orjson.dumps(positions))
+        self._dirty = True
+
     @property
     def dirty(self) -> bool:
         return self._dirty

@@ -9,6 +9,8 @@
     collector health [--url http://127.0.0.1:8686]
     collector top [--url http://127.0.0.1:8686] [--once]
     collector status [--data-dir DIR]
+    collector reload [-c pipeline.yaml | --data-dir DIR]
+    collector tap [--url URL] [--component NAME] [--tag PATTERN] [--container NAME] [--limit N]
     collector schema [--format json|markdown] [--write DIR]
 
 Exit codes (every command's ``--help`` says which apply): 0 done, 1 a component failed, 2 bad
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -511,6 +514,67 @@ def parser() -> argparse.ArgumentParser:
         help="the running collector's API (default: the one it wrote in DIR/api.json, if it runs with one)",
     )
 
+    tap = _sub(
+        sub,
+        "tap",
+        "print the records passing a component of a running collector, live",
+        "Attach to a running collector (its API: api.listen, or tail/receive --api) and print the records\n"
+        "a component passes on (for a sink: the records it receives, after its match), as they pass:\n"
+        "readable lines on a terminal, NDJSON when piped. Read-only, and it never slows the pipeline:\n"
+        "past --rate records per second, or while this command cannot keep up, records are skipped and\n"
+        'the count is said on stderr ("sampling: N records skipped").',
+        epilog="exit codes:\n  0  --limit records printed, or stopped with Ctrl-C (or the collector stopped)\n"
+        "  1  no collector answers there, or it stopped before --limit records\n"
+        "  2  bad usage: no such component, a bad --tag pattern",
+    )
+    tap.add_argument(
+        "--url",
+        default=None,
+        help="its API (default: the one the collector running on --data-dir wrote in DIR/api.json, else "
+        "http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)",
+    )
+    tap.add_argument("--data-dir", metavar="DIR", help=f"where to find api.json (default: {default_data_dir()})")
+    tap.add_argument(
+        "--component",
+        metavar="NAME",
+        help="the source, transform (or transform.port) or sink to watch (default: the sink, when there is one)",
+    )
+    tap.add_argument("--tag", metavar="PATTERN", help="only records whose tag matches (app.**, {a,b}, as match)")
+    tap.add_argument(
+        "--container", metavar="NAME", help="only records of this container: a name or glob (web-*), or an id prefix"
+    )
+    tap.add_argument("--limit", type=int, metavar="N", help="exit after N records (default: until Ctrl-C)")
+    tap.add_argument(
+        "--rate",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="at most N records per second are copied; past that, records are skipped and counted (0: as many as "
+        "this command keeps up with)",
+    )
+
+    rl = _sub(
+        sub,
+        "reload",
+        "make a running collector read its config file again",
+        "Send SIGHUP to the collector that runs on a data directory (the one holding its lock): it reads\n"
+        "its config file (collector run -c FILE) again. A new config that is invalid is refused, with\n"
+        "the reason in its log, and the running pipeline goes on. A valid one replaces the pipeline: the\n"
+        "running one drains (sources stop, everything in flight is delivered, checkpoints are saved), then\n"
+        "the new one starts in the same process from the same positions, and the API stays up.\n"
+        "data_dir and api.listen cannot change on a reload.",
+        epilog="exit codes:\n  0  signalled (its log says whether the new config was taken)\n"
+        "  1  no collector runs on that data directory\n  2  bad usage, or -c FILE is invalid (nothing signalled)",
+    )
+    rl.add_argument(
+        "-c",
+        "--config",
+        metavar="FILE",
+        help="the pipeline file it runs: checked first (nothing is signalled when it is invalid), and its data_dir "
+        "says which collector",
+    )
+    rl.add_argument("--data-dir", metavar="DIR", help=f"the data directory it runs on (default: {default_data_dir()})")
+
     sc = _sub(
         sub,
         "schema",
@@ -562,14 +626,16 @@ def health(url: str | None, timeout: float) -> int:
     return 0 if ok else 1
 
 
-def _run(cfg: PipelineConfig, once: bool, source: str = "<config>") -> int:
+def _run(
+    cfg: PipelineConfig, once: bool, source: str = "<config>", reload: Callable[[], PipelineConfig] | None = None
+) -> int:
     from collector.app import run_pipeline  # noqa: PLC0415
 
     problems = unreadable_files(cfg, source)
     if problems:
         raise ConfigError(problems)
     try:
-        return asyncio.run(run_pipeline(cfg, once=once))
+        return asyncio.run(run_pipeline(cfg, once=once, reload=reload))
     except DataDirError as e:
         print(f"collector: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -617,10 +683,19 @@ def main(argv: list[str] | None = None) -> int:
                     print(str(e), file=sys.stderr)
             return EXIT_USAGE if bad else 0
         if args.command == "run":
-            cfg = load_config(args.config)
-            if args.data_dir:
-                cfg = cfg.model_copy(update={"data_dir": args.data_dir})
-            return _run(cfg, args.once, args.config)
+
+            def read() -> PipelineConfig:
+                cfg = load_config(args.config)
+                if args.data_dir:
+                    cfg = cfg.model_copy(update={"data_dir": args.data_dir})
+                problems = unreadable_files(cfg, args.config)
+                if problems:
+                    raise ConfigError(problems)
+                return cfg
+
+            return _run(read(), args.once, args.config, reload=read)
+        if args.command == "reload":
+            return reload(args.config, args.data_dir)
         if args.command == "tail":
             return _run(command_config(tail_config(args), "tail"), args.once)
         if args.command == "receive":
@@ -637,6 +712,15 @@ def main(argv: list[str] | None = None) -> int:
             from collector.status import run_status  # noqa: PLC0415
 
             return run_status(Path(args.data_dir or default_data_dir()), args.url)
+        if args.command == "tap":
+            from collector.tap import run_tap  # noqa: PLC0415
+
+            if args.limit is not None and args.limit < 1:
+                ap.error("--limit must be 1 or more")
+            if args.rate < 0:
+                ap.error("--rate must be 0 or more")
+            data_dir = Path(args.data_dir or default_data_dir()).expanduser()
+            return run_tap(args.url, data_dir, args.component, args.tag, args.container, args.limit, args.rate)
         if args.command == "schema":
             return schema(args.format, args.write)
         if args.command == "setup":
@@ -655,6 +739,35 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return EXIT_USAGE
+
+
+def reload(config: str | None, data_dir: str | None) -> int:
+    """``collector reload``: SIGHUP to the collector holding the data directory's lock."""
+    import signal  # noqa: PLC0415
+
+    from collector.status import lock_holder  # noqa: PLC0415
+
+    if config:
+        try:
+            cfg = load_config(config)
+        except ConfigError as e:
+            print(f"collector reload: not signalled, the running collector goes on unchanged:\n{e}", file=sys.stderr)
+            return EXIT_USAGE
+    where = Path(data_dir or (cfg.data_dir if config else default_data_dir())).expanduser()
+    pid = lock_holder(where)
+    if pid is None or pid <= 0:
+        print(f"collector reload: no collector runs on the data directory {where}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except OSError as e:
+        print(f"collector reload: cannot signal pid {pid}: {e.strerror}", file=sys.stderr)
+        return 1
+    print(
+        f"sent SIGHUP to the collector on {where} (pid {pid}): it reads its config file again; its log says "
+        "whether the new one was taken or refused, and why"
+    )
+    return 0
 
 
 def schema(fmt: str, write_dir: str | None) -> int:

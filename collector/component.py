@@ -33,6 +33,7 @@ from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
     from collector.docker_api import DockerMetadata, MetadataOptions, MetadataSource
+    from collector.tap import Tap
 
 
 class ComponentConfig(BaseModel):
@@ -151,7 +152,7 @@ class Context:
     checkpoints: CheckpointStore
     deadletter: DeadLetter
     once: bool = False
-    docker_root: str = "/var/lib/docker"  # the pipeline's (config.PipelineConfig.docker_root)
+    docker_root: str = DEFAULT_DOCKER_ROOT  # the pipeline's (config.PipelineConfig.docker_root)
     hostname: str = field(default_factory=socket.gethostname)
     _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
     _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -239,8 +240,12 @@ class Emitter:
         self.channels = list(channels)
         self.inflight = inflight  # a source's output: what it emits is counted until finalized
         self.counter = counter  # collector_events_out_total of the component (None: not counted)
+        self.taps: list[Tap] = []  # `collector tap` clients attached here (tap.py); replaced, never mutated
 
     async def emit(self, batch: Batch) -> None:
+        if self.taps:
+            for tap in self.taps:
+                tap.offer(batch)
         if self.inflight is not None:
             self.inflight.track(batch)
         if self.counter is not None:

@@ -52,19 +52,25 @@ def write_api_file(data_dir: Path, url: str | None) -> None:
 
 
 def lock_held(data_dir: Path) -> bool:
-    """Whether a process holds ``<data_dir>/lock`` (from /proc/locks: probing with flock could
-    make a collector starting at that very moment think the directory is taken)."""
+    """Whether a process holds ``<data_dir>/lock``."""
+    return lock_holder(data_dir) is not None
+
+
+def lock_holder(data_dir: Path) -> int | None:
+    """The pid of the process holding ``<data_dir>/lock`` (flock), from /proc/locks: probing with
+    flock could make a collector starting at that very moment think the directory is taken."""
     try:
         st = os.stat(data_dir / "lock")
         locks = Path("/proc/locks").read_text()
     except OSError:
-        return False
+        return None
     want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     for line in locks.splitlines():
         f = line.split()
         if "FLOCK" in f and want in f:
-            return True
-    return False
+            i = f.index(want)
+            return int(f[i - 1]) if f[i - 1].isdigit() else -1
+    return None
 
 
 def running_api(data_dir: Path) -> str | None:

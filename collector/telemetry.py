@@ -36,7 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -52,6 +52,8 @@ REQUEST_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 Check = Callable[[], tuple[bool, str]]
 # (container, container_id, bytes): a source's checkpoint lag per container, computed when scraped
 LagReport = Callable[[], Iterable[tuple[str, str, int]]]
+# (query string, reader, writer): answers on the connection itself, for as long as it needs
+Stream = Callable[[str, asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 class DockerCounts(Protocol):
@@ -157,6 +159,8 @@ class Telemetry:
         self.draining = False  # a stop was requested: not ready any more
         self._lag: dict[str, LagReport] = {}
         self._docker: list[DockerCounts] = []
+        # path -> handler that owns the connection (GET /tap streams; tap.TapHub.serve)
+        self.streams: dict[str, Stream] = {}
         r.register(_Dynamic(self))
 
     # -- convenience -----------------------------------------------------------------
@@ -189,6 +193,23 @@ class Telemetry:
     def health(self) -> tuple[bool, dict[str, str]]:
         return _run_checks(self._health, "ok: ", "failing: ")
 
+    def new_pipeline(self) -> None:
+        """A reload replaced the pipeline: forget what described the old one's components (their
+        checks, lag reports, buffer gauges); the counters go on."""
+        self._health.clear()
+        self._ready.clear()
+        self._lag.clear()
+        self._docker.clear()
+        self.draining = False
+        for gauge in (
+            self.component_info,
+            self.buffer_events,
+            self.buffer_bytes,
+            self.buffer_max_events,
+            self.buffer_max_bytes,
+        ):
+            gauge.clear()
+
     def register_ready(self, name: str, check: Check) -> None:
         self._ready[name] = check
 
@@ -211,12 +232,18 @@ class Telemetry:
 
     # -- HTTP endpoint -----------------------------------------------------------------
     async def serve(self, host: str, port: int) -> asyncio.Server:
-        """GET /metrics (Prometheus text), GET /health and GET /ready (200 or 503, JSON detail)."""
+        """GET /metrics (Prometheus text), GET /health and GET /ready (200 or 503, JSON detail), and
+        the ``streams`` registered (GET /tap)."""
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
                 path = head.split(b" ", 2)[1].decode("latin-1") if head.count(b" ") >= 2 else "/"
+                route, _, query = path.partition("?")
+                stream = self.streams.get(route)
+                if stream is not None:
+                    await stream(query, reader, writer)
+                    return
                 if path.startswith("/metrics"):
                     status, ctype, body = 200, CONTENT_TYPE_LATEST, generate_latest(self.registry)
                 elif path.startswith("/health"):

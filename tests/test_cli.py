@@ -50,6 +50,8 @@ COMMANDS = {  # subcommand -> the exit codes its --help must explain (the README
     "health": "012",
     "top": "012",
     "status": "02",
+    "tap": "012",
+    "reload": "012",
     "schema": "02",
 }
 

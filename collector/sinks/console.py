@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import zlib
+from collections.abc import Iterable, Mapping
 from typing import IO, Any, ClassVar, Literal
 
 from pydantic import Field
@@ -53,22 +54,7 @@ class ConsoleSink(Sink):
     def render(self, batch: Batch) -> bytes:
         if not self.text:
             return b"".join(line + b"\n" for line in batch.encoded())
-        lines = []
-        for rec in batch.records():
-            ts = str(rec.get("@timestamp", ""))
-            ts = ts[11:23] if len(ts) > 23 else ts
-            who = str(get_path(rec, "container.name") or get_path(rec, "container.id") or "-")[:WHO_WIDTH]
-            tags = rec.get("tags")
-            tag = batch.tag or (str(tags[0]) if isinstance(tags, list) and tags else "-")
-            stream = str(rec.get("stream") or "-")
-            msg = str(rec.get("message", ""))
-            if self.color:
-                c = COLOURS[zlib.crc32(who.encode()) % len(COLOURS)]
-                st = f"\x1b[31m{stream:<6}{RESET}" if stream == "stderr" else f"{stream:<6}"
-                lines.append(f"{DIM}{ts}{RESET} \x1b[{c}m{who:<{WHO_WIDTH}}{RESET} {DIM}{tag:<12}{RESET} {st} {msg}")
-            else:
-                lines.append(f"{ts} {who:<{WHO_WIDTH}} {tag:<12} {stream:<6} {msg}")
-        return ("\n".join(lines) + "\n").encode("utf-8", "replace")
+        return render_text(batch.records(), batch.tag, self.color).encode("utf-8", "replace")
 
     async def run(self, inbox: BufferReader) -> None:
         self.mark_reached("writing to " + ("the terminal" if _isatty(self.out) else "standard output"))
@@ -86,6 +72,27 @@ class ConsoleSink(Sink):
             self.meter.delivered(sum(len(b) for b in batches))
             for b in batches:
                 release(b.ack)
+
+
+def render_text(records: Iterable[Mapping[str, Any]], tag: str, color: bool) -> str:
+    """Records as readable lines, ``time  container  tag  stream  message`` (also what
+    ``collector tap`` prints on a terminal)."""
+    lines = []
+    for rec in records:
+        ts = str(rec.get("@timestamp", ""))
+        ts = ts[11:23] if len(ts) > 23 else ts
+        who = str(get_path(rec, "container.name") or get_path(rec, "container.id") or "-")[:WHO_WIDTH]
+        tags = rec.get("tags")
+        shown = tag or (str(tags[0]) if isinstance(tags, list) and tags else "-")
+        stream = str(rec.get("stream") or "-")
+        msg = str(rec.get("message", ""))
+        if color:
+            c = COLOURS[zlib.crc32(who.encode()) % len(COLOURS)]
+            st = f"\x1b[31m{stream:<6}{RESET}" if stream == "stderr" else f"{stream:<6}"
+            lines.append(f"{DIM}{ts}{RESET} \x1b[{c}m{who:<{WHO_WIDTH}}{RESET} {DIM}{shown:<12}{RESET} {st} {msg}")
+        else:
+            lines.append(f"{ts} {who:<{WHO_WIDTH}} {shown:<12} {stream:<6} {msg}")
+    return "".join(line + "\n" for line in lines)
 
 
 def _isatty(f: IO[bytes]) -> bool:

@@ -26,7 +26,6 @@ from pydantic import Field, field_validator
 
 from collector.component import Transform, TransformConfig
 from collector.docker_api import (
-    DEFAULT_DOCKER_ROOT,
     ContainerInfo,
     DockerMetadata,
     MetadataOptions,
