@@ -178,12 +178,12 @@ def _inject(monkeypatch, component, armed):
     elif component == "sink":
         write = FileSink._write
 
-        def write_or_fail(self, fd, data):
+        def write_or_fail(fd, data, sync):
             if armed.is_set():
                 raise InjectedError("injected into sink")
-            write(self, fd, data)
+            write(fd, data, sync)
 
-        monkeypatch.setattr(FileSink, "_write", write_or_fail)
+        monkeypatch.setattr(FileSink, "_write", staticmethod(write_or_fail))
     elif component == "checkpoints":
         save = CheckpointStore.save_async
 
@@ -298,13 +298,13 @@ def test_a_crashed_sink_is_restarted_and_given_what_it_held(tmp_path, monkeypatc
 
     write = FileSink._write
 
-    def fail_once(self, fd, data):
+    def fail_once(fd, data, sync):
         if armed.is_set():
             armed.clear()
             raise InjectedError("one crash")
-        write(self, fd, data)
+        write(fd, data, sync)
 
-    monkeypatch.setattr(FileSink, "_write", fail_once)
+    monkeypatch.setattr(FileSink, "_write", staticmethod(fail_once))
     cfg = _kill_config(tmp_path, free_port())
     log = tmp_path / "logs" / "app-json.log"
     log.write_bytes(docker_lines([f"m{i}" for i in range(100)]))
