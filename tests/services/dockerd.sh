@@ -112,6 +112,11 @@ stop() {
     fi
     rm -f "$PIDFILE"
   fi
+  # what the engine left mounted (its network namespace, a container's rootfs): without this,
+  # `rm -rf` of the services directory fails with "Device or resource busy"
+  awk -v d="$STATE/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r | while read -r m; do
+    umount -l "$m" 2>/dev/null || true
+  done
   say "stopped"
 }
 
