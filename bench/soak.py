@@ -821,8 +821,11 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + text)
     (out / f"{stem}.md").write_text(f"    {result.command}\n\n{text}\n")
     (out / f"{stem}.json").write_bytes(orjson.dumps(asdict(result), option=orjson.OPT_INDENT_2))
-    plot(result, out / f"{stem}.png")
-    print(f"\nwritten: {out / stem}.md, .json, .png")
+    try:
+        plot(result, out / f"{stem}.png")
+        print(f"\nwritten: {out / stem}.md, .json, .png")
+    except ImportError:  # the table and the JSON are the results; the plot needs the bench extra
+        print(f"\nwritten: {out / stem}.md, .json (no .png: pip install -e '.[bench]' for matplotlib)")
     return 1 if result.failures else 0
 
 
