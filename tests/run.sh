@@ -91,7 +91,7 @@ phase_end
 # -- tests -------------------------------------------------------------------------------------
 phase_start tests "pytest"
 set +e
-.venv/bin/python -m pytest -ra "$@"
+.venv/bin/python -m pytest -ra --durations=30 "$@"
 rc=$?
 set -e
 phase_end
