@@ -171,7 +171,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
     state = tmp_path / "state"
     cfg = {
         "data_dir": str(state),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": f"127.0.0.1:{forward}"}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{forward}"]}},
         "sinks": {
             "graylog": {
                 "type": "gelf",
@@ -192,7 +192,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
             lambda: (r := get(url))[1].get("checks", {}).get("source[fwd]", "").startswith("ready") and r
         )
         assert status == 503 and body["status"] == "not ready", body
-        assert body["checks"]["source[fwd]"] == f"ready: listening on 127.0.0.1:{forward}"
+        assert body["checks"]["source[fwd]"] == f"ready: listening on tcp://127.0.0.1:{forward}"
         assert body["checks"]["sink[graylog]"].startswith("not ready: "), body
 
         # Graylog's GELF TCP input comes up on that port: ready, without a record sent
@@ -201,7 +201,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
             assert body == {
                 "status": "ready",
                 "checks": {
-                    "source[fwd]": f"ready: listening on 127.0.0.1:{forward}",
+                    "source[fwd]": f"ready: listening on tcp://127.0.0.1:{forward}",
                     "sink[graylog]": body["checks"]["sink[graylog]"],
                 },
             }
