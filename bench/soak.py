@@ -435,7 +435,7 @@ def pipeline(state: Path, root: Path, docker_host: str, es_url: str, target: str
                 "buffer": {"type": "disk", "max_bytes": 4 << 30},
             }
         },
-        "api": {"listen": f"127.0.0.1:{ports['api']}"},
+        "api": {"listen": f"tcp://127.0.0.1:{ports['api']}"},
         "shutdown_timeout": 120,
     }
     path = state / "pipeline.yaml"

@@ -164,14 +164,15 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def api_listen(value: str) -> str:
-    """``--api``: ``HOST:PORT`` as given; a bare ``PORT`` or ``:PORT`` is loopback only (the API
-    says what flows through the collector: it is opened to others only when asked)."""
+    """``--api``: the ``api.listen`` URL, ``tcp://HOST:PORT`` as given; a bare ``PORT`` or ``:PORT``
+    is loopback only (the API says what flows through the collector: it is opened to others only
+    when asked)."""
     v = value.strip()
     if v.isdigit():
         v = f":{v}"
     if v.startswith(":"):
         v = "127.0.0.1" + v
-    return v
+    return v if "://" in v else "tcp://" + v
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -300,9 +301,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--api",
-        metavar="HOST:PORT",
-        help="serve GET /health, /ready and /metrics there (for `collector top`, `status`, Prometheus); "
-        "a bare PORT listens on 127.0.0.1 only (default: off)",
+        metavar="URL",
+        help="api.listen: serve GET /health, /ready and /metrics on tcp://HOST:PORT (for `collector top`, "
+        "`status`, Prometheus); HOST:PORT means tcp://HOST:PORT, a bare PORT listens on 127.0.0.1 only "
+        "(default: off)",
     )
 
 
@@ -478,7 +480,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="exit codes:\n  0  healthy\n  1  unhealthy, or not reachable\n  2  bad usage",
     )
     h.add_argument(
-        "--url", default=None, help="its api (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+        "--url",
+        default=None,
+        help="its api (default: $COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
@@ -494,7 +498,9 @@ def parser() -> argparse.ArgumentParser:
         "  2  bad usage",
     )
     tp.add_argument(
-        "--url", default=None, help="its API (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+        "--url",
+        default=None,
+        help="its API (default: $COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     tp.add_argument("--once", action="store_true", help="print one snapshot and exit (rates over --interval)")
     tp.add_argument(
@@ -535,7 +541,7 @@ def parser() -> argparse.ArgumentParser:
         "--url",
         default=None,
         help="its API (default: the one the collector running on --data-dir wrote in DIR/api.json, else "
-        "http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)",
+        "$COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     tap.add_argument("--data-dir", metavar="DIR", help=f"where to find api.json (default: {default_data_dir()})")
     tap.add_argument(
@@ -607,9 +613,9 @@ def health(url: str | None, timeout: float) -> int:
     import urllib.request  # noqa: PLC0415
 
     if url is None:
-        host, _, port = os.environ.get("COLLECTOR_API_LISTEN", "127.0.0.1:8686").rpartition(":")
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-        url = f"http://{host}:{port}"
+        from collector.top import default_url  # noqa: PLC0415
+
+        url = default_url()
     target = url.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(target, timeout=timeout) as r:

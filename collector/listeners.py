@@ -128,6 +128,18 @@ def parse_listen(url: str, schemes: Iterable[str] = SCHEMES) -> Listen:
     return Listen(u.scheme, u.hostname, port)
 
 
+API_SCHEMES = ("tcp",)  # api.listen (collector/config.py) is one tcp:// URL ...
+DEFAULT_API_LISTEN = "tcp://127.0.0.1:8686"
+
+
+def api_url(listen: str) -> str:
+    """... and this is the ``http://`` address a client (health, top, tap) asks it on (a wildcard
+    address is asked on loopback)."""
+    li = parse_listen(listen, API_SCHEMES)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(li.host, li.host)
+    return f"http://[{host}]:{li.port}" if ":" in host else f"http://{host}:{li.port}"
+
+
 # -- the process's open files ----------------------------------------------------------------------
 def raise_fd_limit() -> tuple[int, int]:
     """Raise the soft RLIMIT_NOFILE to the hard one (as Go and systemd services do); returns
@@ -393,9 +405,12 @@ def peer_host(peername: Any) -> str:
 
 
 __all__ = [
+    "API_SCHEMES",
+    "DEFAULT_API_LISTEN",
     "ConnectionTable",
     "Listen",
     "ListenerLimits",
+    "api_url",
     "cap_reads",
     "fd_budget",
     "parse_listen",

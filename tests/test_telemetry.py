@@ -162,7 +162,7 @@ def test_an_api_address_that_cannot_be_used_is_a_usage_error(tmp_path):
             "tail", "--paths", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
         )
     assert r.returncode == 2, r.stderr
-    assert f"the API cannot listen on 127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr
+    assert f"the API cannot listen on tcp://127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -180,7 +180,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
                 "retry": {"initial_backoff": 0.2, "max_backoff": 1.0},
             }
         },
-        "api": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "tcp://127.0.0.1:0"},
         "shutdown_timeout": 8,
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))

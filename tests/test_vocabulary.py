@@ -16,10 +16,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pytest
 from pydantic import BaseModel, SecretStr
 
 from collector import cli, registry
-from collector.config import PipelineConfig
+from collector.config import ApiConfig, PipelineConfig
 from collector.retry import RetryConfig
 from tests.helpers import REPO
 from tests.test_pipelines import collector_configs
@@ -87,6 +88,9 @@ NAMES: dict[str, tuple[str, str]] = {
 }
 BATCH_KEYS = {"max_events", "max_bytes", "timeout"}
 LISTEN_SHAPE = list[str]  # URLs: tcp://, udp://, tls://, unix://
+# ... but the API is one HTTP endpoint that `health`, `top`, `tap`, `status` and Prometheus are
+# pointed at, so its listen is one URL (tcp://HOST:PORT), not a list (test_the_api_listens_on_one_url)
+ONE_LISTEN = {("pipeline", "api.listen")}
 FSYNC_SHAPE = Literal["always", "interval", "never"]
 SECRET = re.compile(r"(^|_)(password|passphrase|secret|token|bearer|api_key|shared_key)$")
 DECLARED_ONCE = ("docker_root",)  # a host setting: one place per pipeline, not one per component
@@ -108,8 +112,10 @@ def violations() -> set[str]:
             fields = set(_models_in(ann)[0].model_fields) if _models_in(ann) else set()
             if fields != BATCH_KEYS:
                 found.add(f"{k.component}: batch has {sorted(fields)}, not {sorted(BATCH_KEYS)}")
-        if k.name == "listen" and ann != LISTEN_SHAPE:
+        if k.name == "listen" and (k.component, k.dotted) not in ONE_LISTEN and ann != LISTEN_SHAPE:
             found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not a list of URLs")
+        if (k.component, k.dotted) in ONE_LISTEN and ann is not str:
+            found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not one URL")
         if k.name == "fsync" and ann != FSYNC_SHAPE:
             found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not always|interval|never")
         if SECRET.search(k.name) and ann is not SecretStr:
@@ -137,10 +143,7 @@ def violations() -> set[str]:
 
 # Today's violations, found by the test below: each is issue 17 (part B, the renames). Delete a
 # line when its rename lands; never add one (name the new key as the table above says instead).
-KNOWN_VIOLATIONS = {
-    # listen: a list of URLs everywhere (tcp://, udp://, tls://, unix://)
-    "pipeline: api.listen is str, not a list of URLs",  # issue 17
-}
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 def _check(found: set[str], known: set[str], what: str) -> None:
@@ -152,6 +155,15 @@ def _check(found: set[str], known: set[str], what: str) -> None:
 
 def test_one_key_and_one_shape_per_concept_across_all_components():
     _check(violations(), KNOWN_VIOLATIONS, "vocabulary violations")
+
+
+def test_the_api_listens_on_one_url():
+    """api.listen is a URL like every listen (tcp://HOST:PORT), one of them: a host:port is refused."""
+    assert ApiConfig().listen == "tcp://127.0.0.1:8686"
+    assert ApiConfig(listen="tcp://[::1]:0").listen == "tcp://[::1]:0"
+    for bad in ("127.0.0.1:8686", "udp://127.0.0.1:8686", "tcp://127.0.0.1"):
+        with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+            ApiConfig(listen=bad)
 
 
 def test_the_walk_sees_every_component_and_nested_key():

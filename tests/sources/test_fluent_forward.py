@@ -1067,7 +1067,7 @@ def test_a_second_signal_stops_at_once_even_with_a_blocked_sink(tmp_path):
     cfg.write_text(
         f"""
 data_dir: {tmp_path / "state"}
-api: {{listen: "{api}"}}
+api: {{listen: "tcp://{api}"}}
 sources: {{fwd: {{type: fluent_forward, listen: ["tcp://127.0.0.1:{port}"]}}}}
 sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: never, buffer: {{max_events: 10}}}}}}
 """
