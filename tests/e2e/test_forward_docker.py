@@ -154,7 +154,7 @@ def test_seed_scenario_with_the_pipeline_file(docker, tmp_path):
     port = free_port()
     out = tmp_path / "all.ndjson"
     env = {
-        "COLLECTOR_FORWARD_LISTEN": f"127.0.0.1:{port}",
+        "COLLECTOR_FORWARD_LISTEN": f"tcp://127.0.0.1:{port}",
         "COLLECTOR_OUT_FILE": str(out),
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
         "DOCKER_HOST": docker.host,
