@@ -107,7 +107,7 @@ async def collector(args: argparse.Namespace) -> None:
     cfg = validate_config(
         {
             "data_dir": state.name,
-            "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0", "heartbeat": False}},
+            "sources": {"fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"], "heartbeat": False}},
             "sinks": {"out": sink_config(args, out)},
         }
     )

@@ -414,7 +414,7 @@ def pipeline(state: Path, root: Path, docker_host: str, es_url: str, target: str
         "data_dir": str(state),
         "sources": {
             "containers": {"type": "docker_json_file", "paths": [str(root / "containers" / "*" / "*-json.log")]},
-            "forward": {"type": "fluent_forward", "listen": f"127.0.0.1:{ports['forward']}"},
+            "forward": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{ports['forward']}"]},
             "gelf": {"type": "gelf", "listen": [f"udp://127.0.0.1:{ports['gelf']}"]},
         },
         "transforms": {
@@ -435,7 +435,7 @@ def pipeline(state: Path, root: Path, docker_host: str, es_url: str, target: str
                 "buffer": {"type": "disk", "max_bytes": 4 << 30},
             }
         },
-        "api": {"listen": f"127.0.0.1:{ports['api']}"},
+        "api": {"listen": f"tcp://127.0.0.1:{ports['api']}"},
         "shutdown_timeout": 120,
     }
     path = state / "pipeline.yaml"

@@ -48,11 +48,11 @@ from collector.buffers import Buffer, BufferConfig, BufferReader
 from collector.buffers.disk import DiskBuffer
 from collector.buffers.memory import Channel, MemoryBuffer
 from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
-from collector.component import Context, Emitter, Sink, Source, Transform, split_hostport
+from collector.component import Context, Emitter, Sink, Source, Transform
 from collector.config import ConfigError, PipelineConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch
-from collector.listeners import raise_fd_limit
+from collector.listeners import API_SCHEMES, parse_listen, raise_fd_limit
 from collector.progress import ProgressBar, summarize
 from collector.ratelog import RateLimitedLog
 from collector.retry import Backoff
@@ -487,9 +487,9 @@ async def start_api(cfg: PipelineConfig, ctx: Context) -> asyncio.Server | None:
     directory (``collector status`` finds a running collector's API there)."""
     if cfg.api is None:
         return None
-    host, port = split_hostport(cfg.api.listen)
+    li = parse_listen(cfg.api.listen, API_SCHEMES)
     try:
-        server = await ctx.telemetry.serve(host, port)
+        server = await ctx.telemetry.serve(li.host, li.port)
     except OSError as e:
         raise ApiError(f"the API cannot listen on {cfg.api.listen}: {e.strerror or e} (api.listen, --api)") from None
     bound = server.sockets[0].getsockname()

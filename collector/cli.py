@@ -1,8 +1,8 @@
 """The command line: argument parsing only; everything else lives in the library.
 
     collector tail [--tag A] [--paths GLOB]... [--output SPEC] [--once]
-    collector receive --forward 127.0.0.1:24224 [--gelf udp://127.0.0.1:12201] [--syslog udp://127.0.0.1:5514]
-                      [--output SPEC]
+    collector receive --listen forward+tcp://127.0.0.1:24224 [--listen gelf+udp://127.0.0.1:12201]
+                      [--listen syslog+udp://127.0.0.1:5514] [--output SPEC]
     collector run -c pipeline.yaml [--once] [--data-dir DIR]
     collector validate -c pipeline.yaml...
     collector setup --hosts URL | -c pipeline.yaml [--kibana URL] [--dry-run]
@@ -124,16 +124,30 @@ def cri_tail_config(args: argparse.Namespace) -> dict[str, Any]:
     return cfg
 
 
-def receive_config(args: argparse.Namespace) -> dict[str, Any]:
+# receive --listen PROTOCOL+URL: the source each protocol is received by (and its name in the pipeline)
+RECEIVERS = {"forward": "fluent_forward", "gelf": "gelf", "syslog": "syslog"}
+LISTEN_FORMS = (
+    "forward+tcp://HOST:PORT, forward+unix:///PATH, gelf+udp://HOST:PORT, gelf+tcp://HOST:PORT, "
+    "syslog+udp://HOST:PORT, syslog+tcp://HOST:PORT, syslog+unix:///PATH or syslog+unixgram:///PATH"
+)
+
+
+def receive_sources(listen: list[str]) -> dict[str, Any]:
+    """``--listen PROTOCOL+URL``...: one source per protocol, listening on each of its URLs (the
+    source's ``listen``), as ``--output gelf+udp://`` names a protocol and its transport."""
     sources: dict[str, Any] = {}
-    for i, addr in enumerate(args.forward or []):
-        sources[f"forward{i or ''}"] = {"type": "fluent_forward", "listen": addr}
-    for i, addr in enumerate(args.gelf or []):
-        sources[f"gelf{i or ''}"] = {"type": "gelf", "listen": [addr]}
-    for i, addr in enumerate(args.syslog or []):
-        sources[f"syslog{i or ''}"] = {"type": "syslog", "listen": [addr]}
+    for spec in listen:
+        protocol, plus, url = spec.partition("+")
+        if not plus or protocol not in RECEIVERS or "://" not in url:
+            raise ValueError(f"--listen {spec!r}: use {LISTEN_FORMS}")
+        sources.setdefault(protocol, {"type": RECEIVERS[protocol], "listen": []})["listen"].append(url)
     if not sources:
-        raise ValueError("give --forward HOST:PORT, --gelf udp://HOST:PORT and/or --syslog udp://HOST:PORT")
+        raise ValueError(f"give --listen, one or more of {LISTEN_FORMS}")
+    return sources
+
+
+def receive_config(args: argparse.Namespace) -> dict[str, Any]:
+    sources = receive_sources(args.listen or [])
     meta = {"type": "docker_metadata", "inputs": list(sources), "metadata": args.metadata}
     cfg: dict[str, Any] = {
         "data_dir": args.data_dir or default_data_dir(),
@@ -150,14 +164,15 @@ def receive_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def api_listen(value: str) -> str:
-    """``--api``: ``HOST:PORT`` as given; a bare ``PORT`` or ``:PORT`` is loopback only (the API
-    says what flows through the collector: it is opened to others only when asked)."""
+    """``--api``: the ``api.listen`` URL, ``tcp://HOST:PORT`` as given; a bare ``PORT`` or ``:PORT``
+    is loopback only (the API says what flows through the collector: it is opened to others only
+    when asked)."""
     v = value.strip()
     if v.isdigit():
         v = f":{v}"
     if v.startswith(":"):
         v = "127.0.0.1" + v
-    return v
+    return v if "://" in v else "tcp://" + v
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -232,8 +247,7 @@ FLAG_OF_KEY = (
     (r"transforms\.meta\.tag", "--tag"),
     (r"transforms\.meta\.metadata", "--metadata"),
     (r"transforms\.meta\.docker_host", "--docker-host"),
-    (r"sources\.forward\d*\.listen", "--forward"),
-    (r"sources\.gelf\d*\.listen(\.\d+)?", "--gelf"),
+    (r"sources\.(forward|gelf|syslog)\.listen(\.\d+)?", "--listen"),
     (r"sinks\.out(\.[\w.]+)?", "--output"),
     (r"data_dir", "--data-dir"),
     (r"api(\.listen)?", "--api"),
@@ -287,9 +301,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--api",
-        metavar="HOST:PORT",
-        help="serve GET /health, /ready and /metrics there (for `collector top`, `status`, Prometheus); "
-        "a bare PORT listens on 127.0.0.1 only (default: off)",
+        metavar="URL",
+        help="api.listen: serve GET /health, /ready and /metrics on tcp://HOST:PORT (for `collector top`, "
+        "`status`, Prometheus); HOST:PORT means tcp://HOST:PORT, a bare PORT listens on 127.0.0.1 only "
+        "(default: off)",
     )
 
 
@@ -371,23 +386,14 @@ def parser() -> argparse.ArgumentParser:
         "  docker run --log-driver=fluentd --log-opt fluentd-address=localhost:24224 --log-opt tag=app.web ...",
     )
     r.add_argument(
-        "--forward",
+        "--listen",
         action="append",
-        metavar="HOST:PORT",
-        help="listen for the forward protocol, e.g. 127.0.0.1:24224 (repeatable)",
-    )
-    r.add_argument(
-        "--gelf",
-        action="append",
-        metavar="URL",
-        help="listen for GELF: udp://127.0.0.1:12201 or tcp://127.0.0.1:12201 (repeatable)",
-    )
-    r.add_argument(
-        "--syslog",
-        action="append",
-        metavar="URL",
-        help="listen for syslog (RFC 5424/3164; Docker's syslog driver): udp://127.0.0.1:5514, "
-        "tcp://127.0.0.1:5514, unix:///PATH or unixgram:///PATH (repeatable)",
+        metavar="PROTOCOL+URL",
+        help="where to receive, repeatable (each protocol's URLs go to one source's `listen`): "
+        "forward+tcp://127.0.0.1:24224 or forward+unix:///PATH (the forward protocol, Docker's fluentd driver; "
+        "a TCP port also answers UDP heartbeats), gelf+udp://127.0.0.1:12201 or gelf+tcp://127.0.0.1:12201, "
+        "syslog+udp://127.0.0.1:5514, syslog+tcp://..., syslog+unix:///PATH or syslog+unixgram:///PATH "
+        "(RFC 5424/3164; Docker's syslog driver)",
     )
     _common(r)
 
@@ -474,7 +480,9 @@ def parser() -> argparse.ArgumentParser:
         epilog="exit codes:\n  0  healthy\n  1  unhealthy, or not reachable\n  2  bad usage",
     )
     h.add_argument(
-        "--url", default=None, help="its api (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+        "--url",
+        default=None,
+        help="its api (default: $COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     h.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
 
@@ -490,7 +498,9 @@ def parser() -> argparse.ArgumentParser:
         "  2  bad usage",
     )
     tp.add_argument(
-        "--url", default=None, help="its API (default: http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)"
+        "--url",
+        default=None,
+        help="its API (default: $COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     tp.add_argument("--once", action="store_true", help="print one snapshot and exit (rates over --interval)")
     tp.add_argument(
@@ -531,7 +541,7 @@ def parser() -> argparse.ArgumentParser:
         "--url",
         default=None,
         help="its API (default: the one the collector running on --data-dir wrote in DIR/api.json, else "
-        "http:// + $COLLECTOR_API_LISTEN, or http://127.0.0.1:8686)",
+        "$COLLECTOR_API_LISTEN asked over http://, or http://127.0.0.1:8686)",
     )
     tap.add_argument("--data-dir", metavar="DIR", help=f"where to find api.json (default: {default_data_dir()})")
     tap.add_argument(
@@ -603,9 +613,9 @@ def health(url: str | None, timeout: float) -> int:
     import urllib.request  # noqa: PLC0415
 
     if url is None:
-        host, _, port = os.environ.get("COLLECTOR_API_LISTEN", "127.0.0.1:8686").rpartition(":")
-        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-        url = f"http://{host}:{port}"
+        from collector.top import default_url  # noqa: PLC0415
+
+        url = default_url()
     target = url.rstrip("/") + "/health"
     try:
         with urllib.request.urlopen(target, timeout=timeout) as r:

@@ -42,14 +42,6 @@ class ComponentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def split_hostport(v: str) -> tuple[str, int]:
-    """``host:port`` (``[::1]:24224`` for IPv6); an empty host means every interface."""
-    host, sep, port = v.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected host:port, got {v!r}")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
 class ServerTls(ComponentConfig):
     """TLS of a listener (the forward and GELF sources)."""
 

@@ -36,8 +36,9 @@ from pydantic import (
 )
 
 from collector import registry
-from collector.component import TransformConfig, split_hostport
+from collector.component import TransformConfig
 from collector.deadletter import DeadLetterConfig
+from collector.listeners import API_SCHEMES, DEFAULT_API_LISTEN, parse_listen
 from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
 
@@ -68,12 +69,16 @@ SinkConfigUnion = _union(registry.SINKS)
 
 class ApiConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    listen: str = Field("127.0.0.1:8686", description="host:port of the /health and /metrics endpoint.")
+    listen: str = Field(
+        DEFAULT_API_LISTEN,
+        description="tcp://HOST:PORT of the /health, /ready, /metrics and /tap endpoint: one URL, the address "
+        "`collector health`, `top`, `tap` and Prometheus are pointed at (port 0 picks a free one).",
+    )
 
     @field_validator("listen")
     @classmethod
-    def _hostport(cls, v: str) -> str:
-        split_hostport(v)
+    def _url(cls, v: str) -> str:
+        parse_listen(v, API_SCHEMES)
         return v
 
 

@@ -31,8 +31,10 @@ import logging
 import resource
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from pydantic import Field
 
@@ -82,6 +84,60 @@ class ListenerLimits(ComponentConfig):
         description="Bytes all connections may hold for messages still arriving (each holds up to 32 KiB free "
         "of it); the connection that would go past it is closed.",
     )
+
+
+# -- listen URLs -------------------------------------------------------------------------------------
+SCHEMES = ("udp", "tcp", "tls", "unix", "unixgram")
+
+
+@dataclass(frozen=True)
+class Listen:
+    """One ``listen`` URL, parsed."""
+
+    scheme: str
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @property
+    def stream(self) -> bool:
+        return self.scheme in ("tcp", "tls", "unix")
+
+
+def parse_listen(url: str, schemes: Iterable[str] = SCHEMES) -> Listen:
+    """``udp://127.0.0.1:5514``, ``tcp://[::1]:5514``, ``tls://0.0.0.0:6514``, ``unix:///run/x.sock``
+    (stream) or ``unixgram:///dev/log`` (datagram); ``schemes`` are those the listener serves.
+    Every source's ``listen`` is a list of these."""
+    allowed = tuple(schemes)
+    u = urlsplit(url)
+    if u.scheme not in allowed:
+        forms = [f"{s}:///PATH" if s in ("unix", "unixgram") else f"{s}://HOST:PORT" for s in allowed]
+        hint = ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
+        raise ValueError(f"{url!r}: listen on {hint}")
+    if u.scheme in ("unix", "unixgram"):
+        path = (u.netloc + u.path) if u.netloc else u.path
+        if not path.startswith("/"):
+            raise ValueError(f"{url!r}: expected {u.scheme}:///absolute/path")
+        return Listen(u.scheme, path=path)
+    try:
+        port = u.port
+    except ValueError:
+        port = None
+    if port is None or not u.hostname or u.path not in ("", "/"):
+        raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
+    return Listen(u.scheme, u.hostname, port)
+
+
+API_SCHEMES = ("tcp",)  # api.listen (collector/config.py) is one tcp:// URL ...
+DEFAULT_API_LISTEN = "tcp://127.0.0.1:8686"
+
+
+def api_url(listen: str) -> str:
+    """... and this is the ``http://`` address a client (health, top, tap) asks it on (a wildcard
+    address is asked on loopback)."""
+    li = parse_listen(listen, API_SCHEMES)
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(li.host, li.host)
+    return f"http://[{host}]:{li.port}" if ":" in host else f"http://{host}:{li.port}"
 
 
 # -- the process's open files ----------------------------------------------------------------------
@@ -348,4 +404,16 @@ def peer_host(peername: Any) -> str:
     return ""
 
 
-__all__ = ["ConnectionTable", "ListenerLimits", "cap_reads", "fd_budget", "peer_host", "raise_fd_limit"]
+__all__ = [
+    "API_SCHEMES",
+    "DEFAULT_API_LISTEN",
+    "ConnectionTable",
+    "Listen",
+    "ListenerLimits",
+    "api_url",
+    "cap_reads",
+    "fd_budget",
+    "parse_listen",
+    "peer_host",
+    "raise_fd_limit",
+]

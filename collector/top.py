@@ -21,6 +21,8 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from collector.listeners import DEFAULT_API_LISTEN, api_url
+
 Samples = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -29,10 +31,9 @@ class Unreachable(Exception):
 
 
 def default_url() -> str:
-    """``http://`` + ``$COLLECTOR_API_LISTEN`` (a wildcard address asked on loopback), else port 8686."""
-    host, _, port = os.environ.get("COLLECTOR_API_LISTEN", "127.0.0.1:8686").rpartition(":")
-    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
-    return f"http://{host}:{port}"
+    """Where ``$COLLECTOR_API_LISTEN`` (tcp://HOST:PORT, as api.listen) is asked (a wildcard
+    address on loopback), else port 8686 on loopback."""
+    return api_url(os.environ.get("COLLECTOR_API_LISTEN") or DEFAULT_API_LISTEN)
 
 
 def scrape(url: str, timeout: float = 5.0) -> Samples:

@@ -36,7 +36,7 @@ def write_config(tmp_path, sink, api_port=None, shutdown_timeout=30):
         "shutdown_timeout": shutdown_timeout,
     }
     if api_port:
-        cfg["api"] = {"listen": f"127.0.0.1:{api_port}"}
+        cfg["api"] = {"listen": f"tcp://127.0.0.1:{api_port}"}
     p = tmp_path / "p.yaml"
     p.write_text(yaml.safe_dump(cfg))
     return p
@@ -142,7 +142,7 @@ def _kill_config(tmp_path, port):
         "sources": {"files": {"type": "docker_json_file", "paths": [str(logs / "*-json.log")]}},
         "transforms": {"keep": {"type": "filter", "inputs": ["files"], "drop": {"message": "^never$"}}},
         "sinks": {"out": {"type": "file", "inputs": ["keep"], "path": str(tmp_path / "out.ndjson"), "fsync": "never"}},
-        "api": {"listen": f"127.0.0.1:{port}"},
+        "api": {"listen": f"tcp://127.0.0.1:{port}"},
         "checkpoint_interval": 0.1,
         "shutdown_timeout": 5,
         "restart": {"retry": {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 1.0}},

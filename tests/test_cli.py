@@ -135,7 +135,15 @@ def test_receive_takes_docker_root_and_never_names_a_data_root_that_is_not_there
     root = tmp_path / "no-docker-root"
     port = free_port()
     env = {"DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
-    args = ["receive", "--forward", f"127.0.0.1:{port}", "--docker-root", str(root), "--log-level", "debug"]
+    args = [
+        "receive",
+        "--listen",
+        f"forward+tcp://127.0.0.1:{port}",
+        "--docker-root",
+        str(root),
+        "--log-level",
+        "debug",
+    ]
     c = Collector(*args, "--data-dir", str(tmp_path / "d"), "-o", f"file:{tmp_path / 'out.ndjson'}", env=env)
     with c.start(tmp_path / "stderr.log"):
         wait_until(lambda: "listening for the forward protocol" in c.stderr(), what="the listener")
@@ -148,12 +156,19 @@ def test_receive_takes_docker_root_and_never_names_a_data_root_that_is_not_there
 def test_a_bad_flag_value_is_reported_with_the_flag_not_the_internal_key(tmp_path):
     r = run_cli("tail", "--tag", "{{.Nmae}}", "--once", "--data-dir", str(tmp_path))
     assert r.returncode == 2 and r.stderr.startswith("collector tail: --tag: unknown field {{.Nmae}}"), r.stderr
-    r = run_cli("receive", "--forward", "nowhere", "--gelf", "udp://x", "--data-dir", str(tmp_path))
+    r = run_cli("receive", "--listen", "forward+tcp://nowhere", "--listen", "gelf+udp://x", "--data-dir", str(tmp_path))
     assert r.returncode == 2, r.stderr
     assert r.stderr.splitlines() == [
-        "collector receive: --forward: expected host:port, got 'nowhere'",
-        "collector receive: --gelf: 'udp://x': expected udp://HOST:PORT",
+        "collector receive: --listen: 'tcp://nowhere': expected tcp://HOST:PORT",
+        "collector receive: --listen: 'udp://x': expected udp://HOST:PORT",
     ], r.stderr
+    r = run_cli("receive", "--listen", "syslog+unix://relative", "--data-dir", str(tmp_path))
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines() == [
+        "collector receive: --listen: 'unix://relative': expected unix:///absolute/path"
+    ], r.stderr
+    r = run_cli("receive", "--listen", "udp://127.0.0.1:5514", "--data-dir", str(tmp_path))
+    assert r.returncode == 2 and r.stderr.startswith("collector: --listen 'udp://127.0.0.1:5514': use "), r.stderr
 
 
 def test_a_certificate_that_cannot_be_read_is_a_configuration_error_naming_its_key(tmp_path):
@@ -164,7 +179,7 @@ def test_a_certificate_that_cannot_be_read_is_a_configuration_error_naming_its_k
         "sources:\n"
         "  f:\n"
         "    type: fluent_forward\n"
-        "    listen: 127.0.0.1:0\n"
+        "    listen: [tls://127.0.0.1:0]\n"
         f"    tls: {{cert_file: {tmp_path}/nope.pem, key_file: {tmp_path}/nope.key}}\n"
         "sinks: {o: {type: console, inputs: [f]}}\n"
     )
@@ -183,3 +198,22 @@ def test_every_output_the_cli_accepts_is_named_in_its_help_and_errors():
     for spec in ("console", "file:", "http(s)://", "gelf+udp://", "gelf+tcp://", "gelf+tls://"):
         assert spec in r.stderr, (spec, r.stderr)
         assert spec in helptext, spec
+
+
+def test_receive_listen_names_protocol_and_transport_and_groups_them_per_source():
+    """`--listen PROTOCOL+URL` as `--output gelf+udp://`: each protocol's URLs are one source's listen."""
+    args = cli.parser().parse_args(
+        [
+            *("receive", "--listen", "forward+tcp://127.0.0.1:24224", "--listen", "forward+unix:///run/f.sock"),
+            *("--listen", "gelf+udp://127.0.0.1:12201", "--listen", "gelf+tcp://127.0.0.1:12201"),
+            *("--listen", "syslog+unixgram:///dev/log"),
+        ]
+    )
+    doc = cli.receive_config(args)
+    assert {name: (s["type"], s["listen"]) for name, s in doc["sources"].items()} == {
+        "forward": ("fluent_forward", ["tcp://127.0.0.1:24224", "unix:///run/f.sock"]),
+        "gelf": ("gelf", ["udp://127.0.0.1:12201", "tcp://127.0.0.1:12201"]),
+        "syslog": ("syslog", ["unixgram:///dev/log"]),
+    }
+    assert doc["transforms"]["meta"]["inputs"] == ["forward", "gelf", "syslog"]
+    cli.command_config(doc, "receive")  # and it is a valid pipeline

@@ -116,7 +116,7 @@ def test_every_problem_of_a_file_is_reported_each_with_its_line_and_key():
         "(known: c, loop1, loop2, meta)",
         "p.yaml:12: sinks.es.batch.max_events: Input should be greater than or equal to 1",
         "p.yaml:13: sinks.out: duplicate key 'out' (first at line 11)",
-        "p.yaml:14: api.listen: expected host:port, got 'nowhere'",
+        "p.yaml:14: api.listen: 'nowhere': listen on tcp://HOST:PORT",
     ]
 
 

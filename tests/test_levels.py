@@ -64,7 +64,7 @@ def three_sources(tmp_path: Path) -> Any:
         "data_dir": str(tmp_path / "state"),
         "sources": {
             "files": {"type": "docker_json_file", "paths": [str(log)], "read_from": "beginning"},
-            "fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0"},
+            "fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"]},
             "gelf": {"type": "gelf", "listen": ["udp://127.0.0.1:0"]},
         },
         "transforms": {"parse": {"type": "parse", "inputs": ["files"]}},

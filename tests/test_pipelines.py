@@ -97,7 +97,7 @@ def test_json_file_to_elasticsearch_end_to_end(docker, search_engine, es_target,
         "COLLECTOR_ES_URL": search_engine.url,
         "COLLECTOR_ES_DATA_STREAM": es_target,
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
-        "COLLECTOR_API_LISTEN": f"127.0.0.1:{free_port()}",
+        "COLLECTOR_API_LISTEN": f"tcp://127.0.0.1:{free_port()}",
     }
     cfg = str(REPO / "pipelines" / "json-file-to-elasticsearch.yaml")
     r = run_cli("run", "-c", cfg, "--once", env=env)
@@ -147,5 +147,5 @@ def test_the_images_default_config_is_the_json_file_to_elasticsearch_pipeline():
     dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
     assert "COPY pipelines/json-file-to-elasticsearch.yaml /etc/collector/collector.yaml" in dockerfile
     cfg = yaml.safe_load((REPO / "pipelines" / "json-file-to-elasticsearch.yaml").read_text())
-    assert cfg["api"]["listen"] == "${COLLECTOR_API_LISTEN:-127.0.0.1:8686}"  # for the HEALTHCHECK
+    assert cfg["api"]["listen"] == "${COLLECTOR_API_LISTEN:-tcp://127.0.0.1:8686}"  # for the HEALTHCHECK
     assert cfg["sinks"]["elasticsearch"]["hosts"] == ["${COLLECTOR_ES_URL:-http://elasticsearch:9200}"]

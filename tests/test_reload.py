@@ -52,7 +52,7 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
 
     def write_config(out: Path) -> None:
         doc = file_pipeline([str(logs / "*-json.log")], out, state)
-        doc["api"] = {"listen": "127.0.0.1:0"}
+        doc["api"] = {"listen": "tcp://127.0.0.1:0"}
         config.write_text(yaml.safe_dump(doc))
 
     write_config(first)

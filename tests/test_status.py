@@ -132,7 +132,7 @@ def test_status_counts_a_disk_buffer_and_dead_letters_while_the_output_is_down(t
                 "retry": {"initial_backoff": 0.1, "max_backoff": 0.5},
             }
         },
-        "api": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "tcp://127.0.0.1:0"},
         "shutdown_timeout": 2,
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))

@@ -162,7 +162,7 @@ def test_an_api_address_that_cannot_be_used_is_a_usage_error(tmp_path):
             "tail", "--paths", str(tmp_path / "*.log"), "--data-dir", str(tmp_path / "d"), "--api", f"127.0.0.1:{port}"
         )
     assert r.returncode == 2, r.stderr
-    assert f"the API cannot listen on 127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr
+    assert f"the API cannot listen on tcp://127.0.0.1:{port}" in r.stderr and "--api" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -171,7 +171,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
     state = tmp_path / "state"
     cfg = {
         "data_dir": str(state),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": f"127.0.0.1:{forward}"}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{forward}"]}},
         "sinks": {
             "graylog": {
                 "type": "gelf",
@@ -180,7 +180,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
                 "retry": {"initial_backoff": 0.2, "max_backoff": 1.0},
             }
         },
-        "api": {"listen": "127.0.0.1:0"},
+        "api": {"listen": "tcp://127.0.0.1:0"},
         "shutdown_timeout": 8,
     }
     (tmp_path / "p.yaml").write_text(yaml.safe_dump(cfg))
@@ -192,7 +192,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
             lambda: (r := get(url))[1].get("checks", {}).get("source[fwd]", "").startswith("ready") and r
         )
         assert status == 503 and body["status"] == "not ready", body
-        assert body["checks"]["source[fwd]"] == f"ready: listening on 127.0.0.1:{forward}"
+        assert body["checks"]["source[fwd]"] == f"ready: listening on tcp://127.0.0.1:{forward}"
         assert body["checks"]["sink[graylog]"].startswith("not ready: "), body
 
         # Graylog's GELF TCP input comes up on that port: ready, without a record sent
@@ -201,7 +201,7 @@ def test_ready_once_sources_listen_and_sinks_were_reached_and_not_while_draining
             assert body == {
                 "status": "ready",
                 "checks": {
-                    "source[fwd]": f"ready: listening on 127.0.0.1:{forward}",
+                    "source[fwd]": f"ready: listening on tcp://127.0.0.1:{forward}",
                     "sink[graylog]": body["checks"]["sink[graylog]"],
                 },
             }

@@ -16,10 +16,11 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import pytest
 from pydantic import BaseModel, SecretStr
 
 from collector import cli, registry
-from collector.config import PipelineConfig
+from collector.config import ApiConfig, PipelineConfig
 from collector.retry import RetryConfig
 from tests.helpers import REPO
 from tests.test_pipelines import collector_configs
@@ -87,6 +88,9 @@ NAMES: dict[str, tuple[str, str]] = {
 }
 BATCH_KEYS = {"max_events", "max_bytes", "timeout"}
 LISTEN_SHAPE = list[str]  # URLs: tcp://, udp://, tls://, unix://
+# ... but the API is one HTTP endpoint that `health`, `top`, `tap`, `status` and Prometheus are
+# pointed at, so its listen is one URL (tcp://HOST:PORT), not a list (test_the_api_listens_on_one_url)
+ONE_LISTEN = {("pipeline", "api.listen")}
 FSYNC_SHAPE = Literal["always", "interval", "never"]
 SECRET = re.compile(r"(^|_)(password|passphrase|secret|token|bearer|api_key|shared_key)$")
 DECLARED_ONCE = ("docker_root",)  # a host setting: one place per pipeline, not one per component
@@ -108,8 +112,10 @@ def violations() -> set[str]:
             fields = set(_models_in(ann)[0].model_fields) if _models_in(ann) else set()
             if fields != BATCH_KEYS:
                 found.add(f"{k.component}: batch has {sorted(fields)}, not {sorted(BATCH_KEYS)}")
-        if k.name == "listen" and ann != LISTEN_SHAPE:
+        if k.name == "listen" and (k.component, k.dotted) not in ONE_LISTEN and ann != LISTEN_SHAPE:
             found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not a list of URLs")
+        if (k.component, k.dotted) in ONE_LISTEN and ann is not str:
+            found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not one URL")
         if k.name == "fsync" and ann != FSYNC_SHAPE:
             found.add(f"{k.component}: {k.dotted} is {getattr(ann, '__name__', ann)}, not always|interval|never")
         if SECRET.search(k.name) and ann is not SecretStr:
@@ -137,13 +143,7 @@ def violations() -> set[str]:
 
 # Today's violations, found by the test below: each is issue 17 (part B, the renames). Delete a
 # line when its rename lands; never add one (name the new key as the table above says instead).
-KNOWN_VIOLATIONS = {
-    # batch: one `batch: {max_events, max_bytes, timeout}`
-    "source fluent_forward: max_batch_events is batch: name it batch",  # issue 17
-    # listen: a list of URLs everywhere (tcp://, udp://, tls://, unix://)
-    "source fluent_forward: listen is str, not a list of URLs",  # issue 17
-    "pipeline: api.listen is str, not a list of URLs",  # issue 17
-}
+KNOWN_VIOLATIONS: set[str] = set()
 
 
 def _check(found: set[str], known: set[str], what: str) -> None:
@@ -155,6 +155,15 @@ def _check(found: set[str], known: set[str], what: str) -> None:
 
 def test_one_key_and_one_shape_per_concept_across_all_components():
     _check(violations(), KNOWN_VIOLATIONS, "vocabulary violations")
+
+
+def test_the_api_listens_on_one_url():
+    """api.listen is a URL like every listen (tcp://HOST:PORT), one of them: a host:port is refused."""
+    assert ApiConfig().listen == "tcp://127.0.0.1:8686"
+    assert ApiConfig(listen="tcp://[::1]:0").listen == "tcp://[::1]:0"
+    for bad in ("127.0.0.1:8686", "udp://127.0.0.1:8686", "tcp://127.0.0.1"):
+        with pytest.raises(ValueError, match="tcp://HOST:PORT"):
+            ApiConfig(listen=bad)
 
 
 def test_the_walk_sees_every_component_and_nested_key():
@@ -175,7 +184,12 @@ def test_the_walk_sees_every_component_and_nested_key():
 
 
 # -- flags are named like the keys they set ------------------------------------------------------
+# A flag is named like the key it sets (`--read-from` sets read_from), or like the block it fills
+# whole when that block has one key (`--api URL` makes `api: {listen: URL}`).
 FLAG_OK = {"output", "once", "log_level", "help"}  # not config keys: a sink spec, a run mode, logging
+# what a flag is given in the check below, and what it puts in the config (a sentinel by default):
+# `receive --listen PROTOCOL+URL` puts the URL in that protocol's source's listen
+FLAG_SAMPLES = {("receive", "listen"): ("forward+tcp://sentinel.invalid:1", "tcp://sentinel.invalid:1")}
 SETUP_FLAGS = {  # `setup` builds no pipeline: the elasticsearch sink key each of its flags stands for
     "hosts": "hosts",
     "data_stream": "data_stream",
@@ -208,18 +222,24 @@ def flag_violations() -> set[str]:
     builders = {"tail": cli.tail_config, "receive": cli.receive_config}
     for command, build in builders.items():
         sub = subs[command]
-        base = sub.parse_args(["--forward", "127.0.0.1:1"] if command == "receive" else [])
+        base = sub.parse_args(["--listen", "forward+tcp://127.0.0.1:1"] if command == "receive" else [])
         for action in sub._actions:
             if not action.option_strings or action.dest in FLAG_OK:
                 continue
             flag = max(action.option_strings, key=len)
-            sentinel = f"SENTINEL-{action.dest}"
+            given, sentinel = FLAG_SAMPLES.get((command, action.dest), (f"SENTINEL-{action.dest}",) * 2)
             args = argparse.Namespace(**vars(base))
-            setattr(args, action.dest, [sentinel] if isinstance(action, argparse._AppendAction) else sentinel)
+            setattr(args, action.dest, [given] if isinstance(action, argparse._AppendAction) else given)
             doc = build(args)
-            keys = {next(p for p in reversed(path) if isinstance(p, str)) for path in _paths_of(doc, sentinel)}
-            for key in sorted(keys):
-                if flag.removeprefix("--").replace("-", "_") != key:
+            name = flag.removeprefix("--").replace("-", "_")
+            for path in _paths_of(doc, sentinel):
+                names = [p for p in path if isinstance(p, str)]
+                key = names[-1]
+                block: Any = doc
+                for p in path[:-1]:
+                    block = block[p]
+                whole_block = len(names) > 1 and name == names[-2] and isinstance(block, dict) and len(block) == 1
+                if name != key and not whole_block:
                     found.add(f"{command} {flag} sets {key}")
     for dest, key in SETUP_FLAGS.items():
         # --verify/--no-verify is one flag: the key's name, and its negation
@@ -233,13 +253,7 @@ def flag_violations() -> set[str]:
     return found
 
 
-KNOWN_FLAG_VIOLATIONS = {
-    "receive --forward sets listen",  # issue 17
-    "receive --gelf sets listen",  # issue 17
-    "receive --syslog sets listen",  # issue 17: as --gelf (issue 19 asked for `receive --syslog URL`)
-    "tail --api sets listen",  # issue 18 names the flag: it sets the api block (api.listen), as run's files do
-    "receive --api sets listen",  # issue 18, as tail
-}
+KNOWN_FLAG_VIOLATIONS: set[str] = set()
 
 
 def test_flags_are_named_like_the_keys_they_set():

@@ -20,13 +20,13 @@ def pipeline(tmp_path, listen: str) -> dict:
 
 def test_ok_then_failing_then_gone(tmp_path):
     port = free_port()
-    with BackgroundPipeline(pipeline(tmp_path, f"127.0.0.1:{port}")) as p:
+    with BackgroundPipeline(pipeline(tmp_path, f"tcp://127.0.0.1:{port}")) as p:
         r = run_cli("health", "--url", f"http://127.0.0.1:{port}")
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.startswith(f"ok (http://127.0.0.1:{port}/health)")
         assert "sink[out]: ok" in r.stdout
         # the default address comes from COLLECTOR_API_LISTEN, as the pipelines' `api.listen` does
-        r = run_cli("health", env={"COLLECTOR_API_LISTEN": f"0.0.0.0:{port}"})
+        r = run_cli("health", env={"COLLECTOR_API_LISTEN": f"tcp://0.0.0.0:{port}"})
         assert r.returncode == 0, r.stdout + r.stderr
         # a failing check: HTTP 503 from the real endpoint, exit 1 with the detail
         p.telemetry.register_health("sink[es]", lambda: (False, "http://es:9200: connection refused"))

@@ -97,7 +97,7 @@ def test_the_scrape_config_targets_the_collector_service_where_its_api_listens(c
     assert job == {"job": "collector", "metrics_path": "/metrics", "targets": ["collector:8686"]}
     for file in ("deploy/elk/compose.yaml", "deploy/graylog/compose.yaml"):
         services = projects[file]["services"]
-        assert services["collector"]["environment"]["COLLECTOR_API_LISTEN"] == "0.0.0.0:8686", file
+        assert services["collector"]["environment"]["COLLECTOR_API_LISTEN"] == "tcp://0.0.0.0:8686", file
         assert not any(p.get("target") == 8686 for p in services["collector"].get("ports") or []), "never on the host"
         for name in ("prometheus", "grafana"):
             assert services[name]["profiles"] == ["monitoring"], (file, name)

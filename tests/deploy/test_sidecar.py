@@ -132,7 +132,7 @@ def test_sidecar_ships_every_container_and_resumes_from_its_named_volume(
     env = {
         "COLLECTOR_ES_URL": search_engine.url,
         "COLLECTOR_ES_DATA_STREAM": es_target,
-        "COLLECTOR_API_LISTEN": f"127.0.0.1:{api_port}",
+        "COLLECTOR_API_LISTEN": f"tcp://127.0.0.1:{api_port}",
     }
     want = {
         names["early"]: expected(300, "early"),

@@ -468,7 +468,7 @@ def test_forward_source_kill_9_with_a_chunk_acking_client(es8, es_target, tmp_pa
         port = s.getsockname()[1]
     cfg = {
         "data_dir": str(tmp_path / "state"),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": f"127.0.0.1:{port}"}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{port}"]}},
         "sinks": {
             "es": {
                 "type": "elasticsearch",

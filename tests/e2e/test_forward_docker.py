@@ -55,7 +55,7 @@ def collector(tmp_path: Path, docker: Any) -> Iterator[Running]:
     out = tmp_path / "out.ndjson"
     cfg = {
         "data_dir": str(tmp_path / "state"),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0"}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"]}},
         "transforms": {
             "meta": {"type": "docker_metadata", "inputs": ["fwd"], "metadata": "api", "docker_host": docker.host}
         },
@@ -126,7 +126,7 @@ def test_seed_scenario_with_collector_receive(docker, tmp_path):
     """The user's notes, verbatim: a detached container logging every 10 s through the driver."""
     port = free_port()
     out = tmp_path / "out.ndjson"
-    args = ["--log-level", "info", "receive", "--forward", f"127.0.0.1:{port}", "--output", f"file:{out}"]
+    args = ["--log-level", "info", "receive", "--listen", f"forward+tcp://127.0.0.1:{port}", "--output", f"file:{out}"]
     args += ["--data-dir", str(tmp_path / "state"), "--docker-host", docker.host, "--metadata", "api"]
     with Collector(*args).start(tmp_path / "collector.log") as col:
         wait_until(lambda: "listening for the forward protocol" in col.stderr(), 30, what="the collector")
@@ -154,7 +154,7 @@ def test_seed_scenario_with_the_pipeline_file(docker, tmp_path):
     port = free_port()
     out = tmp_path / "all.ndjson"
     env = {
-        "COLLECTOR_FORWARD_LISTEN": f"127.0.0.1:{port}",
+        "COLLECTOR_FORWARD_LISTEN": f"tcp://127.0.0.1:{port}",
         "COLLECTOR_OUT_FILE": str(out),
         "COLLECTOR_DATA_DIR": str(tmp_path / "state"),
         "DOCKER_HOST": docker.host,

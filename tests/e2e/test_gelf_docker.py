@@ -66,10 +66,10 @@ def test_gelf_driver_udp_every_compression_and_tcp(docker, tmp_path):
     out = tmp_path / "out.ndjson"
     args = [
         "receive",
-        "--gelf",
-        f"udp://127.0.0.1:{port}",
-        "--gelf",
-        f"tcp://127.0.0.1:{port}",
+        "--listen",
+        f"gelf+udp://127.0.0.1:{port}",
+        "--listen",
+        f"gelf+tcp://127.0.0.1:{port}",
         "--output",
         f"file:{out}",
         "--docker-host",

@@ -1,6 +1,6 @@
 """The hostile-input harness: the real collector CLI under attack, and what it must still do.
 
-A :class:`Target` runs ``collector receive --forward ... --gelf tcp://... --gelf udp://...
+A :class:`Target` runs ``collector receive --listen forward+tcp://... --listen gelf+tcp://... --listen gelf+udp://...
 --output file:...`` as a subprocess at default settings (or ``collector run -c`` with the same
 topology when a test needs a setting changed), on loopback ports the collector picks itself.
 Each attack is driven from the test; meanwhile a well-behaved client (:class:`ForwardClient`,
@@ -51,7 +51,7 @@ DEAD_LETTER_CAP = 64 << 20  # the default dead_letter.max_bytes, per component
 
 GOOD_HOST = "127.0.0.1"
 _LISTEN = {
-    "forward": re.compile(r"listening for the forward protocol on 127\.0\.0\.1:(\d+)"),
+    "forward": re.compile(r"listening for the forward protocol on .*tcp://127\.0\.0\.1:(\d+)"),
     "gelf_tcp": re.compile(r"receiving GELF on .*tcp://127\.0\.0\.1:(\d+)"),
     "gelf_udp": re.compile(r"receiving GELF on .*udp://127\.0\.0\.1:(\d+)"),
 }
@@ -93,19 +93,18 @@ class Target:
         forward, gelf, root = self.overrides
         if forward is None and gelf is None and root is None:  # the defaults, as a user runs it
             return [
-                *("receive", "--forward", "127.0.0.1:0"),
-                *("--gelf", "tcp://127.0.0.1:0", "--gelf", "udp://127.0.0.1:0"),
+                *("receive", "--listen", "forward+tcp://127.0.0.1:0"),
+                *("--listen", "gelf+tcp://127.0.0.1:0", "--listen", "gelf+udp://127.0.0.1:0"),
                 *("--output", f"file:{self.out}", "--data-dir", str(self.data_dir)),
             ]
         # what `receive` builds, with some settings changed
         cfg: dict[str, Any] = {
             "data_dir": str(self.data_dir),
             "sources": {
-                "forward": {"type": "fluent_forward", "listen": "127.0.0.1:0", **(forward or {})},
-                "gelf": {"type": "gelf", "listen": ["tcp://127.0.0.1:0"], **(gelf or {})},
-                "gelf1": {"type": "gelf", "listen": ["udp://127.0.0.1:0"], **(gelf or {})},
+                "forward": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"], **(forward or {})},
+                "gelf": {"type": "gelf", "listen": ["tcp://127.0.0.1:0", "udp://127.0.0.1:0"], **(gelf or {})},
             },
-            "transforms": {"meta": {"type": "docker_metadata", "inputs": ["forward", "gelf", "gelf1"]}},
+            "transforms": {"meta": {"type": "docker_metadata", "inputs": ["forward", "gelf"]}},
             "sinks": {"out": {"type": "file", "inputs": ["meta"], "path": str(self.out)}},
             **(root or {}),
         }

@@ -90,7 +90,7 @@ def decoder_factory(tmp_path: Path) -> Iterator[Any]:
     telemetry = Telemetry()
     dl = DeadLetter(tmp_path, telemetry)
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
-    cfg = FluentForwardConfig(type="fluent_forward", max_message_bytes=1 << 16, max_batch_events=50)
+    cfg = FluentForwardConfig(type="fluent_forward", max_message_bytes=1 << 16, batch={"max_events": 50})
     yield lambda: Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
     dl.close()
 

@@ -62,7 +62,7 @@ def start(tmp_path: Path, root: Path) -> tuple[Running, int, int, Path]:
                 "data_dir": str(tmp_path / "state"),
                 "docker_root": str(root),
                 "sources": {
-                    "fwd": {"type": "fluent_forward", "listen": f"127.0.0.1:{fwd}"},
+                    "fwd": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{fwd}"]},
                     "gelf": {"type": "gelf", "listen": [f"udp://127.0.0.1:{gelf}"]},
                 },
                 "transforms": {

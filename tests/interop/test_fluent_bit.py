@@ -200,7 +200,7 @@ def test_require_ack_response_acks_only_what_was_delivered(tmp_path, name):
             "type": "gelf",
             "inputs": ["fwd"],
             "address": f"gelf+tcp://127.0.0.1:{graylog.port}",
-            "retry": {"max_backoff": 0.3},
+            "retry": {"initial_backoff": 0.1, "max_backoff": 0.3},
         }
     }
     try:

@@ -265,7 +265,7 @@ def test_rotation_faster_than_we_read_is_reported_and_counted(tmp_path, data_dir
     log.write_bytes(docker_lines(["a0"]))
     out = tmp_path / "out.ndjson"
     api = f"127.0.0.1:{free_port()}"
-    cfg = {**file_pipeline([str(log)], out, data_dir), "api": {"listen": api}}
+    cfg = {**file_pipeline([str(log)], out, data_dir), "api": {"listen": f"tcp://{api}"}}
     (tmp_path / "p.yaml").write_bytes(orjson.dumps(cfg))  # JSON is YAML
     with Collector("run", "-c", str(tmp_path / "p.yaml")).start(tmp_path / "collector.log") as col:
         wait_until(lambda: messages(out) == ["a0"], what="first line")

@@ -11,6 +11,7 @@ import contextlib
 import gzip
 import logging
 import os
+import re
 import signal
 import socket
 import ssl
@@ -28,6 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from msgpack import ExtType
+from pydantic import ValidationError
 
 from collector.codecs.forward import digest, event_time, pack_entries, pack_message, ping
 from collector.deadletter import DeadLetter
@@ -157,7 +159,7 @@ def pipeline_config(
 ) -> dict[str, Any]:
     return {
         "data_dir": str(tmp_path / "state"),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0", **(source or {})}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"], **(source or {})}},
         "sinks": {"out": {"type": "file", "inputs": ["fwd"], "path": str(out), "fsync": fsync, **sink}},
     }
 
@@ -417,7 +419,7 @@ def test_unix_socket_listener(tmp_path):
     from fluent import sender
 
     path = tmp_path / "fwd.sock"
-    with forward_pipeline(tmp_path, listen=f"unix://{path}") as run:
+    with forward_pipeline(tmp_path, listen=[f"unix://{path}"]) as run:
         assert run.source.address == str(path)
         s = sender.FluentSender("unix", host=f"unix://{path}")
         assert s.emit("x", {"message": "over a unix socket"}), s.last_error
@@ -476,7 +478,7 @@ def test_fluent_logger_resends_what_it_buffered_while_the_collector_was_down(tmp
     assert not small.emit("b", {"message": "overflowed 2"})  # refused, and now the buffer is too big
     assert len(overflowed) == 1, "the overflow handler was not called"
     small.close()
-    with forward_pipeline(tmp_path, listen=f"127.0.0.1:{port}") as run:
+    with forward_pipeline(tmp_path, listen=[f"tcp://127.0.0.1:{port}"]) as run:
         assert s.emit("a", {"message": "after restart"}), s.last_error
         s.close()
         with Client(run.port) as c:  # what the handler got is a valid forward stream: replay it
@@ -566,7 +568,7 @@ def certificate(tmp_path) -> tuple[Path, Path]:
 def test_tls_with_and_without_a_shared_key(tmp_path, certificate):
     cert, key = certificate
     tls = ssl.create_default_context(cafile=str(cert))
-    opts = {"tls": {"cert_file": str(cert), "key_file": str(key)}}
+    opts = {"tls": {"cert_file": str(cert), "key_file": str(key)}, "listen": ["tls://127.0.0.1:0"]}
     with forward_pipeline(tmp_path, **opts) as run:
         with Client(run.port, tls=tls) as c:
             c.send(message("tls", T0, {"message": "encrypted"}, {"chunk": "t1"}))
@@ -583,7 +585,10 @@ def test_tls_with_and_without_a_shared_key(tmp_path, certificate):
         assert c.handshake("k")[1] is True
         c.send(message("tls", T0, {"message": "both"}, {"chunk": "t2"}))
         assert c.recv() == {"ack": "t2"}
-    mutual = {"tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(cert)}}
+    mutual = {
+        "tls": {"cert_file": str(cert), "key_file": str(key), "client_ca_file": str(cert)},
+        "listen": ["tls://127.0.0.1:0"],
+    }
     with forward_pipeline(tmp_path / "3", **mutual) as run:
         with_cert = ssl.create_default_context(cafile=str(cert))
         with_cert.load_cert_chain(str(cert), str(key))  # self-signed: its own CA
@@ -596,6 +601,54 @@ def test_tls_with_and_without_a_shared_key(tmp_path, certificate):
             assert anonymous.closed_by_server()
         assert [r["message"] for r in run.records()] == ["mutual"]
         wait_until(lambda: run.errors("tls_failed") == 1, 5)
+
+
+def test_one_source_serves_every_listen_url(tmp_path, certificate):
+    """tcp://, tls:// and unix:// at once; each TCP port (tls:// too) answers UDP heartbeats."""
+    from fluent import sender
+
+    cert, key = certificate
+    path = tmp_path / "fwd.sock"
+    listen = ["tcp://127.0.0.1:0", "tls://127.0.0.1:0", f"unix://{path}"]
+    tls_opts = {"cert_file": str(cert), "key_file": str(key)}
+    with forward_pipeline(tmp_path, listen=listen, tls=tls_opts) as run:
+        wait_until(lambda: len(run.source.addresses) == 3, 10, what="three listeners")
+        (_, plain), (_, secure), unix = run.source.addresses
+        assert unix == str(path)
+        assert run.source.bound == [f"tcp://127.0.0.1:{plain}", f"tls://127.0.0.1:{secure}", f"unix://{path}"]
+        with Client(plain) as c:
+            c.send(message("m", T0, {"message": "tcp"}, {"chunk": "c1"}))
+            assert c.recv() == {"ack": "c1"}
+        with Client(secure, tls=ssl.create_default_context(cafile=str(cert))) as c:
+            c.send(message("m", T0, {"message": "tls"}, {"chunk": "c2"}))
+            assert c.recv() == {"ack": "c2"}
+        with Client(secure) as clear:  # the tls:// port speaks only TLS
+            clear.send(message("m", T0, {"message": "in clear"}))
+            assert clear.closed_by_server()
+        s = sender.FluentSender("m", host=f"unix://{path}")
+        assert s.emit("x", {"message": "unix"}), s.last_error
+        s.close()
+        for port in (plain, secure):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                u.settimeout(5)
+                u.sendto(b"\x00", ("127.0.0.1", port))
+                assert u.recvfrom(16) == (b"\x00", ("127.0.0.1", port))
+        assert sorted(r["message"] for r in run.wait_records(3)) == ["tcp", "tls", "unix"]
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ({"listen": ["tls://127.0.0.1:0"]}, "a tls:// listener needs `tls"),
+        ({"listen": ["tcp://127.0.0.1:0"], "tls": {"cert_file": "c", "key_file": "k"}}, "no listener is tls://"),
+        ({"listen": ["udp://127.0.0.1:0"]}, "listen on tcp://HOST:PORT, tls://HOST:PORT or unix:///PATH"),
+        ({"listen": ["127.0.0.1:24224"]}, "listen on tcp://"),
+        ({"listen": []}, "at least 1"),
+    ],
+)
+def test_listen_urls_are_checked(source, error):
+    with pytest.raises(ValidationError, match=re.escape(error)):
+        FluentForwardConfig(type="fluent_forward", **source)
 
 
 # -- bad input ----------------------------------------------------------------------------------
@@ -947,7 +1000,7 @@ def test_a_blocked_sink_blocks_the_client_and_memory_stays_bounded(tmp_path):
         f"""
 data_dir: {tmp_path / "state"}
 sources:
-  fwd: {{type: fluent_forward, listen: "127.0.0.1:{port}"}}
+  fwd: {{type: fluent_forward, listen: ["tcp://127.0.0.1:{port}"]}}
 sinks:
   out:
     type: file
@@ -1014,8 +1067,8 @@ def test_a_second_signal_stops_at_once_even_with_a_blocked_sink(tmp_path):
     cfg.write_text(
         f"""
 data_dir: {tmp_path / "state"}
-api: {{listen: "{api}"}}
-sources: {{fwd: {{type: fluent_forward, listen: "127.0.0.1:{port}"}}}}
+api: {{listen: "tcp://{api}"}}
+sources: {{fwd: {{type: fluent_forward, listen: ["tcp://127.0.0.1:{port}"]}}}}
 sinks: {{out: {{type: file, inputs: [fwd], path: {fifo}, fsync: never, buffer: {{max_events: 10}}}}}}
 """
     )
@@ -1061,7 +1114,7 @@ def test_route_and_filter_by_forward_tag(tmp_path):
     outs = {k: tmp_path / f"{k}.ndjson" for k in ("containers", "apps", "rest", "matched")}
     cfg = {
         "data_dir": str(tmp_path / "state"),
-        "sources": {"fwd": {"type": "fluent_forward", "listen": "127.0.0.1:0"}},
+        "sources": {"fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"]}},
         "transforms": {
             "nodebug": {"type": "filter", "inputs": ["fwd"], "exclude": "app.debug.**"},
             "route": {
@@ -1095,7 +1148,7 @@ def test_route_and_filter_by_forward_tag(tmp_path):
 def test_cli_receive_forward(tmp_path):
     port = free_port()
     out = tmp_path / "out.ndjson"
-    args = ["--log-level", "info", "receive", "--forward", f"127.0.0.1:{port}", "--output", f"file:{out}"]
+    args = ["--log-level", "info", "receive", "--listen", f"forward+tcp://127.0.0.1:{port}", "--output", f"file:{out}"]
     args += ["--data-dir", str(tmp_path / "s"), "--metadata", "files"]
     with Collector(*args).start(tmp_path / "collector.log") as col:
         wait_until(lambda: _can_connect(port), 30, what="collector receive to listen")
@@ -1107,7 +1160,7 @@ def test_cli_receive_forward(tmp_path):
     assert rec["message"] == "yoo A"
     assert rec["tags"] == ["log-test-container-A"]
     assert rec["container"]["id"] == CID
-    assert f"listening for the forward protocol on 127.0.0.1:{port}" in col.stderr()
+    assert f"listening for the forward protocol on tcp://127.0.0.1:{port}" in col.stderr()
 
 
 def test_pipeline_examples_validate():
@@ -1127,7 +1180,7 @@ def decoder(tmp_path) -> Iterator[Decoder]:
     telemetry = Telemetry()
     dl = DeadLetter(tmp_path, telemetry)
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
-    cfg = FluentForwardConfig(type="fluent_forward", max_record_bytes=1024, max_batch_events=100)
+    cfg = FluentForwardConfig(type="fluent_forward", max_record_bytes=1024, batch={"max_events": 100})
     yield Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
     dl.close()
 
@@ -1172,6 +1225,19 @@ def test_batches_share_fields_per_tag_and_container(decoder):
 def test_batches_are_bounded(decoder):
     batches = decode_all(decoder, pack_message("t", pack_entries([(T0, {"message": "m"})] * 250)))
     assert [len(b) for b in batches] == [100, 100, 50]
+
+
+def test_batches_are_bounded_in_bytes(tmp_path):
+    """batch.max_bytes: records of 1000 characters (+64 each, see records.py) in batches of 8 KiB."""
+    telemetry = Telemetry()
+    dl = DeadLetter(tmp_path, telemetry)
+    ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
+    cfg = FluentForwardConfig(type="fluent_forward", batch={"max_events": 1000, "max_bytes": 8192})
+    dec = Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
+    batches = decode_all(dec, pack_message("t", pack_entries([(T0, {"message": "m" * 1000})] * 20)))
+    dl.close()
+    assert [len(b) for b in batches] == [8, 8, 4]
+    assert all(b.nbytes <= 8192 + 1064 for b in batches)
 
 
 def test_split_lines_are_rejoined_per_container_and_stream(decoder):

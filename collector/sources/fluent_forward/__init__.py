@@ -2,7 +2,7 @@
 Fluent Bit, Fluentd, fluent-logger clients).
 
     sources:
-      forward: {type: fluent_forward, listen: "127.0.0.1:24224"}
+      forward: {type: fluent_forward, listen: [tcp://127.0.0.1:24224]}
 
 * Forward Protocol v1 in full: Message, Forward, PackedForward and CompressedPackedForward
   modes, EventTime and integer/float times, many connections, messages split anywhere
@@ -12,10 +12,14 @@ Fluent Bit, Fluentd, fluent-logger clients).
   and fluent-logger clients at-least-once; record ids derive from the chunk and the record's
   index, so a resent chunk writes the same ``_id`` again (one exception: the parts of a line
   Docker split are acknowledged as they arrive, see records.py);
-* ``shared_key`` (HELO/PING/PONG, with optional ``users``) and ``tls``; a client that fails
+* ``shared_key`` (HELO/PING/PONG, with optional ``users``); a client that fails
   authentication gets a PONG with the reason and is disconnected;
-* a UDP heartbeat on the same port (answered with one 0x00 byte);
-* ``listen: unix:///path`` for a Unix socket (Docker's ``fluentd-address=unix://...``);
+* ``listen``: a list of URLs, several servers per source: ``tcp://host:port``,
+  ``tls://host:port`` (with ``tls``), ``unix:///path`` (Docker's ``fluentd-address=unix://...``);
+  each TCP port (tcp:// and tls://) answers UDP heartbeats on the same port (one 0x00 byte);
+* ``batch``: what is already readable is read into one batch, up to ``max_events`` records,
+  ``max_bytes`` of messages, and for at most ``timeout`` seconds (it never waits for input that
+  is not there yet, so a chunk's ack is never held back longer than that for batching);
 * the limits every listener states (collector/listeners.py): connections in all and per
   address, handshake, read and idle timeouts, bytes held for messages still arriving; and
   a decoder that builds nothing before a message is whole (codecs/forward.py).
@@ -37,14 +41,15 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
-from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source, split_hostport
-from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
+from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source
+from collector.listeners import ConnectionTable, Listen, ListenerLimits, cap_reads, parse_listen, peer_host
 from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
 from collector.sources.fluent_forward.intake import Intake
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
 STREAM_LIMIT = 32 << 10
+SCHEMES = ("tcp", "tls", "unix")  # listen URLs served
 
 
 class ForwardUser(ComponentConfig):
@@ -54,12 +59,35 @@ class ForwardUser(ComponentConfig):
     )
 
 
+class ForwardBatch(ComponentConfig):
+    """How records already received are grouped: what is readable is read into one batch, within
+    these bounds (nothing waits for input that has not arrived)."""
+
+    max_events: int = Field(4096, ge=1, description="Records per batch at most.")
+    max_bytes: int = Field(
+        4 << 20,
+        ge=1024,
+        description="A batch is emitted once its records reach this many bytes (their text plus 64 each; "
+        "the last record may take it past).",
+    )
+    timeout: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="Seconds a batch may keep reading what is already readable before it is emitted "
+        "(0: one read at a time). Chunk acks wait for the batch, so at most this long for batching.",
+    )
+
+
 class FluentForwardConfig(ListenerLimits):
     type: Literal["fluent_forward"]
-    listen: str = Field(
-        "127.0.0.1:24224",
-        description="host:port to listen on (TCP, plus the UDP heartbeat), or unix:///path. "
-        "The default accepts local clients only; use 0.0.0.0:24224 to accept others.",
+    listen: list[str] = Field(
+        default_factory=lambda: ["tcp://127.0.0.1:24224"],
+        min_length=1,
+        description="Addresses to receive the forward protocol on: `tcp://127.0.0.1:24224`, "
+        "`tls://0.0.0.0:24284` (needs `tls`), `unix:///run/collector/forward.sock`. Each TCP port also answers "
+        "UDP heartbeats (see heartbeat). The default accepts local clients only; `tcp://0.0.0.0:24224` "
+        "accepts others. Port 0 picks a free port (logged).",
     )
     tags: list[str] = Field(default_factory=list, description="Static tags added to every record.")
     shared_key: SecretStr | None = Field(
@@ -69,8 +97,8 @@ class FluentForwardConfig(ListenerLimits):
     users: list[ForwardUser] = Field(
         default_factory=list, description="Also require one of these username/password pairs (needs shared_key)."
     )
-    tls: ServerTls | None = Field(None, description="Serve TLS with this certificate (off when absent).")
-    heartbeat: bool = Field(True, description="Answer UDP heartbeats on the same port.")
+    tls: ServerTls | None = Field(None, description="Certificate and key for `tls://` listeners.")
+    heartbeat: bool = Field(True, description="Answer UDP heartbeats on the port of each tcp:// and tls:// listener.")
     max_message_bytes: int = Field(
         16 << 20,
         ge=1 << 16,
@@ -82,7 +110,7 @@ class FluentForwardConfig(ListenerLimits):
     max_record_bytes: int = Field(
         1 << 20, ge=1024, description="A message (or rejoined split line) longer than this is truncated and flagged."
     )
-    max_batch_events: int = Field(4096, ge=1, description="Records per batch at most.")
+    batch: ForwardBatch = Field(default_factory=ForwardBatch, description="How received records are grouped.")
     read_bytes: int = Field(
         128 << 10,
         ge=4096,
@@ -92,18 +120,28 @@ class FluentForwardConfig(ListenerLimits):
         5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
     )
 
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
     @field_validator("listen")
     @classmethod
-    def _listen(cls, v: str) -> str:
-        if v.startswith("unix://"):
-            if not v[7:]:
-                raise ValueError("unix:// needs a path, e.g. unix:///run/collector/forward.sock")
-            return v
-        split_hostport(v)
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parse_listen(url, SCHEMES)
         return v
+
+    @property
+    def listens(self) -> list[Listen]:
+        return [parse_listen(u, SCHEMES) for u in self.listen]
 
     @model_validator(mode="after")
     def _auth(self) -> FluentForwardConfig:
+        if self.tls is None and any(li.scheme == "tls" for li in self.listens):
+            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
+        if self.tls is not None and not any(li.scheme == "tls" for li in self.listens):
+            raise ValueError("tls is set but no listener is tls://: listen on tls://HOST:PORT")
         if self.users and self.shared_key is None:
             raise ValueError("users need shared_key (user authentication is part of the shared-key handshake)")
         return self
@@ -116,7 +154,8 @@ class FluentForwardSource(Source):
         super().__init__(name, config, ctx)
         self.intake = Intake(name, config, ctx)
         self.connections: set[Connection] = set()
-        self.address: tuple[str, int] | str | None = None  # what we listen on, once listening
+        self.addresses: list[tuple[str, int] | str] = []  # what we listen on (ports resolved), once listening
+        self.bound: list[str] = []  # the same, as URLs
         self.listening = asyncio.Event()
         self._out: Emitter | None = None
         self._sslctx: ssl.SSLContext | None = None
@@ -126,37 +165,48 @@ class FluentForwardSource(Source):
     def _tls(self) -> ssl.SSLContext | None:
         return self.config.tls.context() if self.config.tls is not None else None
 
-    async def _serve(self) -> asyncio.Server:
+    @property
+    def address(self) -> tuple[str, int] | str | None:
+        """The first listener's address once listening: ``(host, port)`` or a socket's path."""
+        return self.addresses[0] if self.addresses else None
+
+    async def _serve(self, li: Listen) -> asyncio.Server:
         cfg = self.config
-        self._sslctx = self._tls()  # the handshake is per connection (connection.py): failures are counted
+        # the handshake is per connection (connection.py): failures are counted
+        tls = self._sslctx if li.scheme == "tls" else None
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await self._accept(reader, writer, tls)
+
         # a stream pauses its socket past twice its limit: what a fast client costs is bounded by
         # that and one read (cap_reads), while reads of read_bytes keep batches large
         kw: dict[str, Any] = {"limit": min(STREAM_LIMIT, cfg.read_bytes)}
-        if cfg.listen.startswith("unix://"):
-            path = cfg.listen[7:]
-            _remove_stale_socket(path)
-            server = await asyncio.start_unix_server(self._accept, path, **kw)
-            self.address = path
+        if li.scheme == "unix":
+            _remove_stale_socket(li.path)
+            server = await asyncio.start_unix_server(accept, li.path, **kw)
+            self.addresses.append(li.path)
+            self.bound.append(f"unix://{li.path}")
             return server
-        host, port = split_hostport(cfg.listen)
-        server = await asyncio.start_server(self._accept, host, port, reuse_address=True, **kw)
+        server = await asyncio.start_server(accept, li.host, li.port, reuse_address=True, **kw)
         sock = server.sockets[0].getsockname()
-        self.address = (sock[0], sock[1])
+        self.addresses.append((sock[0], sock[1]))
+        host = f"[{sock[0]}]" if ":" in sock[0] else sock[0]
+        self.bound.append(f"{li.scheme}://{host}:{sock[1]}")
         return server
 
-    async def _heartbeat(self) -> asyncio.DatagramTransport | None:
-        if not self.config.heartbeat or not isinstance(self.address, tuple):
-            return None
+    async def _heartbeat(self, address: tuple[str, int]) -> asyncio.DatagramTransport | None:
         loop = asyncio.get_running_loop()
         try:
-            transport, _ = await loop.create_datagram_endpoint(Heartbeat, local_addr=self.address)
+            transport, _ = await loop.create_datagram_endpoint(Heartbeat, local_addr=address)
         except OSError as e:
-            log.warning("%s: no UDP heartbeat on %s:%d: %s", self.name, *self.address, e)
+            log.warning("%s: no UDP heartbeat on %s:%d: %s", self.name, *address, e)
             return None
         return transport
 
     # -- connections ----------------------------------------------------------------------------
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tls: ssl.SSLContext | None
+    ) -> None:
         peer = peer_name(writer)
         if self._out is None or self.stopping:
             writer.close()
@@ -171,7 +221,7 @@ class FluentForwardSource(Source):
         conn.on_close = self._closed  # (it may outlive serve(): acks still owed)
         self.connections.add(conn)
         self.table.add(conn)
-        await conn.serve(self._out, self._sslctx)
+        await conn.serve(self._out, tls)
 
     def _closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
@@ -184,27 +234,42 @@ class FluentForwardSource(Source):
             self.mark_ready("not listening (--once)")
             return
         self._out = out
-        server = await self._serve()
-        udp = await self._heartbeat()
+        self._sslctx = self._tls()
+        servers: list[asyncio.Server] = []
+        udps: list[asyncio.DatagramTransport] = []
+        try:
+            for li in self.config.listens:
+                servers.append(await self._serve(li))
+                address = self.addresses[-1]
+                if self.config.heartbeat and isinstance(address, tuple):
+                    udp = await self._heartbeat(address)
+                    if udp is not None:
+                        udps.append(udp)
+        except BaseException:
+            for srv in servers:
+                srv.close()
+            for udp in udps:
+                udp.close()
+            raise
         log.info(
-            "%s: listening for the forward protocol on %s%s%s",
+            "%s: listening for the forward protocol on %s%s",
             self.name,
-            self.address if isinstance(self.address, str) else "%s:%d" % self.address,  # noqa: UP031
-            " (TLS)" if self.config.tls else "",
+            ", ".join(self.bound),
             " (shared key)" if self.config.shared_key else "",
         )
         self.ctx._closers.append(self._close_all)
         self.listening.set()
-        self.mark_ready("listening on " + (self.address if isinstance(self.address, str) else "%s:%d" % self.address))  # noqa: UP031
-        self.table.listening()
+        self.mark_ready("listening on " + ", ".join(self.bound))
+        self.table.listening(len(servers))
         watch = asyncio.create_task(self.table.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._stop.wait()
         finally:
             watch.cancel()
-            server.close()
+            for srv in servers:
+                srv.close()
             self.table.stopped_listening()
-            if udp is not None:
+            for udp in udps:
                 udp.close()
             conns = list(self.connections)
             me = asyncio.current_task()
@@ -222,9 +287,10 @@ class FluentForwardSource(Source):
                     for c in conns:
                         c.abort()
                     raise
-            if self.config.listen.startswith("unix://"):
-                with contextlib.suppress(OSError):
-                    os.unlink(self.config.listen[7:])
+            for li in self.config.listens:
+                if li.scheme == "unix":
+                    with contextlib.suppress(OSError):
+                        os.unlink(li.path)
 
     async def _close_all(self) -> None:
         for c in list(self.connections):

@@ -44,7 +44,7 @@ log = logging.getLogger("collector.sources.fluent_forward")
 
 MAX_UNREAD_ACKS = 4 << 20  # bytes of acks a client leaves unread before we give up on it
 GATHER_RECORDS = 1024  # records gathered over reads into one batch, while more bytes are already here
-GATHER_READS = 16
+GATHER_READS = 16  # (and within batch.max_bytes and batch.timeout)
 
 
 class Connection:
@@ -239,7 +239,10 @@ class Connection:
         wait = self.config.partial_timeout
         table = self.table
         loop = self.loop
+        batch = self.config.batch
+        gather_records = min(GATHER_RECORDS, batch.max_events)
         gathered = 0
+        gather_until = 0.0  # batch.timeout after the read that began the batch
         while True:
             # our own time (decoding, waiting for room downstream) does not count against the client
             t0 = loop.time()
@@ -250,7 +253,15 @@ class Connection:
                 await asyncio.sleep(0)  # a huge message must not starve the other connections
             if dec.partials:  # split lines waiting too long for their next part
                 dec.flush_partials(wait)
-            if dec.unit.count < GATHER_RECORDS and gathered < GATHER_READS and _more_ready(self.reader):
+            if gathered == 0:
+                gather_until = t0 + batch.timeout
+            if (
+                dec.unit.count < gather_records
+                and dec.unit.nbytes < batch.max_bytes
+                and gathered < GATHER_READS
+                and loop.time() < gather_until
+                and _more_ready(self.reader)
+            ):
                 gathered += 1  # more bytes are already here: read them into the same batch first
             else:
                 await self._emit(out, dec.take())

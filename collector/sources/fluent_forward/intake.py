@@ -67,12 +67,13 @@ class Group:
 class Unit:
     """Records decoded from a stretch of input, and the chunk acks that wait on them."""
 
-    __slots__ = ("count", "groups", "waiters")
+    __slots__ = ("count", "groups", "nbytes", "waiters")
 
     def __init__(self) -> None:
         self.groups: dict[GroupKey, Group] = {}
         self.waiters: list[ChunkAck] = []
         self.count = 0
+        self.nbytes = 0  # what batch.max_bytes bounds (the groups' nbytes summed)
 
     def hold(self, w: ChunkAck) -> None:
         w.retain()

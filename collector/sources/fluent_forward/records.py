@@ -116,7 +116,8 @@ class Decoder:
         self.max_bytes = cfg.max_message_bytes
         self.max_decompressed = cfg.max_decompressed_bytes
         self.max_record = cfg.max_record_bytes
-        self.max_events = cfg.max_batch_events
+        self.max_events = cfg.batch.max_events
+        self.max_batch_bytes = cfg.batch.max_bytes
         self.framer = Framer(self.max_bytes, self.times)  # decodes nothing before it is whole
         self.fed = 0
         self.unit = Unit()
@@ -171,11 +172,13 @@ class Decoder:
         return u
 
     def units(self) -> Iterator[Unit]:
-        """Decode everything buffered; yields a unit whenever ``max_batch_events`` are ready.
+        """Decode everything buffered; yields a unit whenever ``batch.max_events`` records or
+        ``batch.max_bytes`` are ready.
 
         What is left in ``self.unit`` afterwards is for the caller to :meth:`take`.
         """
         limit = self.max_events
+        max_bytes = self.max_batch_bytes
         for msg in self.framer if self.json is None else self.json:
             tag, mode, payload, options = split_message(msg)
             tag = text(tag)
@@ -211,7 +214,7 @@ class Decoder:
                 self.intake.warn("size_mismatch", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
             if waiter is not None:
                 waiter.release()
-            if self.unit.count >= limit:
+            if self.unit.count >= limit or self.unit.nbytes >= max_bytes:
                 yield self.take()
 
     # -- messages --------------------------------------------------------------------------------
@@ -233,6 +236,7 @@ class Decoder:
         unit whenever it is full, or every YIELD_EVERY entries (the loop gets a turn); returns
         the number of entries."""
         limit = self.max_events
+        max_bytes = self.max_batch_bytes
         unit = self.unit
         any_time = self.times.any
         record = self._record
@@ -258,7 +262,7 @@ class Decoder:
                 if bad.count > MAX_BAD_ENTRIES and bad.count > i - bad.count:
                     raise ForwardError("too many bad entries", f"{bad.count} of the first {i + 1}") from None
             i += 1
-            if unit.count >= limit or not i % YIELD_EVERY:
+            if unit.count >= limit or unit.nbytes >= max_bytes or not i % YIELD_EVERY:
                 yield self.take()
                 unit = self.unit
                 if waiter is not None:
@@ -338,6 +342,7 @@ class Decoder:
         g.events.append(ev)
         g.ids.append(rid)
         g.nbytes += size + 64
+        unit.nbytes += size + 64
         unit.count += 1
 
     def _cap(self, ev: dict[str, Any]) -> None:

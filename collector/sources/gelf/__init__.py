@@ -52,10 +52,10 @@ from collector.codecs.gelf import (
 )
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch, Fields
-from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, peer_host
+from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, parse_listen, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
-from collector.sources.gelf.udp import UdpListener, parse_listen
+from collector.sources.gelf.udp import UdpListener
 
 log = logging.getLogger("collector.sources.gelf")
 
@@ -65,6 +65,7 @@ UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the ker
 TCP_DRAIN_SECONDS = 10.0
 HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
+SCHEMES = ("udp", "tcp", "tls")  # listen URLs served
 
 
 class GelfBatch(ComponentConfig):
@@ -121,12 +122,12 @@ class GelfSourceConfig(ListenerLimits):
     @classmethod
     def _urls(cls, v: list[str]) -> list[str]:
         for url in v:
-            parse_listen(url)
+            parse_listen(url, SCHEMES)
         return v
 
     @model_validator(mode="after")
     def _tls(self) -> GelfSourceConfig:
-        if self.tls is None and any(parse_listen(u)[0] == "tls" for u in self.listen):
+        if self.tls is None and any(parse_listen(u, SCHEMES).scheme == "tls" for u in self.listen):
             raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
         return self
 
@@ -393,7 +394,8 @@ class GelfSource(Source):
     # -- lifecycle -------------------------------------------------------------------------------
     async def _open(self) -> None:
         for url in self.config.listen:
-            scheme, host, port = parse_listen(url)
+            li = parse_listen(url, SCHEMES)
+            scheme, host, port = li.scheme, li.host, li.port
             if scheme == "udp":
                 u = UdpListener(host, port, self._pending_ref, self._on_datagrams, self.config.receive_buffer_bytes)
                 u.open(asyncio.get_running_loop())

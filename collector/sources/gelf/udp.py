@@ -17,26 +17,11 @@ import socket
 import sys
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 log = logging.getLogger("collector.sources.gelf")
 
 READ_BURST = 256
 MAX_DATAGRAM = 65535
-
-
-def parse_listen(url: str) -> tuple[str, str, int]:
-    """``udp://127.0.0.1:12201`` -> ("udp", "127.0.0.1", 12201); tcp:// and tls:// too."""
-    u = urlsplit(url)
-    if u.scheme not in ("udp", "tcp", "tls"):
-        raise ValueError(f"{url!r}: listen on udp://HOST:PORT, tcp://HOST:PORT or tls://HOST:PORT")
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if port is None or not u.hostname or u.path not in ("", "/"):
-        raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
-    return u.scheme, u.hostname, port
 
 
 class UdpListener:

@@ -49,16 +49,15 @@ from pydantic import Field, field_validator, model_validator
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch
+from collector.listeners import Listen, parse_listen
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
 from collector.sources.syslog.net import (
     Conn,
     ConnectionTable,
     DatagramListener,
-    Listen,
     connection_cap,
     hostport,
-    parse_listen,
     peer_uid,
     remove_unix_socket,
     unix_socket,

@@ -24,46 +24,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+
+from collector.listeners import Listen
 
 log = logging.getLogger("collector.sources.syslog")
 
 READ_BURST = 256
 MAX_DATAGRAM = 65535
-SCHEMES = ("udp", "tcp", "tls", "unix", "unixgram")
 FD_RESERVE = 64  # descriptors kept for files, the API, checkpoints ... when capping connections
-
-
-@dataclass(frozen=True)
-class Listen:
-    scheme: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @property
-    def stream(self) -> bool:
-        return self.scheme in ("tcp", "tls", "unix")
-
-
-def parse_listen(url: str) -> Listen:
-    """``udp://127.0.0.1:5514``, ``tcp://[::1]:5514``, ``tls://0.0.0.0:6514``, ``unix:///run/x.sock``
-    (stream) or ``unixgram:///dev/log`` (datagram)."""
-    u = urlsplit(url)
-    if u.scheme not in SCHEMES:
-        raise ValueError(f"{url!r}: listen on udp://, tcp://, tls:// HOST:PORT or unix://, unixgram:// /PATH")
-    if u.scheme in ("unix", "unixgram"):
-        path = (u.netloc + u.path) if u.netloc else u.path
-        if not path.startswith("/"):
-            raise ValueError(f"{url!r}: expected {u.scheme}:///absolute/path")
-        return Listen(u.scheme, path=path)
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if port is None or not u.hostname or u.path not in ("", "/"):
-        raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
-    return Listen(u.scheme, u.hostname, port)
 
 
 def hostport(addr: Any) -> str:
