@@ -151,6 +151,11 @@ def summarize(
     dead = int(telemetry.value("collector_dead_letters_total"))
     dropped = int(telemetry.value("collector_events_dropped_total"))
     errors = int(telemetry.value("collector_errors_total"))
+    not_kept = {
+        why: n
+        for why in ("disk_full", "rotated_out", "rate_limited")
+        if (n := int(telemetry.value("collector_dead_letter_dropped_total", reason=why)))
+    }
     fields: dict[str, Any] = {
         "duration_s": round(duration, 3),
         "records_in": records_in,
@@ -158,6 +163,7 @@ def summarize(
         "dead_lettered": dead,
         "dropped": dropped,
         "errors": errors,
+        "dead_letters_not_kept": sum(not_kept.values()),
     }
     text = f"pipeline ended after {duration:.1f}s: "
     if once and records_in == 0 and nothing_new:
@@ -168,6 +174,9 @@ def summarize(
         extra.append(f"{dropped:,} dropped")
     if errors:
         extra.append(f"{errors:,} error" + ("s" if errors != 1 else ""))
+    if not_kept:  # counted as dead-lettered, but their entries were not written (or deleted since)
+        why = ", ".join(f"{n:,} {w.replace('_', ' ')}" for w, n in not_kept.items())
+        extra.append(f"dead letters not kept: {why}")
     p = _progress(pipeline) if pipeline is not None and once else None
     if p is not None:
         fields["bytes_read"] = p[0]

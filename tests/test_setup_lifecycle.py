@@ -417,7 +417,7 @@ def search_engine_os2() -> SearchEngine:
 
 
 def setup(engine: LifecycleEngine, *args: str) -> Any:
-    r = run_cli("setup", "--es", engine.url, *args)
+    r = run_cli("setup", "--hosts", engine.url, *args)
     assert not engine.refused, engine.refused
     assert r.returncode == 0, r.stdout + r.stderr
     return r

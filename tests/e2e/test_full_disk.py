@@ -57,7 +57,8 @@ def test_tail_once_on_a_full_data_dir_delivers_every_good_line(tmp_path, small_d
     assert "Traceback" not in err and "failed" not in err
     assert err.count("DISK FULL: cannot write dead letters") == 1  # loud, once, not once per line
     assert "disk space is back: writing checkpoints again" in err
-    assert f"errors={corrupt} dead_letters_dropped={corrupt}" in err  # counted as bad input, and as not set aside
+    # counted as bad input, and as not set aside
+    assert f"{corrupt} dead-lettered ({corrupt} errors, dead letters not kept: {corrupt} disk full" in err
     got = Counter(d["message"] for d in read_ndjson(out))
     assert len(got) == GOOD and set(got.values()) == {1}
     # the place was saved once space came back: a second run delivers nothing again
