@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 import signal
+import threading
 import time
 
 import orjson
@@ -206,6 +207,60 @@ def test_compressed_rotation_while_following_loses_nothing_and_raises_no_alarm(t
         assert bg.telemetry.value("collector_errors_total", reason="rotation_outpaced") == 0
     assert messages(out) == ["a0", "a1", "b0", "b1", "c0"]
     assert not [r for r in caplog.records if "LOST" in r.getMessage()]
+
+
+@pytest.mark.parametrize("live_missing", [False, True], ids=["live-there", "live-missing"])
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "compress=true"])
+def test_a_rotation_between_the_look_and_the_open_of_the_new_file(
+    tmp_path, data_dir, monkeypatch, compress, live_missing
+):
+    """The writer does not wait for us: the file after ours is written and rotated away between
+    our look at the rotated files and our open of the live one (seen under load: its lines were
+    lost, silently). Made certain by rotating inside that gap."""
+    from collector.sources.docker_json_file import DockerJsonFileSource
+
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["a0"]))
+    out = tmp_path / "out.ndjson"
+    look = DockerJsonFileSource._catch_up_rotations
+    gaps = []
+
+    def look_then_rotate(self, s, finished, opened=None):
+        look(self, s, finished, opened)
+        if opened is None and not gaps:  # the first look after our file was renamed
+            gaps.append(1)
+            log.write_bytes(docker_lines(["b0", "b1"], start_ns=20))
+            if not live_missing:
+                rotate(log, compress=compress)
+                log.write_bytes(docker_lines(["c0"], start_ns=30))
+                return
+            # Docker's rotation in two halves: renamed (the live file not there yet when we look
+            # for it), then compressed and the new file created
+            ext = ".gz" if compress else ""
+            for i in range(4, 0, -1):
+                if os.path.exists(f"{log}.{i}{ext}"):
+                    os.replace(f"{log}.{i}{ext}", f"{log}.{i + 1}{ext}")
+            os.replace(log, f"{log}.1")
+
+            def rest() -> None:
+                if compress:
+                    with open(f"{log}.1", "rb") as src, gzip.open(f"{log}.1.gz", "wb") as dst:
+                        dst.write(src.read())
+                    os.remove(f"{log}.1")
+                log.write_bytes(docker_lines(["c0"], start_ns=30))
+
+            threading.Timer(0.5, rest).start()
+
+    monkeypatch.setattr(DockerJsonFileSource, "_catch_up_rotations", look_then_rotate)
+    with BackgroundPipeline(file_pipeline([str(log)], out, data_dir)) as bg:
+        wait_until(lambda: messages(out) == ["a0"], what="first line")
+        with open(log, "ab") as f:
+            f.write(docker_lines(["a1"], start_ns=10))
+        rotate(log, compress=compress)
+        wait_until(lambda: "c0" in messages(out), what=f"the newest file: {messages(out)}")
+        assert bg.stop() == 0
+    assert gaps and messages(out) == ["a0", "a1", "b0", "b1", "c0"]
 
 
 def test_files_deleted_before_they_were_read_are_reported_as_lost(tmp_path, data_dir, caplog):

@@ -148,6 +148,7 @@ class LogStream:
         "active",
         "checked",
         "current",
+        "finished",
         "interval",
         "live",
         "meta",
@@ -162,6 +163,7 @@ class LogStream:
     def __init__(self, live: str, meta: Fields, tag: str) -> None:
         self.live = live
         self.current: OpenFile | None = None
+        self.finished: OpenFile | None = None  # the last file read to its end after a rename (closed)
         self.queue: list[OpenFile] = []  # rotated files to read before ``current``
         self.meta = meta
         self.tag = tag
@@ -741,6 +743,12 @@ class DockerJsonFileSource(Source):
         if cur is None:
             if os.path.exists(s.live):
                 s.current = self._open(s.live, s.live, 0)
+                if s.current is not None and s.finished is not None:
+                    # the live path was missing after a rotation: what was rotated meanwhile is
+                    # newer than the file we finished, and goes first
+                    self._catch_up_rotations(s, s.finished, opened=s.current)
+                    if s.queue:
+                        return True
                 return s.current is not None and await self._read_file(s, s.current, out)
             return False
         now = time.monotonic()
@@ -769,19 +777,38 @@ class DockerJsonFileSource(Source):
             log.info("%s: %s is gone (container removed); released", self.name, s.live)
             return False
         self._catch_up_rotations(s, cur)
+        s.finished = cur
         if os.path.exists(s.live):
             s.current = self._open(s.live, s.live, 0)
+            if s.current is not None:
+                # the writer goes on while we look: a rotation between the look above and this
+                # open left a file newer than ``cur`` that is not the one just opened
+                self._catch_up_rotations(s, cur, opened=s.current)
         return True
 
-    def _catch_up_rotations(self, s: LogStream, finished: OpenFile) -> None:
-        """Rotated files we never opened that are newer than ``finished``: read them next."""
+    def _catch_up_rotations(self, s: LogStream, finished: OpenFile, opened: OpenFile | None = None) -> None:
+        """Rotated files we never opened that are newer than ``finished``: read them next
+        (``opened``: the live file just opened, not one of them; nothing is reported again)."""
         siblings = self._siblings(s.live)
+        if opened is not None:
+            live_fp = fingerprint(opened.fd, opened.salt())  # what it holds now: a copy of it is not new
+            siblings = [
+                (num, path)
+                for num, path in siblings
+                if not same_file(path, opened.dev, opened.ino)
+                and (live_fp is None or self._fp_of(path, s.live) != live_fp)
+            ]
         mine = None
         fps: dict[str, str | None] = {}
         for num, path in siblings:
             fps[path] = self._fp_of(path, s.live)
             if (finished.fp is not None and fps[path] == finished.fp) or same_file(path, finished.dev, finished.ino):
                 mine = num  # by content: with compress=true it is now x.1.gz, another inode
+        if opened is not None:
+            for num, path in siblings:
+                if mine is not None and num < mine:
+                    self._queue_unseen(s, path, fps[path])
+            return
         # forget files that rotated out of existence (reporting any we had not finished)
         self._report_vanished(s.live, {*fps.values(), *(of.fp for of in s.files()), finished.fp})
         if mine is None and siblings:
