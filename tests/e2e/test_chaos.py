@@ -333,6 +333,10 @@ def test_copytruncate_of_a_plain_file_under_load(es8, es_target, tmp_path):
 
     log.write_bytes(b"")
     with Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log") as col:
+        # copies made before the collector's first look are history, by design (not read): the
+        # writer starts once it follows the file (it took longer than the first copy, 0.6 s, to
+        # start on a loaded machine, and the test lost exactly those 3,000 lines)
+        wait_until(lambda: "following 1 file(s)" in col.stderr(), timeout=120, what="the collector following the file")
         t = threading.Thread(target=writer)
         t.start()
         t.join(120)
