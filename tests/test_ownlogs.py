@@ -44,6 +44,7 @@ def test_piped_the_log_is_json_lines_ecs_shaped(tmp_path, monkeypatch):
         "dead_lettered": 1,
         "dropped": 0,
         "errors": 1,
+        "dead_letters_not_kept": 0,
         "bytes_read": (tmp_path / "logs" / "a-json.log").stat().st_size,
     }
 
