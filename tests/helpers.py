@@ -102,11 +102,14 @@ def split_like_cri(message: str, stream: str = "stdout", t: str = "2024-05-01T12
 
 
 def read_ndjson(path: str | Path) -> list[dict[str, Any]]:
+    """The complete lines of an NDJSON file: read while a sink is writing it, the last line may be
+    cut short (a write in progress): it is left for the next read."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         return []
-    return [orjson.loads(line) for line in data.splitlines() if line.strip()]
+    whole = data[: data.rfind(b"\n") + 1]
+    return [orjson.loads(line) for line in whole.splitlines() if line.strip()]
 
 
 def checkpoint_file(data_dir: str | Path) -> Path:
