@@ -11,7 +11,7 @@ import orjson
 import yaml
 
 from tests.helpers import Collector, docker_lines, read_ndjson, run_cli, wait_until
-from tests.test_telemetry import api_url
+from tests.test_telemetry import api_url, tail_with_api
 
 
 def rows(text: str, header: str) -> dict[str, list[str]]:
@@ -55,18 +55,7 @@ def test_status_names_every_container_with_its_offset_size_and_lag(docker, tmp_p
         wait=False,
     )
     state, out = tmp_path / "state", tmp_path / "out.ndjson"
-    col = Collector(
-        "tail",
-        "--docker-root",
-        str(docker.root),
-        "--data-dir",
-        str(state),
-        "-o",
-        f"file:{out}",
-        "--api",
-        "127.0.0.1:0",
-        env={"DOCKER_HOST": docker.host},
-    )
+    col = tail_with_api(docker, state, out)
     with col.start(tmp_path / "err.log"):
         url = api_url(state, col)
         wait_until(

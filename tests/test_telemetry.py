@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import orjson
 import yaml
@@ -18,6 +19,22 @@ from fluent import sender
 from collector.top import Samples, scrape, total
 from tests.deploy.conftest import free_port
 from tests.helpers import Collector, docker_lines, read_ndjson, run_cli, wait_until
+
+
+def tail_with_api(docker: Any, state: Path, out: Path) -> Collector:
+    """``collector tail`` of the test engine's containers into ``out``, its API on a free port."""
+    return Collector(
+        "tail",
+        "--docker-root",
+        str(docker.root),
+        "--data-dir",
+        str(state),
+        "--output",
+        f"file:{out}",
+        "--api",
+        "127.0.0.1:0",
+        env={"DOCKER_HOST": docker.host},
+    )
 
 
 def api_url(data_dir: Path, col: Collector) -> str:
@@ -54,18 +71,7 @@ def test_counters_move_by_exactly_the_records_of_a_known_workload(docker, tmp_pa
         for name, n in counts.items()
     }
     state, out = tmp_path / "state", tmp_path / "out.ndjson"
-    col = Collector(
-        "tail",
-        "--docker-root",
-        str(docker.root),
-        "--data-dir",
-        str(state),
-        "--output",
-        f"file:{out}",
-        "--api",
-        "127.0.0.1:0",
-        env={"DOCKER_HOST": docker.host},
-    )
+    col = tail_with_api(docker, state, out)
     # other tests' containers may be on the engine: count ours, and the totals of everything
     with col.start(tmp_path / "err.log"):
         url = api_url(state, col)

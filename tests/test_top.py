@@ -8,7 +8,7 @@ import re
 import sys
 
 from tests.helpers import Collector, Terminal, read_ndjson, run_cli, wait_until
-from tests.test_telemetry import api_url
+from tests.test_telemetry import api_url, tail_with_api
 
 
 def test_top_once_prints_every_component_and_container(docker, tmp_path):
@@ -17,18 +17,7 @@ def test_top_once_prints_every_component_and_container(docker, tmp_path):
         name: docker.run(f'for i in $(seq 1 {n}); do echo "{name} $i"; done', name=name) for name, n in names.items()
     }
     state, out = tmp_path / "state", tmp_path / "out.ndjson"
-    col = Collector(
-        "tail",
-        "--docker-root",
-        str(docker.root),
-        "--data-dir",
-        str(state),
-        "-o",
-        f"file:{out}",
-        "--api",
-        "127.0.0.1:0",
-        env={"DOCKER_HOST": docker.host},
-    )
+    col = tail_with_api(docker, state, out)
     with col.start(tmp_path / "err.log"):
         url = api_url(state, col)
         wait_until(lambda: sum(d["container"]["name"] in names for d in read_ndjson(out)) == 200)
