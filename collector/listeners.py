@@ -53,7 +53,7 @@ ACCEPT_BURST = 100  # ... and per TCP listener twice what asyncio accepts at onc
 
 
 class ListenerLimits(ComponentConfig):
-    """The limits of a TCP listener (the ``fluent_forward`` and ``gelf`` sources)."""
+    """The limits of a stream listener (the ``fluent_forward``, ``gelf`` and ``syslog`` sources)."""
 
     max_connections: int = Field(
         1024,
@@ -64,8 +64,9 @@ class ListenerLimits(ComponentConfig):
     max_connections_per_peer: int = Field(
         512,
         ge=1,
-        description="Connections from one client address at once (Unix sockets are not limited). Docker's "
-        "fluentd driver opens one per container: raise it for more containers on one host.",
+        description="Connections from one client address at once (a unix socket's peer is its uid, where known); "
+        "past it that address's longest idle one (see idle_timeout) makes room, or the new one is refused. "
+        "Docker's fluentd and syslog drivers open one per container: raise it for more containers on one host.",
     )
     handshake_timeout: float = Field(
         10.0, gt=0, description="Seconds a client has to complete the TLS handshake (and to answer HELO)."
@@ -233,7 +234,11 @@ class ConnectionTable:
         """May a new connection from ``peer`` be served?  Refusals are counted and logged; a
         full listener first closes its longest idle connection."""
         lim = self.limits
-        if peer_host and self.per_peer.get(peer_host, 0) >= lim.max_connections_per_peer:
+        if (
+            peer_host
+            and self.per_peer.get(peer_host, 0) >= lim.max_connections_per_peer
+            and not self._evict_idle(peer_host)
+        ):
             return self._refuse(
                 "too_many_connections_from_peer",
                 "refused %s: too many connections from that address (%d, max_connections_per_peer)",
@@ -264,19 +269,22 @@ class ConnectionTable:
         self.say.warning(reason, msg, *args)
         return False
 
-    def _evict_idle(self) -> bool:
-        if not self.conns:
+    def _evict_idle(self, peer_host: str | None = None) -> bool:
+        """Close the longest idle connection (of ``peer_host`` when given) if it has been idle
+        for ``idle_timeout``; False when none has."""
+        oldest = next((c for c in self.conns if peer_host is None or c.peer_host == peer_host), None)
+        if oldest is None:
             return False
-        oldest = next(iter(self.conns))
         idle = _now() - oldest.last_active
         if idle < self.limits.idle_timeout:
             return False
         self.count("idle_evicted")
         self.say.warning(
             "idle_evicted",
-            "closed a connection from %s idle for %.0fs to make room for a new one (max_connections reached)",
+            "closed a connection from %s idle for %.0fs to make room for a new one (%s reached)",
             oldest.peer_host or "unix",
             idle,
+            "max_connections" if peer_host is None else "max_connections_per_peer",
         )
         self.discard(oldest)
         oldest.kill("idle_evicted")

@@ -23,10 +23,12 @@ dropped with the socket's receive buffer full (``reason="receive_buffer_full"``,
 acknowledgement: record ids are random.
 
 Limits: ``max_message_bytes`` (a longer message is dead-lettered: its head, with the peer);
-``max_connections`` (lowered to fit the descriptor limit), ``max_connections_per_peer``, an
-idle connection closed to make room when a cap is reached (``idle_timeout``), a frame started
-must end within ``frame_timeout`` (slowloris), a TLS handshake within ``handshake_timeout``;
-per connection, at most ``max_message_bytes`` plus one read (16 KiB) are held.  A message that
+the stream listeners' own, the same as the forward and GELF sources' (collector/listeners.py:
+``max_connections`` fitted to the descriptor limit, ``max_connections_per_peer`` (the uid for a
+unix socket), an idle connection closed to make room when a cap is reached (``idle_timeout``), a
+message started must end within ``read_timeout`` (slowloris), a TLS handshake within
+``handshake_timeout``, ``max_buffered_bytes`` for messages still arriving); per connection, at
+most ``max_message_bytes`` plus one read (16 KiB) are held.  A message that
 cannot be read is dead-lettered with its peer and reason (at most ``dead_letter_per_second``,
 the rest counted), counted in ``collector_errors_total{component,reason}`` and logged once per
 reason per minute, never with a traceback.
@@ -49,14 +51,12 @@ from pydantic import Field, field_validator, model_validator
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
 from collector.event import Batch
-from collector.listeners import Listen, parse_listen
+from collector.listeners import ConnectionTable, Listen, ListenerLimits, parse_listen
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
 from collector.sources.syslog.net import (
     Conn,
-    ConnectionTable,
     DatagramListener,
-    connection_cap,
     hostport,
     peer_uid,
     remove_unix_socket,
@@ -81,7 +81,7 @@ class SyslogBatch(ComponentConfig):
     )
 
 
-class SyslogSourceConfig(ComponentConfig):
+class SyslogSourceConfig(ListenerLimits):
     type: Literal["syslog"]
     listen: list[str] = Field(
         min_length=1,
@@ -100,23 +100,6 @@ class SyslogSourceConfig(ComponentConfig):
         le=16 << 20,
         description="Largest message accepted (a frame, a datagram); a longer one is dead-lettered (its head).",
     )
-    max_connections: int = Field(
-        1024, ge=1, description="Stream connections served at once (lowered to fit the descriptor limit)."
-    )
-    max_connections_per_peer: int = Field(
-        256, ge=1, description="Stream connections from one address (one uid on a unix socket) at once."
-    )
-    idle_timeout: float = Field(
-        60.0,
-        gt=0,
-        description="When a connection cap is reached, the connection idle for longest is closed to make room if "
-        "it has been idle this many seconds; otherwise the new connection is refused. Idle connections are "
-        "never closed while there is room (Docker's driver keeps one per container).",
-    )
-    frame_timeout: float = Field(
-        30.0, gt=0, description="Seconds a message may take to arrive once its first byte came (slow senders)."
-    )
-    handshake_timeout: float = Field(10.0, gt=0, description="Seconds a TLS handshake may take.")
     receive_buffer_bytes: int = Field(
         8 << 20,
         ge=0,
@@ -139,6 +122,18 @@ class SyslogSourceConfig(ComponentConfig):
         "the API, full ids and id prefixes through config.v2.json files.",
     )
     resolve_ttl: float = Field(30.0, gt=0, description="Seconds a tag's lookup (found or not) is remembered.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "frame_timeout" in data:  # its name before the listeners shared one
+            data = dict(data)
+            value = data.pop("frame_timeout")
+            if "read_timeout" in data:
+                raise ValueError("`frame_timeout` is the old name of `read_timeout`: give only `read_timeout`")
+            log.warning("syslog: `frame_timeout` is now `read_timeout` (as on the other listeners); using it as that")
+            data["read_timeout"] = value
+        return data
 
     @field_validator("listen", mode="before")
     @classmethod
@@ -185,16 +180,7 @@ class SyslogSource(Source):
         self._drops_unlogged = 0
         self._resolved = Resolutions(config.resolve_ttl)
         self._docker: Any = None
-        self.conns = ConnectionTable(
-            connection_cap(config.max_connections), config.max_connections_per_peer, config.idle_timeout
-        )
-        if self.conns.cap < config.max_connections:
-            log.warning(
-                "%s: max_connections lowered from %d to %d to fit the descriptor limit (ulimit -n)",
-                name,
-                config.max_connections,
-                self.conns.cap,
-            )
+        self.conns = ConnectionTable(name, config, self._error, self._warn)
 
     # -- counting -------------------------------------------------------------------------------
     def _bad(self, reason: str, detail: str, data: bytes, peer: str, transport: str) -> None:
@@ -210,15 +196,6 @@ class SyslogSource(Source):
             self._error(reason)
         self._warn(
             reason, "%s: %s", reason, f"from {peer} ({transport}): {detail[:200]}; set aside in the dead-letter file"
-        )
-
-    def _refuse(self, reason: str, peer: str) -> None:
-        self._error(reason)
-        self._warn(
-            reason,
-            "%s: %s",
-            reason,
-            f"refused a connection from {peer} (cap reached; see max_connections*, idle_timeout)",
         )
 
     # -- decoding -------------------------------------------------------------------------------
@@ -361,44 +338,28 @@ class SyslogSource(Source):
         else:
             addr = writer.get_extra_info("peername")
             peer, key, sender = hostport(addr), str(addr[0]), str(addr[0])
-        conn = Conn(writer, peer, key)
-        refused = "stopping" if self.stopping else self.conns.admit(conn)
-        if refused is not None:
-            if refused != "stopping":
-                self._refuse(refused, peer)
+        conn = Conn(writer, key)
+        if self.stopping or not self.conns.admit(peer, key):
             writer.transport.abort()
             return
+        self.conns.add(conn)
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        cfg = self.config
-        framer = Framer(cfg.max_message_bytes)
+        framer = Framer(self.config.max_message_bytes)
+        table = self.conns
         out = self._out
-        started = 0.0
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                timeout = None
-                if framer.pending:
-                    timeout = max(0.0, started + cfg.frame_timeout - time.monotonic())
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await reader.read(STREAM_READ_BYTES)
-                except TimeoutError:
-                    self._bad(
-                        "frame_timeout",
-                        f"a message took longer than frame_timeout ({cfg.frame_timeout}s); connection closed",
-                        b"",
-                        peer,
-                        transport,
-                    )
+            while not conn.killed:
+                data = await reader.read(STREAM_READ_BYTES)
+                if conn.killed:  # read_timeout, a full table, the memory budget: what it held is not a message
                     break
-                conn.last = time.monotonic()
+                t0 = loop.time()
+                since, conn.message_since = conn.message_since, None
                 try:
                     if data:
-                        had = framer.pending
                         frames = framer.feed(data)
-                        if framer.pending and (not had or frames):
-                            started = conn.last  # a new frame began in this read
                     else:
                         last = framer.rest()
                         frames = [last] if last is not None else []
@@ -408,7 +369,7 @@ class SyslogSource(Source):
                 for head, size in framer.take_oversize():
                     self._bad(
                         "too_large",
-                        f"{size} bytes > max_message_bytes ({cfg.max_message_bytes})",
+                        f"{size} bytes > max_message_bytes ({self.config.max_message_bytes})",
                         head,
                         peer,
                         transport,
@@ -416,12 +377,17 @@ class SyslogSource(Source):
                 if frames:  # one read holds at most STREAM_READ_BYTES of frames: within any batch limit
                     items = [(f, peer, sender, transport) for f in frames]
                     await self._emit(out, await self._to_batches(items), push_back=True)
-                if not data:
+                if not data or conn.killed:
+                    break
+                now = loop.time()
+                if since is not None and framer.pending and not frames:  # the same message goes on arriving;
+                    conn.message_since = since + (now - t0)  # our own time (waiting for room) does not count
+                if not table.active(conn, now, framer.pending):
                     break
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("%s: %s connection from %s ended: %s", self.name, transport, peer, e)
         finally:
-            self.conns.discard(conn)
+            table.discard(conn)
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
@@ -471,6 +437,7 @@ class SyslogSource(Source):
                 )
                 self.bound.append(f"{li.scheme}://{hostport(server.sockets[0].getsockname())}")
             self._servers.append(server)
+        self.conns.listening(len(self._servers))
         log.info("%s: receiving syslog on %s", self.name, ", ".join(self.bound))
         self.mark_ready("listening on " + ", ".join(self.bound))
 
@@ -485,7 +452,7 @@ class SyslogSource(Source):
         for s in self._servers:
             s.close()
         for c in list(self.conns.conns):
-            c.writer.close()
+            c.writer.close()  # type: ignore[attr-defined]
         self._wake.set()
 
     def _kernel_drops(self) -> None:
@@ -523,12 +490,15 @@ class SyslogSource(Source):
             self._cleanup_paths()
             raise
         keeper = asyncio.create_task(self._housekeeping(), name=f"source:{self.name}:housekeeping")
+        watch = asyncio.create_task(self.conns.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._datagram_loop(out)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for t in (keeper, watch):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            self.conns.stopped_listening()
             if not self.stopping:
                 self.stop()
             if self._handlers:  # connections end with their writers closed; one waiting for room delivers first

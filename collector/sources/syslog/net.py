@@ -2,10 +2,8 @@
 
 Datagram sockets (``udp://``, ``unixgram://``) are drained by an event-loop reader (up to
 ``READ_BURST`` datagrams per wake-up, one ``recvfrom`` each) into the source's pending list.
-Stream sockets (``tcp://``, ``tls://``, ``unix://``) are served by asyncio's servers; the source
-applies the limits (``ConnectionTable``): a connection cap, a per-peer cap (the address; the
-uid for a unix socket), and when a cap is reached, the connection idle for longest is closed
-to make room if it has been idle for ``idle_timeout``, otherwise the new one is refused.
+Stream sockets (``tcp://``, ``tls://``, ``unix://``) are served by asyncio's servers under the
+limits every listener shares (collector/listeners.py); a unix socket's peer is its uid.
 """
 
 from __future__ import annotations
@@ -15,14 +13,11 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import socket
 import stat
 import struct
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from collector.listeners import Listen
@@ -31,7 +26,6 @@ log = logging.getLogger("collector.sources.syslog")
 
 READ_BURST = 256
 MAX_DATAGRAM = 65535
-FD_RESERVE = 64  # descriptors kept for files, the API, checkpoints ... when capping connections
 
 
 def hostport(addr: Any) -> str:
@@ -90,18 +84,6 @@ def set_rcvbuf(sock: socket.socket, size: int) -> None:
             pass
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-
-
-def connection_cap(wanted: int) -> int:
-    """``wanted``, lowered to fit the process's descriptor limit (raised to its hard limit first)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft - FD_RESERVE))
 
 
 class DatagramListener:
@@ -219,52 +201,20 @@ def _proc_drops(inode: int, family: int) -> int:
     return 0
 
 
-@dataclass(eq=False)
 class Conn:
-    writer: asyncio.StreamWriter
-    peer: str  # for messages: address:port, or unix:<path> (uid N)
-    key: str  # what the per-peer cap counts: the address, or the uid
-    last: float = field(default_factory=time.monotonic)
+    """One stream connection, as the listener's table sees it (listeners.Tracked)."""
 
+    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
 
-class ConnectionTable:
-    """The stream connections of one source and their caps (see the module docstring)."""
+    def __init__(self, writer: asyncio.StreamWriter, key: str) -> None:
+        self.writer = writer
+        self.peer_host = key  # what max_connections_per_peer counts: the address, or uid:N on a unix socket
+        self.last_active = asyncio.get_running_loop().time()
+        self.message_since: float | None = None
+        self.held = 0
+        self.killed: str | None = None
 
-    def __init__(self, cap: int, per_peer: int, idle_timeout: float) -> None:
-        self.cap = cap
-        self.per_peer = per_peer
-        self.idle_timeout = idle_timeout
-        self.conns: set[Conn] = set()
-        self._by_key: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self.conns)
-
-    def admit(self, conn: Conn) -> str | None:
-        """Add ``conn``; None, or why it is refused. May close an idle connection to make room."""
-        if self._by_key.get(conn.key, 0) >= self.per_peer and not self._evict(lambda c: c.key == conn.key):
-            return "too_many_connections_per_peer"
-        if len(self.conns) >= self.cap and not self._evict(lambda c: True):
-            return "too_many_connections"
-        self.conns.add(conn)
-        self._by_key[conn.key] = self._by_key.get(conn.key, 0) + 1
-        return None
-
-    def _evict(self, which: Callable[[Conn], bool]) -> bool:
-        now = time.monotonic()
-        oldest = min((c for c in self.conns if which(c)), key=lambda c: c.last, default=None)
-        if oldest is None or now - oldest.last < self.idle_timeout:
-            return False
-        self.discard(oldest)
+    def kill(self, reason: str) -> None:
+        self.killed = reason
         with contextlib.suppress(Exception):
-            oldest.writer.transport.abort()
-        return True
-
-    def discard(self, conn: Conn) -> None:
-        if conn in self.conns:
-            self.conns.discard(conn)
-            n = self._by_key.get(conn.key, 1) - 1
-            if n:
-                self._by_key[conn.key] = n
-            else:
-                self._by_key.pop(conn.key, None)
+            self.writer.transport.abort()
