@@ -10,7 +10,7 @@ has no room the datagrams are dropped and counted (``collector_events_dropped_to
 "pipeline_full"}``), and so are the ones the kernel dropped because the socket's receive
 buffer overflowed (``reason="receive_buffer_full"``, read from /proc/net/udp).  Set
 ``receive_buffer_bytes`` for the bursts you expect (see the README).  What is read and not
-decoded yet is bounded (``batch.max_events`` datagrams, UDP_QUEUE_BYTES), and messages are
+decoded yet is bounded (collector/datagrams.py: ``batch.max_events`` datagrams, 8 MiB), and messages are
 decoded ``batch.max_bytes`` (decompressed) at a time before they are emitted, so a flood of
 compressed messages costs bounded memory.
 
@@ -51,17 +51,16 @@ from collector.codecs.gelf import (
     decode_sized,
 )
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.datagrams import DatagramQueue, hostport
 from collector.event import Batch, Fields
 from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, parse_listen, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
-from collector.sources.gelf.udp import UdpListener
 
 log = logging.getLogger("collector.sources.gelf")
 
 TCP_READ_BYTES = 64 << 10  # per read (the socket is paused past twice STREAM_LIMIT: 128 KiB a connection at most)
 STREAM_LIMIT = 32 << 10
-UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
 TCP_DRAIN_SECONDS = 10.0
 HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
@@ -147,17 +146,12 @@ class GelfSource(Source):
         self._dropped_full = t.dropped.labels(name, "pipeline_full")
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
         self._error = ctx.error_counter(name)
-        self._udp: list[UdpListener] = []
+        self._udp = DatagramQueue(config.batch.max_events, config.batch.timeout, config.receive_buffer_bytes)
         self._servers: list[asyncio.Server] = []
         self._conns: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
         self.table = ConnectionTable(name, config, self._error, self._say)
-        self._pending: list[tuple[bytes, Any]] = []
-        self._pending_bytes = 0
-        self._wake = asyncio.Event()
-        self._full = asyncio.Event()
-        self._paused = False
         self._dl_window = 0.0
         self._dl_left = 0
         self._drops_unlogged = {"pipeline_full": 0, "receive_buffer_full": 0}
@@ -268,38 +262,8 @@ class GelfSource(Source):
         return batches, i
 
     # -- UDP -------------------------------------------------------------------------------------
-    def _on_datagrams(self, n: int, nbytes: int) -> None:
-        """Called by the UDP listeners after they appended to ``_pending``."""
-        self._pending_bytes += nbytes
-        if n >= self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES:
-            self._full.set()
-            if (n >= 4 * self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES) and not self._paused:
-                self._paused = True  # decoding lags: let the kernel buffer hold the rest
-                for u in self._udp:
-                    u.pause()
-        self._wake.set()
-
     async def _udp_loop(self, out: Emitter) -> None:
-        cfg = self.config
-        while True:
-            await self._wake.wait()
-            if not self._pending:
-                self._wake.clear()
-                if self.stopping:
-                    return
-                continue
-            if len(self._pending) < cfg.batch.max_events and not self.stopping and cfg.batch.timeout:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.batch.timeout):
-                        await self._full.wait()
-            items, self._pending = self._pending, []
-            self._pending_bytes = 0
-            self._wake.clear()
-            if self._paused and not self.stopping:
-                self._paused = False
-                for u in self._udp:
-                    u.resume()
+        while (items := await self._udp.take()) is not None:
             i = 0
             while i < len(items):
                 if not out.has_room():
@@ -397,8 +361,7 @@ class GelfSource(Source):
             li = parse_listen(url, SCHEMES)
             scheme, host, port = li.scheme, li.host, li.port
             if scheme == "udp":
-                u = UdpListener(host, port, self._pending_ref, self._on_datagrams, self.config.receive_buffer_bytes)
-                u.open(asyncio.get_running_loop())
+                u = self._udp.open(li)
                 if u.rcvbuf < self.config.receive_buffer_bytes:
                     self._say.warning(
                         "rcvbuf",
@@ -407,8 +370,7 @@ class GelfSource(Source):
                         u.rcvbuf,
                         self.config.receive_buffer_bytes,
                     )
-                self._udp.append(u)
-                self.bound.append(f"udp://{_hostport(u.address)}")
+                self.bound.append(u.url)
                 continue
             tls = self.config.tls.context() if scheme == "tls" and self.config.tls else None
 
@@ -422,23 +384,18 @@ class GelfSource(Source):
 
             server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
             self._servers.append(server)
-            self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
+            self.bound.append(f"{scheme}://{hostport(server.sockets[0].getsockname())}")
         log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
         self.mark_ready("listening on " + ", ".join(self.bound))
 
-    def _pending_ref(self) -> list[tuple[bytes, Any]]:
-        return self._pending
-
     def stop(self) -> None:
         super().stop()
-        for u in self._udp:
-            self._drop("receive_buffer_full", u.kernel_drops())
-            u.close()
+        self._drop("receive_buffer_full", self._udp.kernel_drops())
+        self._udp.close()
         for s in self._servers:
             s.close()
         for w in list(self._conns):
             w.close()
-        self._wake.set()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -446,8 +403,7 @@ class GelfSource(Source):
             now = time.monotonic()
             self.reassembler.expire(now)
             self._flush_chunk_counts()
-            for u in self._udp:
-                self._drop("receive_buffer_full", u.kernel_drops())
+            self._drop("receive_buffer_full", self._udp.kernel_drops())
             self._log_drops(now)
 
     async def run(self, out: Emitter) -> None:
@@ -515,10 +471,5 @@ def _sender(peer: Any) -> str:
 
 def _peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return _hostport(peer)
+        return hostport(peer)
     return str(peer)
-
-
-def _hostport(addr: Any) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -50,18 +50,12 @@ from pydantic import Field, field_validator, model_validator
 
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.datagrams import DatagramQueue, hostport, remove_unix_socket, unix_socket
 from collector.event import Batch
 from collector.listeners import ConnectionTable, Listen, ListenerLimits, parse_listen
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
-from collector.sources.syslog.net import (
-    Conn,
-    DatagramListener,
-    hostport,
-    peer_uid,
-    remove_unix_socket,
-    unix_socket,
-)
+from collector.sources.syslog.net import Conn, peer_uid
 
 log = logging.getLogger("collector.sources.syslog")
 
@@ -167,14 +161,12 @@ class SyslogSource(Source):
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
         self._error = ctx.error_counter(name)
         self._warn = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
-        self._dgram: list[DatagramListener] = []
+        self._dgram = DatagramQueue(
+            config.batch.max_events, config.batch.timeout, config.receive_buffer_bytes, int(config.socket_mode, 8)
+        )
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, socket.socket]] = []
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._pending: list[tuple[bytes, Any]] = []
-        self._wake = asyncio.Event()
-        self._full = asyncio.Event()
-        self._paused = False
         self._dl_window = 0.0
         self._dl_left = 0
         self._drops_unlogged = 0
@@ -274,16 +266,6 @@ class SyslogSource(Source):
                 self._drop(len(b))
 
     # -- datagrams ------------------------------------------------------------------------------
-    def _on_datagrams(self, n: int) -> None:
-        cfg = self.config.batch
-        if n >= cfg.max_events:
-            self._full.set()
-            if n >= 4 * cfg.max_events and not self._paused:
-                self._paused = True  # decoding lags: let the kernel buffer hold the rest
-                for u in self._dgram:
-                    u.pause()
-        self._wake.set()
-
     def _drop(self, n: int) -> None:
         if n > 0:
             self._dropped_full.inc(n)
@@ -291,24 +273,7 @@ class SyslogSource(Source):
 
     async def _datagram_loop(self, out: Emitter) -> None:
         cfg = self.config.batch
-        while True:
-            await self._wake.wait()
-            if not self._pending:
-                self._wake.clear()
-                if self.stopping:
-                    return
-                continue
-            if len(self._pending) < cfg.max_events and not self.stopping and cfg.timeout:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.timeout):
-                        await self._full.wait()
-            items, self._pending = self._pending, []
-            self._wake.clear()
-            if self._paused and not self.stopping:
-                self._paused = False
-                for u in self._dgram:
-                    u.resume()
+        while (items := await self._dgram.take()) is not None:
             if not out.has_room():
                 self._drop(len(items))  # decoding what cannot be delivered would only slow things down
                 continue
@@ -398,12 +363,10 @@ class SyslogSource(Source):
     async def _open(self) -> None:
         cfg = self.config
         mode = int(cfg.socket_mode, 8)
-        loop = asyncio.get_running_loop()
         for url in cfg.listen:
             li = parse_listen(url)
             if not li.stream:
-                u = DatagramListener(li, self._pending_ref, self._on_datagrams, cfg.receive_buffer_bytes, mode)
-                u.open(loop)
+                u = self._dgram.open(li)
                 if cfg.receive_buffer_bytes and u.rcvbuf < cfg.receive_buffer_bytes:
                     log.warning(
                         "%s: the receive buffer of %s is %d bytes, not the %d asked for (net.core.rmem_max limits it "
@@ -413,7 +376,6 @@ class SyslogSource(Source):
                         u.rcvbuf,
                         cfg.receive_buffer_bytes,
                     )
-                self._dgram.append(u)
                 self.bound.append(u.url)
                 continue
 
@@ -441,22 +403,17 @@ class SyslogSource(Source):
         log.info("%s: receiving syslog on %s", self.name, ", ".join(self.bound))
         self.mark_ready("listening on " + ", ".join(self.bound))
 
-    def _pending_ref(self) -> list[tuple[bytes, Any]]:
-        return self._pending
-
     def stop(self) -> None:
         super().stop()
         self._kernel_drops()
-        for u in self._dgram:
-            u.close()
+        self._dgram.close()
         for s in self._servers:
             s.close()
         for c in list(self.conns.conns):
             c.writer.close()  # type: ignore[attr-defined]
-        self._wake.set()
 
     def _kernel_drops(self) -> None:
-        n = sum(u.kernel_drops() for u in self._dgram)
+        n = self._dgram.kernel_drops()
         if n:
             self._dropped_kernel.inc(n)
             self._warn(
