@@ -22,6 +22,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import Field
+
+from collector.component import ComponentConfig
 from collector.listeners import Listen
 
 log = logging.getLogger("collector.datagrams")
@@ -199,6 +202,19 @@ def _proc_drops(inode: int, family: int) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+class DatagramBatch(ComponentConfig):
+    """How received messages are grouped (datagrams wait at most ``timeout`` for company; what
+    a stream connection reads is decoded as it comes)."""
+
+    max_events: int = Field(2000, ge=1, le=100_000, description="Messages decoded and emitted together at most.")
+    max_bytes: int = Field(
+        4 << 20, ge=1024, description="Bytes of messages (decompressed) decoded and emitted together at most."
+    )
+    timeout: float = Field(
+        0.005, ge=0, le=1, description="Seconds datagrams may wait to be batched with the next ones."
+    )
 
 
 QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest

@@ -33,12 +33,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from collector.component import ComponentConfig
+from collector.component import ComponentConfig, ServerTls
 from collector.ratelog import RateLimitedLog
 
 log = logging.getLogger("collector.listeners")
@@ -127,6 +127,37 @@ def parse_listen(url: str, schemes: Iterable[str] = SCHEMES) -> Listen:
     if port is None or not u.hostname or u.path not in ("", "/"):
         raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
     return Listen(u.scheme, u.hostname, port)
+
+
+class ListenerConfig(ListenerLimits):
+    """A source that listens: its ``listen`` URLs (one or a list; the schemes it serves are
+    ``listen_schemes``), the ``tls`` a ``tls://`` one needs, and the limits of its streams."""
+
+    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
+    listen: list[str] = Field(min_length=1, description="Addresses to listen on (URLs).")
+    tls: ServerTls | None = Field(None, description="Certificate and key for `tls://` listeners.")
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("listen")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parse_listen(url, cls.listen_schemes)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_needed(self) -> Self:
+        if self.tls is None and any(li.scheme == "tls" for li in self.listens):
+            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
+        return self
+
+    @property
+    def listens(self) -> list[Listen]:
+        return [parse_listen(u, self.listen_schemes) for u in self.listen]
 
 
 API_SCHEMES = ("tcp",)  # api.listen (collector/config.py) is one tcp:// URL ...
@@ -417,6 +448,7 @@ __all__ = [
     "DEFAULT_API_LISTEN",
     "ConnectionTable",
     "Listen",
+    "ListenerConfig",
     "ListenerLimits",
     "api_url",
     "cap_reads",

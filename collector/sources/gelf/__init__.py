@@ -38,9 +38,9 @@ import logging
 import os
 import ssl
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from collector.codecs.gelf import (
     CHUNK_MAGIC,
@@ -50,10 +50,10 @@ from collector.codecs.gelf import (
     Reassembler,
     decode_sized,
 )
-from collector.component import ComponentConfig, Emitter, ServerTls, Source
-from collector.datagrams import DatagramQueue, hostport
+from collector.component import Emitter, ServerTls, Source
+from collector.datagrams import DatagramBatch, DatagramQueue, hostport
 from collector.event import Batch, Fields
-from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, parse_listen, peer_host
+from collector.listeners import ConnectionTable, ListenerConfig, cap_reads, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
 
@@ -67,19 +67,8 @@ DROP_LOG_INTERVAL = 10.0
 SCHEMES = ("udp", "tcp", "tls")  # listen URLs served
 
 
-class GelfBatch(ComponentConfig):
-    """How received messages are grouped (datagrams wait at most ``timeout`` for company)."""
-
-    max_events: int = Field(2000, ge=1, le=100_000, description="UDP messages decoded and emitted together at most.")
-    max_bytes: int = Field(
-        4 << 20, ge=1024, description="Bytes of messages (decompressed) decoded and emitted together at most."
-    )
-    timeout: float = Field(
-        0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
-    )
-
-
-class GelfSourceConfig(ListenerLimits):
+class GelfSourceConfig(ListenerConfig):
+    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
     type: Literal["gelf"]
     listen: list[str] = Field(
         min_length=1,
@@ -107,28 +96,10 @@ class GelfSourceConfig(ListenerLimits):
         description="UDP socket receive buffer (SO_RCVBUF), what absorbs bursts while the collector is busy. "
         "Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the system default.",
     )
-    batch: GelfBatch = Field(default_factory=GelfBatch, description="How received messages are grouped.")
+    batch: DatagramBatch = Field(default_factory=DatagramBatch, description="How received messages are grouped.")
     dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url, SCHEMES)
-        return v
-
-    @model_validator(mode="after")
-    def _tls(self) -> GelfSourceConfig:
-        if self.tls is None and any(parse_listen(u, SCHEMES).scheme == "tls" for u in self.listen):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
-        return self
 
 
 class GelfSource(Source):
@@ -357,8 +328,7 @@ class GelfSource(Source):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def _open(self) -> None:
-        for url in self.config.listen:
-            li = parse_listen(url, SCHEMES)
+        for li in self.config.listens:
             scheme, host, port = li.scheme, li.host, li.port
             if scheme == "udp":
                 u = self._udp.open(li)

@@ -46,13 +46,13 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
-from collector.component import ComponentConfig, Emitter, ServerTls, Source
-from collector.datagrams import DatagramQueue, hostport, remove_unix_socket, unix_socket
+from collector.component import Emitter, ServerTls, Source
+from collector.datagrams import DatagramBatch, DatagramQueue, hostport, remove_unix_socket, unix_socket
 from collector.event import Batch
-from collector.listeners import ConnectionTable, Listen, ListenerLimits, parse_listen
+from collector.listeners import ConnectionTable, Listen, ListenerConfig
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
 from collector.sources.syslog.net import Conn, peer_uid
@@ -65,17 +65,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
-class SyslogBatch(ComponentConfig):
-    """How received messages are grouped (datagrams wait at most ``timeout`` for company)."""
-
-    max_events: int = Field(2000, ge=1, le=100_000, description="Messages decoded and emitted together at most.")
-    max_bytes: int = Field(4 << 20, ge=1024, description="Bytes of messages emitted together at most.")
-    timeout: float = Field(
-        0.005, ge=0, le=1, description="Seconds datagrams may wait to be batched with the next ones."
-    )
-
-
-class SyslogSourceConfig(ListenerLimits):
+class SyslogSourceConfig(ListenerConfig):
     type: Literal["syslog"]
     listen: list[str] = Field(
         min_length=1,
@@ -103,7 +93,7 @@ class SyslogSourceConfig(ListenerLimits):
     socket_mode: str = Field(
         "0660", pattern=r"^0?[0-7]{3}$", description="Permissions of the unix socket files (octal)."
     )
-    batch: SyslogBatch = Field(default_factory=SyslogBatch, description="How messages are grouped into batches.")
+    batch: DatagramBatch = Field(default_factory=DatagramBatch, description="How messages are grouped into batches.")
     dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
@@ -128,24 +118,6 @@ class SyslogSourceConfig(ListenerLimits):
             log.warning("syslog: `frame_timeout` is now `read_timeout` (as on the other listeners); using it as that")
             data["read_timeout"] = value
         return data
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url)
-        return v
-
-    @model_validator(mode="after")
-    def _tls(self) -> SyslogSourceConfig:
-        if self.tls is None and any(parse_listen(u).scheme == "tls" for u in self.listen):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
-        return self
 
 
 class SyslogSource(Source):
@@ -363,8 +335,7 @@ class SyslogSource(Source):
     async def _open(self) -> None:
         cfg = self.config
         mode = int(cfg.socket_mode, 8)
-        for url in cfg.listen:
-            li = parse_listen(url)
+        for li in cfg.listens:
             if not li.stream:
                 u = self._dgram.open(li)
                 if cfg.receive_buffer_bytes and u.rcvbuf < cfg.receive_buffer_bytes:
