@@ -29,6 +29,8 @@ import ctypes
 import ctypes.util
 import logging
 import resource
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -212,6 +214,43 @@ class Tracked(Protocol):
 
     def kill(self, reason: str) -> None:
         """Close now (no more reading); ``reason`` is a counter label."""
+
+
+class StreamConn:
+    """One stream connection served by asyncio's server, as the table sees it (:class:`Tracked`)."""
+
+    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter, peer_host: str) -> None:
+        self.writer = writer
+        self.peer_host = peer_host  # what max_connections_per_peer counts: the address, or uid:N on a unix socket
+        self.last_active = _now()
+        self.message_since: float | None = None
+        self.held = 0
+        self.killed: str | None = None
+
+    def kill(self, reason: str) -> None:
+        self.killed = reason
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+async def drain_handlers(handlers: set[asyncio.Task[Any]], timeout: float) -> None:
+    """Let the connection handlers end (their writers are closed; one waiting for room in the
+    pipeline delivers first); those still running after ``timeout`` seconds are cancelled."""
+    if handlers:
+        _, late = await asyncio.wait(handlers, timeout=timeout)
+        for t in late:
+            t.cancel()
+
+
+def unix_peer_uid(sock: Any) -> int | None:
+    """The uid of a unix stream socket's peer (SO_PEERCRED), None when unknown."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):
+        return None
+    return uid
 
 
 class ConnectionTable:
@@ -450,10 +489,13 @@ __all__ = [
     "Listen",
     "ListenerConfig",
     "ListenerLimits",
+    "StreamConn",
     "api_url",
     "cap_reads",
+    "drain_handlers",
     "fd_budget",
     "parse_listen",
     "peer_host",
     "raise_fd_limit",
+    "unix_peer_uid",
 ]

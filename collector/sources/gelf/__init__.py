@@ -53,7 +53,7 @@ from collector.codecs.gelf import (
 from collector.component import Emitter, ServerTls, Source
 from collector.datagrams import DatagramBatch, DatagramQueue, hostport
 from collector.event import Batch, Fields
-from collector.listeners import ConnectionTable, ListenerConfig, cap_reads, peer_host
+from collector.listeners import ConnectionTable, ListenerConfig, StreamConn, cap_reads, drain_handlers, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
 
@@ -257,7 +257,7 @@ class GelfSource(Source):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str, tls: ssl.SSLContext | None
     ) -> None:
         peer = writer.get_extra_info("peername")
-        conn = _TcpConn(writer, peer)
+        conn = StreamConn(writer, peer_host(peer))
         if not self.table.admit(_peer(peer), conn.peer_host):
             writer.close()
             return
@@ -401,35 +401,13 @@ class GelfSource(Source):
                 self.table.stopped_listening()
             if not self.stopping:
                 self.stop()
-            # connections end with their writers closed; one waiting for room delivers first
-            if self._handlers:
-                _, late = await asyncio.wait(self._handlers, timeout=TCP_DRAIN_SECONDS)
-                for t in late:
-                    t.cancel()
+            await drain_handlers(self._handlers, TCP_DRAIN_SECONDS)
             for s in self._servers:
                 with contextlib.suppress(Exception):
                     await s.wait_closed()
             self._flush_chunk_counts()
             self._drops_logged_at = 0.0
             self._log_drops(time.monotonic() + DROP_LOG_INTERVAL)
-
-
-class _TcpConn:
-    """One TCP/TLS connection, as the listener's table sees it (listeners.Tracked)."""
-
-    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
-
-    def __init__(self, writer: asyncio.StreamWriter, peer: Any) -> None:
-        self.writer = writer
-        self.peer_host = peer_host(peer)
-        self.last_active = asyncio.get_running_loop().time()
-        self.message_since: float | None = None
-        self.held = 0
-        self.killed: str | None = None
-
-    def kill(self, reason: str) -> None:
-        self.killed = reason
-        self.writer.transport.abort()
 
 
 def _sender(peer: Any) -> str:

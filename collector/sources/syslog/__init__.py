@@ -52,10 +52,9 @@ from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, p
 from collector.component import Emitter, ServerTls, Source
 from collector.datagrams import DatagramBatch, DatagramQueue, hostport, remove_unix_socket, unix_socket
 from collector.event import Batch
-from collector.listeners import ConnectionTable, Listen, ListenerConfig
+from collector.listeners import ConnectionTable, Listen, ListenerConfig, StreamConn, drain_handlers, unix_peer_uid
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
-from collector.sources.syslog.net import Conn, peer_uid
 
 log = logging.getLogger("collector.sources.syslog")
 
@@ -270,12 +269,12 @@ class SyslogSource(Source):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, li: Listen) -> None:
         transport = li.scheme
         if li.scheme == "unix":
-            uid = peer_uid(writer.get_extra_info("socket"))
+            uid = unix_peer_uid(writer.get_extra_info("socket"))
             peer, key, sender = f"unix:{li.path} (uid {uid})", f"uid:{uid}", None
         else:
             addr = writer.get_extra_info("peername")
             peer, key, sender = hostport(addr), str(addr[0]), str(addr[0])
-        conn = Conn(writer, key)
+        conn = StreamConn(writer, key)
         if self.stopping or not self.conns.admit(peer, key):
             writer.transport.abort()
             return
@@ -381,7 +380,7 @@ class SyslogSource(Source):
         for s in self._servers:
             s.close()
         for c in list(self.conns.conns):
-            c.writer.close()  # type: ignore[attr-defined]
+            c.writer.close()  # type: ignore[attr-defined]  # (StreamConn)
 
     def _kernel_drops(self) -> None:
         n = self._dgram.kernel_drops()
@@ -429,10 +428,7 @@ class SyslogSource(Source):
             self.conns.stopped_listening()
             if not self.stopping:
                 self.stop()
-            if self._handlers:  # connections end with their writers closed; one waiting for room delivers first
-                _, late = await asyncio.wait(self._handlers, timeout=STREAM_DRAIN_SECONDS)
-                for t in late:
-                    t.cancel()
+            await drain_handlers(self._handlers, STREAM_DRAIN_SECONDS)
             for s in self._servers:
                 with contextlib.suppress(Exception):
                     await s.wait_closed()
