@@ -50,7 +50,7 @@ from collector.codecs.gelf import (
     Reassembler,
     decode_sized,
 )
-from collector.component import Emitter, ServerTls, Source
+from collector.component import Context, Emitter, ServerTls, Source
 from collector.datagrams import DatagramBatch, DatagramQueue, hostport
 from collector.event import Batch, Fields
 from collector.listeners import ConnectionTable, ListenerConfig, StreamConn, cap_reads, drain_handlers, peer_host
@@ -105,7 +105,7 @@ class GelfSourceConfig(ListenerConfig):
 class GelfSource(Source):
     config: GelfSourceConfig
 
-    def __init__(self, name: str, config: GelfSourceConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: GelfSourceConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.mapper = Mapper(config.tags, ctx.hostname)
         self.reassembler = Reassembler(

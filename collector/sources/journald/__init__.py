@@ -57,7 +57,7 @@ from collector.acks import OrderedAcks
 from collector.codecs.journal_export import Entry, ExportReader, Oversize
 from collector.codecs.partial import PartialLine
 from collector.codecs.syslog import FACILITIES
-from collector.component import ComponentConfig, Emitter, Source
+from collector.component import ComponentConfig, Context, Emitter, Source
 from collector.docker_api import split_image
 from collector.event import Batch, Event, Fields
 from collector.retry import Backoff, RetryConfig
@@ -149,7 +149,7 @@ class _Partial(PartialLine):
 class JournaldSource(Source):
     config: JournaldConfig
 
-    def __init__(self, name: str, config: JournaldConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: JournaldConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.state = ctx.checkpoints.namespace(name)
         self.acks = OrderedAcks(None, self._commit)

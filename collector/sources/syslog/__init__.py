@@ -49,7 +49,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
-from collector.component import Emitter, ServerTls, Source
+from collector.component import Context, Emitter, ServerTls, Source
 from collector.datagrams import DatagramBatch, DatagramQueue, hostport, remove_unix_socket, unix_socket
 from collector.event import Batch
 from collector.listeners import ConnectionTable, Listen, ListenerConfig, StreamConn, drain_handlers, unix_peer_uid
@@ -122,7 +122,7 @@ class SyslogSourceConfig(ListenerConfig):
 class SyslogSource(Source):
     config: SyslogSourceConfig
 
-    def __init__(self, name: str, config: SyslogSourceConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: SyslogSourceConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.mapper = Mapper(config.tags, ctx.hostname)
         self.bound: list[str] = []  # the listening addresses, as URLs (ports resolved)
