@@ -1230,6 +1230,32 @@ def decode_all(dec: Decoder, wire: bytes) -> list[Any]:
     return [b for u in units for b in dec.intake.batches(u)]
 
 
+def test_a_chunk_spread_over_batches_and_units_is_acked_once_with_their_summed_outcome(tmp_path):
+    """One message, records of three containers (three batches) in two units (max_events 4):
+    the ack is sent once, after the last batch, carrying what every batch reported."""
+    telemetry = Telemetry()
+    dl = DeadLetter(tmp_path, telemetry)
+    ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
+    cfg = FluentForwardConfig(type="fluent_forward", batch={"max_events": 4})
+    sent: list[str] = []
+    dec = Decoder(Intake("fwd", cfg, ctx), "peer:1", sent.append)
+    entries = [[T0, docker_rec(f"m{i}", cid=str(i % 3) * 64)] for i in range(6)]
+    batches = decode_all(dec, pack_message("t", entries, {"chunk": "c1"}))
+    assert len(batches) == 5 and dec.open_chunks == 1  # units of 4 (3 containers) and 2 (2) records
+    batches[0].ack.done(rejected=1)
+    batches[4].ack.done(failed=2)
+    for b in batches[1:4]:
+        assert sent == []
+        b.ack.done()
+    assert sent == ["c1"] and dec.open_chunks == 0
+
+    def acks(status: str) -> float:
+        return telemetry.value("collector_acks_total", component="fwd", status=status)
+
+    assert (acks("delivered"), acks("rejected"), acks("failed")) == (0, 0, 1)  # the worst
+    dl.close()
+
+
 def test_ids_are_stable_with_a_chunk_and_unique_without(decoder):
     wire = pack_message("t", [[T0, {"message": str(i)}] for i in range(3)], {"chunk": "Q2h1bmsx"})
     (b,) = decode_all(decoder, wire)
