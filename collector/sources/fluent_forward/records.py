@@ -55,6 +55,7 @@ import msgpack
 import orjson
 
 from collector import levels
+from collector.acks import Ack
 from collector.codecs.forward import (
     GROUP_END,
     GROUP_START,
@@ -71,7 +72,7 @@ from collector.codecs.forward import (
 )
 from collector.codecs.partial import PartialLine
 from collector.event import place_extra
-from collector.sources.fluent_forward.intake import ChunkAck, Group, GroupKey, Intake, Unit
+from collector.sources.fluent_forward.intake import Group, GroupKey, Intake, Unit, chunk_ack
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
@@ -131,8 +132,9 @@ class Decoder:
         if hostname.strip().lower() not in NO_NAME:
             self.host = hostname
 
-    def _chunk_done(self, chunk: str) -> None:
+    def _chunk_done(self, chunk: str, ack: Ack) -> None:
         self.open_chunks -= 1
+        self.intake.acked(ack, self.peer, chunk)
         self.send_ack(chunk)
 
     # -- input ----------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ class Decoder:
             if chunk is not None:
                 if type(chunk) is not str:
                     raise ForwardError("bad option", "chunk must be a string")
-                waiter = ChunkAck(chunk, self._chunk_done)
+                waiter = chunk_ack(chunk, self._chunk_done)
                 self.open_chunks += 1
                 self.unit.hold(waiter)
             bad = Bad()
@@ -211,7 +213,7 @@ class Decoder:
                 self.intake.error("size_mismatch")
                 self.intake.warn("size_mismatch", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
             if waiter is not None:
-                waiter.release()
+                waiter.done()  # the message is decoded: only the units holding its records hold it now
             if self.unit.count >= limit or self.unit.nbytes >= max_bytes:
                 yield self.take()
 
@@ -229,7 +231,7 @@ class Decoder:
         except ForwardError as e:
             bad.append((e.reason, [entry[0], rec]))
 
-    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: Bad) -> Iterator[Unit]:
+    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: Ack | None, bad: Bad) -> Iterator[Unit]:
         """Add every ``[time, record]`` of a Forward/PackedForward message; yields the current
         unit whenever it is full, or every YIELD_EVERY entries (the loop gets a turn); returns
         the number of entries."""
