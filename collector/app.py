@@ -252,7 +252,7 @@ class Pipeline:
                     self.ctx.deadletter.records(
                         name, [(f"transform failed: {e!r}", r, {"source": batch.source}) for r in batch.records()]
                     )
-                    release(batch.ack)
+                    release(batch.ack, rejected=len(batch))
                     continue
                 for port, b in outs:
                     await (default if port is None else ports[port]).emit(b)
@@ -441,9 +441,9 @@ class SinkFeed:
         self._next += 1
         self.taken[key] = (batch, inner)
 
-        def finalized() -> None:
+        def finalized(ack: Ack) -> None:
             if self.taken.pop(key, None) is not None:  # a late completion by a crashed sink: not twice
-                inner.done()
+                ack.pass_on(inner)
 
         batch.ack = Ack(finalized)
         return batch
