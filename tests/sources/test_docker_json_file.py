@@ -217,13 +217,13 @@ def test_a_rotation_between_the_look_and_the_open_of_the_new_file(
     """The writer does not wait for us: the file after ours is written and rotated away between
     our look at the rotated files and our open of the live one (seen under load: its lines were
     lost, silently). Made certain by rotating inside that gap."""
-    from collector.sources.docker_json_file import DockerJsonFileSource
+    from collector.sources.docker_json_file.harvester import Harvester
 
     d = container_dir(tmp_path)
     log = d / f"{CID}-json.log"
     log.write_bytes(docker_lines(["a0"]))
     out = tmp_path / "out.ndjson"
-    look = DockerJsonFileSource._catch_up_rotations
+    look = Harvester._catch_up_rotations
     gaps = []
 
     def look_then_rotate(self, s, finished, opened=None):
@@ -252,7 +252,7 @@ def test_a_rotation_between_the_look_and_the_open_of_the_new_file(
 
             threading.Timer(0.5, rest).start()
 
-    monkeypatch.setattr(DockerJsonFileSource, "_catch_up_rotations", look_then_rotate)
+    monkeypatch.setattr(Harvester, "_catch_up_rotations", look_then_rotate)
     with BackgroundPipeline(file_pipeline([str(log)], out, data_dir)) as bg:
         wait_until(lambda: messages(out) == ["a0"], what="first line")
         with open(log, "ab") as f:
