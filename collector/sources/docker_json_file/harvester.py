@@ -369,10 +369,18 @@ class Harvester:
         if fp is None or fp in self.registry or fp in self.registry.fully_read or any(of.fp == fp for of in s.files()):
             return
         of = self.open(path, s.live, 0)
+        if of is None and not os.path.lexists(path):
+            # listed a moment ago and gone: renamed by a rotation since (read it by its new name),
+            # or deleted unread (said: its lines are lost)
+            renamed = [p for _, p in self.discovery.siblings(s.live) if self.discovery.fp_of(p, s.live) == fp]
+            of = self.open(renamed[0], s.live, 0) if renamed else None
+            if of is None:
+                self.losses.deleted_unread(s.live, path)
+                return
         if of is not None:
             of.rotated = True
             s.queue.append(of)
-            log.info("%s: reading %s, rotated before we saw it", self.name, path)
+            log.info("%s: reading %s, rotated before we saw it", self.name, of.path)
 
     def check_siblings(self, s: LogStream) -> None:
         """Rotated files that appeared beside the live file while it kept its inode (copytruncate

@@ -190,6 +190,17 @@ class LossReports:
                 )
             self.registry.forget(fp)
 
+    def deleted_unread(self, live: str, path: str) -> None:
+        """A rotated file we never read was listed, then deleted before we could open it."""
+        self._error("file_vanished_unread")
+        log.error(
+            "%s: LOST DATA: %s (container %s), rotated before we saw it, was deleted before it could be read: "
+            "its lines were never delivered. Raise max-size/max-file for this container",
+            self.name,
+            path,
+            container_id_of(live)[:12] or "-",
+        )
+
     def outpaced(self, live: str, last_time: str, oldest: str, root: str | None) -> None:
         """The file we were reading went through every kept name and was deleted while we read it."""
         self._error("rotation_outpaced")
