@@ -50,10 +50,10 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
     first, second = tmp_path / "first.ndjson", tmp_path / "second.ndjson"
     config = tmp_path / "pipeline.yaml"
 
-    def write_config(out: Path) -> None:
+    def write_config(out: Path, **settings: object) -> None:
         doc = file_pipeline([str(logs / "*-json.log")], out, state)
         doc["api"] = {"listen": "tcp://127.0.0.1:0"}
-        config.write_text(yaml.safe_dump(doc))
+        config.write_text(yaml.safe_dump({**doc, **settings}))
 
     write_config(first)
     col = Collector("run", "-c", str(config))
@@ -67,12 +67,14 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
         wait_until(lambda: "tapping out (sink)" in tap_err.read_text(), what="the tap to attach")
         writer = Writer(logs / "app-json.log")
         wait_until(lambda: len(read_ndjson(first)) >= 500, what="records in the first output")
-        # a valid new config: another file
+        # a valid new config: another file, only the sink changed: restarted in place
         write_config(second)
         r = run_cli("reload", "-c", str(config))
         assert r.returncode == 0 and f"(pid {col.proc.pid})" in r.stdout, r.stdout + r.stderr
-        wait_until(lambda: "reloaded" in col.stderr(), what="the reload")
+        wait_until(lambda: "reloaded in place: sink 'out' restarted" in col.stderr(), what="the reload")
+        assert "reloading in place: restarting sink 'out'; everything else keeps running" in col.stderr()
         wait_until(lambda: len(read_ndjson(second)) >= 500, what="records in the second output")
+        assert "reloading its config" not in tap_err.read_text()  # the tap stayed attached to the same pipeline
         # an invalid one: refused with its reason, the running pipeline goes on
         config.write_text(config.read_text().replace("type: file", "type: nope"))
         os.kill(col.proc.pid, signal.SIGHUP)
@@ -83,6 +85,13 @@ def test_reload_moves_to_a_new_sink_losing_and_duplicating_nothing_and_refuses_a
         assert r.returncode == 2 and "not signalled" in r.stderr and "nope" in r.stderr, r.stderr
         delivered = len(read_ndjson(second))
         wait_until(lambda: len(read_ndjson(second)) >= delivered + 500, what="records after the refusal")
+        # a pipeline setting changed: the whole pipeline is replaced (drained, then started again)
+        write_config(second, shutdown_timeout=20)
+        os.kill(col.proc.pid, signal.SIGHUP)
+        wait_until(lambda: "reloaded: the old pipeline delivered" in col.stderr(), what="the whole reload")
+        assert "reloading the whole pipeline (pipeline settings changed)" in col.stderr()
+        delivered = len(read_ndjson(second))
+        wait_until(lambda: len(read_ndjson(second)) >= delivered + 500, what="records after the whole reload")
         total = writer.stop()
         wait_progressing(lambda: len(read_ndjson(first)) + len(read_ndjson(second)), total, what="every record")
         assert col.stop() == 0, col.stderr()
