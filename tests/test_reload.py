@@ -13,7 +13,17 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import Collector, docker_line, file_pipeline, read_ndjson, run_cli, wait_progressing, wait_until
+from collector.buffers.disk import inspect
+from tests.helpers import (
+    Collector,
+    docker_line,
+    file_pipeline,
+    free_port,
+    read_ndjson,
+    run_cli,
+    wait_progressing,
+    wait_until,
+)
 from tests.test_telemetry import api_url
 
 
@@ -122,3 +132,43 @@ def test_sighup_without_a_config_file_changes_nothing(tmp_path):
         assert col.stop() == 0
     r = run_cli("reload", "--data-dir", str(state))
     assert r.returncode == 1 and "no collector runs on the data directory" in r.stderr, r.stderr
+
+
+def test_a_disk_buffer_no_sink_reads_is_said_once_with_its_records_at_reload_and_at_start(tmp_path):
+    logs, state, config = tmp_path / "logs", tmp_path / "state", tmp_path / "pipeline.yaml"
+    logs.mkdir()
+    (logs / "app-json.log").write_bytes(b"".join(docker_line(f"seq {i}\n") for i in range(5)))
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: what the sink holds stays in its disk buffer
+
+    def write_config(sink: str, **settings: object) -> None:
+        doc = {
+            "data_dir": str(state),
+            "shutdown_timeout": 1,
+            "sources": {"files": {"type": "docker_json_file", "paths": [str(logs / "*-json.log")]}},
+            "sinks": {
+                sink: {"type": "elasticsearch", "inputs": ["files"], "hosts": [dead], "buffer": {"type": "disk"}}
+            },
+        }
+        config.write_text(yaml.safe_dump({**doc, **settings}))
+
+    said = "disk buffer {} holds 5 record(s)"
+    orphan = state / "buffers" / "es1"
+    write_config("es1")
+    col = Collector("run", "-c", str(config))
+    with col.start(tmp_path / "err.log"):
+        wait_until(lambda: orphan.is_dir() and inspect(orphan)[1] == 5, what="the records in es1's disk buffer")
+        assert "no sink reads" not in col.stderr()
+        write_config("es2")  # renamed: es1's buffer is read by nobody from now on
+        os.kill(col.proc.pid, signal.SIGHUP)
+        wait_until(lambda: said.format(orphan) in col.stderr(), what="the orphan buffer said at the reload")
+        line = next(x for x in col.stderr().splitlines() if said.format(orphan) in x)
+        assert "no sink named 'es1'" in line and "old name back" in line and "delete the directory" in line, line
+        write_config("es2", shutdown_timeout=2)
+        os.kill(col.proc.pid, signal.SIGHUP)
+        wait_until(lambda: col.stderr().count("reloaded: the old pipeline") == 2, what="the second reload")
+        assert col.stderr().count(said.format(orphan)) == 1  # once per directory
+        col.stop()
+    col = Collector("run", "-c", str(config))
+    with col.start(tmp_path / "err2.log"):
+        wait_until(lambda: said.format(orphan) in col.stderr(), what="the orphan buffer said at start")
+        col.stop()
