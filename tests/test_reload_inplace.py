@@ -166,3 +166,24 @@ def test_what_a_reload_in_place_can_do_and_what_needs_the_whole_pipeline(tmp_pat
     assert disk.whole == "the buffer or match of sink 'a' changed"
     assert plan(lambda d: d.update(shutdown_timeout=5)).whole == "pipeline settings changed"
     assert "the whole pipeline (pipeline settings changed)" in plan(lambda d: d.update(shutdown_timeout=5)).describe()
+
+
+def test_a_changed_source_starts_again_only_once_what_it_emitted_is_finalized(tmp_path):
+    # multiline holds the last record (unacknowledged) until its timeout: the old source's records
+    # are then still in flight when it stops; its successor waits for them, else it would read the
+    # held one again from the checkpoint (a duplicate)
+    doc = pipeline_doc(tmp_path, {"type": "multiline", "mode": "pattern", "start_pattern": "^seq", "timeout": 3})
+    log = tmp_path / "logs" / "app-json.log"
+    with BackgroundPipeline(doc) as bg:
+        log.write_bytes(b"".join(docker_line(f"seq {i}\n") for i in range(100)))
+        wait_until(lambda: len(read_ndjson(tmp_path / "a.ndjson")) == 99, what="all but the held record")
+        assert bg.pipeline.source_inflight["files"].records > 0  # the batch of the held record
+        new = copy.deepcopy(doc)
+        new["sources"]["files"]["paths"].append(str(tmp_path / "other" / "*-json.log"))
+        assert reload_in_place(bg, new) == {"source": ["files"]}
+        with open(log, "ab") as f:
+            f.write(b"".join(docker_line(f"seq {i}\n") for i in range(100, 200)))
+        wait_until(lambda: len(read_ndjson(tmp_path / "b.ndjson")) >= 200, 60, what="every record")
+        assert bg.stop() == 0
+    assert seqs(tmp_path / "a.ndjson") == list(range(200))
+    assert seqs(tmp_path / "b.ndjson") == list(range(200))
