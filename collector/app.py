@@ -104,10 +104,11 @@ async def run_pipeline(
 
     ``reload`` reads the config again (SIGHUP, ``collector reload``): it raises ConfigError when the
     new config is invalid, which is refused (said, counted) while the running pipeline goes on. A
-    valid one replaces the pipeline: the running one drains (sources stop, everything in flight is
-    delivered, checkpoints saved), then the new one is built and started in this process, from the
-    same positions (its checkpoints start from the old ones, whatever its outputs), and the API
-    stays up throughout."""
+    valid one that changes only components' own settings restarts those in place (Pipeline.prepare,
+    reconfigure); any other replaces the pipeline: the running one drains (sources stop, everything
+    in flight is delivered, checkpoints saved), then the new one is built and started in this
+    process, from the same positions (its checkpoints start from the old ones, whatever its
+    outputs). The API stays up throughout."""
     soft, hard = raise_fd_limit()  # listeners and followed files need descriptors; the cap stays below it
     log.debug("open-files limit: %d (hard %d)", soft, hard)
     telemetry = Telemetry()  # one for the life of the process: counters go on across reloads

@@ -12,7 +12,7 @@ from typing import Any
 
 from collector.config import validate_config
 from collector.topology import plan_reload
-from tests.helpers import BackgroundPipeline, docker_line, read_ndjson, wait_progressing, wait_until
+from tests.helpers import BackgroundPipeline, docker_line, free_port, read_ndjson, wait_progressing, wait_until
 from tests.test_reload import Writer, seqs
 
 
@@ -187,3 +187,30 @@ def test_a_changed_source_starts_again_only_once_what_it_emitted_is_finalized(tm
         assert bg.stop() == 0
     assert seqs(tmp_path / "a.ndjson") == list(range(200))
     assert seqs(tmp_path / "b.ndjson") == list(range(200))
+
+
+def test_a_sink_that_cannot_deliver_is_replaced_past_the_shutdown_timeout_and_its_records_go_to_the_new_one(
+    tmp_path, caplog
+):
+    # the everyday reason to reload a sink: its address is wrong. The old one retries forever; past
+    # shutdown_timeout it is stopped and what it held goes to its successor, nothing lost or twice
+    doc = pipeline_doc(tmp_path)
+    doc["shutdown_timeout"] = 1
+    dead = f"http://127.0.0.1:{free_port()}"
+    doc["sinks"]["b"] = {"type": "elasticsearch", "inputs": ["files"], "hosts": [dead], "mode": "index"}
+    log = tmp_path / "logs" / "app-json.log"
+    with BackgroundPipeline(doc) as bg:
+        log.write_bytes(b"".join(docker_line(f"seq {i}\n") for i in range(500)))
+        wait_until(lambda: len(read_ndjson(tmp_path / "a.ndjson")) == 500, what="the records in a")
+        wait_until(lambda: bg.pipeline.buffers["b"].pending_events() == 500, what="the records waiting for b")
+        new = copy.deepcopy(doc)
+        new["sinks"]["b"] = {"type": "file", "inputs": ["files"], "path": str(tmp_path / "b2.ndjson")}
+        assert reload_in_place(bg, new) == {"sink": ["b"]}
+        with open(log, "ab") as f:
+            f.write(b"".join(docker_line(f"seq {i}\n") for i in range(500, 600)))
+        wait_until(lambda: len(read_ndjson(tmp_path / "b2.ndjson")) >= 600, 60, what="every record in the new b")
+        wait_until(lambda: len(read_ndjson(tmp_path / "a.ndjson")) >= 600, 60, what="every record in a")
+        assert bg.stop() == 0
+    assert seqs(tmp_path / "a.ndjson") == list(range(600))
+    assert sorted(seqs(tmp_path / "b2.ndjson")) == list(range(600))
+    assert "reload: sink 'b' still busy after 1s (shutdown_timeout); stopping it" in caplog.text
