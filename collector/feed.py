@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from collector.acks import Ack
@@ -14,9 +15,16 @@ from collector.event import Batch
 TICK, ENDED = object(), object()  # next_batch: the tick interval passed; the reader was told to end
 
 
-async def next_batch(reader: BufferReader, ending: asyncio.Future[None], timeout: float | None = None) -> Any:
+async def next_batch(
+    reader: BufferReader,
+    ending: asyncio.Future[None],
+    timeout: float | None = None,
+    put_back: Callable[[Batch], object] | None = None,
+) -> Any:
     """The next batch from ``reader`` (None: closed and drained), TICK once ``timeout`` passed
-    first, ENDED once ``ending`` is done. A batch is taken from the reader only when returned."""
+    first, ENDED once ``ending`` is done. Cancelled (a sink's ``wait_for(inbox.recv(), t)``), it
+    takes nothing: a batch the reader handed over in that very moment goes to ``put_back``
+    (without one, as at the final cancellation, it is not acknowledged: read again next start)."""
     if ending.done():
         return ENDED
     b = reader.recv_nowait()
@@ -25,11 +33,15 @@ async def next_batch(reader: BufferReader, ending: asyncio.Future[None], timeout
     recv = asyncio.ensure_future(reader.recv())
     try:
         await asyncio.wait((recv, ending), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
+    except BaseException:
         if not recv.done():
             recv.cancel()  # its wait is interrupted before it takes anything
-    if recv.done() and not recv.cancelled():
+        elif put_back is not None and not recv.cancelled() and recv.exception() is None and recv.result() is not None:
+            put_back(recv.result())
+        raise
+    if recv.done():
         return recv.result()
+    recv.cancel()
     return ENDED if ending.done() else TICK
 
 
@@ -86,7 +98,7 @@ class SinkFeed:
             return None
         if self.again:
             return self._track(self.again.popleft())
-        b = await next_batch(self.reader, self.ending)
+        b = await next_batch(self.reader, self.ending, put_back=self.again.appendleft)
         return None if b is None or b is ENDED else self._track(b)
 
     def recv_nowait(self) -> Batch | None:
