@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,24 @@ def test_a_sink_that_cannot_deliver_is_replaced_past_the_shutdown_timeout_and_it
     assert seqs(tmp_path / "a.ndjson") == list(range(600))
     assert sorted(seqs(tmp_path / "b2.ndjson")) == list(range(600))
     assert "reload: sink 'b' still busy after 1s (shutdown_timeout); stopping it" in caplog.text
+
+
+def test_a_changed_listener_listens_again_on_its_port(tmp_path):
+    port = free_port()
+    doc = {
+        "data_dir": str(tmp_path / "state"),
+        "sources": {"fwd": {"type": "fluent_forward", "listen": [f"tcp://127.0.0.1:{port}"], "tags": ["a"]}},
+        "sinks": {"out": {"type": "file", "inputs": ["fwd"], "path": str(tmp_path / "out.ndjson")}},
+    }
+    with BackgroundPipeline(doc) as bg:
+        old = bg.pipeline.sources["fwd"]
+        new = copy.deepcopy(doc)
+        new["sources"]["fwd"]["tags"] = ["b"]
+        assert reload_in_place(bg, new) == {"source": ["fwd"]}
+        src = bg.pipeline.sources["fwd"]
+        assert src is not old and old.stopping
+        wait_until(lambda: src.ready()[0], what="the new listener")
+        assert src.bound == [f"tcp://127.0.0.1:{port}"]
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass  # accepted
+        assert bg.stop() == 0
