@@ -69,9 +69,9 @@ class SinkFeed:
         self._next += 1
         self.taken[key] = (batch, inner)
 
-        def finalized() -> None:
+        def finalized(ack: Ack) -> None:
             if self.taken.pop(key, None) is not None:  # a late completion by a crashed sink: not twice
-                inner.done()
+                ack.pass_on(inner)
 
         batch.ack = Ack(finalized)
         return batch

@@ -140,7 +140,7 @@ class Pipeline(Topology):
                     self.ctx.deadletter.records(
                         name, [(f"transform failed: {e!r}", r, {"source": batch.source}) for r in batch.records()]
                     )
-                    release(batch.ack)
+                    release(batch.ack, rejected=len(batch))
                     continue
                 for port, b in outs:
                     await (default if port is None else ports[port]).emit(b)
