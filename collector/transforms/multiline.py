@@ -543,6 +543,13 @@ class MultilineTransform(Transform):
                 self._finalize(rec)
         return self._emit()
 
+    async def hand_over(self) -> list[tuple[str | None, Batch]]:
+        # replaced at a reload: every record held is emitted as it is (a group cut short there)
+        while self._pending:
+            key = next(iter(self._pending))
+            self._finalize(self._pending.pop(key))
+        return self._emit()
+
     # -- output ----------------------------------------------------------------------------------
     def _emit(self) -> list[tuple[str | None, Batch]]:
         recs, self._out = self._out, []
