@@ -261,6 +261,7 @@ class DockerJsonFileSource(Source):
     # -- main loop ----------------------------------------------------------------------------
     async def run(self, out: Emitter) -> None:
         cfg = self.config
+        self.registry.load()  # where the checkpoints are now (a reload made us before the old source ended)
         if self.discovery.own_id:
             log.info(
                 "%s: not reading the log of the container the collector runs in (%s; include_own_container: "

@@ -72,17 +72,30 @@ class Registry:
 
     def __init__(self, store: CheckpointStore, component: str, errors: ErrorCounter) -> None:
         self._store = store
+        self._component = component
+        self._errors = errors
         self._raw = store.namespace(component)
         self._files: dict[str, FileState] = {}
         self.fully_read: set[str] = set()  # fingerprints of files read to their end in this run
+        self.load()
+
+    def load(self) -> None:
+        """(Re)read the store's records: at the start of a run, which may come long after this
+        source was made (a reload makes the new source before the old one has stopped and its
+        last records are acknowledged)."""
+        self._raw = self._store.namespace(self._component)
+        self._files.clear()
+        self.fully_read.clear()
         for fp, d in list(self._raw.items()):
             try:
                 self._files[fp] = FileState.from_dict(d)
             except ValueError as e:
-                errors("checkpoint_unreadable")
-                log.error("%s: checkpoint %s is unreadable (%s): forgotten, the file is read again", component, fp, e)
+                self._errors("checkpoint_unreadable")
+                log.error(
+                    "%s: checkpoint %s is unreadable (%s): forgotten, the file is read again", self._component, fp, e
+                )
                 del self._raw[fp]
-                store.touch()
+                self._store.touch()
 
     def __contains__(self, fp: object) -> bool:
         return fp in self._files
