@@ -57,7 +57,7 @@ def test_the_names_and_signatures_the_page_uses_exist():
         assert {"tasks", "open", "close", "pending_events", "stored_records"} <= set(dir(impl))
     assert list(inspect.signature(DeadLetter.records).parameters) == ["self", "component", "items"]
     assert list(inspect.signature(DeadLetter.raw).parameters)[:4] == ["self", "component", "reason", "data"]
-    assert callable(Context.error_counter) and callable(Context.docker)
+    assert callable(Context.error_counter) and callable(Context.service) and callable(Context.aclose)
     assert callable(SinkMeter.delivered) and callable(SinkMeter.request)
     assert callable(OrderedAcks.track) and callable(Ack.retain) and callable(Ack.done)
     assert issubclass(FileConfig, SinkConfig) and FileConfig.model_config["extra"] == "forbid"

@@ -28,6 +28,7 @@ from collector.component import Transform, TransformConfig
 from collector.docker_api import (
     ContainerInfo,
     DockerMetadata,
+    DockerMetadataService,
     MetadataOptions,
     is_container_ref,
 )
@@ -131,7 +132,9 @@ class DockerMetadataTransform(Transform):
             max_labels_bytes=c.max_labels_bytes,
             cache_max_bytes=c.cache_max_bytes,
         )
-        self.docker = await self.ctx.docker(c.metadata, c.docker_host, self.ctx.docker_root, options)
+        self.docker = await self.ctx.service(DockerMetadataService).metadata(
+            c.metadata, c.docker_host, self.ctx.docker_root, options
+        )
 
     async def _lookup(self, cid: Any, n: int, container_dir: Path | None = None) -> ContainerInfo:
         """The container's metadata; records going out without any are counted and said."""
@@ -186,7 +189,8 @@ class DockerMetadataTransform(Transform):
         assert self.docker is not None
         cid = batch.meta.get("container.id")
         if cid:
-            path = getattr(batch.columns, "path", None)  # a file source's columns know their file
+            cols = batch.columns
+            path = cols.path if cols is not None else None  # a file source's columns know their file
             if path is None and batch.events:
                 path = get_path(batch.events[0], "log.file.path")
             # only Docker's own layout (<dir>/<id>/<id>-json.log*) says where the container's files are

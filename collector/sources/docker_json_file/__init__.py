@@ -40,7 +40,7 @@ from pydantic import Field, field_validator
 from collector.acks import OrderedAcks
 from collector.codecs.docker_json import DockerLines, Parsed
 from collector.component import ComponentConfig, Emitter, Source
-from collector.docker_api import api_socket_missing, own_container_id
+from collector.docker_api import DockerMetadataService, api_socket_missing, own_container_id
 from collector.event import Batch, Fields
 from collector.ratelog import RateLimitedLog
 from collector.safefiles import UnsafeFile, check_regular, open_regular
@@ -455,6 +455,7 @@ class DockerJsonFileSource(Source):
         """Per container (its name when the pipeline's metadata knows it, else its short id or the
         file's name): bytes in its files not yet acknowledged (collector_checkpoint_lag_bytes)."""
         rows: dict[tuple[str, str], int] = {}
+        docker = self.ctx.service(DockerMetadataService)
         for s in list(self.streams.values()):
             n = 0
             for of in s.files():
@@ -466,7 +467,7 @@ class DockerJsonFileSource(Source):
                     continue
                 n += max(0, size - int(of.acks.committed))
             cid = container_id_of(s.live)
-            key = (self.ctx.container_name(cid) if cid else "") or s.tag, cid[:12]
+            key = (docker.container_name(cid) if cid else "") or s.tag, cid[:12]
             rows[key] = rows.get(key, 0) + n
         return [(name, cid, n) for (name, cid), n in rows.items()]
 

@@ -48,6 +48,7 @@ from pydantic import Field, field_validator, model_validator
 
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.docker_api import DockerMetadata, DockerMetadataService
 from collector.event import Batch
 from collector.listeners import Listen, parse_listen
 from collector.ratelog import RateLimitedLog
@@ -184,7 +185,7 @@ class SyslogSource(Source):
         self._dl_left = 0
         self._drops_unlogged = 0
         self._resolved = Resolutions(config.resolve_ttl)
-        self._docker: Any = None
+        self._docker: DockerMetadata | None = None
         self.conns = ConnectionTable(
             connection_cap(config.max_connections), config.max_connections_per_peer, config.idle_timeout
         )
@@ -278,7 +279,7 @@ class SyslogSource(Source):
         cid = None
         try:
             if self._docker is None:
-                self._docker = await self.ctx.pipeline_docker()
+                self._docker = await self.ctx.service(DockerMetadataService).pipeline_metadata()
             info = await self._docker.resolve(tag)
             cid = info.id if info is not None else None
         except Exception as e:  # metadata trouble must not stop the server
