@@ -4,7 +4,7 @@ Works on the batch, not the record: a json-file batch comes from one container, 
 shared fields are looked up and extended once per batch (and cached per container).  Batches
 whose records carry their own ``container.id`` (forward, GELF) are grouped by container.
 
-Container ids from peers are checked before any lookup (see docker_api.py); a record that goes
+Container ids from peers are checked before any lookup (see docker_api/info.py); a record that goes
 out with no metadata but its ``container.id`` is counted (``collector_errors_total{reason=
 "metadata_missing"}``, or ``"bad_container_id"`` when the id is not a Docker id) and said in a
 warning (one per interval), never silently.
