@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import socket
 import ssl
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
@@ -162,6 +162,7 @@ class Context:
     docker_root: str = DEFAULT_DOCKER_ROOT  # the pipeline's (config.PipelineConfig.docker_root)
     hostname: str = field(default_factory=socket.gethostname)
     _services: dict[type[Service], Service] = field(default_factory=dict)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run last-first by aclose
 
     def error_counter(self, component: str) -> ErrorCounter:
         """How a component counts its errors (``collector_errors_total``)."""
@@ -172,15 +173,17 @@ class Context:
         s = self._services.get(cls)
         if s is None:
             s = self._services[cls] = cls(self)
+            self._closers.append(s.aclose)
         return s  # type: ignore[return-value]  # keyed by its own type
 
     async def aclose(self) -> None:
-        """Close the services, the last created first."""
-        services = list(self._services.values())
+        """Close the services (and what components registered in ``_closers``), the last first."""
+        closers = list(self._closers)
+        self._closers.clear()
         self._services.clear()
-        for s in reversed(services):
+        for close in reversed(closers):
             with contextlib.suppress(Exception):
-                await s.aclose()
+                await close()
 
 
 class Outlet(Protocol):
