@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, cast
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -147,7 +147,7 @@ class Service:
         """Release what it holds (threads, connections); called once, at the pipeline's end."""
 
 
-S = TypeVar("S", bound=Service)
+ServiceT = TypeVar("ServiceT", bound=Service)
 
 
 @dataclass
@@ -168,13 +168,13 @@ class Context:
         """How a component counts its errors (``collector_errors_total``)."""
         return ErrorCounter(self.telemetry.errors, component)
 
-    def service(self, cls: type[S]) -> S:
+    def service(self, cls: type[ServiceT]) -> ServiceT:
         """The pipeline's one ``cls`` (created on first request, closed by :meth:`aclose`)."""
         s = self._services.get(cls)
         if s is None:
             s = self._services[cls] = cls(self)
             self._closers.append(s.aclose)
-        return s  # type: ignore[return-value]  # keyed by its own type
+        return cast(ServiceT, s)  # keyed by its own type
 
     async def aclose(self) -> None:
         """Close the services (and what components registered in ``_closers``), the last first."""
