@@ -24,7 +24,7 @@ from typing import Any, Literal
 from cachetools import LRUCache
 from pydantic import Field, field_validator
 
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.docker_api import (
     ContainerInfo,
     DockerMetadata,
@@ -110,7 +110,7 @@ class DockerMetadataConfig(TransformConfig):
 class DockerMetadataTransform(Transform):
     config: DockerMetadataConfig
 
-    def __init__(self, name: str, config: DockerMetadataConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: DockerMetadataConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.template = TagTemplate(config.tag) if config.tag else None
         self.docker: DockerMetadata | None = None

@@ -50,7 +50,7 @@ from pydantic import Field, model_validator
 
 from collector.acks import Ack, release
 from collector.codecs.docker_json import DockerLines, Parsed
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.event import Batch, Fields, with_path
 from collector.ratelog import RateLimitedLog
 
@@ -250,7 +250,7 @@ class _Record:
 class MultilineTransform(Transform):
     config: MultilineConfig
 
-    def __init__(self, name: str, config: MultilineConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: MultilineConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         c = config
         self._modes: dict[str, Any] = {

@@ -69,7 +69,7 @@ from collector.codecs.gelf import (
     max_payload,
     split_chunks,
 )
-from collector.component import ClientTls, ComponentConfig, Sink, SinkConfig
+from collector.component import ClientTls, ComponentConfig, Context, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
@@ -166,7 +166,7 @@ def parse_address(address: str) -> tuple[str, str, int]:
 class GelfSink(Sink):
     config: GelfSinkConfig
 
-    def __init__(self, name: str, config: GelfSinkConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: GelfSinkConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.transport, self.host, self.port = parse_address(config.address)
         self.encoder = GelfEncoder(ctx.hostname)

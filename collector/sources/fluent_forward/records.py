@@ -48,6 +48,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -68,6 +69,7 @@ from collector.codecs.forward import (
     split_message,
     text,
 )
+from collector.codecs.partial import PartialLine
 from collector.event import place_extra
 from collector.sources.fluent_forward.intake import ChunkAck, Group, GroupKey, Intake, Unit
 
@@ -88,20 +90,16 @@ class Unreadable(ForwardError):
     """A message none of whose entries could be read: not acknowledged, connection closed."""
 
 
-class Partial:
-    """A line Docker split, being rejoined."""
+@dataclass(slots=True)
+class Partial(PartialLine):
+    """A line Docker split, being rejoined (its parts in ``ordinals`` order)."""
 
-    __slots__ = ("event", "first", "group", "parts", "pid", "rid", "size", "truncated")
-
-    def __init__(self, pid: str, group: GroupKey, event: dict[str, Any], rid: str) -> None:
-        self.pid = pid
-        self.group = group
-        self.event = event  # timestamp, stream and extras of the first part
-        self.rid = rid
-        self.parts: list[tuple[int, str]] = []
-        self.size = 0
-        self.truncated = False
-        self.first = time.monotonic()
+    pid: str
+    group: GroupKey
+    event: dict[str, Any]  # timestamp, stream and extras of the first part
+    rid: str
+    ordinals: list[int] = field(default_factory=list)  # partial_ordinal of each part kept
+    first: float = field(default_factory=time.monotonic)
 
 
 class Decoder:
@@ -409,24 +407,18 @@ class Decoder:
             if len(self.partials) >= MAX_PENDING_PARTIALS:  # memory: emit the oldest as it is
                 oldest = min(self.partials, key=lambda k: self.partials[k].first)
                 self._emit_partial(self.partials.pop(oldest), complete=False)
-            p = self.partials[slot] = Partial(pid, key, ev, rid)
+            p = self.partials[slot] = Partial(pid=pid, group=key, event=ev, rid=rid)
         if ordinal < 0:
             ordinal = len(p.parts) + 1
         if not p.truncated:
-            room = self.max_record - p.size
-            if len(part) * 4 <= room or len(part.encode()) <= room:
-                p.parts.append((ordinal, part))
-                p.size += len(part) if part.isascii() else len(part.encode())
-            else:
-                p.parts.append((ordinal, part.encode()[:room].decode("utf-8", "ignore")))
-                p.size = self.max_record
-                p.truncated = True
+            p.ordinals.append(ordinal)
+            p.add(part, self.max_record)
         if last:
             del self.partials[slot]
             self._emit_partial(p, complete=True)
 
     def _emit_partial(self, p: Partial, complete: bool) -> None:
-        parts = sorted(p.parts, key=lambda x: x[0])
+        parts = sorted(zip(p.ordinals, p.parts, strict=True), key=lambda x: x[0])
         ev = p.event
         ev["message"] = "".join(t for _, t in parts)
         if complete and not p.truncated and [o for o, _ in parts] != list(range(1, len(parts) + 1)):
