@@ -3,9 +3,9 @@
 A *source* produces batches (``async run(out)``), a *transform* rewrites them
 (``async process(batch)``), a *sink* delivers them (``async run(inbox)``, reading a
 :class:`~collector.buffers.BufferReader`).  Components receive a :class:`Context` with the core
-services (checkpoints, dead letter, telemetry, Docker metadata) and never import each other:
-shared code lives in codecs/, buffers/, acks.py, docker_api.py and the core modules
-(docs/architecture.md).
+services (checkpoints, dead letter, telemetry) and the shared helpers they ask for by type
+(``ctx.service(DockerMetadataService)``), and never import each other: shared code lives in
+codecs/, buffers/, acks.py, docker_api/ and the core modules (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, ClassVar, Protocol, TypeVar, cast
 
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -27,13 +27,13 @@ from collector.acks import InFlight, release
 from collector.buffers import BufferConfig, BufferReader
 from collector.checkpoints import CheckpointStore
 from collector.deadletter import DeadLetter
-from collector.docker_api import DEFAULT_DOCKER_ROOT
 from collector.event import Batch
 from collector.telemetry import Telemetry
 
 if TYPE_CHECKING:
-    from collector.docker_api import DockerMetadata, MetadataOptions, MetadataSource
     from collector.tap import Tap
+
+DEFAULT_DOCKER_ROOT = "/var/lib/docker"  # the pipeline's docker_root unless configured (PipelineConfig)
 
 
 class ComponentConfig(BaseModel):
@@ -135,6 +135,21 @@ class ErrorCounter:
         c.inc(n)
 
 
+class Service:
+    """A helper shared by the components of one pipeline (Docker metadata, ...), asked for by
+    type: ``ctx.service(cls)`` creates it with the context on first request (cheaply: it acquires
+    what it holds when first used) and ``aclose()`` runs when the pipeline ends."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def aclose(self) -> None:
+        """Release what it holds (threads, connections); called once, at the pipeline's end."""
+
+
+ServiceT = TypeVar("ServiceT", bound=Service)
+
+
 @dataclass
 class Context:
     """Core services shared by the components of one running pipeline."""
@@ -146,60 +161,29 @@ class Context:
     once: bool = False
     docker_root: str = DEFAULT_DOCKER_ROOT  # the pipeline's (config.PipelineConfig.docker_root)
     hostname: str = field(default_factory=socket.gethostname)
-    _docker: dict[tuple[str, str | None, str, MetadataOptions | None], DockerMetadata] = field(default_factory=dict)
-    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _services: dict[type[Service], Service] = field(default_factory=dict)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # run last-first by aclose
 
     def error_counter(self, component: str) -> ErrorCounter:
         """How a component counts its errors (``collector_errors_total``)."""
         return ErrorCounter(self.telemetry.errors, component)
 
-    async def docker(
-        self,
-        source: MetadataSource = "auto",
-        docker_host: str | None = None,
-        docker_root: str | None = None,
-        options: MetadataOptions | None = None,
-    ) -> DockerMetadata:
-        """The shared metadata cache for these settings (one API client per Docker host); the
-        pipeline's ``docker_root`` unless another is given."""
-        from collector.docker_api import DockerMetadata  # noqa: PLC0415
-
-        docker_root = docker_root or self.docker_root
-        key = (source, docker_host, docker_root, options)
-        meta = self._docker.get(key)
-        if meta is None:
-            errors = self.telemetry.errors
-
-            def on_error(reason: str, n: int) -> None:
-                errors.labels("docker_metadata", reason).inc(n)
-
-            meta = self._docker[key] = DockerMetadata(source, docker_host, docker_root, options, on_error)
-            await meta.start()
-            self._closers.append(meta.close)
-            self.telemetry.register_health(f"docker_metadata[{docker_root}]", meta.health)
-            self.telemetry.register_docker(meta)
-        return meta
-
-    async def pipeline_docker(self) -> DockerMetadata:
-        """The Docker metadata the pipeline already uses (its docker_metadata transform's, started before
-        any source), else one with the defaults: for a source that must name containers itself."""
-        if self._docker:
-            return next(iter(self._docker.values()))
-        return await self.docker()
-
-    def container_name(self, cid: str) -> str:
-        """A container's name if the pipeline's Docker metadata knows it already ("" otherwise)."""
-        for meta in list(self._docker.values()):
-            name = meta.known_name(cid)
-            if name:
-                return name
-        return ""
+    def service(self, cls: type[ServiceT]) -> ServiceT:
+        """The pipeline's one ``cls`` (created on first request, closed by :meth:`aclose`)."""
+        s = self._services.get(cls)
+        if s is None:
+            s = self._services[cls] = cls(self)
+            self._closers.append(s.aclose)
+        return cast(ServiceT, s)  # keyed by its own type
 
     async def aclose(self) -> None:
-        for close in reversed(self._closers):
+        """Close the services (and what components registered in ``_closers``), the last first."""
+        closers = list(self._closers)
+        self._closers.clear()
+        self._services.clear()
+        for close in reversed(closers):
             with contextlib.suppress(Exception):
                 await close()
-        self._closers.clear()
 
 
 class Outlet(Protocol):

@@ -183,6 +183,12 @@ class Columns(Protocol):
 
     def __len__(self) -> int: ...
 
+    @property
+    def path(self) -> str | None:
+        """The one file all these records were read from (a file source's read), None when they
+        have no single file: what a transform may know of their origin without decoding them."""
+        ...
+
     def events(self) -> list[Event]:
         """The records as dicts (done once, when a transform or sink asks for them)."""
         ...

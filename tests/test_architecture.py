@@ -3,6 +3,7 @@ names it tells a newcomer to use exist with the signatures it shows."""
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import inspect
 import re
@@ -16,7 +17,8 @@ from collector.acks import Ack, OrderedAcks, Status, done_threadsafe
 from collector.buffers import Buffer, BufferConfig, BufferReader
 from collector.buffers.disk import DiskBuffer
 from collector.buffers.memory import MemoryBuffer
-from collector.component import Context, Sink, SinkConfig, TransformConfig
+from collector.checkpoints import CheckpointStore
+from collector.component import Context, Service, Sink, SinkConfig, TransformConfig
 from collector.deadletter import DeadLetter
 from collector.event import Batch, Fields
 from collector.sinks.file import FileConfig, FileSink
@@ -57,7 +59,7 @@ def test_the_names_and_signatures_the_page_uses_exist():
         assert {"tasks", "open", "close", "pending_events", "stored_records"} <= set(dir(impl))
     assert list(inspect.signature(DeadLetter.records).parameters) == ["self", "component", "items"]
     assert list(inspect.signature(DeadLetter.raw).parameters)[:4] == ["self", "component", "reason", "data"]
-    assert callable(Context.error_counter) and callable(Context.docker)
+    assert callable(Context.error_counter) and callable(Context.service) and callable(Context.aclose)
     assert callable(SinkMeter.delivered) and callable(SinkMeter.request)
     assert callable(OrderedAcks.track) and callable(Ack.retain) and callable(Ack.pass_on) and callable(done_threadsafe)
     assert list(inspect.signature(Ack.done).parameters) == ["self", "n", "rejected", "failed"]
@@ -117,3 +119,57 @@ def test_one_acknowledgement_family():
         if re.search(r"^class \w*\(Ack\)|^class \w*Ack\b|\.remaining -= 1", text, re.M):
             offenders.append(str(path.relative_to(REPO)))
     assert offenders == []
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at any level (TYPE_CHECKING blocks and functions included)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_the_core_knows_nothing_of_docker():
+    """Docker is a service components ask the context for (``ctx.service(DockerMetadataService)``),
+    not part of the component contract: no core module imports collector.docker_api, and the
+    context offers no Docker method. (cli.py and status.py are commands, not the core.)"""
+    files = [*(REPO / "collector").glob("*.py"), *(REPO / "collector" / "buffers").glob("*.py")]
+    core = [p for p in files if p.name not in ("cli.py", "status.py", "__main__.py")]
+    assert any(p.name == "component.py" for p in core) and len(core) > 15
+    offenders = {
+        str(p.relative_to(REPO)): sorted(m for m in imported_modules(p) if m.startswith("collector.docker_api"))
+        for p in core
+    }
+    assert {p: ms for p, ms in offenders.items() if ms} == {}
+    assert [n for n in dir(Context) if "docker" in n and n != "docker_root"] == []
+
+
+def test_a_service_is_made_on_first_request_once_and_closed_last_first(tmp_path):
+    made: list[str] = []
+    closed: list[str] = []
+
+    class First(Service):
+        def __init__(self, ctx: Context) -> None:
+            super().__init__(ctx)
+            made.append(type(self).__name__)
+
+        async def aclose(self) -> None:
+            closed.append(type(self).__name__)
+
+    class Second(First):
+        pass
+
+    telemetry = Telemetry()
+    ctx = Context(tmp_path, telemetry, CheckpointStore(tmp_path), DeadLetter(tmp_path, telemetry))
+    assert made == []
+    first = ctx.service(First)
+    assert ctx.service(First) is first and first.ctx is ctx and made == ["First"]
+    second = ctx.service(Second)
+    assert second is not first and isinstance(second, Second) and made == ["First", "Second"]
+    asyncio.run(ctx.aclose())
+    assert closed == ["Second", "First"]
+    asyncio.run(ctx.aclose())  # once: nothing left to close
+    assert closed == ["Second", "First"]

@@ -59,6 +59,7 @@ class EncodedDocs:
     shared fields), handed to the sink as they are; decoded only if a sink wants dicts."""
 
     __slots__ = ("docs",)
+    path: str | None = None  # records of any origin (event.Columns)
 
     def __init__(self, docs: list[bytes]) -> None:
         self.docs = docs

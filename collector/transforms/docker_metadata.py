@@ -4,7 +4,7 @@ Works on the batch, not the record: a json-file batch comes from one container, 
 shared fields are looked up and extended once per batch (and cached per container).  Batches
 whose records carry their own ``container.id`` (forward, GELF) are grouped by container.
 
-Container ids from peers are checked before any lookup (see docker_api.py); a record that goes
+Container ids from peers are checked before any lookup (see docker_api/info.py); a record that goes
 out with no metadata but its ``container.id`` is counted (``collector_errors_total{reason=
 "metadata_missing"}``, or ``"bad_container_id"`` when the id is not a Docker id) and said in a
 warning (one per interval), never silently.
@@ -24,10 +24,11 @@ from typing import Any, Literal
 from cachetools import LRUCache
 from pydantic import Field, field_validator
 
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.docker_api import (
     ContainerInfo,
     DockerMetadata,
+    DockerMetadataService,
     MetadataOptions,
     is_container_ref,
 )
@@ -109,7 +110,7 @@ class DockerMetadataConfig(TransformConfig):
 class DockerMetadataTransform(Transform):
     config: DockerMetadataConfig
 
-    def __init__(self, name: str, config: DockerMetadataConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: DockerMetadataConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.template = TagTemplate(config.tag) if config.tag else None
         self.docker: DockerMetadata | None = None
@@ -131,7 +132,9 @@ class DockerMetadataTransform(Transform):
             max_labels_bytes=c.max_labels_bytes,
             cache_max_bytes=c.cache_max_bytes,
         )
-        self.docker = await self.ctx.docker(c.metadata, c.docker_host, self.ctx.docker_root, options)
+        self.docker = await self.ctx.service(DockerMetadataService).metadata(
+            c.metadata, c.docker_host, self.ctx.docker_root, options
+        )
 
     async def _lookup(self, cid: Any, n: int, container_dir: Path | None = None) -> ContainerInfo:
         """The container's metadata; records going out without any are counted and said."""
@@ -186,7 +189,8 @@ class DockerMetadataTransform(Transform):
         assert self.docker is not None
         cid = batch.meta.get("container.id")
         if cid:
-            path = getattr(batch.columns, "path", None)  # a file source's columns know their file
+            cols = batch.columns
+            path = cols.path if cols is not None else None  # a file source's columns know their file
             if path is None and batch.events:
                 path = get_path(batch.events[0], "log.file.path")
             # only Docker's own layout (<dir>/<id>/<id>-json.log*) says where the container's files are

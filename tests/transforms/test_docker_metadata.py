@@ -15,13 +15,23 @@ from typing import Any
 
 import pytest
 
+from collector.buffers.disk import EncodedDocs
 from collector.checkpoints import CheckpointStore
+from collector.codecs.docker_json import DockerLines, LineReader
 from collector.component import Context
 from collector.deadletter import DeadLetter
-from collector.docker_api import ContainerInfo, DockerMetadata, MetadataOptions, cap_info, read_config_v2
+from collector.docker_api import (
+    ContainerInfo,
+    DockerMetadata,
+    DockerMetadataService,
+    MetadataOptions,
+    cap_info,
+    read_config_v2,
+)
 from collector.event import Batch, Fields
 from collector.telemetry import Telemetry
 from collector.transforms.docker_metadata import DockerMetadataConfig, DockerMetadataTransform
+from tests.helpers import docker_line
 
 CID = "c" * 64
 
@@ -268,5 +278,60 @@ def test_files_are_read_again_when_they_change(tmp_path: Path) -> None:
         os.utime(p, (time.time() + 5, time.time() + 5))
         await asyncio.sleep(0.02)
         assert (await m.lookup(CID)).name == "two"
+
+    asyncio.run(main())
+
+
+def test_a_file_batch_finds_its_container_dir_through_the_columns_path_without_decoding(tmp_path: Path) -> None:
+    """The json-file source's columns say which file they were read from (event.Columns.path,
+    a declared member): a container directory outside the docker_root (another glob) is found
+    through it, and the batch stays in columns (no dict built per record)."""
+
+    async def main() -> None:
+        s = Setup(tmp_path)
+        await s.t.start()
+        elsewhere = tmp_path / "other-root"
+        write_config(elsewhere, CID, {"Name": "/from-beside-the-log", "Config": {"Image": "app:2"}})
+        log = elsewhere / "containers" / CID / f"{CID}-json.log"
+        parsed = LineReader().parse(docker_line("one\n") + docker_line("two\n"), 0)
+        batch = Batch(None, Fields({"container": {"id": CID}}), columns=DockerLines(parsed, str(log)))
+        [(_, out)] = await s.t.process(batch)
+        assert out.columns is not None  # still columns: the path came from the protocol, not from records
+        docs = [json.loads(d) for d in out.encoded()]
+        assert [d["container"]["name"] for d in docs] == ["from-beside-the-log"] * 2
+        assert [d["message"] for d in docs] == ["one", "two"]
+
+    asyncio.run(main())
+
+
+def test_every_columns_kind_declares_its_path() -> None:
+    """The transform reads ``batch.columns.path`` (event.Columns): each kind of columns has it."""
+    parsed = LineReader().parse(docker_line("x\n"), 0)
+    assert DockerLines(parsed, "/d/c/c-json.log").path == "/d/c/c-json.log"
+    assert EncodedDocs([b'{"message":"x"}']).path is None
+
+
+def test_the_pipeline_shares_one_metadata_and_closes_it_at_its_end(tmp_path: Path) -> None:
+    """Docker is a service the context holds, not part of its contract: the transform, a source
+    that names containers (syslog) and a report (json-file lag) reach the same metadata through
+    ``ctx.service(DockerMetadataService)``, and the pipeline's end stops its events thread."""
+
+    async def main() -> None:
+        # auto against a socket that is not there: the events thread runs, reconnecting
+        retry = {"initial_backoff": 0.01, "max_backoff": 0.05}
+        s = Setup(tmp_path, metadata="auto", docker_host=f"unix://{tmp_path}/no.sock", retry=retry)
+        write_config(s.root, CID, {"Name": "/web"})
+        assert not s.ctx._services  # nothing is made before it is asked for
+        await s.t.start()
+        docker = s.ctx.service(DockerMetadataService)
+        assert await docker.pipeline_metadata() is s.t.docker
+        assert docker.container_name(CID) == ""  # known to no cache yet: nothing looked up
+        out_record(await s.t.process(forward_batch(CID)))
+        assert docker.container_name(CID) == "web"
+        thread = s.t.docker._thread
+        assert thread is not None and thread.is_alive()
+        await s.ctx.aclose()
+        assert not thread.is_alive()
+        assert not s.ctx._services
 
     asyncio.run(main())

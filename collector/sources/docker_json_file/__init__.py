@@ -31,8 +31,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from collector.component import ComponentConfig, Context, Emitter, Source
-from collector.docker_api import DEFAULT_DOCKER_ROOT
+from collector.component import DEFAULT_DOCKER_ROOT, ComponentConfig, Context, Emitter, Source
+from collector.docker_api import DockerMetadataService
 from collector.event import Fields
 from collector.sources.docker_json_file.discovery import Discovery
 from collector.sources.docker_json_file.files import container_id_of, pod_of
@@ -232,6 +232,7 @@ class DockerJsonFileSource(Source):
         """Per container (its name when the pipeline's metadata knows it, else its short id or the
         file's name): bytes in its files not yet acknowledged (collector_checkpoint_lag_bytes)."""
         rows: dict[tuple[str, str], int] = {}
+        docker = self.ctx.service(DockerMetadataService)
         for s in list(self.streams.values()):
             n = 0
             for of in s.files():
@@ -243,7 +244,7 @@ class DockerJsonFileSource(Source):
                     continue
                 n += max(0, size - int(of.acks.committed))
             cid = container_id_of(s.live)
-            key = (self.ctx.container_name(cid) if cid else "") or s.tag, cid[:12]
+            key = (docker.container_name(cid) if cid else "") or s.tag, cid[:12]
             rows[key] = rows.get(key, 0) + n
         return [(name, cid, n) for (name, cid), n in rows.items()]
 

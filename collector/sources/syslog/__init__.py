@@ -51,6 +51,7 @@ from pydantic import Field, model_validator
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
 from collector.component import Context, Emitter, ServerTls, Source
 from collector.datagrams import DatagramBatch, DatagramQueue, hostport, remove_unix_socket, unix_socket
+from collector.docker_api import DockerMetadata, DockerMetadataService
 from collector.event import Batch
 from collector.listeners import ConnectionTable, Listen, ListenerConfig, StreamConn, drain_handlers, unix_peer_uid
 from collector.ratelog import RateLimitedLog
@@ -142,7 +143,7 @@ class SyslogSource(Source):
         self._dl_left = 0
         self._drops_unlogged = 0
         self._resolved = Resolutions(config.resolve_ttl)
-        self._docker: Any = None
+        self._docker: DockerMetadata | None = None
         self.conns = ConnectionTable(name, config, self._error, self._warn)
 
     # -- counting -------------------------------------------------------------------------------
@@ -218,7 +219,7 @@ class SyslogSource(Source):
         cid = None
         try:
             if self._docker is None:
-                self._docker = await self.ctx.pipeline_docker()
+                self._docker = await self.ctx.service(DockerMetadataService).pipeline_metadata()
             info = await self._docker.resolve(tag)
             cid = info.id if info is not None else None
         except Exception as e:  # metadata trouble must not stop the server
