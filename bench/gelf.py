@@ -243,7 +243,7 @@ def build_batches(n: int, per: int) -> list[Any]:
             }
             for i in range(start, min(n, start + per))
         ]
-        batches.append(Batch(events, metas[c], tag=f"app-{c}", source="bench"))
+        batches.append(Batch(events, metas[c], tag=f"app-{c}", origin="bench"))
     return batches
 
 

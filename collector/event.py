@@ -207,7 +207,7 @@ class Batch:
     never builds a dict per record.
     """
 
-    __slots__ = ("_events", "ack", "columns", "ids", "meta", "nbytes", "source", "tag")
+    __slots__ = ("_events", "ack", "columns", "ids", "meta", "nbytes", "origin", "tag")
 
     def __init__(
         self,
@@ -217,7 +217,7 @@ class Batch:
         ids: list[str] | None = None,
         ack: Ack | None = None,
         tag: str = "",
-        source: str = "",
+        origin: str = "",
         nbytes: int = 0,
         columns: Columns | None = None,
     ) -> None:
@@ -229,7 +229,7 @@ class Batch:
         self.ids = ids
         self.ack = ack
         self.tag = tag
-        self.source = source
+        self.origin = origin  # the name of the source component that read these records
         # approximate size in memory/at the origin, for buffer accounting
         self.nbytes = nbytes or 64 * len(self)
 
@@ -294,7 +294,7 @@ class Batch:
                 ids=ids,
                 ack=self.ack,
                 tag=self.tag,
-                source=self.source,
+                origin=self.origin,
                 nbytes=self.nbytes,
                 columns=self.columns,
             )
@@ -305,9 +305,9 @@ class Batch:
             ids=ids,
             ack=self.ack,
             tag=self.tag,
-            source=self.source,
+            origin=self.origin,
             nbytes=max(1, self.nbytes * len(events) // max(1, n)),
         )
 
     def __repr__(self) -> str:
-        return f"Batch({len(self)} events, source={self.source!r}, tag={self.tag!r})"
+        return f"Batch({len(self)} events, origin={self.origin!r}, tag={self.tag!r})"

@@ -138,7 +138,7 @@ class Pipeline(Topology):
                     log.exception("transform %r failed on %r; its records go to the dead letter", name, batch)
                     errors.inc()
                     self.ctx.deadletter.records(
-                        name, [(f"transform failed: {e!r}", r, {"source": batch.source}) for r in batch.records()]
+                        name, [(f"transform failed: {e!r}", r, {"source": batch.origin}) for r in batch.records()]
                     )
                     release(batch.ack, rejected=len(batch))
                     continue

@@ -195,16 +195,16 @@ def test_the_api_gone_for_2000_reconnect_attempts_then_back(docker, proxy, caplo
             await asyncio.to_thread(wait_until, lambda: meta.reconnect_attempts >= 2000, 120, what="2000 attempts")
             calls = meta.api_calls
             cached = await meta.lookup(first.id)
-            assert (cached.name, cached.source, dict(cached.labels)) == ("outage-first", "api", {**LABELS, "team": "a"})
+            assert (cached.name, cached.via, dict(cached.labels)) == ("outage-first", "api", {**LABELS, "team": "a"})
             from_file = await meta.lookup(during.id)
-            assert (from_file.name, from_file.source) == ("outage-during", "files")
+            assert (from_file.name, from_file.via) == ("outage-during", "files")
             assert from_file.labels["team"] == "b"
             ok, why = meta.health()
             assert not ok and proxy.host in why
             proxy.set("forward")
             await asyncio.to_thread(wait_until, lambda: meta.api_ok, 30, what="the API back")
             assert meta.api_calls > calls
-            assert meta.cached(during.id) is not None and meta.cached(during.id).source == "api"  # relisted
+            assert meta.cached(during.id) is not None and meta.cached(during.id).via == "api"  # relisted
             after = docker.run("true", name="outage-after")
             await asyncio.to_thread(wait_until, lambda: meta.cached(after.id) is not None, 20, what="events again")
         finally:
@@ -259,7 +259,7 @@ def test_a_hung_api_socket_is_named_and_files_serve_meanwhile(tmp_path, stand_in
             t0 = time.monotonic()
             info = await meta.lookup(cid)
             assert time.monotonic() - t0 < 2  # not a call to the hung API per lookup
-            assert (info.name, info.source) == ("from-file", "files")
+            assert (info.name, info.via) == ("from-file", "files")
             await asyncio.to_thread(wait_until, lambda: meta.reconnect_attempts >= 3, 30)
         finally:
             await meta.close()
@@ -311,14 +311,14 @@ def test_a_wedged_real_engine_files_meanwhile_then_the_api_again(docker, caplog)
                 assert time.monotonic() - t0 < 2 * timeout + slack
                 assert not meta.api_ok and meta.last_error_hung
                 info = await meta.lookup(known.id)
-                assert (info.name, info.source, info.labels.get("team")) == ("wedge-known", "files", "w")
+                assert (info.name, info.via, info.labels.get("team")) == ("wedge-known", "files", "w")
             await asyncio.to_thread(wait_until, lambda: meta.api_ok, 60, what="the engine answering again")
-            assert (await meta.lookup(known.id)).source == "api"
+            assert (await meta.lookup(known.id)).via == "api"
             # wedged while followed: the first lookup of an unknown id waits api_timeout at most,
             # then the API is known to be down and files serve without waiting on it
             with wedged(engine_pid()):
                 t0 = time.monotonic()
-                assert (await meta.lookup("e" * 64)).source == "none"
+                assert (await meta.lookup("e" * 64)).via == "none"
                 assert time.monotonic() - t0 < timeout + slack
                 await asyncio.to_thread(wait_until, lambda: not meta.api_ok, slack, what="the API marked down")
                 t0 = time.monotonic()
@@ -347,7 +347,7 @@ def test_made_up_ids_do_not_turn_into_calls_to_the_engine(docker):
             calls = meta.api_calls
             t0 = time.monotonic()
             for i in range(5000):
-                assert (await meta.lookup(f"{i:064x}")).source == "none"
+                assert (await meta.lookup(f"{i:064x}")).via == "none"
             elapsed = time.monotonic() - t0
             made = meta.api_calls - calls
             assert made <= 20 + 20 * elapsed + 1, (made, elapsed)

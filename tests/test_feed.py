@@ -11,7 +11,7 @@ from collector.feed import SinkFeed
 
 
 def batch(i: int) -> Batch:
-    return Batch([{"message": f"m{i}"}], Fields({}), ids=[str(i)], tag="t", source="s")
+    return Batch([{"message": f"m{i}"}], Fields({}), ids=[str(i)], tag="t", origin="s")
 
 
 def test_a_recv_cancelled_as_its_batch_arrives_hands_that_batch_to_the_next_recv():

@@ -77,9 +77,9 @@ class EncodedDocs:
 
 
 def encode_batch(batch: Batch) -> bytes:
-    """A header line (ids, tag, source) then one JSON document per line: the documents are what
+    """A header line (ids, tag, origin) then one JSON document per line: the documents are what
     the sink would send, so writing and replaying cost no dict per record."""
-    head = orjson.dumps({"i": batch.ids, "t": batch.tag, "s": batch.source, "n": len(batch)})
+    head = orjson.dumps({"i": batch.ids, "t": batch.tag, "s": batch.origin, "n": len(batch)})
     return head + b"\n" + b"\n".join(batch.encoded())
 
 
@@ -90,7 +90,7 @@ def decode_batch(payload: bytes) -> Batch:
     if len(docs) != h["n"]:
         raise ValueError(f"frame holds {len(docs)} documents, its header says {h['n']}")
     return Batch(
-        None, Fields.EMPTY, ids=h["i"], tag=h["t"], source=h["s"], nbytes=len(payload), columns=EncodedDocs(docs)
+        None, Fields.EMPTY, ids=h["i"], tag=h["t"], origin=h["s"], nbytes=len(payload), columns=EncodedDocs(docs)
     )
 
 

@@ -51,7 +51,7 @@ class ContainerInfo:
     image_id: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     hostname: str = ""
-    source: str = ""  # "api" | "files" | "none"
+    via: str = ""  # how we know it: "api", "files", or "none" (not found)
     truncated: bool = False  # a field or label was cut to the configured caps
 
     def ecs(self) -> dict[str, Any]:
@@ -99,11 +99,11 @@ def from_summary(s: Mapping[str, Any]) -> ContainerInfo:
         image_name=as_str(s.get("Image")),
         image_id=as_str(s.get("ImageID")),
         labels=as_labels(s.get("Labels")),
-        source="api",
+        via="api",
     )
 
 
-def from_inspect(d: Mapping[str, Any], source: str) -> ContainerInfo:
+def from_inspect(d: Mapping[str, Any], via: str) -> ContainerInfo:
     """From an inspect answer or a ``config.v2.json`` (any shape: wrong types give empty fields)."""
     cfg = as_dict(d.get("Config"))
     return ContainerInfo(
@@ -113,7 +113,7 @@ def from_inspect(d: Mapping[str, Any], source: str) -> ContainerInfo:
         image_id=as_str(d.get("Image")),
         labels=as_labels(cfg.get("Labels")),
         hostname=as_str(cfg.get("Hostname")),
-        source=source,
+        via=via,
     )
 
 

@@ -168,7 +168,7 @@ class DockerMetadata(EngineApi, ConfigFiles):
         ``container_dir`` is where the container's files are when the caller knows it (the
         json-file source); it is used only when its name is ``cid``."""
         if not is_container_ref(cid):
-            return ContainerInfo(id=cid, source="none")
+            return ContainerInfo(id=cid, via="none")
         if self.mode != "files":
             info = self.cached(cid)
             if info is not None:
@@ -188,7 +188,7 @@ class DockerMetadata(EngineApi, ConfigFiles):
             info = await self._from_file(cid, d or self.docker_root / "containers" / cid)
             if info is not None:
                 return info
-        return ContainerInfo(id=cid, source="none")
+        return ContainerInfo(id=cid, via="none")
 
     async def resolve(self, ref: str) -> ContainerInfo | None:
         """A container named by a peer (a syslog tag): a full id, a 12+ character id prefix or a
@@ -206,7 +206,7 @@ class DockerMetadata(EngineApi, ConfigFiles):
                     if len(found) == 1:
                         ref = found[0]
             info = await self.lookup(ref)  # a prefix the cache does not know: the API resolves it
-            return None if info.source == "none" else info
+            return None if info.via == "none" else info
         if _NAME.match(ref):
             name = ref.lstrip("/")
             with self._lock:

@@ -141,7 +141,7 @@ class DockerMetadataTransform(Transform):
         assert self.docker is not None
         cid = cid if type(cid) is str else str(cid)
         info = await self.docker.lookup(cid, container_dir)
-        if info.source == "none":
+        if info.via == "none":
             if is_container_ref(cid):
                 reason, what = "metadata_missing", f"container {cid[:12]}"
             else:
@@ -167,7 +167,7 @@ class DockerMetadataTransform(Transform):
     def _enrich(self, meta: Fields, info: ContainerInfo, tag: str, own: dict[str, Any] | None) -> tuple[Fields, str]:
         key = (meta.encoded, info.id, tag, "" if own is None else repr(own))
         hit = self._cache.get(key)
-        if hit is not None and (hit.info is info or (info.source == "none" and hit.info.source == "none")):
+        if hit is not None and (hit.info is info or (info.via == "none" and hit.info.via == "none")):
             return hit.fields, hit.tag
         fields = self._container_fields(info)
         if own:  # what the record itself said (e.g. the name at logging time) wins

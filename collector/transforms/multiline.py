@@ -222,15 +222,15 @@ def _link(earlier: _Origin, later: _Origin) -> None:
 class _Head:
     """What a record keeps of its first line (not the whole input batch)."""
 
-    __slots__ = ("col", "event", "id", "meta", "path", "source", "tag")
+    __slots__ = ("col", "event", "id", "meta", "origin", "path", "tag")
 
     def __init__(
-        self, meta: Fields, tag: str, source: str, rid: str | None, path: str | None, col: Any, event: Any
+        self, meta: Fields, tag: str, origin: str, rid: str | None, path: str | None, col: Any, event: Any
     ) -> None:
-        self.meta, self.tag, self.source, self.id, self.path, self.col, self.event = (
+        self.meta, self.tag, self.origin, self.id, self.path, self.col, self.event = (
             meta,
             tag,
-            source,
+            origin,
             rid,
             path,
             col,
@@ -389,7 +389,7 @@ class MultilineTransform(Transform):
         origin = _Origin(batch.ack) if batch.ack is not None else None
         ids = batch.ids
         cid = meta.get("container.id") or batch.tag
-        src, tag = batch.source, batch.tag
+        src, tag = batch.origin, batch.tag
         cols = batch.columns
         is_cont = self._is_cont.get(classify)
         if isinstance(cols, DockerLines) and is_cont is not None:
@@ -426,7 +426,7 @@ class MultilineTransform(Transform):
         ``_Record`` each; the last one of each stream waits for the next batch (or the timeout)."""
         cfg = self.config
         msgs, streams = cols.messages, cols.streams
-        src, tag, meta, ids = batch.source, batch.tag, batch.meta, batch.ids
+        src, tag, meta, ids = batch.origin, batch.tag, batch.meta, batch.ids
         by_stream: dict[str, list[int]] = {}
         for i, st in enumerate(streams):
             lst = by_stream.get(st)
@@ -508,7 +508,7 @@ class MultilineTransform(Transform):
                 ack = Ack(partial(_unref_all, [origin]))
             nbytes = sum(len(m) for m in p.messages) + 64 * len(own)
             b = Batch(
-                None, meta, ids=None, ack=ack, tag=tag, source=src, nbytes=nbytes, columns=DockerLines(p, cols.path)
+                None, meta, ids=None, ack=ack, tag=tag, origin=src, nbytes=nbytes, columns=DockerLines(p, cols.path)
             )
             if ids:
                 b.ids = [ids[idx[0]] for idx, _ in own]
@@ -559,7 +559,7 @@ class MultilineTransform(Transform):
         groups: list[tuple[tuple[int, str, str, str | None], list[_Record]]] = []
         for r in recs:
             h = r.head
-            key = (id(h.meta), h.tag, h.source, h.path if h.col is not None else None)
+            key = (id(h.meta), h.tag, h.origin, h.path if h.col is not None else None)
             if groups and groups[-1][0] == key:
                 groups[-1][1].append(r)
             else:
@@ -585,7 +585,7 @@ class MultilineTransform(Transform):
                     if attrs is not None:
                         p.attrs[i] = attrs
                 b = Batch(
-                    None, meta, ids=None, ack=ack, tag=tag, source=source, nbytes=nbytes, columns=DockerLines(p, path)
+                    None, meta, ids=None, ack=ack, tag=tag, origin=source, nbytes=nbytes, columns=DockerLines(p, path)
                 )
             else:
                 events = []
@@ -599,7 +599,7 @@ class MultilineTransform(Transform):
                         old = lg.get("flags") if isinstance(lg, dict) else None
                         ev = with_path(ev, "log.flags", _flags(old, r))
                     events.append(ev)
-                b = Batch(events, meta, ids=None, ack=ack, tag=tag, source=source, nbytes=nbytes)
+                b = Batch(events, meta, ids=None, ack=ack, tag=tag, origin=source, nbytes=nbytes)
             if all(i is not None for i in ids):
                 b.ids = ids  # type: ignore[assignment]
             out.append((None, b))

@@ -21,7 +21,7 @@ def batch(i: int, n: int = 3, acked: list | None = None) -> Batch:
     ack = Ack(lambda _: acked.append(i)) if acked is not None else None
     events = [{"message": f"b{i} r{j}", "@timestamp": "2024-05-01T00:00:00Z"} for j in range(n)]
     return Batch(
-        events, Fields({"container": {"id": "c"}}), ids=[f"{i}-{j}" for j in range(n)], ack=ack, tag=f"t{i}", source="s"
+        events, Fields({"container": {"id": "c"}}), ids=[f"{i}-{j}" for j in range(n)], ack=ack, tag=f"t{i}", origin="s"
     )
 
 

@@ -26,7 +26,7 @@ from collector.deadletter import DeadLetter
 from collector.sources.fluent_forward import FluentForwardConfig
 from collector.sources.fluent_forward.connection import _decoded
 from collector.sources.fluent_forward.intake import Intake
-from collector.sources.fluent_forward.records import Decoder
+from collector.sources.fluent_forward.records import ConnectionReader
 from collector.sources.gelf.mapping import Mapper
 from collector.telemetry import Telemetry
 
@@ -91,11 +91,11 @@ def decoder_factory(tmp_path: Path) -> Iterator[Any]:
     dl = DeadLetter(tmp_path, telemetry)
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
     cfg = FluentForwardConfig(type="fluent_forward", max_message_bytes=1 << 16, batch={"max_events": 50})
-    yield lambda: Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
+    yield lambda: ConnectionReader(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
     dl.close()
 
 
-def run_decoder(dec: Decoder, wire: bytes, cuts: list[int]) -> int:
+def run_decoder(dec: ConnectionReader, wire: bytes, cuts: list[int]) -> int:
     """Feed ``wire`` cut at ``cuts``; returns the records emitted; only ForwardError escapes."""
     records = 0
     points = sorted({c % (len(wire) + 1) for c in cuts} | {0, len(wire)})

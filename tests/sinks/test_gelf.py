@@ -65,7 +65,7 @@ def event(i: int, message: str | None = None, **extra: Any) -> dict[str, Any]:
 def batch(events: list[dict[str, Any]], meta: Fields = META, tag: str = "web") -> tuple[Batch, list[int]]:
     """A batch whose ack records when it was finalized."""
     done: list[int] = []
-    return Batch(events, meta, ack=Ack(lambda _: done.append(1)), tag=tag, source="test"), done
+    return Batch(events, meta, ack=Ack(lambda _: done.append(1)), tag=tag, origin="test"), done
 
 
 class Harness:

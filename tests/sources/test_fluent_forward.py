@@ -35,7 +35,7 @@ from collector.codecs.forward import digest, event_time, pack_entries, pack_mess
 from collector.deadletter import DeadLetter
 from collector.sources.fluent_forward import FluentForwardConfig
 from collector.sources.fluent_forward.intake import Intake
-from collector.sources.fluent_forward.records import Decoder
+from collector.sources.fluent_forward.records import ConnectionReader
 from collector.telemetry import Telemetry
 from tests.helpers import (
     REPO,
@@ -1215,16 +1215,16 @@ def test_once_mode_does_not_listen(tmp_path):
 
 # -- the decoder on its own: ids, split lines, Fields sharing --------------------------------------------
 @pytest.fixture
-def decoder(tmp_path) -> Iterator[Decoder]:
+def decoder(tmp_path) -> Iterator[ConnectionReader]:
     telemetry = Telemetry()
     dl = DeadLetter(tmp_path, telemetry)
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
     cfg = FluentForwardConfig(type="fluent_forward", max_record_bytes=1024, batch={"max_events": 100})
-    yield Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
+    yield ConnectionReader(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
     dl.close()
 
 
-def decode_all(dec: Decoder, wire: bytes) -> list[Any]:
+def decode_all(dec: ConnectionReader, wire: bytes) -> list[Any]:
     dec.feed(wire)
     units = [*dec.units(), dec.take()]
     return [b for u in units for b in dec.intake.batches(u)]
@@ -1238,7 +1238,7 @@ def test_a_chunk_spread_over_batches_and_units_is_acked_once_with_their_summed_o
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
     cfg = FluentForwardConfig(type="fluent_forward", batch={"max_events": 4})
     sent: list[str] = []
-    dec = Decoder(Intake("fwd", cfg, ctx), "peer:1", sent.append)
+    dec = ConnectionReader(Intake("fwd", cfg, ctx), "peer:1", sent.append)
     entries = [[T0, docker_rec(f"m{i}", cid=str(i % 3) * 64)] for i in range(6)]
     batches = decode_all(dec, pack_message("t", entries, {"chunk": "c1"}))
     assert len(batches) == 5 and dec.open_chunks == 1  # units of 4 (3 containers) and 2 (2) records
@@ -1298,7 +1298,7 @@ def test_batches_are_bounded_in_bytes(tmp_path):
     dl = DeadLetter(tmp_path, telemetry)
     ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
     cfg = FluentForwardConfig(type="fluent_forward", batch={"max_events": 1000, "max_bytes": 8192})
-    dec = Decoder(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
+    dec = ConnectionReader(Intake("fwd", cfg, ctx), "peer:1", lambda chunk: None)
     batches = decode_all(dec, pack_message("t", pack_entries([(T0, {"message": "m" * 1000})] * 20)))
     dl.close()
     assert [len(b) for b in batches] == [8, 8, 4]
@@ -1452,7 +1452,7 @@ def test_host_name_is_the_sender(tmp_path):
     rec = message("t", T0, {"message": "m"})
     hosts = {}
     for peer in ("127.0.0.1:5000", "[::1]:5000", "unix", "10.1.2.3:5000", "[2001:db8::7]:1"):
-        (b,) = decode_all(Decoder(intake, peer, lambda chunk: None), rec)
+        (b,) = decode_all(ConnectionReader(intake, peer, lambda chunk: None), rec)
         hosts[peer] = (b.meta.get("host.name"), b.meta.get("observer.hostname"))
     assert hosts == {
         "127.0.0.1:5000": ("collector-host", "collector-host"),  # a local client: this host
@@ -1461,7 +1461,7 @@ def test_host_name_is_the_sender(tmp_path):
         "10.1.2.3:5000": ("10.1.2.3", "collector-host"),  # a remote one that does not say: its address
         "[2001:db8::7]:1": ("2001:db8::7", "collector-host"),
     }
-    dec = Decoder(intake, "10.1.2.3:5000", lambda chunk: None)
+    dec = ConnectionReader(intake, "10.1.2.3:5000", lambda chunk: None)
     dec.client_host("localhost")  # Fluent Bit's default self_hostname says nothing
     assert decode_all(dec, rec)[0].meta.get("host.name") == "10.1.2.3"
     dec.client_host("edge-7")

@@ -262,7 +262,7 @@ def test_a_short_id_is_resolved_by_the_api_only(tmp_path: Path) -> None:
         write_config(root, CID, {"Name": "/web"})
         m = DockerMetadata("files", None, str(root), MetadataOptions())
         assert (await m.lookup(CID)).name == "web"
-        assert (await m.lookup(CID[:12])).source == "none"
+        assert (await m.lookup(CID[:12])).via == "none"
         assert "a short id has no file" in m.why_unknown(CID[:12])
 
     asyncio.run(main())

@@ -86,7 +86,7 @@ def run(t: MultilineTransform, lines: list[str], stream: str = "stdout", per_bat
         step = per_batch or len(lines) or 1
         for k in range(0, len(lines), step):
             evs = [{"message": m, "stream": stream} for m in lines[k : k + step]]
-            b = Batch(evs, Fields({"container": {"id": "c1"}}), ids=[str(k + i) for i in range(len(evs))], source="s")
+            b = Batch(evs, Fields({"container": {"id": "c1"}}), ids=[str(k + i) for i in range(len(evs))], origin="s")
             out += [b for _, b in await t.process(b)]
         out += [b for _, b in await t.finish()]
         return out
@@ -160,7 +160,7 @@ def test_streams_are_joined_separately(tmp_path):
             {"message": "\tat out()", "stream": "stdout"},
             {"message": "\tat err()", "stream": "stderr"},
         ]
-        b = Batch(evs, Fields({"container": {"id": "c1"}}), source="s")
+        b = Batch(evs, Fields({"container": {"id": "c1"}}), origin="s")
         outs = [b for _, b in await t.process(b)] + [b for _, b in await t.finish()]
         return sorted((e["stream"], e["message"]) for b in outs for e in b.events)
 
@@ -178,7 +178,7 @@ def test_acks_are_held_until_the_record_that_spans_them_is_finalized(tmp_path):
         outs = []
         for pos, lines in ((10, ["a", "E: x", "\tat 1"]), (20, ["\tat 2"]), (30, ["\tat 3", "b"]), (40, ["c"])):
             evs = [{"message": m, "stream": "stdout"} for m in lines]
-            b = Batch(evs, Fields({"container": {"id": "c1"}}), ack=acks.track(pos), source="s")
+            b = Batch(evs, Fields({"container": {"id": "c1"}}), ack=acks.track(pos), origin="s")
             outs += [b for _, b in await t.process(b)]
         return outs
 
@@ -316,10 +316,10 @@ def run_both(tmp_path: Path, lines: list[tuple[str, str]], cuts: list[int], **cf
                     p.messages.append(m)
                     p.streams.append(st)
                     p.offsets.append(a + k)
-                batch = Batch(None, Fields({"container": {"id": "c"}}), columns=DockerLines(p, "/f"), source="s")
+                batch = Batch(None, Fields({"container": {"id": "c"}}), columns=DockerLines(p, "/f"), origin="s")
             else:
                 evs = [{"message": m, "stream": st} for st, m in chunk]
-                batch = Batch(evs, Fields({"container": {"id": "c"}}), source="s")
+                batch = Batch(evs, Fields({"container": {"id": "c"}}), origin="s")
             outs += [o for _, o in await t.process(batch)]
         outs += [o for _, o in await t.finish()]
         got: dict[str, list[tuple[str, list[str]]]] = {}

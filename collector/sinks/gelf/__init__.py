@@ -308,7 +308,7 @@ class GelfSink(Sink):
         for batch, (sent, failed, oversize) in zip(batches, results, strict=True):
             if oversize:
                 self.ctx.deadletter.records(
-                    self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source}) for reason, doc in oversize]
+                    self.name, [(reason, doc, {"tag": batch.tag, "source": batch.origin}) for reason, doc in oversize]
                 )
             if sent:
                 self.meter.delivered(sent)
@@ -401,7 +401,7 @@ class GelfSink(Sink):
         except GaveUpError as e:
             reason = f"retries_exhausted: {e}"
             for b, docs in zip(batches, fitted, strict=True):
-                origin = {"tag": b.tag, "source": b.source}
+                origin = {"tag": b.tag, "source": b.origin}
                 self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
                 release(b.ack, rejected=len(b))  # these, and the oversize ones _fit_tcp set aside
             return
@@ -419,7 +419,7 @@ class GelfSink(Sink):
             fitted = None if self.config.oversize == "dead_letter" else truncate_to_fit(doc, bytes, limit)
             if fitted is None:
                 reason = f"too_large: {len(doc)} bytes > max_message_bytes {limit}"
-                self.ctx.deadletter.records(self.name, [(reason, doc, {"tag": batch.tag, "source": batch.source})])
+                self.ctx.deadletter.records(self.name, [(reason, doc, {"tag": batch.tag, "source": batch.origin})])
                 continue
             self._error("truncated")
             self._warn(

@@ -166,7 +166,7 @@ class Harvester:
             ids=ids,
             ack=of.acks.track(commit),
             tag=s.tag,
-            source=self.name,
+            origin=self.name,
             nbytes=max(end - of.offset, 64 * n),
             columns=DockerLines(parsed, of.path),
         )

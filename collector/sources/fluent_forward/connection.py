@@ -34,7 +34,7 @@ import msgpack
 
 from collector.codecs.forward import ForwardError, check_ping, helo, pong
 from collector.sources.fluent_forward.intake import Intake, Unit
-from collector.sources.fluent_forward.records import Decoder, Unreadable
+from collector.sources.fluent_forward.records import ConnectionReader, Unreadable
 
 if TYPE_CHECKING:
     from collector.component import Emitter
@@ -70,9 +70,9 @@ class Connection:
         self.message_since: float | None = None
         self.held = 0
         self.killed: str | None = None
-        # the decoder calls back through a weak reference: a Connection <-> Decoder cycle kept
+        # the reader calls back through a weak reference: a Connection <-> ConnectionReader cycle kept
         # each closed connection (its buffers, ~65 kB) until a rare full GC (app.tune_gc)
-        self.decoder = Decoder(intake, peer, _weakly(self._chunk_done))
+        self.incoming = ConnectionReader(intake, peer, _weakly(self._chunk_done))
         self.stopping = False
         self.ended = False  # no more reading (acks may still be owed)
         self.task: asyncio.Task[Any] | None = None
@@ -85,13 +85,13 @@ class Connection:
     @property
     def open_chunks(self) -> int:
         """Acks promised and not sent yet."""
-        return self.decoder.open_chunks
+        return self.incoming.open_chunks
 
     def _chunk_done(self, chunk: str) -> None:
         # one write per ack, as soon as it is due: nothing held back to be coalesced
         w = self.writer
         if not w.is_closing():
-            w.write(self.decoder.ack(chunk))
+            w.write(self.incoming.ack(chunk))
             if w.transport.get_write_buffer_size() > MAX_UNREAD_ACKS:
                 self._refuse(ForwardError("acks not read", "the client does not read its acks"))
         if (self.stopping or self.ended) and self.open_chunks <= 0:
@@ -118,7 +118,7 @@ class Connection:
             self.on_close = None
         # no reference cycles left behind: a closed connection is freed at once, not by a
         # (rare, see app.tune_gc) full collection
-        self.decoder.send_ack = _no_ack
+        self.incoming.send_ack = _no_ack
         self.task = None
 
     def kill(self, reason: str) -> None:
@@ -155,10 +155,10 @@ class Connection:
             self.intake.error("internal")
         finally:
             self.ended = True
-            if self.decoder.partials and not cancelled:  # split lines whose end will not come
+            if self.incoming.partials and not cancelled:  # split lines whose end will not come
                 with contextlib.suppress(Exception):
-                    self.decoder.flush_partials()
-                    await self._emit(out, self.decoder.take())
+                    self.incoming.flush_partials()
+                    await self._emit(out, self.incoming.take())
             if self.open_chunks <= 0 or self.writer.is_closing():
                 self.close()
 
@@ -208,10 +208,10 @@ class Connection:
             self.close()
             raise _Refused
         log.debug("%s: %s (%s) authenticated", self.intake.name, self.peer, host)
-        self.decoder.client_host(host)
+        self.incoming.client_host(host)
 
     async def _read_object(self) -> Any:
-        dec = self.decoder
+        dec = self.incoming
         while True:
             try:
                 return dec.next_object()
@@ -233,7 +233,7 @@ class Connection:
             await out.emit(b)
 
     async def _read_loop(self, out: Emitter) -> None:
-        dec = self.decoder
+        dec = self.incoming
         read = self.reader.read
         size = self.config.read_bytes
         wait = self.config.partial_timeout
@@ -298,7 +298,7 @@ class Connection:
             )
 
 
-def _decoded(dec: Decoder) -> Iterator[Unit]:
+def _decoded(dec: ConnectionReader) -> Iterator[Unit]:
     """``dec.units()`` with msgpack's own errors turned into ForwardError."""
     it = dec.units()
     while True:

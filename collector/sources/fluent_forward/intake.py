@@ -155,7 +155,7 @@ class Intake:
         out = []
         for g in groups:
             ack = None if group is None else Ack(partial(Ack.pass_on, to=group))
-            out.append(Batch(g.events, g.meta, ids=g.ids, ack=ack, tag=g.key[0], source=name, nbytes=g.nbytes))
+            out.append(Batch(g.events, g.meta, ids=g.ids, ack=ack, tag=g.key[0], origin=name, nbytes=g.nbytes))
         self.received.inc(unit.count)
         return out
 

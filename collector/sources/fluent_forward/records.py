@@ -1,6 +1,6 @@
 """From decoded forward messages to records: mapping, split lines, bad entries.
 
-One :class:`Decoder` per connection turns the msgpack stream into units of records
+One :class:`ConnectionReader` per connection turns the msgpack stream into units of records
 (intake.py makes them batches).  Records map to the same fields as the json-file source:
 
     Docker's fluentd driver   container_id, container_name (/name), source, log, partial_*
@@ -103,8 +103,9 @@ class Partial(PartialLine):
     first: float = field(default_factory=time.monotonic)
 
 
-class Decoder:
-    """The stateful decoder of one connection."""
+class ConnectionReader:
+    """What one connection sends, read: decoded (codecs/forward.py), mapped to records, split lines
+    rejoined, grouped into units for the intake, chunk acks answered."""
 
     def __init__(self, intake: Intake, peer: str, send_ack: Callable[[str], None]) -> None:
         cfg = intake.config

@@ -334,7 +334,7 @@ class JournaldSource(Source):
         for (meta, tag, events, ids), ack in zip(items, acks, strict=True):
             self._received.inc(len(events))
             nbytes = sum(len(ev["message"]) for ev in events) + 64 * len(events)
-            await out.emit(Batch(events, meta, ids=ids, ack=ack, tag=tag, source=self.name, nbytes=nbytes))
+            await out.emit(Batch(events, meta, ids=ids, ack=ack, tag=tag, origin=self.name, nbytes=nbytes))
 
     def _rejoin(self, e: Entry, cursor: str, prev: Any) -> tuple[Entry, str, str, list[str]] | None:
         """(the first entry, its id, the text, flags) of a complete line; None while parts are missing."""

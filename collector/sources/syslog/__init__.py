@@ -207,7 +207,7 @@ class SyslogSource(Source):
             n = len(events)
             rnd = os.urandom(16 * n).hex()
             ids = [rnd[i : i + 32] for i in range(0, 32 * n, 32)]
-            batches.append(Batch(events, meta, ids=ids, tag=tag, source=self.name, nbytes=size[0] + 64 * n))
+            batches.append(Batch(events, meta, ids=ids, tag=tag, origin=self.name, nbytes=size[0] + 64 * n))
         return batches
 
     async def _container_of(self, tag: str) -> str | None:
