@@ -29,6 +29,7 @@ The codec, split along its seams (each a module of this package):
     messages.py    the message shapes, PackedForward payloads and gzip; messages built
     values.py      decoded values made JSON-safe (text, clean)
     handshake.py   HELO/PING/PONG and the ack
+    jsonstream.py  messages written as JSON (fluent-logger-golang's MarshalAsJSON)
     errors.py      ForwardError
 """
 
