@@ -243,7 +243,8 @@ def test_messages_that_never_end_are_bounded_in_all(collector):
     listener's max_buffered_bytes (64 MiB) closes those that would go past it."""
     target: Target = collector()
     attack = big_partial(target.ports["forward"], 60, [attacker_host(i) for i in range(4)], 15 << 20)
-    with under_attack(target, "forward: 60 connections x 15 MiB of a message that never ends", attack) as fig:
+    name = "forward: 60 connections x 15 MiB of a message that never ends"
+    with under_attack(target, name, attack, until_served=True) as fig:
         pass
     fig.check()
     assert "max_buffered_bytes" in target.log()
@@ -269,7 +270,8 @@ def test_gelf_frames_that_never_end_are_bounded_in_all(collector):
         stop.wait(10)
         close_all(socks)
 
-    with under_attack(target, "GELF TCP: 600 connections x 1 MB of a frame that never ends", attack) as fig:
+    name = "GELF TCP: 600 connections x 1 MB of a frame that never ends"
+    with under_attack(target, name, attack, until_served=True) as fig:
         pass
     fig.check()
     assert "max_buffered_bytes" in target.log()
