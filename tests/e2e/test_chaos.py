@@ -155,12 +155,13 @@ def test_kill_9_at_random_moments(docker, es8, es_target, tmp_path):
         buffer={"type": "disk", "max_bytes": 256 << 20, "fsync": "interval"},
         docker_host=docker.host,
     )
-    per, n = 50_000, 4
+    per, n = 25_000, 4  # written over 7.5 s, the window of the kills (the collector busy all along)
     expected = {f"k{c}": per for c in range(n)}
     col = Collector("run", "-c", str(cfg)).start(tmp_path / "collector.log")
     try:
         containers = [docker.run(paced_writer(f"k{c}", per, 50, 150_000), name=f"k{c}", wait=False) for c in range(n)]
         kills = sorted(rng.uniform(0.5, 9.0) for _ in range(3))
+        print(f"\nCOLLECTOR_CHAOS_SEED={seed}: kills at {[round(k, 2) for k in kills]} s")  # (shown on a failure)
         col = kill9_at(kills, col, cfg, tmp_path / "collector.log", rng, 0.0)
         for c in containers:
             assert c.wait(timeout=120)["StatusCode"] == 0
@@ -489,7 +490,7 @@ def test_forward_source_kill_9_with_a_chunk_acking_client(es8, es_target, tmp_pa
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    per_msg, n_msgs = 100, 1000
+    per_msg, n_msgs = 100, 500  # a stream of 15 s or more here, the kills within its first 6 s
     messages, chunks = [], []
     t = int(time.time())
     for m in range(n_msgs):
@@ -505,6 +506,7 @@ def test_forward_source_kill_9_with_a_chunk_acking_client(es8, es_target, tmp_pa
     try:
         client.thread.start()
         kills = sorted(rng.uniform(0.5, 6.0) for _ in range(3))
+        print(f"\nCOLLECTOR_CHAOS_SEED={seed}: kills at {[round(k, 2) for k in kills]} s")  # (shown on a failure)
         col = kill9_at(kills, col, path, tmp_path / "collector.log", rng, 0.1)
         assert client.done.wait(180), f"acked {len(client.acked)} of {n_msgs}"
         assert col.stop() == 0
