@@ -83,10 +83,11 @@ def test_gelf_tcp_idle_connections_are_refused_and_said(collector):
 
 def test_at_an_fd_soft_limit_of_1024_the_collector_raises_it(collector):
     """Row 3: at an fd soft limit of 1024, connections past it failed with EMFILE (30,294
-    tracebacks in 17 s).  The collector raises its soft limit to the hard one at start."""
+    tracebacks in 17 s).  The collector raises its soft limit to the hard one at start.  (A short
+    idle_timeout: the good client gets an idle attacker's slot after 3 s instead of 15.)"""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     assert hard > 4096, "the test needs a hard limit above 4096 to raise to"
-    target: Target = collector(nofile=(1024, hard))
+    target: Target = collector(nofile=(1024, hard), forward={"idle_timeout": 3})
     soft = target.soft_nofile()
     with under_attack(
         target,
@@ -105,8 +106,8 @@ def test_at_an_fd_soft_limit_of_1024_the_collector_raises_it(collector):
 def test_at_an_fd_hard_limit_of_1024_connections_stay_below_it(collector):
     """When the hard limit is 1024 too, the connection cap stays below it (room is kept for
     files and the outputs): no EMFILE, no traceback storm, and room for new clients once the
-    attackers are idle."""
-    target: Target = collector(nofile=(1024, 1024))
+    attackers are idle (for a short idle_timeout here: 3 s instead of 15)."""
+    target: Target = collector(nofile=(1024, 1024), forward={"idle_timeout": 3})
     assert target.soft_nofile() == 1024
     hosts = [attacker_host(i) for i in range(12)]
     peak = [0]
