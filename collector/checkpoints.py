@@ -204,6 +204,13 @@ class CheckpointStore:
         self._data = orjson.loads(orjson.dumps(positions))
         self._dirty = True
 
+    def rehome(self, identity: str, outputs: list[dict[str, Any]]) -> None:
+        """A reload in place changed where records go (the pipeline's identity): the positions are
+        saved as this new pipeline's from now on (the old pipeline's document stays as it was)."""
+        self.identity, self.outputs = identity, outputs
+        self.path = self.dir / "checkpoints" / f"{identity}.json"
+        self._dirty = True
+
     @property
     def dirty(self) -> bool:
         return self._dirty

@@ -734,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "schema":
             return schema(args.format, args.write)
         if args.command == "setup":
-            from collector.setup import run_setup  # noqa: PLC0415
+            from collector.provision import run_setup  # noqa: PLC0415
 
             return run_setup(args)
     except ConfigError as e:

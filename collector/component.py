@@ -335,6 +335,11 @@ class Transform:
         """The inputs are closed and drained: what is still held back."""
         return []
 
+    async def hand_over(self) -> list[tuple[str | None, Batch]]:
+        """A reload replaces this instance (its inputs stay open, its successor reads on): all it
+        still holds, since nothing may stay unfinalized in an instance that is let go."""
+        return await self.finish()
+
 
 class Sink:
     """Delivers batches from its inbox; finalizes each one (``ack.done()``) only when delivered

@@ -17,6 +17,7 @@ variables, duplicate keys, dangling ``inputs`` and cycles are all reported at on
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ from collector.deadletter import DeadLetterConfig
 from collector.listeners import API_SCHEMES, DEFAULT_API_LISTEN, parse_listen
 from collector.retry import RetryConfig
 from collector.tags import TagPatternError, tag_pattern
+
+log = logging.getLogger("collector.config")
 
 NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*\Z")
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -344,6 +347,43 @@ def _load_with_lines(text: str, found: _Found) -> Any:
     return build(node, ())
 
 
+# Variables the shipped pipelines and deploy/ read before they all became COLLECTOR_* (issue 17):
+# one set for an older pipeline still works, with a warning, instead of silently giving the default
+RENAMED_ENV = frozenset(
+    {
+        "ES_URL",
+        "ES_DATA_STREAM",
+        "ES_PASSWORD",
+        "DOCKER_ROOT",
+        "READ_FROM",
+        "OUT_FILE",
+        "FORWARD_LISTEN",
+        "TAG_PATTERN",
+        "GELF_UDP",
+        "GELF_TCP",
+        "GRAYLOG_GELF",
+    }
+)
+_said_renamed: set[str] = set()
+
+
+def _old_env(var: str, where: str) -> str | None:
+    """The value of ``var``'s old name (``ES_URL`` for ``COLLECTOR_ES_URL``) when only that is set."""
+    old = var.removeprefix("COLLECTOR_")
+    if old == var or old not in RENAMED_ENV or old not in os.environ:
+        return None
+    if var not in _said_renamed:
+        _said_renamed.add(var)
+        log.warning(
+            "%s: %s is not set but %s is: using it; that old name will stop working, set %s instead",
+            where,
+            var,
+            old,
+            var,
+        )
+    return os.environ[old]
+
+
 def expand_env(value: str, where: str) -> str:
     """``${VAR}`` / ``${VAR:-default}`` in a value replaced from the environment, like Compose
     (after parsing: comments are left alone; a number from the environment is still checked
@@ -355,6 +395,8 @@ def expand_env(value: str, where: str) -> str:
             return "$"
         var, default = m.group(1), m.group(2)
         v = os.environ.get(var)
+        if v is None:
+            v = _old_env(var, where)
         if v is None:
             if default is None:
                 problems.append(f"{where}: environment variable {var} is not set (use ${{{var}:-default}})")

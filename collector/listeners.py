@@ -29,16 +29,18 @@ import ctypes
 import ctypes.util
 import logging
 import resource
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol, Self
 from urllib.parse import urlsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
-from collector.component import ComponentConfig
+from collector.component import ComponentConfig, ServerTls
 from collector.ratelog import RateLimitedLog
 
 log = logging.getLogger("collector.listeners")
@@ -53,7 +55,7 @@ ACCEPT_BURST = 100  # ... and per TCP listener twice what asyncio accepts at onc
 
 
 class ListenerLimits(ComponentConfig):
-    """The limits of a TCP listener (the ``fluent_forward`` and ``gelf`` sources)."""
+    """The limits of a stream listener (the ``fluent_forward``, ``gelf`` and ``syslog`` sources)."""
 
     max_connections: int = Field(
         1024,
@@ -64,8 +66,9 @@ class ListenerLimits(ComponentConfig):
     max_connections_per_peer: int = Field(
         512,
         ge=1,
-        description="Connections from one client address at once (Unix sockets are not limited). Docker's "
-        "fluentd driver opens one per container: raise it for more containers on one host.",
+        description="Connections from one client address at once (a unix socket's peer is its uid, where known); "
+        "past it that address's longest idle one (see idle_timeout) makes room, or the new one is refused. "
+        "Docker's fluentd and syslog drivers open one per container: raise it for more containers on one host.",
     )
     handshake_timeout: float = Field(
         10.0, gt=0, description="Seconds a client has to complete the TLS handshake (and to answer HELO)."
@@ -128,6 +131,37 @@ def parse_listen(url: str, schemes: Iterable[str] = SCHEMES) -> Listen:
     return Listen(u.scheme, u.hostname, port)
 
 
+class ListenerConfig(ListenerLimits):
+    """A source that listens: its ``listen`` URLs (one or a list; the schemes it serves are
+    ``listen_schemes``), the ``tls`` a ``tls://`` one needs, and the limits of its streams."""
+
+    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
+    listen: list[str] = Field(min_length=1, description="Addresses to listen on (URLs).")
+    tls: ServerTls | None = Field(None, description="Certificate and key for `tls://` listeners.")
+
+    @field_validator("listen", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("listen")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for url in v:
+            parse_listen(url, cls.listen_schemes)
+        return v
+
+    @model_validator(mode="after")
+    def _tls_needed(self) -> Self:
+        if self.tls is None and any(li.scheme == "tls" for li in self.listens):
+            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
+        return self
+
+    @property
+    def listens(self) -> list[Listen]:
+        return [parse_listen(u, self.listen_schemes) for u in self.listen]
+
+
 API_SCHEMES = ("tcp",)  # api.listen (collector/config.py) is one tcp:// URL ...
 DEFAULT_API_LISTEN = "tcp://127.0.0.1:8686"
 
@@ -182,6 +216,43 @@ class Tracked(Protocol):
         """Close now (no more reading); ``reason`` is a counter label."""
 
 
+class StreamConn:
+    """One stream connection served by asyncio's server, as the table sees it (:class:`Tracked`)."""
+
+    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
+
+    def __init__(self, writer: asyncio.StreamWriter, peer_host: str) -> None:
+        self.writer = writer
+        self.peer_host = peer_host  # what max_connections_per_peer counts: the address, or uid:N on a unix socket
+        self.last_active = _now()
+        self.message_since: float | None = None
+        self.held = 0
+        self.killed: str | None = None
+
+    def kill(self, reason: str) -> None:
+        self.killed = reason
+        with contextlib.suppress(Exception):
+            self.writer.transport.abort()
+
+
+async def drain_handlers(handlers: set[asyncio.Task[Any]], timeout: float) -> None:
+    """Let the connection handlers end (their writers are closed; one waiting for room in the
+    pipeline delivers first); those still running after ``timeout`` seconds are cancelled."""
+    if handlers:
+        _, late = await asyncio.wait(handlers, timeout=timeout)
+        for t in late:
+            t.cancel()
+
+
+def unix_peer_uid(sock: Any) -> int | None:
+    """The uid of a unix stream socket's peer (SO_PEERCRED), None when unknown."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):
+        return None
+    return uid
+
+
 class ConnectionTable:
     """The connections of one listener: admission, idle eviction, timeouts, memory."""
 
@@ -233,7 +304,11 @@ class ConnectionTable:
         """May a new connection from ``peer`` be served?  Refusals are counted and logged; a
         full listener first closes its longest idle connection."""
         lim = self.limits
-        if peer_host and self.per_peer.get(peer_host, 0) >= lim.max_connections_per_peer:
+        if (
+            peer_host
+            and self.per_peer.get(peer_host, 0) >= lim.max_connections_per_peer
+            and not self._evict_idle(peer_host)
+        ):
             return self._refuse(
                 "too_many_connections_from_peer",
                 "refused %s: too many connections from that address (%d, max_connections_per_peer)",
@@ -264,19 +339,22 @@ class ConnectionTable:
         self.say.warning(reason, msg, *args)
         return False
 
-    def _evict_idle(self) -> bool:
-        if not self.conns:
+    def _evict_idle(self, peer_host: str | None = None) -> bool:
+        """Close the longest idle connection (of ``peer_host`` when given) if it has been idle
+        for ``idle_timeout``; False when none has."""
+        oldest = next((c for c in self.conns if peer_host is None or c.peer_host == peer_host), None)
+        if oldest is None:
             return False
-        oldest = next(iter(self.conns))
         idle = _now() - oldest.last_active
         if idle < self.limits.idle_timeout:
             return False
         self.count("idle_evicted")
         self.say.warning(
             "idle_evicted",
-            "closed a connection from %s idle for %.0fs to make room for a new one (max_connections reached)",
+            "closed a connection from %s idle for %.0fs to make room for a new one (%s reached)",
             oldest.peer_host or "unix",
             idle,
+            "max_connections" if peer_host is None else "max_connections_per_peer",
         )
         self.discard(oldest)
         oldest.kill("idle_evicted")
@@ -409,11 +487,15 @@ __all__ = [
     "DEFAULT_API_LISTEN",
     "ConnectionTable",
     "Listen",
+    "ListenerConfig",
     "ListenerLimits",
+    "StreamConn",
     "api_url",
     "cap_reads",
+    "drain_handlers",
     "fd_budget",
     "parse_listen",
     "peer_host",
     "raise_fd_limit",
+    "unix_peer_uid",
 ]

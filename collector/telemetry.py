@@ -10,6 +10,7 @@ Every component counts through this module, so one place names what is measured:
     collector_dead_letters_total{component,reason}  entries set aside in the dead letter (bad input, rejected records)
     collector_dead_letter_dropped_total{component,reason}  dead-letter entries not kept (rate, rotation)
     collector_retries_total{component,reason}      delivery attempts that will be retried
+    collector_acks_total{component,status}         acknowledgements a source sent on (forward chunks), by outcome
     collector_buffer_events{component}             records waiting in a sink buffer
     collector_buffer_bytes{component}
     collector_buffer_max_events{component}         a buffer's limits: fill = waiting / max
@@ -99,6 +100,13 @@ class Telemetry:
             "collector_dead_letter_dropped",
             "Dead-letter entries not kept: over the byte rate, deleted by rotation, too large",
             ["component", "reason"],
+            registry=r,
+        )
+        self.acks = Counter(
+            "collector_acks",
+            "Acknowledgements a source passed on to its client (forward chunks), by the worst outcome of their "
+            "records: delivered, rejected (dead-lettered downstream, kept), failed (dropped downstream, counted)",
+            ["component", "status"],
             registry=r,
         )
         self.retries = Counter(

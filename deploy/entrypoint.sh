@@ -4,7 +4,7 @@
 # user cannot read it (run the tailing sidecar with `--user 0`, see deploy/README.md).
 set -eu
 
-containers=${COLLECTOR_DOCKER_ROOT:-/var/lib/docker}/containers
+containers=${COLLECTOR_DOCKER_ROOT:-${DOCKER_ROOT:-/var/lib/docker}}/containers  # (DOCKER_ROOT: its name before COLLECTOR_*)
 if [ -d "$containers" ] && ! ls "$containers" >/dev/null 2>&1; then
     echo "collector: cannot read $containers as uid $(id -u): Docker keeps it root:root 0700." >&2
     echo "collector: tail it as uid 0 without capabilities:" >&2

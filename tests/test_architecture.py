@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import orjson
 
 from collector import registry
-from collector.acks import Ack, OrderedAcks
+from collector.acks import Ack, OrderedAcks, Status, done_threadsafe
 from collector.buffers import Buffer, BufferConfig, BufferReader
 from collector.buffers.disk import DiskBuffer
 from collector.buffers.memory import MemoryBuffer
@@ -59,7 +59,10 @@ def test_the_names_and_signatures_the_page_uses_exist():
     assert list(inspect.signature(DeadLetter.raw).parameters)[:4] == ["self", "component", "reason", "data"]
     assert callable(Context.error_counter) and callable(Context.docker)
     assert callable(SinkMeter.delivered) and callable(SinkMeter.request)
-    assert callable(OrderedAcks.track) and callable(Ack.retain) and callable(Ack.done)
+    assert callable(OrderedAcks.track) and callable(Ack.retain) and callable(Ack.pass_on) and callable(done_threadsafe)
+    assert list(inspect.signature(Ack.done).parameters) == ["self", "n", "rejected", "failed"]
+    assert list(inspect.signature(Ack).parameters) == ["callback", "holders"]
+    assert [s.name for s in Status] == ["DELIVERED", "REJECTED", "FAILED"]
     assert issubclass(FileConfig, SinkConfig) and FileConfig.model_config["extra"] == "forbid"
     assert all(f.description for n, f in FileConfig.model_fields.items() if n != "type")
     assert registry.SINKS["file"] == ("collector.sinks.file", "FileConfig", "FileSink")
@@ -80,7 +83,8 @@ def test_the_example_sink_writes_every_record_before_it_acknowledges_it(tmp_path
     def batch(i: int) -> Batch:
         events = [{"@timestamp": "2024-05-01T12:00:00.000000000Z", "message": f"b{i} r{j}"} for j in range(3)]
 
-        def finalized() -> None:
+        def finalized(ack: Ack) -> None:
+            assert ack.status is Status.DELIVERED
             acked.append((i, len(out.read_bytes().splitlines())))
 
         return Batch(events, Fields({"tags": ["t"]}), ack=Ack(finalized))
@@ -99,3 +103,17 @@ def test_the_example_sink_writes_every_record_before_it_acknowledges_it(tmp_path
     assert sorted(i for i, _ in acked) == list(range(5))
     assert all(lines >= 3 * (i + 1) for i, lines in acked)  # written before acknowledged
     assert sink.ready()[0] and telemetry.value("collector_events_sent_total", component="out") == 15
+
+
+def test_one_acknowledgement_family():
+    """acks.Ack is the only reference count a batch's completion goes through: no component keeps
+    its own (the forward source's chunk acks, the disk buffer's frames and the Elasticsearch
+    sink's per-record count were three more before issue 16)."""
+    offenders = []
+    for path in sorted((REPO / "collector").rglob("*.py")):
+        if path.name == "acks.py":
+            continue
+        text = path.read_text()
+        if re.search(r"^class \w*\(Ack\)|^class \w*Ack\b|\.remaining -= 1", text, re.M):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []

@@ -81,6 +81,23 @@ def test_environment_variables_are_substituted(monkeypatch):
     assert cfg.sources["containers"].max_record_bytes == 4096  # still checked as a number; comments untouched
 
 
+def test_an_old_variable_name_still_works_and_says_its_new_one(monkeypatch, caplog):
+    """The shipped pipelines read ES_URL, OUT_FILE ... before they read COLLECTOR_*: a deployment
+    that still sets the old name gets its value and a warning, not a silent default."""
+    monkeypatch.delenv("COLLECTOR_OUT_FILE", raising=False)
+    monkeypatch.setenv("OUT_FILE", "/tmp/old-name.ndjson")
+    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${COLLECTOR_OUT_FILE:-/tmp/default.ndjson}'"))
+    assert cfg.sinks["out"].path == "/tmp/old-name.ndjson"
+    assert "COLLECTOR_OUT_FILE is not set but OUT_FILE is" in caplog.text
+    monkeypatch.setenv("COLLECTOR_OUT_FILE", "/tmp/new-name.ndjson")  # the new name wins
+    cfg = parse_config(GOOD.replace("/tmp/out.ndjson", "'${COLLECTOR_OUT_FILE:-/tmp/default.ndjson}'"))
+    assert cfg.sinks["out"].path == "/tmp/new-name.ndjson"
+    monkeypatch.setenv("MAX_BYTES", "4096")  # only the renamed ones: COLLECTOR_MAX_BYTES never existed
+    monkeypatch.delenv("COLLECTOR_MAX_BYTES", raising=False)
+    cfg = parse_config(GOOD.replace("paths: [", "max_record_bytes: '${COLLECTOR_MAX_BYTES:-8192}', paths: ["))
+    assert cfg.sources["containers"].max_record_bytes == 8192
+
+
 def test_yaml_syntax_errors_have_a_line():
     assert errors("sources:\n  a: [\n").startswith("p.yaml:")
 

@@ -45,6 +45,23 @@ def test_a_peer_cannot_take_more_than_its_share():
     assert t.per_peer == {"10.0.0.1": 2}
 
 
+def test_a_peer_at_its_cap_makes_room_by_closing_its_own_longest_idle_connection():
+    # Docker's syslog and fluentd drivers hold one quiet connection per container, all from one
+    # address: containers that stopped logging must not lock new ones out
+    t, counted = table(max_connections=10, max_connections_per_peer=2, idle_timeout=10)
+    other = Conn("10.0.0.9", idle=60)  # idlest of all, but another address's
+    idle = Conn("10.0.0.1", idle=30)
+    busy = Conn("10.0.0.1", idle=1)
+    for c in (other, idle, busy):
+        t.add(c)
+    assert t.admit("10.0.0.1:3", "10.0.0.1")
+    assert idle.killed == "idle_evicted" and other.killed is None and busy.killed is None
+    t.add(Conn("10.0.0.1"))
+    assert not t.admit("10.0.0.1:4", "10.0.0.1")  # none of its own idle for 10 s: refused
+    assert counted == ["idle_evicted", "too_many_connections_from_peer"]
+    assert t.per_peer == {"10.0.0.9": 1, "10.0.0.1": 2}
+
+
 def test_a_full_listener_makes_room_by_closing_its_longest_idle_connection():
     t, counted = table(max_connections=3, idle_timeout=10)
     busy = Conn("a", idle=1)

@@ -209,3 +209,45 @@ def test_tap_says_why_it_cannot_start(tmp_path):
         r = run_cli("tap", "--url", url, "--tag", "a.{b")
         assert r.returncode == 2 and "collector tap: " in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert col.stop() == 0
+
+
+def test_taps_on_a_route_see_each_output_and_the_whole(tmp_path):
+    """A transform with named outputs (route): `--component route.web` sees what leaves by that
+    output only, `route._unmatched` the rest, `route` everything that leaves it."""
+    root, state = tmp_path / "docker", tmp_path / "state"
+    web_out, rest_out = tmp_path / "web.ndjson", tmp_path / "rest.ndjson"
+    logs = make_root(root)
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(
+        f"""
+data_dir: {state}
+docker_root: {root}
+api: {{listen: "tcp://127.0.0.1:0"}}
+sources:
+  containers: {{type: docker_json_file}}
+transforms:
+  meta: {{type: docker_metadata, inputs: [containers], metadata: files, tag: "{{{{.Name}}}}"}}
+  split: {{type: route, inputs: [meta], routes: {{web: "web-*"}}}}
+sinks:
+  web: {{type: file, inputs: [split.web], path: {web_out}}}
+  rest: {{type: file, inputs: [split._unmatched], path: {rest_out}}}
+"""
+    )
+    col = Collector("run", "-c", str(config))
+    with col.start(tmp_path / "err.log"):
+        url = api_url(state, col)
+        taps = {
+            name: Tap(tmp_path, name, "--url", url, "--component", name)
+            for name in ("split.web", "split._unmatched", "split")
+        }
+        for tap in taps.values():
+            wait_until(tap.attached, what="the taps to attach")
+        write(logs, 100)
+        wait_progressing(lambda: len(read_ndjson(web_out)) + len(read_ndjson(rest_out)), 300, what="records delivered")
+        assert col.stop() == 0, col.stderr()
+        for tap in taps.values():
+            assert tap.wait() == 0, tap.stderr()
+    assert sorted(taps["split.web"].messages()) == sorted(expected(("web-1", "web-2"), 100))
+    assert taps["split._unmatched"].messages() == expected(("db-1",), 100)
+    assert sorted(taps["split"].messages()) == sorted(expected(NAMES, 100))
+    assert "(transform)" in taps["split.web"].stderr(), taps["split.web"].stderr()

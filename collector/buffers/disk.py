@@ -31,6 +31,7 @@ import struct
 import time
 import zlib
 from collections.abc import Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -230,6 +231,11 @@ class DiskBuffer:
         if self.bytes_on_disk < self.cfg.limit_bytes:
             self._room.set()
 
+    def replayed(self, nbytes: int, events: int, ledger: Ack, ack: Ack) -> None:
+        """The callback of a replayed frame's Ack: room on disk, and the ledger may move."""
+        self.released(nbytes, events)
+        ack.pass_on(ledger)
+
     # -- writer --------------------------------------------------------------------------
     def _open_segment(self) -> BinaryIO:
         if self._wfile is None:
@@ -257,7 +263,7 @@ class DiskBuffer:
                     if self.bytes_on_disk >= cfg.limit_bytes:
                         if cfg.when_full == "drop_newest":
                             self._dropped.inc(len(b))
-                            release(b.ack)
+                            release(b.ack, failed=len(b))
                             continue
                         self._room.clear()
                         await self._sync()  # what is written so far may be acknowledged meanwhile
@@ -284,7 +290,7 @@ class DiskBuffer:
                 if self.cfg.when_full == "drop_newest":
                     self._dropped_disk_full.inc(len(b))
                     self._full.failed(self.dir, e, len(b))
-                    release(b.ack)
+                    release(b.ack, failed=len(b))
                     return
                 self._full.failed(self.dir, e)
                 await self._sync()  # what is written so far may be acknowledged, delivered, deleted
@@ -441,10 +447,8 @@ class _Reader:
                 self._skip(f"undecodable frame: {e}", end - self.pos)
                 continue
             self.pos += HEADER.size + n
-            frame_bytes = HEADER.size + n
-            events = len(batch)
-            ack = self.buf.acks.track((self.seg, self.pos))
-            batch.ack = _Release(ack, self.buf, frame_bytes, events)
+            ledger = self.buf.acks.track((self.seg, self.pos))
+            batch.ack = Ack(partial(self.buf.replayed, HEADER.size + n, len(batch), ledger))
             return batch
 
     def recv_nowait(self) -> Batch | None:
@@ -460,23 +464,6 @@ class _Reader:
                 return None
             self._ready.clear()
             await self._ready.wait()
-
-
-class _Release(Ack):
-    """The Ack of a replayed frame: moves the ledger and frees room on disk."""
-
-    __slots__ = ("_buf", "_bytes", "_events", "_inner")
-
-    def __init__(self, inner: Ack, buf: DiskBuffer, nbytes: int, events: int) -> None:
-        super().__init__(self._fire)
-        self._inner = inner
-        self._buf = buf
-        self._bytes = nbytes
-        self._events = events
-
-    def _fire(self) -> None:
-        self._buf.released(self._bytes, self._events)
-        self._inner.done()
 
 
 def inspect(directory: Path) -> tuple[int, int, int]:

@@ -65,7 +65,7 @@ class Channel:
         if self._full():
             if self.when_full == "drop_newest":
                 self.dropped_events += len(batch)
-                release(batch.ack)
+                release(batch.ack, failed=len(batch))
                 return False
             loop = asyncio.get_running_loop()
             t0 = loop.time()

@@ -75,7 +75,7 @@ class CriLineReader(LineReader):
                 p = pending.get(stream)
                 if p is None:
                     p = pending[stream] = Partial(here, t.decode())
-                self._add_part(p, text)
+                p.add(text, self.max_record_bytes)
                 continue
             p = pending.pop(stream, None) if pending else None
             if p is None:
@@ -84,7 +84,7 @@ class CriLineReader(LineReader):
                 streams.append(stream)
                 offsets.append(here)
             else:
-                self._add_part(p, text)
+                p.add(text, self.max_record_bytes)
                 self._emit_partial(out, stream, p, final=True)
         return out
 

@@ -26,17 +26,16 @@ from typing import Any
 
 import orjson
 
+from collector.codecs.partial import PartialLine
+
 NEWLINE = b"\n"
 MAX_ATTR_KEY_BYTES = 256
 
 
 @dataclass(slots=True)
-class Partial:
+class Partial(PartialLine):
     offset: int  # where the first part starts
     time: str
-    parts: list[str] = field(default_factory=list)
-    size: int = 0  # bytes of message kept so far (UTF-8)
-    truncated: bool = False
 
 
 @dataclass(slots=True)
@@ -152,7 +151,7 @@ class LineReader:
 
     def _emit_partial(self, out: Parsed, stream: str, p: Partial, final: bool) -> None:
         out.times.append(p.time)
-        out.messages.append("".join(p.parts))
+        out.messages.append(p.text())
         out.streams.append(stream)
         out.offsets.append(p.offset)
         flags = []
@@ -208,14 +207,14 @@ class LineReader:
                             out.flags[len(messages) - 1] = ["fields_truncated"]
                         out.attrs[len(messages) - 1] = attrs
                 else:
-                    self._add_part(p, log[:-1])
+                    p.add(log[:-1], self.max_record_bytes)
                     self._emit_partial(out, stream, p, final=True)
                 continue
             # a part of a longer line (or a last line without newline, which Docker never writes)
             p = pending.get(stream)
             if p is None:
                 p = pending[stream] = Partial(here, t)
-            self._add_part(p, log)
+            p.add(log, self.max_record_bytes)
         return out
 
     def _fits(self, attrs: dict[str, Any]) -> bool:
@@ -227,20 +226,6 @@ class LineReader:
             if type(v) is str and len(v) * 4 > limit and len(v.encode()) > limit:
                 return False
         return True
-
-    def _add_part(self, p: Partial, text: str) -> None:
-        if p.truncated:
-            return
-        room = self.max_record_bytes - p.size
-        n = len(text)
-        if n <= room and (n * 4 <= room or len(text.encode()) <= room):
-            p.parts.append(text)
-            p.size += n if text.isascii() else len(text.encode())
-            return
-        b = text.encode()[:room]
-        p.parts.append(b.decode("utf-8", "ignore"))
-        p.size = self.max_record_bytes
-        p.truncated = True
 
 
 def _capped(attrs: dict[str, Any], limit: int) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from pydantic import Field
 
 from collector.acks import release
 from collector.buffers import BufferReader
-from collector.component import Sink, SinkConfig
+from collector.component import Context, Sink, SinkConfig
 from collector.event import Batch, get_path
 from collector.sinks.file import drain
 
@@ -44,7 +44,7 @@ class ConsoleConfig(SinkConfig):
 class ConsoleSink(Sink):
     config: ConsoleConfig
 
-    def __init__(self, name: str, config: ConsoleConfig, ctx: Any, stream: IO[bytes] | None = None) -> None:
+    def __init__(self, name: str, config: ConsoleConfig, ctx: Context, stream: IO[bytes] | None = None) -> None:
         super().__init__(name, config, ctx)
         self.out = stream or sys.stdout.buffer
         tty = _isatty(self.out)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
 from collector.acks import release
 from collector.buffers import BufferReader
-from collector.component import Sink, SinkConfig
+from collector.component import Context, Sink, SinkConfig
 from collector.event import Batch
 
 MAX_ROUND_EVENTS = 2048
@@ -60,7 +60,7 @@ async def drain(
 class FileSink(Sink):
     config: FileConfig
 
-    def __init__(self, name: str, config: FileConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: FileConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
 
     @staticmethod

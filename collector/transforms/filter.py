@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from collector.acks import release
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.event import Batch, get_path
 from collector.tags import TagPatternError, tag_pattern
 
@@ -66,7 +66,7 @@ def _text(doc: Mapping[str, Any], dotted: str) -> str | None:
 class FilterTransform(Transform):
     config: FilterConfig
 
-    def __init__(self, name: str, config: FilterConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: FilterConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.match = tag_pattern(config.match) if config.match else None
         self.exclude = tag_pattern(config.exclude) if config.exclude else None

@@ -44,13 +44,14 @@ import logging
 import re
 import time
 from collections import OrderedDict
+from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from collector.acks import Ack, release
 from collector.codecs.docker_json import DockerLines, Parsed
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.event import Batch, Fields, with_path
 from collector.ratelog import RateLimitedLog
 
@@ -165,9 +166,11 @@ class _Origin:
     """One input batch's acknowledgement, held by the records made of its lines.
 
     Released when nothing holds it (``refs``) and every later batch a record spanned into from
-    this one is released (``blocked``): the source's checkpoint never lands inside a record."""
+    this one is released (``blocked``): the source's checkpoint never lands inside a record.
+    The outcome (records rejected/failed) of an output batch is passed to the first input batch
+    it holds, where its records began."""
 
-    __slots__ = ("ack", "blocked", "preds", "refs", "released", "succs")
+    __slots__ = ("ack", "blocked", "failed", "preds", "refs", "rejected", "released", "succs")
 
     def __init__(self, ack: Ack) -> None:
         self.ack = ack
@@ -176,11 +179,22 @@ class _Origin:
         self.preds: list[_Origin] = []
         self.succs: list[_Origin] = []
         self.released = False
+        self.rejected = 0
+        self.failed = 0
 
 
 def _unref(o: _Origin) -> None:
     o.refs -= 1
     _settle(o)
+
+
+def _unref_all(held: list[_Origin], out: Ack) -> None:
+    """An output batch is finalized: let go of the input batches it held."""
+    if out.rejected or out.failed:
+        held[0].rejected += out.rejected
+        held[0].failed += out.failed
+    for o in held:
+        _unref(o)
 
 
 def _settle(o: _Origin) -> None:
@@ -190,7 +204,7 @@ def _settle(o: _Origin) -> None:
         if x.released or x.refs > 0 or x.blocked > 0:
             continue
         x.released = True
-        release(x.ack)
+        release(x.ack, rejected=x.rejected, failed=x.failed)
         for p in x.preds:
             p.blocked -= 1
             todo.append(p)
@@ -250,7 +264,7 @@ class _Record:
 class MultilineTransform(Transform):
     config: MultilineConfig
 
-    def __init__(self, name: str, config: MultilineConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: MultilineConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         c = config
         self._modes: dict[str, Any] = {
@@ -491,7 +505,7 @@ class MultilineTransform(Transform):
             ack = None
             if origin is not None:
                 origin.refs += 1
-                ack = Ack(lambda o=origin: _unref(o))
+                ack = Ack(partial(_unref_all, [origin]))
             nbytes = sum(len(m) for m in p.messages) + 64 * len(own)
             b = Batch(
                 None, meta, ids=None, ack=ack, tag=tag, source=src, nbytes=nbytes, columns=DockerLines(p, cols.path)
@@ -529,6 +543,13 @@ class MultilineTransform(Transform):
                 self._finalize(rec)
         return self._emit()
 
+    async def hand_over(self) -> list[tuple[str | None, Batch]]:
+        # replaced at a reload: every record held is emitted as it is (a group cut short there)
+        while self._pending:
+            key = next(iter(self._pending))
+            self._finalize(self._pending.pop(key))
+        return self._emit()
+
     # -- output ----------------------------------------------------------------------------------
     def _emit(self) -> list[tuple[str | None, Batch]]:
         recs, self._out = self._out, []
@@ -547,7 +568,7 @@ class MultilineTransform(Transform):
         for (_, tag, source, path), rs in groups:
             meta = rs[0].head.meta
             held = [o for r in rs for o in r.origins]
-            ack = Ack(lambda held=held: [_unref(o) for o in held]) if held else None
+            ack = Ack(partial(_unref_all, held)) if held else None
             ids = [r.head.id for r in rs]
             nbytes = sum(r.nbytes for r in rs) + 64 * len(rs)
             if path is not None:

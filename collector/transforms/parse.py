@@ -23,7 +23,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from collector import levels
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.event import Batch, get_path, with_path
 
 LEVEL_KEYS = ("level", "severity", "lvl", "loglevel", "log.level")
@@ -54,7 +54,7 @@ class ParseConfig(TransformConfig):
 class ParseTransform(Transform):
     config: ParseConfig
 
-    def __init__(self, name: str, config: ParseConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: ParseConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.rx = re.compile(config.pattern) if config.pattern else None
         self._failed = ctx.telemetry.errors.labels(name, "parse_failed")

@@ -10,12 +10,12 @@ A batch goes to every route whose pattern matches its tag; one matching none goe
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator
 
 from collector.acks import release
-from collector.component import Transform, TransformConfig
+from collector.component import Context, Transform, TransformConfig
 from collector.event import Batch
 from collector.tags import TagPatternError, tag_pattern
 
@@ -50,7 +50,7 @@ class RouteConfig(TransformConfig):
 class RouteTransform(Transform):
     config: RouteConfig
 
-    def __init__(self, name: str, config: RouteConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: RouteConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.routes = [(port, tag_pattern(p)) for port, p in config.routes.items()]
         self._unrouted = ctx.telemetry.dropped.labels(name, "unmatched")

@@ -10,7 +10,7 @@ import sys
 import textwrap
 import time
 
-from collector.acks import Ack
+from collector.acks import Ack, Status
 from collector.buffers import BufferConfig
 from collector.buffers.disk import DiskBuffer
 from collector.event import Batch, Fields
@@ -18,7 +18,7 @@ from collector.telemetry import Telemetry
 
 
 def batch(i: int, n: int = 3, acked: list | None = None) -> Batch:
-    ack = Ack(lambda: acked.append(i)) if acked is not None else None
+    ack = Ack(lambda _: acked.append(i)) if acked is not None else None
     events = [{"message": f"b{i} r{j}", "@timestamp": "2024-05-01T00:00:00Z"} for j in range(n)]
     return Batch(
         events, Fields({"container": {"id": "c"}}), ids=[f"{i}-{j}" for j in range(n)], ack=ack, tag=f"t{i}", source="s"
@@ -240,9 +240,11 @@ def test_when_full_drop_newest_counts_what_it_drops(tmp_path):
         await buf.open()
         buf.inbox.add_producer()
         tasks = [asyncio.create_task(c) for c in buf.tasks()]
-        acked: list[int] = []
+        acked: list[tuple[int, Status, int]] = []  # batch, how it ended, records failed
         for i in range(40):
-            await buf.inbox.send(batch(i, 100, acked))
+            b = batch(i, 100)
+            b.ack = Ack(lambda ack, i=i: acked.append((i, ack.status, ack.failed)))
+            await buf.inbox.send(b)
         buf.inbox.close()
         await tasks[0]
         dropped = tel.value("collector_events_dropped_total", reason="buffer_full")
@@ -255,6 +257,10 @@ def test_when_full_drop_newest_counts_what_it_drops(tmp_path):
     assert dropped > 0
     assert dropped + sum(len(b) for b in got) == 40 * 100
     assert len(acked) == 40  # dropped batches are finalized too: a file source does not stall
+    # and the source hears which: stored ones delivered (to the buffer), dropped ones failed
+    kept = {int(b.tag[1:]) for b in got}
+    assert sorted(i for i, st, _ in acked if st is Status.DELIVERED) == sorted(kept)
+    assert {(st, n) for i, st, n in acked if i not in kept} == {(Status.FAILED, 100)}
 
 
 # -- a full disk ----------------------------------------------------------------------------------

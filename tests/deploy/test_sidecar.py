@@ -95,7 +95,7 @@ def test_the_image_is_configured_as_documented(docker, collector_image):
     assert cfg["Cmd"] == ["run", "-c", "/etc/collector/collector.yaml"]
     script = (
         "collector --version && collector validate -c /etc/collector/collector.yaml /etc/collector/pipelines/*.yaml"
-        " && python3 -c 'from collector.setup import dashboards_dir; print(dashboards_dir())' && id -u"
+        " && python3 -c 'from collector.provision import dashboards_dir; print(dashboards_dir())' && id -u"
     )
     out = docker.client.containers.run(
         collector_image, ["sh", "-c", script], network_mode="none", remove=True, stderr=True

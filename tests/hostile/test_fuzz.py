@@ -102,7 +102,7 @@ def run_decoder(dec: Decoder, wire: bytes, cuts: list[int]) -> int:
     for a, b in itertools.pairwise(points):
         dec.feed(wire[a:b])
         for unit in [*_decoded(dec), dec.take()]:
-            for batch in dec.intake.batches(unit, None):  # type: ignore[arg-type]
+            for batch in dec.intake.batches(unit):
                 for doc in batch.encoded():
                     orjson.loads(doc)  # valid JSON, whatever came in
                 records += len(batch)

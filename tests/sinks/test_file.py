@@ -37,7 +37,7 @@ class Journal:
 
     def batch(self, i: int) -> Batch:
         events = [{"@timestamp": "2024-05-01T12:00:00Z", "message": f"line {i}"}]
-        return Batch(events, Fields({}), ack=Ack(lambda: self.steps.append(f"ack {i}")), source="test")
+        return Batch(events, Fields({}), ack=Ack(lambda _: self.steps.append(f"ack {i}")), source="test")
 
 
 def sink(tmp_path: Path, **config: Any) -> FileSink:

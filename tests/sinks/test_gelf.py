@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import pytest
 
-from collector.acks import Ack
+from collector.acks import Ack, Status
 from collector.buffers.memory import Channel
 from collector.checkpoints import CheckpointStore
 from collector.codecs.gelf import CHUNK_MAGIC, Reassembler, decode
@@ -65,7 +65,7 @@ def event(i: int, message: str | None = None, **extra: Any) -> dict[str, Any]:
 def batch(events: list[dict[str, Any]], meta: Fields = META, tag: str = "web") -> tuple[Batch, list[int]]:
     """A batch whose ack records when it was finalized."""
     done: list[int] = []
-    return Batch(events, meta, ack=Ack(lambda: done.append(1)), tag=tag, source="test"), done
+    return Batch(events, meta, ack=Ack(lambda _: done.append(1)), tag=tag, source="test"), done
 
 
 class Harness:
@@ -266,11 +266,13 @@ def test_messages_too_big_for_128_chunks_are_truncated_or_dead_lettered(tmp_path
     with GelfReader() as peer:
         h = Harness(tmp_path / "b", address=f"gelf+udp://{peer.udp}", oversize="dead_letter")
         b, done = batch([event(1, huge), event(2)])
+        ack = b.ack
         h.run([b])
         got = peer.wait_for(1)
         time.sleep(0.3)
     assert [m["short_message"] for m in peer.messages()] == ["line 2"]
     assert done == [1]
+    assert ack is not None and (ack.status, ack.rejected) == (Status.REJECTED, 1)  # the source hears it
     (dl,) = h.deadletters()
     assert dl["reason"].startswith("too_large") and dl["record"]["short_message"] == huge
 
@@ -279,12 +281,15 @@ def test_udp_send_errors_are_counted(tmp_path):
     port = free_port()  # nothing listens: each send after the first draws ECONNREFUSED
     h = Harness(tmp_path, address=f"gelf+udp://127.0.0.1:{port}")
     batches = [batch([event(i)]) for i in range(20)]
+    acks = [b.ack for b, _ in batches]
 
     async def slowly() -> None:
         pass
 
     h.run([b for b, _ in batches], during=slowly())
     assert all(done == [1] for _, done in batches)  # UDP: finalized anyway, the loss is counted
+    failed = sum(a.failed for a in acks if a is not None)  # and the source hears which records
+    assert failed >= 1 and failed == h.value("collector_events_dropped_total", reason="send_failed")
     assert h.value("collector_errors_total", reason="udp_econnrefused") >= 1
     assert h.value("collector_events_dropped_total", reason="send_failed") >= 1
     assert h.value("collector_events_sent_total") + h.value("collector_events_dropped_total") == 20
@@ -406,8 +411,10 @@ def test_tcp_retry_takes_the_shared_shape_and_max_elapsed_dead_letters(tmp_path)
     retry = {"initial_backoff": 0.01, "max_backoff": 0.05, "max_elapsed": 0.5}
     h = Harness(tmp_path, address=f"gelf+tcp://127.0.0.1:{port}", retry=retry)
     batches = [batch([event(i * 10 + j) for j in range(10)]) for i in range(3)]
+    acks = [b.ack for b, _ in batches]
     h.run([b for b, _ in batches])
     assert all(done == [1] for _, done in batches)  # finalized: set aside, not lost, not stuck
+    assert [(a.status, a.rejected) for a in acks if a is not None] == [(Status.REJECTED, 10)] * 3
     dl = h.deadletters()
     assert sorted(d["record"]["short_message"] for d in dl) == sorted(f"line {i}" for i in range(30))
     assert all(d["reason"].startswith("retries_exhausted: cannot connect") for d in dl)

@@ -217,13 +217,13 @@ def test_a_rotation_between_the_look_and_the_open_of_the_new_file(
     """The writer does not wait for us: the file after ours is written and rotated away between
     our look at the rotated files and our open of the live one (seen under load: its lines were
     lost, silently). Made certain by rotating inside that gap."""
-    from collector.sources.docker_json_file import DockerJsonFileSource
+    from collector.sources.docker_json_file.harvester import Harvester
 
     d = container_dir(tmp_path)
     log = d / f"{CID}-json.log"
     log.write_bytes(docker_lines(["a0"]))
     out = tmp_path / "out.ndjson"
-    look = DockerJsonFileSource._catch_up_rotations
+    look = Harvester._catch_up_rotations
     gaps = []
 
     def look_then_rotate(self, s, finished, opened=None):
@@ -252,7 +252,7 @@ def test_a_rotation_between_the_look_and_the_open_of_the_new_file(
 
             threading.Timer(0.5, rest).start()
 
-    monkeypatch.setattr(DockerJsonFileSource, "_catch_up_rotations", look_then_rotate)
+    monkeypatch.setattr(Harvester, "_catch_up_rotations", look_then_rotate)
     with BackgroundPipeline(file_pipeline([str(log)], out, data_dir)) as bg:
         wait_until(lambda: messages(out) == ["a0"], what="first line")
         with open(log, "ab") as f:
@@ -561,3 +561,43 @@ def test_copytruncate_past_the_last_copy_is_reported(tmp_path, data_dir):
     assert messages(out) == [f"a{i}" for i in range(10)] + [f"r2 {i}" for i in range(5)] + ["live"]
     said = [x for x in r.stderr.splitlines() if "WARNING" in x or "ERROR" in x]
     assert any("app.log" in x and "lost" in x.lower() for x in said), r.stderr
+
+
+@pytest.mark.parametrize("then", ["renamed", "deleted"])
+def test_a_rotated_file_gone_between_the_listing_and_the_open(tmp_path, caplog, then):
+    """A rotated file we never read is listed, then renamed by the next rotation (read it by its
+    new name) or deleted (said and counted: it was skipped without a word)."""
+    from collector.checkpoints import CheckpointStore
+    from collector.component import Context
+    from collector.deadletter import DeadLetter
+    from collector.sources.docker_json_file import DockerJsonFileConfig, DockerJsonFileSource
+    from collector.sources.docker_json_file.harvester import LogStream
+    from collector.telemetry import Telemetry
+
+    d = container_dir(tmp_path)
+    log = d / f"{CID}-json.log"
+    log.write_bytes(docker_lines(["c0"], start_ns=30))
+    rotated = d / f"{CID}-json.log.1"
+    rotated.write_bytes(docker_lines(["b0"], start_ns=20))
+    t = Telemetry()
+    ctx = Context(tmp_path / "state", t, CheckpointStore(tmp_path / "state"), DeadLetter(tmp_path / "state", t))
+    cfg = DockerJsonFileConfig.model_validate({"type": "docker_json_file", "paths": [str(log)]})
+    src = DockerJsonFileSource("files", cfg, ctx)
+    src.discovery.roots[str(log)] = str(tmp_path)
+    fp = src.discovery.fp_of(str(rotated), str(log))
+    assert fp is not None
+    if then == "renamed":
+        os.replace(rotated, d / f"{CID}-json.log.2")
+    else:
+        os.remove(rotated)
+    s = LogStream(str(log), None, "t")
+    caplog.set_level("INFO")
+    src.harvester._queue_unseen(s, str(rotated), fp)
+    lost = [r.getMessage() for r in caplog.records if "LOST DATA" in r.getMessage()]
+    if then == "renamed":
+        assert [of.path for of in s.queue] == [str(d / f"{CID}-json.log.2")] and not lost
+    else:
+        assert not s.queue and len(lost) == 1 and str(rotated) in lost[0]
+        assert t.errors.labels("files", "file_vanished_unread")._value.get() == 1
+    for of in s.queue:
+        of.close()

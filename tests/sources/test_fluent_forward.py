@@ -850,6 +850,45 @@ def test_the_dead_letter_warning_is_true_and_said_once(tmp_path, caplog):
     assert "rest of the message was accepted" not in warnings[0]
 
 
+def test_records_elasticsearch_rejects_are_acked_and_counted_by_the_source(es8, es_target, tmp_path, caplog):
+    """Issue 16: how a chunk's records ended reaches the forward source. A record the engine
+    rejects (a mapping conflict) is dead-lettered, i.e. kept: its chunk is still acknowledged (a
+    resend would only be rejected again), counted as ``rejected`` and said in one line."""
+    cfg = {
+        "data_dir": str(tmp_path / "state"),
+        "sources": {"fwd": {"type": "fluent_forward", "listen": ["tcp://127.0.0.1:0"]}},
+        "sinks": {
+            "es": {
+                "type": "elasticsearch",
+                "inputs": ["fwd"],
+                "hosts": [es8.url],
+                "data_stream": es_target,
+                "batch": {"timeout": 0.2},
+            }
+        },
+    }
+    with BackgroundPipeline(cfg) as bg:
+        run = Running(bg, tmp_path / "unused")
+
+        def acks(status: str) -> float:
+            return bg.telemetry.value("collector_acks_total", component="fwd", status=status)
+
+        with Client(run.port) as c:
+            c.send(message("t", T0, {"message": "first", "n": 1}, {"chunk": "ok"}))
+            assert c.recv(timeout=60) == {"ack": "ok"}
+            assert (acks("delivered"), acks("rejected")) == (1, 0)
+            entries = [[T0, {"message": "second", "n": 2}], [T0, {"message": "bad", "n": {"not": "a number"}}]]
+            c.send(pack_message("t", entries, {"chunk": "mixed", "size": 2}))
+            assert c.recv(timeout=60) == {"ack": "mixed"}
+            assert (acks("delivered"), acks("rejected"), acks("failed")) == (1, 1, 0)
+        assert bg.stop() == 0
+    assert sorted(d["message"] for d in es8.search(es_target)) == ["first", "second"]
+    (dl,) = read_ndjson(tmp_path / "state" / "dead-letter" / "es.ndjson")
+    assert dl["record"]["message"] == "bad"
+    said = [r.getMessage() for r in caplog.records if "acknowledged with" in r.getMessage()]
+    assert len(said) == 1 and "chunk mixed" in said[0] and "1 record(s) rejected downstream" in said[0], said
+
+
 def test_size_mismatch_is_counted_not_refused(tmp_path):
     with forward_pipeline(tmp_path) as run, Client(run.port) as c:
         c.send(pack_message("t", [[T0, {"message": "one"}]], {"size": 3, "chunk": "s"}))
@@ -1188,7 +1227,33 @@ def decoder(tmp_path) -> Iterator[Decoder]:
 def decode_all(dec: Decoder, wire: bytes) -> list[Any]:
     dec.feed(wire)
     units = [*dec.units(), dec.take()]
-    return [b for u in units for b in dec.intake.batches(u, None)]  # type: ignore[arg-type]
+    return [b for u in units for b in dec.intake.batches(u)]
+
+
+def test_a_chunk_spread_over_batches_and_units_is_acked_once_with_their_summed_outcome(tmp_path):
+    """One message, records of three containers (three batches) in two units (max_events 4):
+    the ack is sent once, after the last batch, carrying what every batch reported."""
+    telemetry = Telemetry()
+    dl = DeadLetter(tmp_path, telemetry)
+    ctx = types.SimpleNamespace(hostname="h", telemetry=telemetry, deadletter=dl)
+    cfg = FluentForwardConfig(type="fluent_forward", batch={"max_events": 4})
+    sent: list[str] = []
+    dec = Decoder(Intake("fwd", cfg, ctx), "peer:1", sent.append)
+    entries = [[T0, docker_rec(f"m{i}", cid=str(i % 3) * 64)] for i in range(6)]
+    batches = decode_all(dec, pack_message("t", entries, {"chunk": "c1"}))
+    assert len(batches) == 5 and dec.open_chunks == 1  # units of 4 (3 containers) and 2 (2) records
+    batches[0].ack.done(rejected=1)
+    batches[4].ack.done(failed=2)
+    for b in batches[1:4]:
+        assert sent == []
+        b.ack.done()
+    assert sent == ["c1"] and dec.open_chunks == 0
+
+    def acks(status: str) -> float:
+        return telemetry.value("collector_acks_total", component="fwd", status=status)
+
+    assert (acks("delivered"), acks("rejected"), acks("failed")) == (0, 0, 1)  # the worst
+    dl.close()
 
 
 def test_ids_are_stable_with_a_chunk_and_unique_without(decoder):
@@ -1309,7 +1374,7 @@ def test_a_split_line_that_stops_is_emitted_after_the_timeout(decoder):
     assert [*decoder.units()] == [] and decoder.take().count == 0
     assert decoder.flush_partials(older_than=60) == 0
     assert decoder.flush_partials(older_than=0) == 1
-    (b,) = decoder.intake.batches(decoder.take(), None)  # type: ignore[arg-type]
+    (b,) = decoder.intake.batches(decoder.take())
     assert b.events[0]["message"] == "half"
     assert b.events[0]["log"]["flags"] == ["incomplete"]
 

@@ -272,10 +272,10 @@ def closed(s: socket.socket) -> bool:
 
 def test_slow_senders_per_peer_cap_and_idle_connections_make_room(tmp_path):
     with syslog_collector(
-        tmp_path, ["tcp://127.0.0.1:0"], max_connections_per_peer=3, idle_timeout=1.0, frame_timeout=1.0
+        tmp_path, ["tcp://127.0.0.1:0"], max_connections_per_peer=3, idle_timeout=1.0, read_timeout=1.0
     ) as c:
         addr = ("127.0.0.1", c.port("tcp"))
-        # slowloris: a frame that never ends is cut after frame_timeout, even while bytes trickle in
+        # slowloris: a frame that never ends is cut after read_timeout, even while bytes trickle in
         slow = socket.create_connection(addr)
         t0 = time.monotonic()
         slow.sendall(b"<13>1 - h a - - - never ends")
@@ -299,7 +299,7 @@ def test_slow_senders_per_peer_cap_and_idle_connections_make_room(tmp_path):
         errors = c.errors()
         for s in [*idle, fresh, slow]:
             s.close()
-    assert errors["frame_timeout"] == 1 and errors["too_many_connections_per_peer"] == 1
+    assert errors["read_timeout"] == 1 and errors["too_many_connections_from_peer"] == 1
 
 
 def test_config_errors(tmp_path):
@@ -312,6 +312,16 @@ def test_config_errors(tmp_path):
     assert "listen on udp://" in check(listen=["http://x:1"])
     assert "needs `tls" in check(listen=["tls://127.0.0.1:6514"])
     assert "unixgram:///absolute/path" in check(listen=["unixgram://relative"])
+    assert "give only `read_timeout`" in check(listen=["tcp://127.0.0.1:0"], frame_timeout=5, read_timeout=6)
+
+
+def test_the_old_name_frame_timeout_still_works_and_says_its_new_name(caplog):
+    cfg = {
+        "sources": {"s": {"type": "syslog", "listen": ["tcp://127.0.0.1:0"], "frame_timeout": 5}},
+        "sinks": {"o": {"type": "console", "inputs": ["s"]}},
+    }
+    assert validate_config(cfg).sources["s"].read_timeout == 5
+    assert "`frame_timeout` is now `read_timeout`" in caplog.text
 
 
 def test_a_file_where_the_socket_goes_is_not_replaced(tmp_path):

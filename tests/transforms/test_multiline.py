@@ -187,10 +187,11 @@ def test_acks_are_held_until_the_record_that_spans_them_is_finalized(tmp_path):
     assert texts == [["a"], ["E: x\n\tat 1\n\tat 2\n\tat 3"], ["b"]]  # "c" waits for its next line
     outs[0].ack.done()
     assert commits == []  # batch 10 also holds the trace, still in flight
-    outs[1].ack.done()
+    outs[1].ack.done(rejected=1)  # the joined trace was dead-lettered downstream
     assert commits == []  # batch 10 ends inside the trace: it waits for batch 30, which holds "b"
     outs[2].ack.done()
     assert commits == [30]  # past the trace, never inside it; batch 40 is held by the pending "c"
+    assert (acks.rejected, acks.failed) == (1, 0)  # the source hears it, once (not once per input batch)
 
 
 def write_container(root: Path, cid: str, lines: list[tuple[str, str]], labels: dict[str, str]) -> Path:

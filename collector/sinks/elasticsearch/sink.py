@@ -11,7 +11,8 @@
   Retries re-send only the records that need it, waiting as the one retry policy says
   (collector/retry.py: capped exponential backoff, full jitter), for as long as it takes unless
   ``retry.max_elapsed`` is set: then records still failing after that long are dead-lettered.
-* A batch is acknowledged to its source when all its records are delivered or rejected;
+* A batch is acknowledged to its source when all its records are delivered or rejected (its
+  Ack holds one reference per record; the rejected ones are reported: ``done(n, rejected=n)``);
   checkpoints never pass a record still being retried.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -52,15 +54,6 @@ def classify(status: int) -> str:
     return "reject"
 
 
-@dataclass(slots=True, eq=False)
-class Owner:
-    """A batch inside requests: acknowledged when its last record is finalized. Holds only the
-    batch's Ack, not its records: the encoded bulk items are all a retry needs."""
-
-    ack: Ack | None
-    remaining: int
-
-
 @dataclass(slots=True)
 class Request:
     """One bulk request: its body is built once, items are addressed by their end offsets
@@ -68,13 +61,15 @@ class Request:
 
     parts: list[bytes] = field(default_factory=list)  # while building: one chunk per batch
     ends: list[int] = field(default_factory=list)  # end offset of each item in the body
-    owners: list[Owner] = field(default_factory=list)
+    # the Ack of each item's batch, which holds one reference per item (not the batch's
+    # records: the encoded items are all a retry needs)
+    owners: list[Ack | None] = field(default_factory=list)
     indices: list[str] = field(default_factory=list)
     size: int = 0
     started: float = 0.0
     _body: bytes | None = None
 
-    def add(self, owner: Owner, items: list[bytes], indices: list[str] | str) -> None:
+    def add(self, owner: Ack | None, items: list[bytes], indices: list[str] | str) -> None:
         self.parts.append(b"".join(items))
         start = self.size
         self.ends.extend(start + end for end in accumulate(map(len, items)))
@@ -219,11 +214,12 @@ class ElasticsearchSink(Sink):
             if self.config.dead_letter_index:
                 self._dead_letter_index(req, rejected)
         owners = req.owners
-        for i in [*ok, *(i for i, _ in rejected)]:
-            o = owners[i]
-            o.remaining -= 1
-            if o.remaining == 0:
-                release(o.ack)
+        for ack, n in Counter(owners[i] for i in ok).items():
+            if ack is not None:
+                ack.done(n)
+        for ack, n in Counter(owners[i] for i, _ in rejected).items():
+            if ack is not None:
+                ack.done(n, rejected=n)
         if ok:
             self.meter.delivered(len(ok))
 
@@ -364,7 +360,9 @@ class ElasticsearchSink(Sink):
             items, indices = self.encoder.encode(batch)
             if not len(req):
                 req.started = time.monotonic()
-            req.add(Owner(batch.ack, len(items)), items, indices)
+            if batch.ack is not None and len(items) > 1:
+                batch.ack.retain(len(items) - 1)  # one reference per item, released as each is finalized
+            req.add(batch.ack, items, indices)
             if req.size >= cfg.max_bytes or len(req) >= cfg.max_events:
                 await self._submit(req)
                 req = Request()

@@ -69,7 +69,7 @@ from collector.codecs.gelf import (
     max_payload,
     split_chunks,
 )
-from collector.component import ClientTls, ComponentConfig, Sink, SinkConfig
+from collector.component import ClientTls, ComponentConfig, Context, Sink, SinkConfig
 from collector.event import Batch
 from collector.ratelog import RateLimitedLog
 from collector.retry import RetryConfig
@@ -166,7 +166,7 @@ def parse_address(address: str) -> tuple[str, str, int]:
 class GelfSink(Sink):
     config: GelfSinkConfig
 
-    def __init__(self, name: str, config: GelfSinkConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: GelfSinkConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.transport, self.host, self.port = parse_address(config.address)
         self.encoder = GelfEncoder(ctx.hostname)
@@ -288,7 +288,7 @@ class GelfSink(Sink):
             self._udp_last_error = f"cannot resolve {self.host}: {e}"
             self._warn("resolve", "%s: cannot resolve %s (%s): %d record(s) dropped", self.name, self.host, e, n)
             for b in batches:
-                release(b.ack)
+                release(b.ack, failed=len(b))
             return
         compress = self._compress
         docs = [[(d, compress(d)) for d in self.encoder.encode(b)] for b in batches]
@@ -314,7 +314,7 @@ class GelfSink(Sink):
                 self.meter.delivered(sent)
             if failed:
                 self._send_failed.inc(failed)
-            release(batch.ack)
+            release(batch.ack, rejected=len(oversize), failed=failed)
 
     def _send_round(
         self, sock: socket.socket, docs: list[list[tuple[bytes, bytes]]]
@@ -403,11 +403,11 @@ class GelfSink(Sink):
             for b, docs in zip(batches, fitted, strict=True):
                 origin = {"tag": b.tag, "source": b.source}
                 self.ctx.deadletter.records(self.name, [(reason, doc, origin) for doc in docs])
-                release(b.ack)
+                release(b.ack, rejected=len(b))  # these, and the oversize ones _fit_tcp set aside
             return
         self.meter.delivered(n)
-        for b in batches:
-            release(b.ack)
+        for b, docs in zip(batches, fitted, strict=True):
+            release(b.ack, rejected=max(0, len(b) - len(docs)))  # oversize ones were dead-lettered
 
     def _fit_tcp(self, batch: Batch, docs: list[bytes], limit: int) -> list[bytes]:
         """Documents longer than Graylog's TCP frame limit: cut to fit, or dead-lettered."""

@@ -37,12 +37,12 @@ import os
 import socket
 import ssl
 import stat
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, model_validator
 
 from collector.component import ComponentConfig, Context, Emitter, ServerTls, Source
-from collector.listeners import ConnectionTable, Listen, ListenerLimits, cap_reads, parse_listen, peer_host
+from collector.listeners import ConnectionTable, Listen, ListenerConfig, cap_reads, peer_host
 from collector.sources.fluent_forward.connection import Connection, peer_name, set_nodelay
 from collector.sources.fluent_forward.intake import Intake
 
@@ -79,7 +79,8 @@ class ForwardBatch(ComponentConfig):
     )
 
 
-class FluentForwardConfig(ListenerLimits):
+class FluentForwardConfig(ListenerConfig):
+    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
     type: Literal["fluent_forward"]
     listen: list[str] = Field(
         default_factory=lambda: ["tcp://127.0.0.1:24224"],
@@ -120,26 +121,8 @@ class FluentForwardConfig(ListenerLimits):
         5.0, gt=0, description="Seconds a split line waits for its next part before it is emitted incomplete."
     )
 
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url, SCHEMES)
-        return v
-
-    @property
-    def listens(self) -> list[Listen]:
-        return [parse_listen(u, SCHEMES) for u in self.listen]
-
     @model_validator(mode="after")
     def _auth(self) -> FluentForwardConfig:
-        if self.tls is None and any(li.scheme == "tls" for li in self.listens):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
         if self.tls is not None and not any(li.scheme == "tls" for li in self.listens):
             raise ValueError("tls is set but no listener is tls://: listen on tls://HOST:PORT")
         if self.users and self.shared_key is None:

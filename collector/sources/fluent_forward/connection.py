@@ -229,7 +229,7 @@ class Connection:
 
     # -- reading ----------------------------------------------------------------------------------
     async def _emit(self, out: Emitter, unit: Unit) -> None:
-        for b in self.intake.batches(unit, self.loop):
+        for b in self.intake.batches(unit):
             await out.emit(b)
 
     async def _read_loop(self, out: Emitter) -> None:

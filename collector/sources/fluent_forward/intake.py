@@ -7,26 +7,29 @@ looked up and encoded once per container, and the ``docker_metadata`` transform 
 path (``batch.meta.get("container.id")``).  :meth:`Intake.batches` turns a unit into one batch
 per group.
 
-A chunk (``option.chunk``) is acknowledged when every record it carried is finalized: each unit
-holding some of its records holds a reference to its :class:`ChunkAck`, released when all the
-unit's batches are finalized (delivered, stored by a disk buffer, dead-lettered or filtered).
+A chunk (``option.chunk``) is acknowledged when every record it carried is finalized: its
+:class:`~collector.acks.Ack` (:func:`chunk_ack`) is held by the message until it is decoded and
+by each unit holding some of its records; a unit's batches share one group Ack that releases
+the unit's chunks, with their outcome, when all of them are finalized (delivered, stored by a
+disk buffer, dead-lettered or filtered).  Records dead-lettered downstream are kept, so their
+chunk is still acknowledged (a resend would only be rejected again): counted in
+``collector_acks_total{status="rejected"}`` and logged; so are records a full buffer dropped
+(``status="failed"``).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from collector.acks import Ack
+from collector.acks import Ack, Status
 from collector.codecs.forward import text
 from collector.event import Batch, Fields
 from collector.ratelog import RateLimitedLog
 
 if TYPE_CHECKING:
-    import asyncio
-
     from collector.component import Context
 
 log = logging.getLogger("collector.sources.fluent_forward")
@@ -34,23 +37,10 @@ log = logging.getLogger("collector.sources.fluent_forward")
 GroupKey = tuple[str, str | None, str | None, str]  # tag, container id, container name, sender host
 
 
-class ChunkAck:
-    """The pending ``{"ack": chunk}`` of one message: sent when the last holder lets go."""
-
-    __slots__ = ("chunk", "n", "send")
-
-    def __init__(self, chunk: str, send: Callable[[str], None]) -> None:
-        self.chunk = chunk
-        self.send = send
-        self.n = 1  # the message itself, until it is fully decoded
-
-    def retain(self) -> None:
-        self.n += 1
-
-    def release(self) -> None:
-        self.n -= 1
-        if self.n == 0:
-            self.send(self.chunk)
+def chunk_ack(chunk: str, send: Callable[[str, Ack], object]) -> Ack:
+    """The pending ``{"ack": chunk}`` of one message: ``send(chunk, ack)`` when the last holder
+    lets go; its first holder is the message itself, until it is fully decoded."""
+    return Ack(partial(send, chunk))
 
 
 class Group:
@@ -71,19 +61,22 @@ class Unit:
 
     def __init__(self) -> None:
         self.groups: dict[GroupKey, Group] = {}
-        self.waiters: list[ChunkAck] = []
+        self.waiters: list[Ack] = []  # the chunk acks of the messages whose records are here
         self.count = 0
         self.nbytes = 0  # what batch.max_bytes bounds (the groups' nbytes summed)
 
-    def hold(self, w: ChunkAck) -> None:
+    def hold(self, w: Ack) -> None:
         w.retain()
         self.waiters.append(w)
 
-    def finished(self) -> None:
-        """Every batch of the unit is finalized: release the chunks."""
-        for w in self.waiters:
-            w.release()
-        self.waiters = []
+    def finished(self, outcome: Ack | None = None) -> None:
+        """Every batch of the unit is finalized (``outcome``: how): release the chunks."""
+        waiters, self.waiters = self.waiters, []
+        for w in waiters:
+            if outcome is None:
+                w.done()
+            else:
+                outcome.pass_on(w)
 
 
 class Intake:
@@ -96,6 +89,7 @@ class Intake:
         self.static_tags = list(config.tags)
         self._fields: dict[GroupKey, Fields] = {}
         self.received = ctx.telemetry.received.labels(name)
+        self._acks = {st: ctx.telemetry.acks.labels(name, st.name.lower()) for st in Status}
         self.say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
 
     def fields(self, key: GroupKey) -> Fields:
@@ -128,36 +122,46 @@ class Intake:
         """A warning about the input, logged once per ``reason`` (a short stable word) per minute."""
         self.say.warning(reason, msg, *args)
 
-    def batches(self, unit: Unit, loop: asyncio.AbstractEventLoop) -> list[Batch]:
-        """One batch per group; their acks release the unit's chunks once all are finalized."""
+    def acked(self, ack: Ack, peer: str, chunk: str) -> None:
+        """A chunk's records are all finalized (its ack is being sent): count how, and say so
+        when some were not delivered."""
+        self._acks[ack.status].inc()
+        if ack.rejected:
+            self.warn(
+                "acked_rejected",
+                "%s: chunk %s acknowledged with %d record(s) rejected downstream (kept in the dead letter)",
+                peer,
+                chunk,
+                ack.rejected,
+            )
+        if ack.failed:
+            self.warn(
+                "acked_failed",
+                "%s: chunk %s acknowledged with %d record(s) dropped downstream (a full buffer's drop_newest)",
+                peer,
+                chunk,
+                ack.failed,
+            )
+
+    def batches(self, unit: Unit) -> list[Batch]:
+        """One batch per group; they share one group Ack that releases the unit's chunks once all
+        are finalized (each batch has its own Ack, passed on to the group's)."""
         groups = [g for g in unit.groups.values() if g.events]
         if not groups:
             unit.finished()
             return []
-        ack_for: Callable[[], Ack | None] = lambda: None  # noqa: E731
         name = self.name
-        if unit.waiters:
-            left = [len(groups)]
-            thread = threading.get_ident()
-
-            def count() -> None:
-                try:
-                    left[0] -= 1
-                    if left[0] == 0:
-                        unit.finished()
-                except Exception:  # never into the sink that finalized the batch
-                    log.exception("%s: could not send acks", name)
-
-            def done() -> None:  # not calling itself: a closure cycle kept the unit's records until a full GC
-                if threading.get_ident() != thread:  # a sink finalizing from its own thread
-                    loop.call_soon_threadsafe(count)
-                else:
-                    count()
-
-            ack_for = lambda: Ack(done)  # noqa: E731
+        group = Ack(partial(_finish, unit, name), holders=len(groups)) if unit.waiters else None
         out = []
         for g in groups:
-            tag = g.key[0]
-            out.append(Batch(g.events, g.meta, ids=g.ids, ack=ack_for(), tag=tag, source=name, nbytes=g.nbytes))
+            ack = None if group is None else Ack(partial(Ack.pass_on, to=group))
+            out.append(Batch(g.events, g.meta, ids=g.ids, ack=ack, tag=g.key[0], source=name, nbytes=g.nbytes))
         self.received.inc(unit.count)
         return out
+
+
+def _finish(unit: Unit, name: str, outcome: Ack) -> None:
+    try:
+        unit.finished(outcome)
+    except Exception:  # never into the sink that finalized the batch
+        log.exception("%s: could not send acks", name)

@@ -48,12 +48,14 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
 import orjson
 
 from collector import levels
+from collector.acks import Ack
 from collector.codecs.forward import (
     GROUP_END,
     GROUP_START,
@@ -68,8 +70,9 @@ from collector.codecs.forward import (
     split_message,
     text,
 )
+from collector.codecs.partial import PartialLine
 from collector.event import place_extra
-from collector.sources.fluent_forward.intake import ChunkAck, Group, GroupKey, Intake, Unit
+from collector.sources.fluent_forward.intake import Group, GroupKey, Intake, Unit, chunk_ack
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
@@ -88,20 +91,16 @@ class Unreadable(ForwardError):
     """A message none of whose entries could be read: not acknowledged, connection closed."""
 
 
-class Partial:
-    """A line Docker split, being rejoined."""
+@dataclass(slots=True)
+class Partial(PartialLine):
+    """A line Docker split, being rejoined (its parts in ``ordinals`` order)."""
 
-    __slots__ = ("event", "first", "group", "parts", "pid", "rid", "size", "truncated")
-
-    def __init__(self, pid: str, group: GroupKey, event: dict[str, Any], rid: str) -> None:
-        self.pid = pid
-        self.group = group
-        self.event = event  # timestamp, stream and extras of the first part
-        self.rid = rid
-        self.parts: list[tuple[int, str]] = []
-        self.size = 0
-        self.truncated = False
-        self.first = time.monotonic()
+    pid: str
+    group: GroupKey
+    event: dict[str, Any]  # timestamp, stream and extras of the first part
+    rid: str
+    ordinals: list[int] = field(default_factory=list)  # partial_ordinal of each part kept
+    first: float = field(default_factory=time.monotonic)
 
 
 class Decoder:
@@ -133,8 +132,9 @@ class Decoder:
         if hostname.strip().lower() not in NO_NAME:
             self.host = hostname
 
-    def _chunk_done(self, chunk: str) -> None:
+    def _chunk_done(self, chunk: str, ack: Ack) -> None:
         self.open_chunks -= 1
+        self.intake.acked(ack, self.peer, chunk)
         self.send_ack(chunk)
 
     # -- input ----------------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class Decoder:
             if chunk is not None:
                 if type(chunk) is not str:
                     raise ForwardError("bad option", "chunk must be a string")
-                waiter = ChunkAck(chunk, self._chunk_done)
+                waiter = chunk_ack(chunk, self._chunk_done)
                 self.open_chunks += 1
                 self.unit.hold(waiter)
             bad = Bad()
@@ -213,7 +213,7 @@ class Decoder:
                 self.intake.error("size_mismatch")
                 self.intake.warn("size_mismatch", "%s said size=%r for %d event(s) (tag %r)", self.peer, size, n, tag)
             if waiter is not None:
-                waiter.release()
+                waiter.done()  # the message is decoded: only the units holding its records hold it now
             if self.unit.count >= limit or self.unit.nbytes >= max_bytes:
                 yield self.take()
 
@@ -231,7 +231,7 @@ class Decoder:
         except ForwardError as e:
             bad.append((e.reason, [entry[0], rec]))
 
-    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: ChunkAck | None, bad: Bad) -> Iterator[Unit]:
+    def _entries(self, tag: str, entries: Any, chunk: str | None, waiter: Ack | None, bad: Bad) -> Iterator[Unit]:
         """Add every ``[time, record]`` of a Forward/PackedForward message; yields the current
         unit whenever it is full, or every YIELD_EVERY entries (the loop gets a turn); returns
         the number of entries."""
@@ -409,24 +409,18 @@ class Decoder:
             if len(self.partials) >= MAX_PENDING_PARTIALS:  # memory: emit the oldest as it is
                 oldest = min(self.partials, key=lambda k: self.partials[k].first)
                 self._emit_partial(self.partials.pop(oldest), complete=False)
-            p = self.partials[slot] = Partial(pid, key, ev, rid)
+            p = self.partials[slot] = Partial(pid=pid, group=key, event=ev, rid=rid)
         if ordinal < 0:
             ordinal = len(p.parts) + 1
         if not p.truncated:
-            room = self.max_record - p.size
-            if len(part) * 4 <= room or len(part.encode()) <= room:
-                p.parts.append((ordinal, part))
-                p.size += len(part) if part.isascii() else len(part.encode())
-            else:
-                p.parts.append((ordinal, part.encode()[:room].decode("utf-8", "ignore")))
-                p.size = self.max_record
-                p.truncated = True
+            p.ordinals.append(ordinal)
+            p.add(part, self.max_record)
         if last:
             del self.partials[slot]
             self._emit_partial(p, complete=True)
 
     def _emit_partial(self, p: Partial, complete: bool) -> None:
-        parts = sorted(p.parts, key=lambda x: x[0])
+        parts = sorted(zip(p.ordinals, p.parts, strict=True), key=lambda x: x[0])
         ev = p.event
         ev["message"] = "".join(t for _, t in parts)
         if complete and not p.truncated and [o for o, _ in parts] != list(range(1, len(parts) + 1)):

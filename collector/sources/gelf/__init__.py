@@ -10,7 +10,7 @@ has no room the datagrams are dropped and counted (``collector_events_dropped_to
 "pipeline_full"}``), and so are the ones the kernel dropped because the socket's receive
 buffer overflowed (``reason="receive_buffer_full"``, read from /proc/net/udp).  Set
 ``receive_buffer_bytes`` for the bursts you expect (see the README).  What is read and not
-decoded yet is bounded (``batch.max_events`` datagrams, UDP_QUEUE_BYTES), and messages are
+decoded yet is bounded (collector/datagrams.py: ``batch.max_events`` datagrams, 8 MiB), and messages are
 decoded ``batch.max_bytes`` (decompressed) at a time before they are emitted, so a flood of
 compressed messages costs bounded memory.
 
@@ -38,9 +38,9 @@ import logging
 import os
 import ssl
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field
 
 from collector.codecs.gelf import (
     CHUNK_MAGIC,
@@ -50,37 +50,25 @@ from collector.codecs.gelf import (
     Reassembler,
     decode_sized,
 )
-from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.component import Context, Emitter, ServerTls, Source
+from collector.datagrams import DatagramBatch, DatagramQueue, hostport
 from collector.event import Batch, Fields
-from collector.listeners import ConnectionTable, ListenerLimits, cap_reads, parse_listen, peer_host
+from collector.listeners import ConnectionTable, ListenerConfig, StreamConn, cap_reads, drain_handlers, peer_host
 from collector.ratelog import RateLimitedLog
 from collector.sources.gelf.mapping import Mapper
-from collector.sources.gelf.udp import UdpListener
 
 log = logging.getLogger("collector.sources.gelf")
 
 TCP_READ_BYTES = 64 << 10  # per read (the socket is paused past twice STREAM_LIMIT: 128 KiB a connection at most)
 STREAM_LIMIT = 32 << 10
-UDP_QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
 TCP_DRAIN_SECONDS = 10.0
 HOUSEKEEPING_INTERVAL = 1.0
 DROP_LOG_INTERVAL = 10.0
 SCHEMES = ("udp", "tcp", "tls")  # listen URLs served
 
 
-class GelfBatch(ComponentConfig):
-    """How received messages are grouped (datagrams wait at most ``timeout`` for company)."""
-
-    max_events: int = Field(2000, ge=1, le=100_000, description="UDP messages decoded and emitted together at most.")
-    max_bytes: int = Field(
-        4 << 20, ge=1024, description="Bytes of messages (decompressed) decoded and emitted together at most."
-    )
-    timeout: float = Field(
-        0.005, ge=0, le=1, description="Seconds UDP messages may wait to be batched with the next ones."
-    )
-
-
-class GelfSourceConfig(ListenerLimits):
+class GelfSourceConfig(ListenerConfig):
+    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
     type: Literal["gelf"]
     listen: list[str] = Field(
         min_length=1,
@@ -108,34 +96,16 @@ class GelfSourceConfig(ListenerLimits):
         description="UDP socket receive buffer (SO_RCVBUF), what absorbs bursts while the collector is busy. "
         "Above net.core.rmem_max it needs root (SO_RCVBUFFORCE); 0 keeps the system default.",
     )
-    batch: GelfBatch = Field(default_factory=GelfBatch, description="How received messages are grouped.")
+    batch: DatagramBatch = Field(default_factory=DatagramBatch, description="How received messages are grouped.")
     dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url, SCHEMES)
-        return v
-
-    @model_validator(mode="after")
-    def _tls(self) -> GelfSourceConfig:
-        if self.tls is None and any(parse_listen(u, SCHEMES).scheme == "tls" for u in self.listen):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
-        return self
 
 
 class GelfSource(Source):
     config: GelfSourceConfig
 
-    def __init__(self, name: str, config: GelfSourceConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: GelfSourceConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.mapper = Mapper(config.tags, ctx.hostname)
         self.reassembler = Reassembler(
@@ -147,17 +117,12 @@ class GelfSource(Source):
         self._dropped_full = t.dropped.labels(name, "pipeline_full")
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
         self._error = ctx.error_counter(name)
-        self._udp: list[UdpListener] = []
+        self._udp = DatagramQueue(config.batch.max_events, config.batch.timeout, config.receive_buffer_bytes)
         self._servers: list[asyncio.Server] = []
         self._conns: set[asyncio.StreamWriter] = set()
         self._handlers: set[asyncio.Task[Any]] = set()
         self._say = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
         self.table = ConnectionTable(name, config, self._error, self._say)
-        self._pending: list[tuple[bytes, Any]] = []
-        self._pending_bytes = 0
-        self._wake = asyncio.Event()
-        self._full = asyncio.Event()
-        self._paused = False
         self._dl_window = 0.0
         self._dl_left = 0
         self._drops_unlogged = {"pipeline_full": 0, "receive_buffer_full": 0}
@@ -268,38 +233,8 @@ class GelfSource(Source):
         return batches, i
 
     # -- UDP -------------------------------------------------------------------------------------
-    def _on_datagrams(self, n: int, nbytes: int) -> None:
-        """Called by the UDP listeners after they appended to ``_pending``."""
-        self._pending_bytes += nbytes
-        if n >= self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES:
-            self._full.set()
-            if (n >= 4 * self.config.batch.max_events or self._pending_bytes >= UDP_QUEUE_BYTES) and not self._paused:
-                self._paused = True  # decoding lags: let the kernel buffer hold the rest
-                for u in self._udp:
-                    u.pause()
-        self._wake.set()
-
     async def _udp_loop(self, out: Emitter) -> None:
-        cfg = self.config
-        while True:
-            await self._wake.wait()
-            if not self._pending:
-                self._wake.clear()
-                if self.stopping:
-                    return
-                continue
-            if len(self._pending) < cfg.batch.max_events and not self.stopping and cfg.batch.timeout:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.batch.timeout):
-                        await self._full.wait()
-            items, self._pending = self._pending, []
-            self._pending_bytes = 0
-            self._wake.clear()
-            if self._paused and not self.stopping:
-                self._paused = False
-                for u in self._udp:
-                    u.resume()
+        while (items := await self._udp.take()) is not None:
             i = 0
             while i < len(items):
                 if not out.has_room():
@@ -322,7 +257,7 @@ class GelfSource(Source):
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, transport: str, tls: ssl.SSLContext | None
     ) -> None:
         peer = writer.get_extra_info("peername")
-        conn = _TcpConn(writer, peer)
+        conn = StreamConn(writer, peer_host(peer))
         if not self.table.admit(_peer(peer), conn.peer_host):
             writer.close()
             return
@@ -393,12 +328,10 @@ class GelfSource(Source):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def _open(self) -> None:
-        for url in self.config.listen:
-            li = parse_listen(url, SCHEMES)
+        for li in self.config.listens:
             scheme, host, port = li.scheme, li.host, li.port
             if scheme == "udp":
-                u = UdpListener(host, port, self._pending_ref, self._on_datagrams, self.config.receive_buffer_bytes)
-                u.open(asyncio.get_running_loop())
+                u = self._udp.open(li)
                 if u.rcvbuf < self.config.receive_buffer_bytes:
                     self._say.warning(
                         "rcvbuf",
@@ -407,8 +340,7 @@ class GelfSource(Source):
                         u.rcvbuf,
                         self.config.receive_buffer_bytes,
                     )
-                self._udp.append(u)
-                self.bound.append(f"udp://{_hostport(u.address)}")
+                self.bound.append(u.url)
                 continue
             tls = self.config.tls.context() if scheme == "tls" and self.config.tls else None
 
@@ -422,23 +354,18 @@ class GelfSource(Source):
 
             server = await asyncio.start_server(handle, host, port, limit=STREAM_LIMIT)
             self._servers.append(server)
-            self.bound.append(f"{scheme}://{_hostport(server.sockets[0].getsockname())}")
+            self.bound.append(f"{scheme}://{hostport(server.sockets[0].getsockname())}")
         log.info("%s: receiving GELF on %s", self.name, ", ".join(self.bound))
         self.mark_ready("listening on " + ", ".join(self.bound))
 
-    def _pending_ref(self) -> list[tuple[bytes, Any]]:
-        return self._pending
-
     def stop(self) -> None:
         super().stop()
-        for u in self._udp:
-            self._drop("receive_buffer_full", u.kernel_drops())
-            u.close()
+        self._drop("receive_buffer_full", self._udp.kernel_drops())
+        self._udp.close()
         for s in self._servers:
             s.close()
         for w in list(self._conns):
             w.close()
-        self._wake.set()
 
     async def _housekeeping(self) -> None:
         while True:
@@ -446,8 +373,7 @@ class GelfSource(Source):
             now = time.monotonic()
             self.reassembler.expire(now)
             self._flush_chunk_counts()
-            for u in self._udp:
-                self._drop("receive_buffer_full", u.kernel_drops())
+            self._drop("receive_buffer_full", self._udp.kernel_drops())
             self._log_drops(now)
 
     async def run(self, out: Emitter) -> None:
@@ -475,35 +401,13 @@ class GelfSource(Source):
                 self.table.stopped_listening()
             if not self.stopping:
                 self.stop()
-            # connections end with their writers closed; one waiting for room delivers first
-            if self._handlers:
-                _, late = await asyncio.wait(self._handlers, timeout=TCP_DRAIN_SECONDS)
-                for t in late:
-                    t.cancel()
+            await drain_handlers(self._handlers, TCP_DRAIN_SECONDS)
             for s in self._servers:
                 with contextlib.suppress(Exception):
                     await s.wait_closed()
             self._flush_chunk_counts()
             self._drops_logged_at = 0.0
             self._log_drops(time.monotonic() + DROP_LOG_INTERVAL)
-
-
-class _TcpConn:
-    """One TCP/TLS connection, as the listener's table sees it (listeners.Tracked)."""
-
-    __slots__ = ("held", "killed", "last_active", "message_since", "peer_host", "writer")
-
-    def __init__(self, writer: asyncio.StreamWriter, peer: Any) -> None:
-        self.writer = writer
-        self.peer_host = peer_host(peer)
-        self.last_active = asyncio.get_running_loop().time()
-        self.message_since: float | None = None
-        self.held = 0
-        self.killed: str | None = None
-
-    def kill(self, reason: str) -> None:
-        self.killed = reason
-        self.writer.transport.abort()
 
 
 def _sender(peer: Any) -> str:
@@ -515,10 +419,5 @@ def _sender(peer: Any) -> str:
 
 def _peer(peer: Any) -> str:
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return _hostport(peer)
+        return hostport(peer)
     return str(peer)
-
-
-def _hostport(addr: Any) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -46,6 +46,7 @@ import os
 import re
 import signal
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -54,8 +55,9 @@ from pydantic import Field, field_validator
 from collector import levels
 from collector.acks import OrderedAcks
 from collector.codecs.journal_export import Entry, ExportReader, Oversize
+from collector.codecs.partial import PartialLine
 from collector.codecs.syslog import FACILITIES
-from collector.component import ComponentConfig, Emitter, Source
+from collector.component import ComponentConfig, Context, Emitter, Source
 from collector.docker_api import split_image
 from collector.event import Batch, Event, Fields
 from collector.retry import Backoff, RetryConfig
@@ -136,23 +138,18 @@ class JournaldConfig(ComponentConfig):
         return v
 
 
-class _Partial:
-    __slots__ = ("first", "parts", "prev", "seq", "since", "size", "truncated")
-
-    def __init__(self, first: tuple[Entry, str], prev: Any, seq: int) -> None:
-        self.first = first
-        self.parts: list[str] = []
-        self.prev = prev  # the position just before the first part (where a restart must resume)
-        self.seq = seq
-        self.since = time.monotonic()
-        self.size = 0
-        self.truncated = False
+@dataclass(slots=True)
+class _Partial(PartialLine):
+    first: tuple[Entry, str]
+    prev: Any  # the position just before the first part (where a restart must resume)
+    seq: int
+    since: float = field(default_factory=time.monotonic)
 
 
 class JournaldSource(Source):
     config: JournaldConfig
 
-    def __init__(self, name: str, config: JournaldConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: JournaldConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.state = ctx.checkpoints.namespace(name)
         self.acks = OrderedAcks(None, self._commit)
@@ -358,26 +355,14 @@ class JournaldSource(Source):
         if p is None and not partial:
             return e, _id(cursor), msg, flags
         if p is None:
-            p = self._partials[key] = _Partial((e, cursor), prev, self._seq)
-        self._add(p, msg)
+            p = self._partials[key] = _Partial(first=(e, cursor), prev=prev, seq=self._seq)
+        p.add(msg, self.config.max_record_bytes)
         if partial:
             return None
         del self._partials[key]
         first, first_cursor = p.first
         fl = ["truncated"] if p.truncated else []
-        return first, _id(first_cursor), "".join(p.parts), fl
-
-    def _add(self, p: _Partial, text: str) -> None:
-        if p.truncated:
-            return
-        room = self.config.max_record_bytes - p.size
-        b = text.encode()
-        if len(b) > room:
-            b = b[:room]
-            text = b.decode("utf-8", "ignore")
-            p.truncated = True
-        p.parts.append(text)
-        p.size += len(b)
+        return first, _id(first_cursor), p.text(), fl
 
     async def _flush_partials(self, out: Emitter, force: bool) -> None:
         now = time.monotonic()
@@ -390,7 +375,7 @@ class JournaldSource(Source):
             meta, tag = self._shared(first)
             fl = ["incomplete"] + (["truncated"] if p.truncated else [])
             g = groups.setdefault(id(meta), (meta, tag, [], []))
-            g[2].append(self._event(first, "".join(p.parts), fl, "container" in meta.data))
+            g[2].append(self._event(first, p.text(), fl, "container" in meta.data))
             g[3].append(_id(first_cursor))
         if groups:
             await self._send(groups, out)

@@ -23,10 +23,12 @@ dropped with the socket's receive buffer full (``reason="receive_buffer_full"``,
 acknowledgement: record ids are random.
 
 Limits: ``max_message_bytes`` (a longer message is dead-lettered: its head, with the peer);
-``max_connections`` (lowered to fit the descriptor limit), ``max_connections_per_peer``, an
-idle connection closed to make room when a cap is reached (``idle_timeout``), a frame started
-must end within ``frame_timeout`` (slowloris), a TLS handshake within ``handshake_timeout``;
-per connection, at most ``max_message_bytes`` plus one read (16 KiB) are held.  A message that
+the stream listeners' own, the same as the forward and GELF sources' (collector/listeners.py:
+``max_connections`` fitted to the descriptor limit, ``max_connections_per_peer`` (the uid for a
+unix socket), an idle connection closed to make room when a cap is reached (``idle_timeout``), a
+message started must end within ``read_timeout`` (slowloris), a TLS handshake within
+``handshake_timeout``, ``max_buffered_bytes`` for messages still arriving); per connection, at
+most ``max_message_bytes`` plus one read (16 KiB) are held.  A message that
 cannot be read is dead-lettered with its peer and reason (at most ``dead_letter_per_second``,
 the rest counted), counted in ``collector_errors_total{component,reason}`` and logged once per
 reason per minute, never with a traceback.
@@ -44,24 +46,15 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from collector.codecs.syslog import Format, Framer, FramingError, SyslogError, parse
-from collector.component import ComponentConfig, Emitter, ServerTls, Source
+from collector.component import Context, Emitter, ServerTls, Source
+from collector.datagrams import DatagramBatch, DatagramQueue, hostport, remove_unix_socket, unix_socket
 from collector.event import Batch
-from collector.listeners import Listen, parse_listen
+from collector.listeners import ConnectionTable, Listen, ListenerConfig, StreamConn, drain_handlers, unix_peer_uid
 from collector.ratelog import RateLimitedLog
 from collector.sources.syslog.mapping import Mapper, Resolutions
-from collector.sources.syslog.net import (
-    Conn,
-    ConnectionTable,
-    DatagramListener,
-    connection_cap,
-    hostport,
-    peer_uid,
-    remove_unix_socket,
-    unix_socket,
-)
 
 log = logging.getLogger("collector.sources.syslog")
 
@@ -71,17 +64,7 @@ HOUSEKEEPING_INTERVAL = 1.0
 LOOPBACK = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
-class SyslogBatch(ComponentConfig):
-    """How received messages are grouped (datagrams wait at most ``timeout`` for company)."""
-
-    max_events: int = Field(2000, ge=1, le=100_000, description="Messages decoded and emitted together at most.")
-    max_bytes: int = Field(4 << 20, ge=1024, description="Bytes of messages emitted together at most.")
-    timeout: float = Field(
-        0.005, ge=0, le=1, description="Seconds datagrams may wait to be batched with the next ones."
-    )
-
-
-class SyslogSourceConfig(ComponentConfig):
+class SyslogSourceConfig(ListenerConfig):
     type: Literal["syslog"]
     listen: list[str] = Field(
         min_length=1,
@@ -100,23 +83,6 @@ class SyslogSourceConfig(ComponentConfig):
         le=16 << 20,
         description="Largest message accepted (a frame, a datagram); a longer one is dead-lettered (its head).",
     )
-    max_connections: int = Field(
-        1024, ge=1, description="Stream connections served at once (lowered to fit the descriptor limit)."
-    )
-    max_connections_per_peer: int = Field(
-        256, ge=1, description="Stream connections from one address (one uid on a unix socket) at once."
-    )
-    idle_timeout: float = Field(
-        60.0,
-        gt=0,
-        description="When a connection cap is reached, the connection idle for longest is closed to make room if "
-        "it has been idle this many seconds; otherwise the new connection is refused. Idle connections are "
-        "never closed while there is room (Docker's driver keeps one per container).",
-    )
-    frame_timeout: float = Field(
-        30.0, gt=0, description="Seconds a message may take to arrive once its first byte came (slow senders)."
-    )
-    handshake_timeout: float = Field(10.0, gt=0, description="Seconds a TLS handshake may take.")
     receive_buffer_bytes: int = Field(
         8 << 20,
         ge=0,
@@ -126,7 +92,7 @@ class SyslogSourceConfig(ComponentConfig):
     socket_mode: str = Field(
         "0660", pattern=r"^0?[0-7]{3}$", description="Permissions of the unix socket files (octal)."
     )
-    batch: SyslogBatch = Field(default_factory=SyslogBatch, description="How messages are grouped into batches.")
+    batch: DatagramBatch = Field(default_factory=DatagramBatch, description="How messages are grouped into batches.")
     dead_letter_per_second: int = Field(
         100, ge=0, description="Malformed messages written to the dead-letter file per second; more are only counted."
     )
@@ -140,29 +106,23 @@ class SyslogSourceConfig(ComponentConfig):
     )
     resolve_ttl: float = Field(30.0, gt=0, description="Seconds a tag's lookup (found or not) is remembered.")
 
-    @field_validator("listen", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url)
-        return v
-
-    @model_validator(mode="after")
-    def _tls(self) -> SyslogSourceConfig:
-        if self.tls is None and any(parse_listen(u).scheme == "tls" for u in self.listen):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
-        return self
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "frame_timeout" in data:  # its name before the listeners shared one
+            data = dict(data)
+            value = data.pop("frame_timeout")
+            if "read_timeout" in data:
+                raise ValueError("`frame_timeout` is the old name of `read_timeout`: give only `read_timeout`")
+            log.warning("syslog: `frame_timeout` is now `read_timeout` (as on the other listeners); using it as that")
+            data["read_timeout"] = value
+        return data
 
 
 class SyslogSource(Source):
     config: SyslogSourceConfig
 
-    def __init__(self, name: str, config: SyslogSourceConfig, ctx: Any) -> None:
+    def __init__(self, name: str, config: SyslogSourceConfig, ctx: Context) -> None:
         super().__init__(name, config, ctx)
         self.mapper = Mapper(config.tags, ctx.hostname)
         self.bound: list[str] = []  # the listening addresses, as URLs (ports resolved)
@@ -172,29 +132,18 @@ class SyslogSource(Source):
         self._dropped_kernel = t.dropped.labels(name, "receive_buffer_full")
         self._error = ctx.error_counter(name)
         self._warn = RateLimitedLog(log, prefix=f"{name}: ")  # one line per reason per minute
-        self._dgram: list[DatagramListener] = []
+        self._dgram = DatagramQueue(
+            config.batch.max_events, config.batch.timeout, config.receive_buffer_bytes, int(config.socket_mode, 8)
+        )
         self._servers: list[asyncio.Server] = []
         self._unix_paths: list[tuple[str, socket.socket]] = []
         self._handlers: set[asyncio.Task[Any]] = set()
-        self._pending: list[tuple[bytes, Any]] = []
-        self._wake = asyncio.Event()
-        self._full = asyncio.Event()
-        self._paused = False
         self._dl_window = 0.0
         self._dl_left = 0
         self._drops_unlogged = 0
         self._resolved = Resolutions(config.resolve_ttl)
         self._docker: Any = None
-        self.conns = ConnectionTable(
-            connection_cap(config.max_connections), config.max_connections_per_peer, config.idle_timeout
-        )
-        if self.conns.cap < config.max_connections:
-            log.warning(
-                "%s: max_connections lowered from %d to %d to fit the descriptor limit (ulimit -n)",
-                name,
-                config.max_connections,
-                self.conns.cap,
-            )
+        self.conns = ConnectionTable(name, config, self._error, self._warn)
 
     # -- counting -------------------------------------------------------------------------------
     def _bad(self, reason: str, detail: str, data: bytes, peer: str, transport: str) -> None:
@@ -210,15 +159,6 @@ class SyslogSource(Source):
             self._error(reason)
         self._warn(
             reason, "%s: %s", reason, f"from {peer} ({transport}): {detail[:200]}; set aside in the dead-letter file"
-        )
-
-    def _refuse(self, reason: str, peer: str) -> None:
-        self._error(reason)
-        self._warn(
-            reason,
-            "%s: %s",
-            reason,
-            f"refused a connection from {peer} (cap reached; see max_connections*, idle_timeout)",
         )
 
     # -- decoding -------------------------------------------------------------------------------
@@ -297,16 +237,6 @@ class SyslogSource(Source):
                 self._drop(len(b))
 
     # -- datagrams ------------------------------------------------------------------------------
-    def _on_datagrams(self, n: int) -> None:
-        cfg = self.config.batch
-        if n >= cfg.max_events:
-            self._full.set()
-            if n >= 4 * cfg.max_events and not self._paused:
-                self._paused = True  # decoding lags: let the kernel buffer hold the rest
-                for u in self._dgram:
-                    u.pause()
-        self._wake.set()
-
     def _drop(self, n: int) -> None:
         if n > 0:
             self._dropped_full.inc(n)
@@ -314,24 +244,7 @@ class SyslogSource(Source):
 
     async def _datagram_loop(self, out: Emitter) -> None:
         cfg = self.config.batch
-        while True:
-            await self._wake.wait()
-            if not self._pending:
-                self._wake.clear()
-                if self.stopping:
-                    return
-                continue
-            if len(self._pending) < cfg.max_events and not self.stopping and cfg.timeout:
-                self._full.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(cfg.timeout):
-                        await self._full.wait()
-            items, self._pending = self._pending, []
-            self._wake.clear()
-            if self._paused and not self.stopping:
-                self._paused = False
-                for u in self._dgram:
-                    u.resume()
+        while (items := await self._dgram.take()) is not None:
             if not out.has_room():
                 self._drop(len(items))  # decoding what cannot be delivered would only slow things down
                 continue
@@ -356,49 +269,33 @@ class SyslogSource(Source):
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, li: Listen) -> None:
         transport = li.scheme
         if li.scheme == "unix":
-            uid = peer_uid(writer.get_extra_info("socket"))
+            uid = unix_peer_uid(writer.get_extra_info("socket"))
             peer, key, sender = f"unix:{li.path} (uid {uid})", f"uid:{uid}", None
         else:
             addr = writer.get_extra_info("peername")
             peer, key, sender = hostport(addr), str(addr[0]), str(addr[0])
-        conn = Conn(writer, peer, key)
-        refused = "stopping" if self.stopping else self.conns.admit(conn)
-        if refused is not None:
-            if refused != "stopping":
-                self._refuse(refused, peer)
+        conn = StreamConn(writer, key)
+        if self.stopping or not self.conns.admit(peer, key):
             writer.transport.abort()
             return
+        self.conns.add(conn)
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
-        cfg = self.config
-        framer = Framer(cfg.max_message_bytes)
+        framer = Framer(self.config.max_message_bytes)
+        table = self.conns
         out = self._out
-        started = 0.0
+        loop = asyncio.get_running_loop()
         try:
-            while True:
-                timeout = None
-                if framer.pending:
-                    timeout = max(0.0, started + cfg.frame_timeout - time.monotonic())
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await reader.read(STREAM_READ_BYTES)
-                except TimeoutError:
-                    self._bad(
-                        "frame_timeout",
-                        f"a message took longer than frame_timeout ({cfg.frame_timeout}s); connection closed",
-                        b"",
-                        peer,
-                        transport,
-                    )
+            while not conn.killed:
+                data = await reader.read(STREAM_READ_BYTES)
+                if conn.killed:  # read_timeout, a full table, the memory budget: what it held is not a message
                     break
-                conn.last = time.monotonic()
+                t0 = loop.time()
+                since, conn.message_since = conn.message_since, None
                 try:
                     if data:
-                        had = framer.pending
                         frames = framer.feed(data)
-                        if framer.pending and (not had or frames):
-                            started = conn.last  # a new frame began in this read
                     else:
                         last = framer.rest()
                         frames = [last] if last is not None else []
@@ -408,7 +305,7 @@ class SyslogSource(Source):
                 for head, size in framer.take_oversize():
                     self._bad(
                         "too_large",
-                        f"{size} bytes > max_message_bytes ({cfg.max_message_bytes})",
+                        f"{size} bytes > max_message_bytes ({self.config.max_message_bytes})",
                         head,
                         peer,
                         transport,
@@ -416,12 +313,17 @@ class SyslogSource(Source):
                 if frames:  # one read holds at most STREAM_READ_BYTES of frames: within any batch limit
                     items = [(f, peer, sender, transport) for f in frames]
                     await self._emit(out, await self._to_batches(items), push_back=True)
-                if not data:
+                if not data or conn.killed:
+                    break
+                now = loop.time()
+                if since is not None and framer.pending and not frames:  # the same message goes on arriving;
+                    conn.message_since = since + (now - t0)  # our own time (waiting for room) does not count
+                if not table.active(conn, now, framer.pending):
                     break
         except (ConnectionError, ssl.SSLError, OSError) as e:
             log.debug("%s: %s connection from %s ended: %s", self.name, transport, peer, e)
         finally:
-            self.conns.discard(conn)
+            table.discard(conn)
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
@@ -432,12 +334,9 @@ class SyslogSource(Source):
     async def _open(self) -> None:
         cfg = self.config
         mode = int(cfg.socket_mode, 8)
-        loop = asyncio.get_running_loop()
-        for url in cfg.listen:
-            li = parse_listen(url)
+        for li in cfg.listens:
             if not li.stream:
-                u = DatagramListener(li, self._pending_ref, self._on_datagrams, cfg.receive_buffer_bytes, mode)
-                u.open(loop)
+                u = self._dgram.open(li)
                 if cfg.receive_buffer_bytes and u.rcvbuf < cfg.receive_buffer_bytes:
                     log.warning(
                         "%s: the receive buffer of %s is %d bytes, not the %d asked for (net.core.rmem_max limits it "
@@ -447,7 +346,6 @@ class SyslogSource(Source):
                         u.rcvbuf,
                         cfg.receive_buffer_bytes,
                     )
-                self._dgram.append(u)
                 self.bound.append(u.url)
                 continue
 
@@ -471,25 +369,21 @@ class SyslogSource(Source):
                 )
                 self.bound.append(f"{li.scheme}://{hostport(server.sockets[0].getsockname())}")
             self._servers.append(server)
+        self.conns.listening(len(self._servers))
         log.info("%s: receiving syslog on %s", self.name, ", ".join(self.bound))
         self.mark_ready("listening on " + ", ".join(self.bound))
-
-    def _pending_ref(self) -> list[tuple[bytes, Any]]:
-        return self._pending
 
     def stop(self) -> None:
         super().stop()
         self._kernel_drops()
-        for u in self._dgram:
-            u.close()
+        self._dgram.close()
         for s in self._servers:
             s.close()
         for c in list(self.conns.conns):
-            c.writer.close()
-        self._wake.set()
+            c.writer.close()  # type: ignore[attr-defined]  # (StreamConn)
 
     def _kernel_drops(self) -> None:
-        n = sum(u.kernel_drops() for u in self._dgram)
+        n = self._dgram.kernel_drops()
         if n:
             self._dropped_kernel.inc(n)
             self._warn(
@@ -523,18 +417,18 @@ class SyslogSource(Source):
             self._cleanup_paths()
             raise
         keeper = asyncio.create_task(self._housekeeping(), name=f"source:{self.name}:housekeeping")
+        watch = asyncio.create_task(self.conns.watch(), name=f"source:{self.name}:timeouts")
         try:
             await self._datagram_loop(out)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            for t in (keeper, watch):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            self.conns.stopped_listening()
             if not self.stopping:
                 self.stop()
-            if self._handlers:  # connections end with their writers closed; one waiting for room delivers first
-                _, late = await asyncio.wait(self._handlers, timeout=STREAM_DRAIN_SECONDS)
-                for t in late:
-                    t.cancel()
+            await drain_handlers(self._handlers, STREAM_DRAIN_SECONDS)
             for s in self._servers:
                 with contextlib.suppress(Exception):
                     await s.wait_closed()

@@ -1,11 +1,12 @@
-"""The sockets of the syslog source: listen URLs, datagram readers, unix socket files, limits.
+"""Datagram listeners (``udp://``, ``unixgram://``) for the GELF and syslog sources, and the unix
+socket files they and the stream listeners bind.
 
-Datagram sockets (``udp://``, ``unixgram://``) are drained by an event-loop reader (up to
-``READ_BURST`` datagrams per wake-up, one ``recvfrom`` each) into the source's pending list.
-Stream sockets (``tcp://``, ``tls://``, ``unix://``) are served by asyncio's servers; the source
-applies the limits (``ConnectionTable``): a connection cap, a per-peer cap (the address; the
-uid for a unix socket), and when a cap is reached, the connection idle for longest is closed
-to make room if it has been idle for ``idle_timeout``, otherwise the new one is refused.
+A datagram socket is drained by an event-loop reader: one wake-up reads up to ``READ_BURST``
+datagrams (one ``recvfrom`` each, no per-datagram callback or await) into the source's pending
+list, then tells the source how many wait and how many bytes came (so it can bound what waits
+undecoded: it pauses the listener and the kernel's receive buffer holds the rest).  The
+kernel's drops (receive buffer full) are read from /proc/net/udp{,6} by the socket's inode, so
+they can be counted.
 """
 
 from __future__ import annotations
@@ -15,23 +16,21 @@ import contextlib
 import errno
 import logging
 import os
-import resource
 import socket
 import stat
-import struct
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import Field
+
+from collector.component import ComponentConfig
 from collector.listeners import Listen
 
-log = logging.getLogger("collector.sources.syslog")
+log = logging.getLogger("collector.datagrams")
 
 READ_BURST = 256
 MAX_DATAGRAM = 65535
-FD_RESERVE = 64  # descriptors kept for files, the API, checkpoints ... when capping connections
 
 
 def hostport(addr: Any) -> str:
@@ -70,15 +69,6 @@ def remove_unix_socket(path: str, sock: socket.socket | None) -> None:
             sock.close()
 
 
-def peer_uid(sock: Any) -> int | None:
-    """The uid of a unix stream peer (SO_PEERCRED)."""
-    try:
-        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    except (OSError, AttributeError, struct.error):
-        return None
-    return uid
-
-
 def set_rcvbuf(sock: socket.socket, size: int) -> None:
     """SO_RCVBUFFORCE (with CAP_NET_ADMIN: past net.core.rmem_max) when allowed, else SO_RCVBUF."""
     force = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
@@ -92,18 +82,6 @@ def set_rcvbuf(sock: socket.socket, size: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def connection_cap(wanted: int) -> int:
-    """``wanted``, lowered to fit the process's descriptor limit (raised to its hard limit first)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    if soft == resource.RLIM_INFINITY:
-        return wanted
-    return max(1, min(wanted, soft - FD_RESERVE))
-
-
 class DatagramListener:
     """A UDP or unix datagram socket read by the event loop into ``pending``."""
 
@@ -111,9 +89,9 @@ class DatagramListener:
         self,
         listen: Listen,
         pending: Callable[[], list[tuple[bytes, Any]]],
-        on_data: Callable[[int], None],
+        on_data: Callable[[int, int], None],
         rcvbuf: int,
-        socket_mode: int,
+        socket_mode: int = 0o660,
     ) -> None:
         self.listen = listen
         self._pending = pending
@@ -128,6 +106,8 @@ class DatagramListener:
         self._inode = 0
         self._family = 0
         self._drops_seen = 0
+        self.address: Any = (listen.host, listen.port) if listen.scheme == "udp" else listen.path
+        self.receive_errors = 0
 
     def open(self, loop: asyncio.AbstractEventLoop) -> None:
         li = self.listen
@@ -146,7 +126,8 @@ class DatagramListener:
             except BaseException:
                 sock.close()
                 raise
-            self.url = f"udp://{hostport(sock.getsockname())}"
+            self.address = sock.getsockname()
+            self.url = f"udp://{hostport(self.address)}"
             self._inode, self._family = os.fstat(sock.fileno()).st_ino, family
             self._drops_seen = _proc_drops(self._inode, family)
         sock.setblocking(False)
@@ -165,15 +146,19 @@ class DatagramListener:
         ap = pend.append
         recv = sock.recvfrom
         peer = self.listen.path if self.listen.scheme == "unixgram" else None
+        nbytes = 0
         try:
             for _ in range(READ_BURST):
                 data, addr = recv(MAX_DATAGRAM)
                 ap((data, addr if peer is None else peer))
+                nbytes += len(data)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError as e:  # e.g. ECONNREFUSED surfacing from an ICMP error: not ours to stop on
-            log.debug("datagram receive on %s failed: %s", self.url, e)
-        self._on_data(len(pend))
+            self.receive_errors += 1
+            if e.errno not in (errno.ECONNREFUSED, errno.EAGAIN):
+                log.debug("datagram receive on %s failed: %s", self.url, e)
+        self._on_data(len(pend), nbytes)
 
     def pause(self) -> None:
         if self._reading and self._loop is not None and self.sock is not None:
@@ -219,52 +204,92 @@ def _proc_drops(inode: int, family: int) -> int:
     return 0
 
 
-@dataclass(eq=False)
-class Conn:
-    writer: asyncio.StreamWriter
-    peer: str  # for messages: address:port, or unix:<path> (uid N)
-    key: str  # what the per-peer cap counts: the address, or the uid
-    last: float = field(default_factory=time.monotonic)
+class DatagramBatch(ComponentConfig):
+    """How received messages are grouped (datagrams wait at most ``timeout`` for company; what
+    a stream connection reads is decoded as it comes)."""
+
+    max_events: int = Field(2000, ge=1, le=100_000, description="Messages decoded and emitted together at most.")
+    max_bytes: int = Field(
+        4 << 20, ge=1024, description="Bytes of messages (decompressed) decoded and emitted together at most."
+    )
+    timeout: float = Field(
+        0.005, ge=0, le=1, description="Seconds datagrams may wait to be batched with the next ones."
+    )
 
 
-class ConnectionTable:
-    """The stream connections of one source and their caps (see the module docstring)."""
+QUEUE_BYTES = 8 << 20  # datagrams read and not decoded yet: past it the kernel's buffer holds the rest
 
-    def __init__(self, cap: int, per_peer: int, idle_timeout: float) -> None:
-        self.cap = cap
-        self.per_peer = per_peer
-        self.idle_timeout = idle_timeout
-        self.conns: set[Conn] = set()
-        self._by_key: dict[str, int] = {}
 
-    def __len__(self) -> int:
-        return len(self.conns)
+class DatagramQueue:
+    """What a source's datagram listeners read and it has not decoded yet, bounded: past
+    ``max_events`` datagrams (or QUEUE_BYTES) a batch is taken at once; past four times that (or
+    QUEUE_BYTES) the listeners pause and the kernel's receive buffer holds the rest (its drops
+    are counted: :meth:`kernel_drops`)."""
 
-    def admit(self, conn: Conn) -> str | None:
-        """Add ``conn``; None, or why it is refused. May close an idle connection to make room."""
-        if self._by_key.get(conn.key, 0) >= self.per_peer and not self._evict(lambda c: c.key == conn.key):
-            return "too_many_connections_per_peer"
-        if len(self.conns) >= self.cap and not self._evict(lambda c: True):
-            return "too_many_connections"
-        self.conns.add(conn)
-        self._by_key[conn.key] = self._by_key.get(conn.key, 0) + 1
-        return None
+    def __init__(self, max_events: int, timeout: float, rcvbuf: int, socket_mode: int = 0o660) -> None:
+        self.max_events = max_events
+        self.timeout = timeout
+        self.rcvbuf = rcvbuf
+        self.socket_mode = socket_mode
+        self.listeners: list[DatagramListener] = []
+        self.pending: list[tuple[bytes, Any]] = []
+        self.pending_bytes = 0
+        self.closed = False
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._paused = False
 
-    def _evict(self, which: Callable[[Conn], bool]) -> bool:
-        now = time.monotonic()
-        oldest = min((c for c in self.conns if which(c)), key=lambda c: c.last, default=None)
-        if oldest is None or now - oldest.last < self.idle_timeout:
-            return False
-        self.discard(oldest)
-        with contextlib.suppress(Exception):
-            oldest.writer.transport.abort()
-        return True
+    def open(self, listen: Listen) -> DatagramListener:
+        """Bind ``listen`` (udp:// or unixgram://) and start reading it."""
+        u = DatagramListener(listen, self._pending, self._on_data, self.rcvbuf, self.socket_mode)
+        u.open(asyncio.get_running_loop())
+        self.listeners.append(u)
+        return u
 
-    def discard(self, conn: Conn) -> None:
-        if conn in self.conns:
-            self.conns.discard(conn)
-            n = self._by_key.get(conn.key, 1) - 1
-            if n:
-                self._by_key[conn.key] = n
-            else:
-                self._by_key.pop(conn.key, None)
+    def _pending(self) -> list[tuple[bytes, Any]]:
+        return self.pending
+
+    def _on_data(self, n: int, nbytes: int) -> None:
+        self.pending_bytes += nbytes
+        if n >= self.max_events or self.pending_bytes >= QUEUE_BYTES:
+            self._full.set()
+            if (n >= 4 * self.max_events or self.pending_bytes >= QUEUE_BYTES) and not self._paused:
+                self._paused = True  # decoding lags: let the kernel buffer hold the rest
+                for u in self.listeners:
+                    u.pause()
+        self._wake.set()
+
+    async def take(self) -> list[tuple[bytes, Any]] | None:
+        """The datagrams waiting (``(data, sender address or unix path)``), once there are
+        ``max_events`` of them or the first has waited ``timeout``; None once closed and empty."""
+        while True:
+            await self._wake.wait()
+            if not self.pending:
+                self._wake.clear()
+                if self.closed:
+                    return None
+                continue
+            if len(self.pending) < self.max_events and not self.closed and self.timeout:
+                self._full.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.timeout):
+                        await self._full.wait()
+            items, self.pending = self.pending, []
+            self.pending_bytes = 0
+            self._wake.clear()
+            if self._paused and not self.closed:
+                self._paused = False
+                for u in self.listeners:
+                    u.resume()
+            return items
+
+    def kernel_drops(self) -> int:
+        """Datagrams the kernel dropped (receive buffers full) since the last call."""
+        return sum(u.kernel_drops() for u in self.listeners)
+
+    def close(self) -> None:
+        """Stop reading; :meth:`take` returns what is left, then None."""
+        self.closed = True
+        for u in self.listeners:
+            u.close()
+        self._wake.set()
