@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from collector import early
 from collector.checkpoints import CheckpointStore, DataDirError, pipeline_identity
 from collector.component import Context
 from collector.config import ConfigError, PipelineConfig
@@ -217,6 +218,10 @@ async def run_pipeline(
             )
             try:
                 pipeline = Pipeline.build(config, ctx)
+                if early.pending or (signals and reload_to is None):  # came while we started
+                    early.pending.clear()
+                    signals = max(signals, 1)
+                    pipeline.request_stop("stopping on SIGTERM (it came while the collector started)")
                 for d, nbytes, records in orphan_buffers(config, data_dir):
                     if d not in orphans_said:
                         orphans_said.add(d)

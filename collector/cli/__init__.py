@@ -33,6 +33,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from collector import early
 from collector.checkpoints import DataDirError
 from collector.cli.commands import EXIT_USAGE, health, reload, schema
 from collector.cli.parser import LOG_LEVELS, parser
@@ -85,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = parser()
     args = ap.parse_args(argv)
+    if args.command not in ("run", "tail", "receive"):
+        early.release()  # only a pipeline acts on a SIGTERM that came while it started
     ownlogs.setup(log_level(ap, args), log_format(ap, args))
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)  # we report engine trouble ourselves
     logging.getLogger("watchdog").setLevel(logging.WARNING)
