@@ -351,3 +351,6 @@ class Sink:
 
     def ready(self) -> tuple[bool, str]:
         return self.reached, self.ready_detail
+
+
+Component = Source | Transform | Sink  # any running component (the pipeline makes and replaces them)

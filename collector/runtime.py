@@ -38,7 +38,7 @@ from typing import Any, Self
 
 from collector.acks import release
 from collector.checkpoints import pipeline_identity
-from collector.component import Context
+from collector.component import Component, Context, Transform
 from collector.config import PipelineConfig
 from collector.feed import ENDED, TICK, SinkFeed, next_batch
 from collector.retry import Backoff
@@ -213,18 +213,18 @@ class Pipeline(Topology):
         return self.ctx.telemetry.value("collector_events_sent_total", component=name)
 
     # -- reload in place -------------------------------------------------------------------
-    async def prepare(self, new: PipelineConfig, changed: dict[str, list[str]]) -> dict[tuple[str, str], Any]:
+    async def prepare(self, new: PipelineConfig, changed: dict[str, list[str]]) -> dict[tuple[str, str], Component]:
         """The new instances of the changed components, transforms started: raises when one
         cannot be made (the reload is then refused and nothing has changed)."""
-        made: dict[tuple[str, str], Any] = {}
+        made: dict[tuple[str, str], Component] = {}
         for kind, names in changed.items():
             for n in names:
                 made[kind, n] = c = self.new_component(kind, n, new)
-                if kind == "transform":
+                if isinstance(c, Transform):
                     await c.start()
         return made
 
-    async def reconfigure(self, new: PipelineConfig, made: dict[tuple[str, str], Any]) -> None:
+    async def reconfigure(self, new: PipelineConfig, made: dict[tuple[str, str], Component]) -> None:
         """Replace the ``made`` components by their new instances, each inside its own task (see
         the module's notes); everything else keeps running. Returns once all are replaced."""
         old, self.config = self.config, new

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
 from prometheus_client import Counter
 
@@ -23,7 +23,7 @@ from collector.acks import InFlight, release
 from collector.buffers import Buffer, BufferConfig
 from collector.buffers.disk import DiskBuffer, inspect
 from collector.buffers.memory import Channel, MemoryBuffer
-from collector.component import Context, Emitter, Sink, Source, Transform
+from collector.component import Component, Context, Emitter, Sink, Source, Transform
 from collector.config import PipelineConfig
 from collector.event import Batch
 from collector.tags import tag_pattern
@@ -172,14 +172,17 @@ class Topology:
         for n in self.sinks:
             t.register_ready(f"sink[{n}]", lambda n=n: self.sinks[n].ready())  # a restarted sink is a new one
 
-    def new_component(self, kind: str, name: str, config: PipelineConfig | None = None) -> Any:
+    def new_component(self, kind: str, name: str, config: PipelineConfig | None = None) -> Component:
         """A new instance of a component as ``config`` (default: the running one) describes it."""
         table = getattr(config or self.config, f"{kind}s")
         c = table[name]
-        return registry.implementation(dict(KINDS)[kind], c.type)(name, c, self.ctx)
+        made: Component = registry.implementation(dict(KINDS)[kind], c.type)(name, c, self.ctx)
+        return made
 
     def _new_sink(self, name: str) -> Sink:
-        return self.new_component("sink", name)  # type: ignore[no-any-return]
+        sink = self.new_component("sink", name)
+        assert isinstance(sink, Sink)
+        return sink
 
     def _make_buffer(self, name: str, bcfg: BufferConfig) -> Buffer:
         if bcfg.type == "disk":
