@@ -18,7 +18,7 @@ same way (:class:`ConnectionTable`):
 * **how much memory**: bytes held for messages still arriving, summed over the listener's
   connections, at most ``max_buffered_bytes`` (past ``FREE_BYTES`` each); the connection that
   would go past it is closed.  What a decoder allocates is bounded by its codec (see
-  codecs/forward.py: nothing is decoded before the whole message is there).
+  codecs/forward/framer.py: nothing is decoded before the whole message is there).
 
 config.py has the limits and URLs, connections.py the descriptor budget and the table; both are
 imported from here.

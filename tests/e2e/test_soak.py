@@ -1,9 +1,13 @@
-"""The short soak: bench/soak.py for 3 minutes, with the assertions of the 30-minute one.
+"""The short soak: bench/soak.py for 2 minutes, with the assertions of the 30-minute one.
 
-Real containers on the private Docker engine writing 2,000 lines/s with rotation every few
-seconds, forward clients connecting and disconnecting every second, GELF over UDP, the search
-engine restarted every minute; lost 0, duplicated 0, bounded RSS, constant fds and threads, and
-exit code 0 once everything is delivered (``assess`` in bench/soak.py). Marked ``soak``: run it
+25 real containers on the private Docker engine writing 1,000 lines/s together with rotation
+every few seconds, forward clients connecting and disconnecting every second, GELF over UDP, the
+search engine restarted every 40 s (2-3 restarts under load, each down for 15-25 s here); lost 0,
+duplicated 0, constant fds and threads after a minute's warm-up, exit code 0 once everything is
+delivered, and RSS once everything is delivered back within noise of its level after warm-up
+(``assess`` in bench/soak.py; sampling stops once it is, which cannot change that verdict). What
+it cannot show is a slow leak: the RSS slope is judged on runs of 15 minutes or more (the
+30-minute soak, bench/results/, at 2,000 lines/s from 50 containers). Marked ``soak``: run it
 alone with ``pytest -m soak``.
 """
 
@@ -16,8 +20,17 @@ from bench.soak import Engine, Options, assess, report, run_soak
 
 @pytest.mark.soak
 @pytest.mark.timeout(1500)
-def test_soak_3_minutes(docker_engine, es8, tmp_path):
-    opts = Options(minutes=3, restart_every=60, warmup=1, sample_every=5, state_root=str(tmp_path))
+def test_soak_2_minutes(docker_engine, es8, tmp_path):
+    opts = Options(
+        minutes=2,
+        containers=25,
+        rate=1000,
+        restart_every=40,
+        warmup=1,
+        sample_every=5,
+        settle_early=True,
+        state_root=str(tmp_path),
+    )
     result = run_soak(opts, docker_engine.host, docker_engine.root, Engine("es8", es8.url))
     print("\n" + report(result))
     assert not result.failures, result.failures  # what assess() found, and engine control errors

@@ -616,13 +616,17 @@ def under_attack(
     good_within: float = GOOD_WITHIN,
     attack_for: float = 120.0,
     wait_ready: bool = False,
+    until_served: bool = False,
     probe: bool = True,
 ) -> Iterator[Figures]:
     """Start ``attack`` and a good client at once; on exit wait for the good records (at most
     ``good_within`` seconds from the start) and for the attack to end (at most ``attack_for``
     seconds), stop what is left of it and collect the figures.  With ``wait_ready`` the good
-    client starts once the attack says it is in place (``control.ready``).  The
-    body of the ``with`` may watch the attack (and add notes to the figures)."""
+    client starts once the attack says it is in place (``control.ready``).  With
+    ``until_served`` the attack is told to stop once the good client is served (all its records
+    are in) or ``good_within`` has passed, whichever comes first: for attacks that only hold
+    their connections, what comes after that proves nothing more.  The body of the ``with``
+    may watch the attack (and add notes to the figures)."""
     figures = Figures(name)
     run = f"r{os.getpid()}x{time.monotonic_ns() % 10**9}"
     port = target.ports["forward" if client == "forward" else "gelf_tcp"]
@@ -641,6 +645,8 @@ def under_attack(
     try:
         yield figures
         watch.join(max(0.0, t0 + good_within - time.monotonic()) + 5)
+        if until_served:
+            a.stopping.set()
         a.join(attack_for)  # the attack runs its course (its own duration), whatever the good client did
     finally:
         watch.stopping.set()

@@ -6,7 +6,7 @@ Fluent Bit, Fluentd, fluent-logger clients).
 
 * Forward Protocol v1 in full: Message, Forward, PackedForward and CompressedPackedForward
   modes, EventTime and integer/float times, many connections, messages split anywhere
-  across reads (codecs/forward.py);
+  across reads (codecs/forward/);
 * ``chunk``: ``{"ack": chunk}`` is answered only once every record of the message is
   finalized downstream (delivered, or stored by a disk buffer), which is what makes Fluent Bit
   and fluent-logger clients at-least-once; record ids derive from the chunk and the record's
@@ -22,10 +22,11 @@ Fluent Bit, Fluentd, fluent-logger clients).
   is not there yet, so a chunk's ack is never held back longer than that for batching);
 * the limits every listener states (collector/listeners.py): connections in all and per
   address, handshake, read and idle timeouts, bytes held for messages still arriving; and
-  a decoder that builds nothing before a message is whole (codecs/forward.py).
+  a decoder that builds nothing before a message is whole (codecs/forward/framer.py).
 
-Records and split lines: records.py.  Batches, shared fields and acks: intake.py.  Connections,
-the handshakes, backpressure and bad input: connection.py.
+Records, split lines and bad entries: records.py; their fields: mapping.py.  Batches, shared
+fields and acks: intake.py.  Connections, the handshakes, backpressure and bad input:
+connection.py.
 """
 
 from __future__ import annotations

@@ -1,24 +1,8 @@
-"""From decoded forward messages to records: mapping, split lines, bad entries.
+"""From decoded forward messages to records: split lines, bad entries, units for the intake.
 
-One :class:`ConnectionReader` per connection turns the msgpack stream into units of records
-(intake.py makes them batches).  Records map to the same fields as the json-file source:
-
-    Docker's fluentd driver   container_id, container_name (/name), source, log, partial_*
-                              -> container.id, container.name, stream, message
-    any other client          message (or log) -> message, stream -> stream
-                              level (severity, lvl, loglevel) -> log.level, log.syslog.severity
-                              (collector/levels.py; a level it does not know stays as it was)
-                              host or hostname (a string) -> host.name
-    Fluent Bit's metadata     ``[[time, metadata], record]`` (or option ``metadata`` in Message
-                              mode): OpenTelemetry's trace_id, span_id -> trace.id, span.id,
-                              severity_number/_text -> log.level ...; the rest -> fluent.metadata
-    every other key           top level, or under ``fluent.`` when it is one of ours
-                              (``event.place_extra``)
-
-``host.name`` is the sender: the record's ``host``/``hostname``, else the hostname the client
-gave in the shared-key handshake (Fluent Bit's ``self_hostname``), else this host for a local
-client (loopback, Unix socket) and the peer's address for a remote one.  This collector is
-``observer.hostname``.
+One :class:`ConnectionReader` per connection turns the msgpack stream (or JSON, see
+codecs/forward/jsonstream.py) into units of records (intake.py makes them batches).  Records map
+to the same fields as the json-file source (mapping.py).
 
 Entries: ``[time, record]`` with an integer, float, EventTime or msgpack-timestamp time, and
 Fluent Bit's ``[[time, metadata], record]``; its group markers (OpenTelemetry groups) carry no
@@ -42,7 +26,6 @@ prefix and a counter.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 import uuid
@@ -54,7 +37,6 @@ from typing import Any
 import msgpack
 import orjson
 
-from collector import levels
 from collector.acks import Ack
 from collector.codecs.forward import (
     GROUP_END,
@@ -65,26 +47,21 @@ from collector.codecs.forward import (
     Stamp,
     Undecodable,
     ack_response,
-    clean,
     packed_entries,
     split_message,
     text,
 )
+from collector.codecs.forward.jsonstream import JsonStream
 from collector.codecs.partial import PartialLine
-from collector.event import place_extra
-from collector.sources.fluent_forward.intake import Group, GroupKey, Intake, Unit, chunk_ack
+from collector.sources.fluent_forward.intake import GroupKey, Intake, Unit, chunk_ack
+from collector.sources.fluent_forward.mapping import NO_NAME, RecordMapping, flag, sender
 
 log = logging.getLogger("collector.sources.fluent_forward")
 
-DOCKER_KEYS = frozenset({"container_id", "container_name", "source", "log"})
-DOCKER_OWN = DOCKER_KEYS | {"partial_message", "partial_id", "partial_ordinal", "partial_last"}
 MAX_PENDING_PARTIALS = 256  # split lines being rejoined on one connection (Docker: 2, stdout and stderr)
 YIELD_EVERY = 4096  # entries (good or bad) decoded before the event loop gets a turn
 MAX_BAD_KEPT = 100  # bad entries of one message kept for the dead letter (the rest only counted)
 MAX_BAD_ENTRIES = 10_000  # a message with more bad than good entries past this is refused as a whole
-LEVEL_KEYS = ("level", "severity", "lvl", "loglevel", "log_level")
-HOST_KEYS = ("host", "hostname")
-NO_NAME = frozenset({"", "localhost", "localhost.localdomain"})  # Fluent Bit's default self_hostname
 
 
 class Unreadable(ForwardError):
@@ -103,9 +80,9 @@ class Partial(PartialLine):
     first: float = field(default_factory=time.monotonic)
 
 
-class ConnectionReader:
-    """What one connection sends, read: decoded (codecs/forward.py), mapped to records, split lines
-    rejoined, grouped into units for the intake, chunk acks answered."""
+class ConnectionReader(RecordMapping):
+    """What one connection sends, read: decoded (codecs/forward/), mapped to records (mapping.py),
+    split lines rejoined, grouped into units for the intake, chunk acks answered."""
 
     def __init__(self, intake: Intake, peer: str, send_ack: Callable[[str], None]) -> None:
         cfg = intake.config
@@ -125,7 +102,7 @@ class ConnectionReader:
         self._prefix = uuid.uuid4().hex[:20] + "-"
         self._seq = 0
         self.open_chunks = 0  # chunks whose ack is not sent yet
-        self.host = _sender(peer, intake.ctx.hostname)  # host.name of records that do not say theirs
+        self.host = sender(peer, intake.ctx.hostname)  # host.name of records that do not say theirs
         self.json: JsonStream | None = None  # a client speaking JSON instead of msgpack
 
     def client_host(self, hostname: str) -> None:
@@ -274,116 +251,6 @@ class ConnectionReader:
         self._seq += 1
         return f"{self._prefix}{self._seq:x}"
 
-    # -- records -------------------------------------------------------------------------------
-    def _record(self, tag: str, ts: str, rec: Any, rid: str, meta: Any = None) -> None:
-        if type(rec) is not dict:
-            raise ForwardError("bad record", f"a record must be a map, not {type(rec).__name__}")
-        unit = self.unit
-        if meta:
-            if type(meta) is not dict:
-                raise ForwardError("bad metadata", f"metadata must be a map, not {type(meta).__name__}")
-        elif rec.keys() == DOCKER_KEYS:  # Docker's fluentd driver, a whole line: the fast path
-            cid = rec["container_id"]
-            name = rec["container_name"]
-            msg = rec["log"]
-            src = rec["source"]
-            if type(cid) is str and type(name) is str and type(msg) is str and type(src) is str and cid:
-                ev: dict[str, Any] = {"@timestamp": ts, "message": text(msg), "stream": text(src)}
-                if len(msg) * 4 > self.max_record:
-                    self._cap(ev)
-                self._add(unit, (tag, cid, name, self.host), ev, rid, len(msg))
-                return
-        cid = rec.get("container_id")
-        if type(cid) is str and cid:
-            self._docker(tag, ts, rec, rid, cid, meta)
-            return
-        msg_key = "message" if "message" in rec else "log"
-        msg = rec.get(msg_key)
-        ev = {"@timestamp": ts}
-        used: list[str] = []
-        if type(msg) is str:
-            ev["message"] = text(msg)
-            used.append(msg_key)
-        stream = rec.get("stream")
-        if type(stream) is str:
-            ev["stream"] = text(stream)
-            used.append("stream")
-        host = self._said(rec, ev, used)
-        extra = {k: v for k, v in rec.items() if k not in used} if used else rec
-        if extra:
-            place_extra(ev, clean(extra), "fluent")
-        if meta:
-            _metadata(ev, meta)
-        if type(msg) is str and len(msg) * 4 > self.max_record:
-            self._cap(ev)
-        self._add(unit, (tag, None, None, host), ev, rid, len(msg) if type(msg) is str else 64)
-
-    def _said(self, rec: dict[str, Any], ev: dict[str, Any], used: list[str]) -> str:
-        """What the record says of its level and host: into ``ev`` (level), the host returned,
-        their keys added to ``used``."""
-        for k in LEVEL_KEYS:
-            v = rec.get(k)
-            if v is not None:
-                c = levels.code(v) if type(v) is not bool else None
-                if c is not None:
-                    _set_log(ev, levels.fields(c))
-                    used.append(k)
-                break
-        for k in HOST_KEYS:
-            v = rec.get(k)
-            if type(v) is str and v.strip():
-                used.append(k)
-                return v
-        return self.host
-
-    def _add(self, unit: Unit, key: GroupKey, ev: dict[str, Any], rid: str, size: int) -> None:
-        g = unit.groups.get(key)
-        if g is None:
-            g = unit.groups[key] = Group(key, self.intake.fields(key))
-        g.events.append(ev)
-        g.ids.append(rid)
-        g.nbytes += size + 64
-        unit.nbytes += size + 64
-        unit.count += 1
-
-    def _cap(self, ev: dict[str, Any]) -> None:
-        msg = ev["message"]
-        raw = msg.encode()
-        if len(raw) > self.max_record:
-            ev["message"] = raw[: self.max_record].decode("utf-8", "ignore")
-            _flag(ev, "truncated")
-
-    def _docker(self, tag: str, ts: str, rec: dict[str, Any], rid: str, cid: str, meta: Any = None) -> None:
-        """A Docker record with extra fields (labels, env) and/or split-line fields."""
-        name = rec.get("container_name")
-        if type(name) is not str:
-            name = None
-        msg = rec.get("log")
-        src = rec.get("source")
-        ev: dict[str, Any] = {"@timestamp": ts}
-        stream = text(src) if type(src) is str else ""
-        if stream:
-            ev["stream"] = stream
-        used: list[str] = []
-        host = self._said(rec, ev, used)
-        extra = {k: v for k, v in rec.items() if k not in DOCKER_OWN and k not in used}
-        if type(msg) is not str:
-            if msg is not None:
-                extra["log"] = msg
-            msg = ""
-        if extra:
-            place_extra(ev, clean(extra), "fluent")
-        if meta:
-            _metadata(ev, meta)
-        key = (tag, cid, name, host)  # the same group as the fast path's: one batch, stream order kept
-        if rec.get("partial_message") in ("true", True):
-            self._partial(key, stream, ev, text(msg), rid, rec)
-            return
-        ev["message"] = text(msg)
-        if len(msg) * 4 > self.max_record:
-            self._cap(ev)
-        self._add(self.unit, key, ev, rid, len(msg))
-
     # -- split lines -----------------------------------------------------------------------------
     def _partial(
         self,
@@ -427,9 +294,9 @@ class ConnectionReader:
         if complete and not p.truncated and [o for o, _ in parts] != list(range(1, len(parts) + 1)):
             complete = False  # a part is missing (e.g. we started listening mid-line)
         if p.truncated:
-            _flag(ev, "truncated")
+            flag(ev, "truncated")
         if not complete:
-            _flag(ev, "incomplete")
+            flag(ev, "incomplete")
         self._add(self.unit, p.group, ev, p.rid, p.size)
 
     def flush_partials(self, older_than: float | None = None) -> int:
@@ -502,136 +369,11 @@ class ConnectionReader:
         raise Unreadable(reason, f"no entry of a {mode} message could be read: {shape}")
 
 
-class JsonStream:
-    """Forward messages written as JSON (``["tag",1714564800,{...},{"chunk":"..."}]`` back to
-    back), which Fluentd's in_forward accepts when a connection starts with ``[`` and which
-    fluent-logger-golang sends with ``MarshalAsJSON``; acks go back as JSON too."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.buf = bytearray()
-        self.max_bytes = max_bytes
-        self.scan = 0  # where the scan for the end of the current value goes on
-        self.depth = 0
-        self.in_str = False
-        self.esc = False
-
-    @property
-    def pending(self) -> int:
-        return len(self.buf)
-
-    def feed(self, data: bytes) -> None:
-        self.buf += data  # (bounded: iterating refuses a value still open past max_bytes)
-
-    def __iter__(self) -> Iterator[Any]:
-        while True:
-            end = self._end()
-            if end is None:
-                if len(self.buf) > self.max_bytes:
-                    raise ForwardError("message too large", f"a JSON message is larger than {self.max_bytes} bytes")
-                return
-            raw = bytes(self.buf[:end])
-            del self.buf[:end]
-            self.scan = 0
-            try:
-                msg = orjson.loads(raw)
-            except orjson.JSONDecodeError as e:
-                raise ForwardError("not JSON", str(e)) from None
-            yield msg
-
-    def _end(self) -> int | None:
-        """The end of the first complete JSON value in the buffer (None: not there yet)."""
-        buf = self.buf
-        i = self.scan
-        n = len(buf)
-        while i < n and self.depth == 0 and buf[i] in b" \t\r\n":  # between messages
-            i += 1
-        if self.depth == 0 and i:
-            del buf[:i]
-            n -= i
-            i = 0
-        depth, in_str, esc = self.depth, self.in_str, self.esc
-        while i < n:
-            c = buf[i]
-            i += 1
-            if in_str:
-                if esc:
-                    esc = False
-                elif c == 0x5C:  # backslash
-                    esc = True
-                elif c == 0x22:
-                    in_str = False
-            elif c == 0x22:
-                in_str = True
-            elif c in (0x5B, 0x7B):
-                depth += 1
-            elif c in (0x5D, 0x7D):
-                depth -= 1
-                if depth <= 0:
-                    self.depth, self.in_str, self.esc = 0, False, False
-                    return i
-            elif depth == 0:
-                raise ForwardError("not JSON", f"unexpected {bytes([c])!r} between JSON messages")
-        self.depth, self.in_str, self.esc, self.scan = depth, in_str, esc, i
-        return None
-
-
 def _header(h: list[Any]) -> tuple[Any, Any]:
     """Fluent Bit's entry header ``[time, metadata]``."""
     if len(h) != 2:
         raise ForwardError("bad entry", "an entry header must be [time, metadata]")
     return h[0], h[1]
-
-
-def _set_log(ev: dict[str, Any], fields: dict[str, Any]) -> None:
-    lg = ev.get("log")
-    if type(lg) is dict:
-        lg.update(fields)
-    else:
-        ev["log"] = fields
-
-
-def _metadata(ev: dict[str, Any], meta: dict[Any, Any]) -> None:
-    """Fluent Bit's record metadata: what has an ECS meaning mapped, the rest under
-    ``fluent.metadata``.  Its OpenTelemetry input keeps ``otlp: {trace_id, span_id,
-    severity_number, severity_text, attributes, ...}`` there."""
-    rest = dict(meta)
-    otlp = rest.get("otlp")
-    if type(otlp) is dict:
-        otlp = dict(otlp)
-        for key, field in (("trace_id", "trace"), ("span_id", "span")):
-            v = otlp.get(key)
-            if type(v) is bytes and v:
-                ev.setdefault(field, {"id": v.hex()})
-                del otlp[key]
-            elif type(v) is str and v:
-                ev.setdefault(field, {"id": text(v)})
-                del otlp[key]
-        c = levels.from_otel(otlp.get("severity_number"))
-        if c is None:
-            c = levels.code(otlp.get("severity_text"))
-        if c is not None:
-            _set_log(ev, levels.fields(c))
-            otlp.pop("severity_number", None)
-            otlp.pop("severity_text", None)
-        if otlp:
-            rest["otlp"] = otlp
-        else:
-            del rest["otlp"]
-    if rest:
-        f = ev.get("fluent")
-        if type(f) is not dict:
-            f = ev["fluent"] = {}
-        f["metadata"] = clean(rest)
-
-
-def _sender(peer: str, own: str) -> str:
-    """host.name for a client that does not say its own: this host for a local one, else its address."""
-    addr = peer[1 : peer.find("]")] if peer.startswith("[") else peer.rsplit(":", 1)[0]
-    try:
-        ip = ipaddress.ip_address(addr)
-    except ValueError:
-        return own  # a Unix socket: a client on this host
-    return own if ip.is_loopback else str(ip)
 
 
 def _shape(v: Any, depth: int = 0) -> str:
@@ -656,15 +398,6 @@ def _shape(v: Any, depth: int = 0) -> str:
     if t in (int, float):
         return f"{t.__name__} {v!r}"
     return t.__name__.lower()
-
-
-def _flag(ev: dict[str, Any], flag: str) -> None:
-    logf = ev.get("log")
-    if not isinstance(logf, dict):
-        logf = ev["log"] = {}
-    flags = logf.setdefault("flags", [])
-    if flag not in flags:
-        flags.append(flag)
 
 
 class Bad(list[tuple[str, Any]]):
