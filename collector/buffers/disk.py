@@ -19,6 +19,9 @@ A full disk is the buffer being full: a frame that does not fit is cut off again
 stays readable), then ``when_full`` decides: ``drop_newest`` drops the batch (counted as
 ``disk_full``), ``block`` waits (sources pause) until delivered segments are deleted or space
 comes back from elsewhere.  A ledger write that fails keeps the last ledger and is retried.
+
+The frame format and reading a buffer's directory without opening it (``inspect``) are in
+segments.py.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import struct
 import time
 import zlib
 from collections.abc import Coroutine
@@ -40,62 +42,21 @@ import orjson
 from collector.acks import Ack, OrderedAcks, release
 from collector.buffers import BufferConfig
 from collector.buffers.memory import Channel
+from collector.buffers.segments import HEADER, EncodedDocs, decode_batch, encode_batch, inspect, seg_name
 from collector.diskfull import DiskFull, is_disk_full
-from collector.event import Batch, Fields
+from collector.event import Batch
 from collector.retry import Backoff, RetryConfig
 from collector.telemetry import Telemetry
 
+# EncodedDocs and inspect are imported from here (status.py, topology.py, tests)
+__all__ = ["DiskBuffer", "EncodedDocs", "inspect"]
+
 log = logging.getLogger("collector.buffers.disk")
 
-HEADER = struct.Struct("<II")
 INBOX_EVENTS = 8_000
 INBOX_BYTES = 16 << 20
 # waiting for space that comes back from elsewhere (delivered segments wake the writer at once)
 DISK_FULL_RETRY = RetryConfig(initial_backoff=0.1, max_backoff=5.0)
-
-
-class EncodedDocs:
-    """Records restored from disk: their documents as stored (already merged with the batch's
-    shared fields), handed to the sink as they are; decoded only if a sink wants dicts."""
-
-    __slots__ = ("docs",)
-    path: str | None = None  # records of any origin (event.Columns)
-
-    def __init__(self, docs: list[bytes]) -> None:
-        self.docs = docs
-
-    def __len__(self) -> int:
-        return len(self.docs)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [orjson.loads(d) for d in self.docs]
-
-    def encode(self, meta: Fields) -> list[bytes]:
-        if not meta.keys:
-            return self.docs
-        return Batch(self.events(), meta).encoded()
-
-
-def encode_batch(batch: Batch) -> bytes:
-    """A header line (ids, tag, origin) then one JSON document per line: the documents are what
-    the sink would send, so writing and replaying cost no dict per record."""
-    head = orjson.dumps({"i": batch.ids, "t": batch.tag, "s": batch.origin, "n": len(batch)})
-    return head + b"\n" + b"\n".join(batch.encoded())
-
-
-def decode_batch(payload: bytes) -> Batch:
-    head, _, body = payload.partition(b"\n")
-    h = orjson.loads(head)
-    docs = body.split(b"\n") if h["n"] else []
-    if len(docs) != h["n"]:
-        raise ValueError(f"frame holds {len(docs)} documents, its header says {h['n']}")
-    return Batch(
-        None, Fields.EMPTY, ids=h["i"], tag=h["t"], origin=h["s"], nbytes=len(payload), columns=EncodedDocs(docs)
-    )
-
-
-def _seg_name(n: int) -> str:
-    return f"{n:08d}.seg"
 
 
 class DiskBuffer:
@@ -140,9 +101,9 @@ class DiskBuffer:
         segs = self.segments()
         for n in segs:
             if n < self._ledger[0]:
-                (self.dir / _seg_name(n)).unlink(missing_ok=True)
+                (self.dir / seg_name(n)).unlink(missing_ok=True)
         segs = [n for n in segs if n >= self._ledger[0]]
-        self.bytes_on_disk = sum((self.dir / _seg_name(n)).stat().st_size for n in segs)
+        self.bytes_on_disk = sum((self.dir / seg_name(n)).stat().st_size for n in segs)
         if self.bytes_on_disk:
             self.bytes_on_disk -= self._ledger[1] if segs and segs[0] == self._ledger[0] else 0
             log.info("%s: disk buffer holds %d bytes from before: replaying them first", self.name, self.bytes_on_disk)
@@ -198,7 +159,7 @@ class DiskBuffer:
         self._ledger_dirty = True
         if pos[0] > old[0]:
             for n in range(old[0], pos[0]):
-                p = self.dir / _seg_name(n)
+                p = self.dir / seg_name(n)
                 with contextlib.suppress(FileNotFoundError):
                     p.unlink()
 
@@ -241,7 +202,7 @@ class DiskBuffer:
     def _open_segment(self) -> BinaryIO:
         if self._wfile is None:
             # unbuffered: a frame reaches the file or fails now (then it is cut off), never later
-            self._wfile = open(self.dir / _seg_name(self._wseg), "ab", buffering=0)  # noqa: SIM115
+            self._wfile = open(self.dir / seg_name(self._wseg), "ab", buffering=0)  # noqa: SIM115
             self._wpos = self._wfile.tell()
         return self._wfile
 
@@ -399,7 +360,7 @@ class _Reader:
             "%s: disk buffer segment %s is damaged at offset %d (%s): skipping its last %d bytes; "
             "records there are lost",
             self.buf.name,
-            _seg_name(self.seg),
+            seg_name(self.seg),
             self.pos,
             why,
             size,
@@ -413,7 +374,7 @@ class _Reader:
         while True:
             if (self.seg, self.pos) >= self.limit and self.seg >= self.replay_until:
                 return None
-            path = self.buf.dir / _seg_name(self.seg)
+            path = self.buf.dir / seg_name(self.seg)
             if self.file is None:
                 try:
                     self.file = open(path, "rb")  # noqa: SIM115
@@ -465,42 +426,3 @@ class _Reader:
                 return None
             self._ready.clear()
             await self._ready.wait()
-
-
-def inspect(directory: Path) -> tuple[int, int, int]:
-    """(bytes, records, segment files) a disk buffer's directory holds after its ledger, read
-    without opening it as a buffer (``collector status``, also while a collector writes it: a
-    frame still being written ends the count)."""
-    segs: list[int] = []
-    for p in directory.glob("*.seg"):
-        with contextlib.suppress(ValueError):
-            segs.append(int(p.stem))
-    segs.sort()
-    try:
-        d = orjson.loads((directory / "ledger.json").read_bytes())
-        ledger = int(d["segment"]), int(d["offset"])
-    except (OSError, ValueError, KeyError, TypeError):
-        ledger = (segs[0] if segs else 1), 0
-    nbytes = records = files = 0
-    for n in segs:
-        if n < ledger[0]:
-            continue  # delivered, not yet deleted
-        files += 1
-        pos = ledger[1] if n == ledger[0] else 0
-        try:
-            f = open(directory / _seg_name(n), "rb")  # noqa: SIM115
-        except OSError:
-            continue
-        with f:
-            f.seek(pos)
-            while len(head := f.read(HEADER.size)) == HEADER.size:
-                size, crc = HEADER.unpack(head)
-                payload = f.read(size)
-                if len(payload) < size or zlib.crc32(payload) != crc:
-                    break
-                try:
-                    records += int(orjson.loads(payload.partition(b"\n")[0])["n"])
-                except (ValueError, KeyError, TypeError):
-                    break
-                nbytes += HEADER.size + size
-    return nbytes, records, files

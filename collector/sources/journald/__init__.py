@@ -40,27 +40,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import re
 import signal
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from collector import levels
 from collector.acks import OrderedAcks
 from collector.codecs.journal_export import Entry, ExportReader, Oversize
 from collector.codecs.partial import PartialLine
-from collector.codecs.syslog import FACILITIES
 from collector.component import ComponentConfig, Context, Emitter, Source
-from collector.docker_api import split_image
 from collector.event import Batch, Event, Fields
 from collector.retry import Backoff, RetryConfig
+from collector.sources.journald.mapping import event, record_id, shared_fields
 
 log = logging.getLogger("collector.sources.journald")
 
@@ -68,33 +64,6 @@ READ_BYTES = 256 << 10
 # journalctl ending (a vacuumed journal, a crash) is retried for as long as the collector runs
 RESTART = RetryConfig(initial_backoff=1.0, max_backoff=30.0, max_elapsed=None)
 _MATCH = re.compile(r"[A-Z0-9_]+(=.*)?\Z|\+\Z", re.S)
-_HEX = re.compile(r"[0-9a-f]{12}(?:[0-9a-f]{52})?\Z")
-_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)\Z")
-KNOWN = frozenset(
-    {
-        "MESSAGE",
-        "PRIORITY",
-        "SYSLOG_FACILITY",
-        "SYSLOG_IDENTIFIER",
-        "SYSLOG_PID",
-        "SYSLOG_TIMESTAMP",
-        "CONTAINER_ID",
-        "CONTAINER_ID_FULL",
-        "CONTAINER_NAME",
-        "CONTAINER_TAG",
-        "IMAGE_NAME",
-        "CONTAINER_PARTIAL_MESSAGE",
-        "CONTAINER_PARTIAL_ID",
-        "CONTAINER_PARTIAL_ORDINAL",
-        "CONTAINER_PARTIAL_LAST",
-        "CONTAINER_LOG_EPOCH",
-        "CONTAINER_LOG_ORDINAL",
-        "MESSAGE_ID",
-        "CODE_FILE",
-        "CODE_LINE",
-        "CODE_FUNC",
-    }
-)
 
 
 class JournaldBatch(ComponentConfig):
@@ -315,7 +284,7 @@ class JournaldSource(Source):
                 continue
             first, rid, text, flags = rec
             meta, tag = self._shared(first)
-            ev = self._event(first, text, flags, "container" in meta.data)
+            ev = event(first, text, flags, "container" in meta.data)
             g = groups.get(id(meta))
             if g is None:
                 g = groups[id(meta)] = (meta, tag, [], [])
@@ -347,13 +316,13 @@ class JournaldSource(Source):
             flags = ["invalid_utf8"]
         cid = e.get("CONTAINER_ID_FULL") or e.get("CONTAINER_ID")
         if cid is None:
-            return e, _id(cursor), msg, flags
+            return e, record_id(cursor), msg, flags
         pid = e.get("CONTAINER_PARTIAL_ID")
         key = (cid.decode(errors="replace"), pid.decode(errors="replace") if pid else e.get("PRIORITY", b"").decode())
         partial = e.get("CONTAINER_PARTIAL_MESSAGE") == b"true"
         p = self._partials.get(key)
         if p is None and not partial:
-            return e, _id(cursor), msg, flags
+            return e, record_id(cursor), msg, flags
         if p is None:
             p = self._partials[key] = _Partial(first=(e, cursor), prev=prev, seq=self._seq)
         p.add(msg, self.config.max_record_bytes)
@@ -362,7 +331,7 @@ class JournaldSource(Source):
         del self._partials[key]
         first, first_cursor = p.first
         fl = ["truncated"] if p.truncated else []
-        return first, _id(first_cursor), p.text(), fl
+        return first, record_id(first_cursor), p.text(), fl
 
     async def _flush_partials(self, out: Emitter, force: bool) -> None:
         now = time.monotonic()
@@ -375,8 +344,8 @@ class JournaldSource(Source):
             meta, tag = self._shared(first)
             fl = ["incomplete"] + (["truncated"] if p.truncated else [])
             g = groups.setdefault(id(meta), (meta, tag, [], []))
-            g[2].append(self._event(first, p.text(), fl, "container" in meta.data))
-            g[3].append(_id(first_cursor))
+            g[2].append(event(first, p.text(), fl, "container" in meta.data))
+            g[3].append(record_id(first_cursor))
         if groups:
             await self._send(groups, out)
 
@@ -392,108 +361,11 @@ class JournaldSource(Source):
         hit = self._meta.get(key)
         if hit is not None:
             return hit
-        host, cid, name, image, ctag = (v.decode(errors="replace") if v is not None else None for v in key)
-        data: dict[str, Any] = {
-            "host": {"name": host or self.ctx.hostname},
-            "observer": {"hostname": self.ctx.hostname},
-        }
-        tags = list(self.config.tags)
-        if ctag and ctag not in tags:
-            tags.append(ctag)
-        if tags:
-            data["tags"] = tags
-        if cid and _HEX.match(cid):  # an id from the journal is still validated before anyone looks it up
-            c: dict[str, Any] = {"id": cid}
-            if name:
-                c["name"] = name.lstrip("/")
-            if image:
-                iname, itag = split_image(image)
-                c["image"] = {"name": iname, "tag": [itag]} if itag else {"name": iname}
-            data["container"] = c
-        hit = (Fields(data), ctag or (f"journald.{host}" if host else "journald"))
+        hit = shared_fields(key, self.ctx.hostname, self.config.tags)
         if len(self._meta) > 10_000:
             self._meta.clear()
         self._meta[key] = hit
         return hit
-
-    def _event(self, e: Entry, text: str, flags: list[str], container: bool) -> Event:
-        g = e.get
-        ev: Event = {"@timestamp": _timestamp(e), "message": text}
-        lg: dict[str, Any] = {}
-        sev = _int(g("PRIORITY"))
-        if sev is not None and 0 <= sev <= 7:
-            lg = levels.fields(sev)
-            if container and sev in (3, 6):
-                ev["stream"] = "stderr" if sev == 3 else "stdout"  # Docker's journald driver
-        syslog = lg.setdefault("syslog", {})
-        fac = _int(g("SYSLOG_FACILITY"))
-        if fac is not None and 0 <= fac < len(FACILITIES):
-            syslog["facility"] = {"code": fac, "name": FACILITIES[fac]}
-        ident = g("SYSLOG_IDENTIFIER")
-        if ident is not None:
-            syslog["appname"] = ident.decode(errors="replace")
-        procid = g("SYSLOG_PID") or g("_PID")
-        if procid is not None:
-            syslog["procid"] = procid.decode(errors="replace")
-        if not syslog:
-            del lg["syslog"]
-        if flags:
-            lg["flags"] = flags
-        if lg:
-            ev["log"] = lg
-        proc: dict[str, Any] = {}
-        pid = _int(g("_PID"))
-        if pid is not None:
-            proc["pid"] = pid
-        for src, dst in ((b"_COMM", "name"), (b"_EXE", "executable")):
-            v = g(src.decode())
-            if v is not None:
-                proc[dst] = v.decode(errors="replace")
-        if proc:
-            ev["process"] = proc
-        sd = {
-            k: g(f).decode(errors="replace")
-            for k, f in (("unit", "_SYSTEMD_UNIT"), ("transport", "_TRANSPORT"))
-            if g(f)
-        }
-        if sd:
-            ev["systemd"] = sd
-        custom = {
-            k.lower(): v.decode(errors="replace")
-            for k, v in e.items()
-            if k[:1] != "_" and k not in KNOWN and len(v) <= 4096
-        }
-        if custom:
-            ev["journald"] = {"custom": custom}
-        return ev
-
-
-def _int(v: bytes | None) -> int | None:
-    if v is None or not v.isdigit() or len(v) > 18:
-        return None
-    return int(v)
-
-
-def _id(cursor: str) -> str:
-    return hashlib.blake2b(cursor.encode(), digest_size=16).hexdigest()
-
-
-def _timestamp(e: Entry) -> str:
-    st = e.get("SYSLOG_TIMESTAMP")
-    if st is not None:
-        m = _RFC3339.match(st.decode(errors="replace").strip())
-        if m:
-            base, frac, zone = m.groups()
-            try:
-                dt = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).astimezone(UTC)
-                return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
-            except ValueError:
-                pass
-    us = _int(e.get("_SOURCE_REALTIME_TIMESTAMP")) or _int(e.get("__REALTIME_TIMESTAMP"))
-    if us is None:
-        us = int(time.time() * 1e6)
-    sec, micro = divmod(us, 1_000_000)
-    return datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micro:06d}Z"
 
 
 def _terminate(proc: asyncio.subprocess.Process) -> None:

@@ -1,25 +1,6 @@
-"""What every network listener shares: its limits, the process's file-descriptor budget, and
-the table of its connections.
-
-The forward and GELF sources listen on TCP for anyone who can reach them, so each states its
-budget in the same fields (:class:`ListenerLimits`, part of both configs) and enforces it the
-same way (:class:`ConnectionTable`):
-
-* **how many**: ``max_connections`` per listener, ``max_connections_per_peer`` per client
-  address, and never more than the process's open-files limit allows (:func:`fd_budget`; the
-  soft limit is raised toward the hard one at start, :func:`raise_fd_limit`).  A connection
-  past a limit is closed at once, counted and logged (once per reason per minute);
-* **how long**: a TLS or shared-key handshake must finish within ``handshake_timeout``; a
-  message must arrive whole within ``read_timeout`` of its first byte (slowloris); a listener at
-  its ``max_connections`` closes its longest idle connection (silent for ``idle_timeout`` or
-  more) to make room for a new one.  Quiet connections are otherwise kept: a client that does
-  not wait for acks (Docker's fluentd driver) loses the record it writes into a connection the
-  server just closed;
-* **how much memory**: bytes held for messages still arriving, summed over the listener's
-  connections, at most ``max_buffered_bytes`` (past ``FREE_BYTES`` each); the connection that
-  would go past it is closed.  What a decoder allocates is bounded by its codec (see
-  codecs/forward/framer.py: nothing is decoded before the whole message is there).
-"""
+"""A listener's connections: the process's file-descriptor budget and the table that admits,
+times out, evicts and charges the memory of each connection (:class:`ConnectionTable`).  The
+package docstring (``collector/listeners/__init__.py``) states the rules."""
 
 from __future__ import annotations
 
@@ -33,14 +14,10 @@ import socket
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, Self
-from urllib.parse import urlsplit
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from pydantic import Field, field_validator, model_validator
-
-from collector.component import ComponentConfig, ServerTls
+from collector.listeners.config import ListenerLimits
 from collector.ratelog import RateLimitedLog
 
 log = logging.getLogger("collector.listeners")
@@ -52,126 +29,6 @@ FD_RESERVE_MIN = 64  # descriptors kept for files, outputs and the event loop ..
 FD_RESERVE_SHARE = 8  # ... or 1/8 of the limit when that is more ...
 ACCEPT_BURST = 100  # ... and per TCP listener twice what asyncio accepts at once (its backlog) before
 # any of them is refused: refused ones are closed at the loop's next turn
-
-
-class ListenerLimits(ComponentConfig):
-    """The limits of a stream listener (the ``fluent_forward``, ``gelf`` and ``syslog`` sources)."""
-
-    max_connections: int = Field(
-        1024,
-        ge=1,
-        description="Connections served at once; past it the longest idle one (see idle_timeout) makes room, "
-        "or the new one is refused (counted). Also kept below the process's open-files limit.",
-    )
-    max_connections_per_peer: int = Field(
-        512,
-        ge=1,
-        description="Connections from one client address at once (a unix socket's peer is its uid, where known); "
-        "past it that address's longest idle one (see idle_timeout) makes room, or the new one is refused. "
-        "Docker's fluentd and syslog drivers open one per container: raise it for more containers on one host.",
-    )
-    handshake_timeout: float = Field(
-        10.0, gt=0, description="Seconds a client has to complete the TLS handshake (and to answer HELO)."
-    )
-    idle_timeout: float = Field(
-        15.0,
-        gt=0,
-        description="A connection silent this long may be closed to make room when the listener is full.",
-    )
-    read_timeout: float = Field(
-        30.0, gt=0, description="Seconds a message may take to arrive whole once its first byte came (slowloris)."
-    )
-    max_buffered_bytes: int = Field(
-        64 << 20,
-        ge=1 << 20,
-        description="Bytes all connections may hold for messages still arriving (each holds up to 32 KiB free "
-        "of it); the connection that would go past it is closed.",
-    )
-
-
-# -- listen URLs -------------------------------------------------------------------------------------
-SCHEMES = ("udp", "tcp", "tls", "unix", "unixgram")
-
-
-@dataclass(frozen=True)
-class Listen:
-    """One ``listen`` URL, parsed."""
-
-    scheme: str
-    host: str = ""
-    port: int = 0
-    path: str = ""
-
-    @property
-    def stream(self) -> bool:
-        return self.scheme in ("tcp", "tls", "unix")
-
-
-def parse_listen(url: str, schemes: Iterable[str] = SCHEMES) -> Listen:
-    """``udp://127.0.0.1:5514``, ``tcp://[::1]:5514``, ``tls://0.0.0.0:6514``, ``unix:///run/x.sock``
-    (stream) or ``unixgram:///dev/log`` (datagram); ``schemes`` are those the listener serves.
-    Every source's ``listen`` is a list of these."""
-    allowed = tuple(schemes)
-    u = urlsplit(url)
-    if u.scheme not in allowed:
-        forms = [f"{s}:///PATH" if s in ("unix", "unixgram") else f"{s}://HOST:PORT" for s in allowed]
-        hint = ", ".join(forms[:-1]) + " or " + forms[-1] if len(forms) > 1 else forms[0]
-        raise ValueError(f"{url!r}: listen on {hint}")
-    if u.scheme in ("unix", "unixgram"):
-        path = (u.netloc + u.path) if u.netloc else u.path
-        if not path.startswith("/"):
-            raise ValueError(f"{url!r}: expected {u.scheme}:///absolute/path")
-        return Listen(u.scheme, path=path)
-    try:
-        port = u.port
-    except ValueError:
-        port = None
-    if port is None or not u.hostname or u.path not in ("", "/"):
-        raise ValueError(f"{url!r}: expected {u.scheme}://HOST:PORT")
-    return Listen(u.scheme, u.hostname, port)
-
-
-class ListenerConfig(ListenerLimits):
-    """A source that listens: its ``listen`` URLs (one or a list; the schemes it serves are
-    ``listen_schemes``), the ``tls`` a ``tls://`` one needs, and the limits of its streams."""
-
-    listen_schemes: ClassVar[tuple[str, ...]] = SCHEMES
-    listen: list[str] = Field(min_length=1, description="Addresses to listen on (URLs).")
-    tls: ServerTls | None = Field(None, description="Certificate and key for `tls://` listeners.")
-
-    @field_validator("listen", mode="before")
-    @classmethod
-    def _one_or_many(cls, v: Any) -> Any:
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("listen")
-    @classmethod
-    def _urls(cls, v: list[str]) -> list[str]:
-        for url in v:
-            parse_listen(url, cls.listen_schemes)
-        return v
-
-    @model_validator(mode="after")
-    def _tls_needed(self) -> Self:
-        if self.tls is None and any(li.scheme == "tls" for li in self.listens):
-            raise ValueError("a tls:// listener needs `tls: {cert_file, key_file}`")
-        return self
-
-    @property
-    def listens(self) -> list[Listen]:
-        return [parse_listen(u, self.listen_schemes) for u in self.listen]
-
-
-API_SCHEMES = ("tcp",)  # api.listen (collector/config.py) is one tcp:// URL ...
-DEFAULT_API_LISTEN = "tcp://127.0.0.1:8686"
-
-
-def api_url(listen: str) -> str:
-    """... and this is the ``http://`` address a client (health, top, tap) asks it on (a wildcard
-    address is asked on loopback)."""
-    li = parse_listen(listen, API_SCHEMES)
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(li.host, li.host)
-    return f"http://[{host}]:{li.port}" if ":" in host else f"http://{host}:{li.port}"
 
 
 # -- the process's open files ----------------------------------------------------------------------
@@ -480,22 +337,3 @@ def peer_host(peername: Any) -> str:
     if isinstance(peername, tuple) and peername:
         return str(peername[0])
     return ""
-
-
-__all__ = [
-    "API_SCHEMES",
-    "DEFAULT_API_LISTEN",
-    "ConnectionTable",
-    "Listen",
-    "ListenerConfig",
-    "ListenerLimits",
-    "StreamConn",
-    "api_url",
-    "cap_reads",
-    "drain_handlers",
-    "fd_budget",
-    "parse_listen",
-    "peer_host",
-    "raise_fd_limit",
-    "unix_peer_uid",
-]
