@@ -224,7 +224,7 @@ def test_a_wedged_engine_with_metadata_api_still_gives_metadata_and_says_so(dock
     warned = [line for line in r.stderr.splitlines() if "WARNING" in line and docker.host in line]
     assert warned and "accepts connections but did not answer within api_timeout (5.0s)" in warned[0], r.stderr
     assert "Traceback" not in r.stderr
-    assert took < 30, took  # the 5 s api_timeout once, not a stall per call
+    assert took < 60, took  # the 5 s api_timeout once, not a stall per call (slack: a loaded 2-core CI machine)
 
 
 def test_removed_containers_keep_their_metadata_and_release_their_files(docker, tmp_path):
