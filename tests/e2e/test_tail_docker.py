@@ -139,7 +139,7 @@ def test_compressed_rotations_of_a_real_engine_are_read_after_a_stop(docker, tmp
 i=0
 while [ $i -lt 3000 ]; do
   echo "seq=$i stdout line padded to rotate sooner ................................"
-  if [ $i -eq 300 ]; then sleep 3; fi
+  if [ $i -eq 300 ]; then sleep 10; fi
   i=$((i+1))
 done
 """
@@ -148,12 +148,15 @@ done
     args += ["--output", f"file:{out}", "--data-dir", str(tmp_path / "state"), "--once"]
     opts = {"max-size": "20k", "max-file": "40", "compress": "true"}
     writer = docker.run(script, name="gzwriter", log_opts=opts, wait=False)
-    wait_until(lambda: b"seq=300 " in docker.log_path(writer).read_bytes(), 60, what="the first 300 lines")
+    log = docker.log_path(writer)  # (made by the engine when the container starts: may not be there yet)
+    wait_until(lambda: log.exists() and b"seq=300 " in log.read_bytes(), 60, what="the first 300 lines")
     r = run_cli(*args)  # reads the first part, with the live file half read
     assert r.returncode == 0, r.stderr
-    first = [x["message"] for x in ours(out, ("gzwriter",))]
-    assert first and first[-1].startswith("seq=300 ")  # the live file (rotated ones are history)
-    start = int(first[0].split()[0].removeprefix("seq="))
+    first = [int(x["message"].split()[0].removeprefix("seq=")) for x in ours(out, ("gzwriter",))]
+    start = first[0] if first else -1
+    # the live file (rotated ones are history), read while the writer pauses; on a loaded machine
+    # the read may end a little after the pause: what matters is that most of it is still to come
+    assert first == list(range(start, first[-1] + 1)) and 300 <= first[-1] < 1500, first[-5:]
     assert writer.wait(timeout=120)["StatusCode"] == 0
     cdir = docker.containers_dir / writer.id
     wait_until(lambda: not list(cdir.glob("*-json.log.1")), 30, what="Docker to finish compressing")
