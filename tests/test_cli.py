@@ -256,3 +256,15 @@ def test_a_sigterm_while_the_collector_starts_stops_it_cleanly(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err.decode()
     assert "it came while the collector started" in err.decode()
+
+
+def test_a_collector_stopped_the_moment_it_started_stops_cleanly(tmp_path):
+    """What the chaos tests do when they find their work already done: stop a collector started a
+    moment ago. The helper waits until the process catches SIGTERM (Python cannot before it runs
+    our first line); from then on the stop is clean, exit 0 (it was -15 in 2 of 26 chaos runs)."""
+    (tmp_path / "docker" / "containers").mkdir(parents=True)
+    for _ in range(5):
+        col = Collector(
+            "tail", "--docker-root", str(tmp_path / "docker"), "--data-dir", str(tmp_path / "state"), "-o", "console"
+        ).start(tmp_path / "err.log")
+        assert col.stop() == 0, (tmp_path / "err.log").read_text()
